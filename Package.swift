@@ -1,0 +1,51 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+let package = Package(
+    name: "rootfs",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "rootfs", targets: ["rootfs"]),
+        .executable(name: "rootfs-agent", targets: ["rootfs-agent"]),
+        .library(name: "RootfsKit", targets: ["RootfsKit"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.2"),
+    ],
+    targets: [
+        // libarchive, found through pkg-config (apt: libarchive-dev).
+        .systemLibrary(
+            name: "CArchive",
+            pkgConfig: "libarchive",
+            providers: [.apt(["libarchive-dev", "libzstd-dev"])]
+        ),
+        // Everything real: distro discovery, the build, the image writer.
+        .target(
+            name: "RootfsKit",
+            dependencies: [
+                "CArchive",
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ]
+        ),
+        // The thin command-line front end: one file per subcommand.
+        .executableTarget(
+            name: "rootfs",
+            dependencies: [
+                "RootfsKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // The reference guest agent. It runs inside guests whatever their libc,
+        // so it is linked fully static and uses nothing but the C library.
+        .executableTarget(
+            name: "rootfs-agent",
+            linkerSettings: [.unsafeFlags(["-static-executable"])]
+        ),
+        .testTarget(
+            name: "RootfsKitTests",
+            dependencies: ["RootfsKit", "CArchive"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

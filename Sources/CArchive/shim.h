@@ -1,0 +1,5 @@
+#ifndef ROOTFS_CARCHIVE_SHIM_H
+#define ROOTFS_CARCHIVE_SHIM_H
+#include <archive.h>
+#include <archive_entry.h>
+#endif

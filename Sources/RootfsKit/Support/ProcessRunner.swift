@@ -1,0 +1,123 @@
+import Foundation
+import Subprocess
+#if canImport(System)
+import System
+#else
+import SystemPackage
+#endif
+
+/// What a finished tool printed.
+public struct ToolOutput: Sendable {
+    public var standardOutput: String
+    public var standardError: String
+}
+
+/// Runs every external tool of the project. It throws `ToolFailure` on a
+/// non-zero exit, naming the tool, its arguments and the tail of its output.
+public struct ProcessRunner: Sendable {
+    /// How many trailing output lines a failure carries.
+    public var tailLines = 25
+
+    public init() {}
+
+    /// Runs the command and collects its output.
+    @discardableResult
+    public func capture(_ command: ToolCommand, input: String? = nil) async throws -> ToolOutput {
+        let config = try configuration(for: command)
+        let status: TerminationStatus, out: String, err: String
+        do {
+            if let input {
+                let r = try await Subprocess.run(config, input: .string(input),
+                                                 output: .string(limit: 64 << 20), error: .string(limit: 16 << 20))
+                (status, out, err) = (r.terminationStatus, r.standardOutput, r.standardError)
+            } else {
+                let r = try await Subprocess.run(config, output: .string(limit: 64 << 20),
+                                                 error: .string(limit: 16 << 20))
+                (status, out, err) = (r.terminationStatus, r.standardOutput, r.standardError)
+            }
+        } catch let error as SubprocessError {
+            throw ToolFailure(command: command, status: "could not start: \(error)", outputTail: [])
+        }
+        guard status.isSuccess else {
+            let lines = (err + "\n" + out).split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
+            throw ToolFailure(command: command, status: describe(status),
+                              outputTail: Array(lines.suffix(tailLines)))
+        }
+        return ToolOutput(standardOutput: out, standardError: err)
+    }
+
+    /// Runs the command, handing each line of its output (stdout and stderr
+    /// merged) to `onLine` as it comes.
+    public func stream(_ command: ToolCommand, onLine: @escaping @Sendable (String) -> Void) async throws {
+        let config = try configuration(for: command)
+        let tail = LineTail(limit: tailLines)
+        let status: TerminationStatus
+        do {
+            let result = try await Subprocess.run(config, input: .none, output: .sequence,
+                                                  error: .combinedWithOutput) { execution in
+                for try await line in execution.standardOutput.strings(bufferingPolicy: .maxLineLength(64 << 10)) {
+                    let trimmed = line.hasSuffix("\n") ? String(line.dropLast()) : line
+                    tail.append(trimmed)
+                    onLine(trimmed)
+                }
+            }
+            status = result.terminationStatus
+        } catch let error as SubprocessError {
+            throw ToolFailure(command: command, status: "could not start: \(error)", outputTail: tail.lines)
+        }
+        guard status.isSuccess else {
+            throw ToolFailure(command: command, status: describe(status), outputTail: tail.lines)
+        }
+    }
+
+    /// Whether `name` can be found on PATH (or is an executable path).
+    public static func which(_ name: String, path: String? = ProcessInfo.processInfo.environment["PATH"]) -> String? {
+        if name.contains("/") { return access(name, X_OK) == 0 ? name : nil }
+        for dir in (path ?? "/usr/bin:/bin").split(separator: ":") {
+            let candidate = "\(dir)/\(name)"
+            if access(candidate, X_OK) == 0 { return candidate }
+        }
+        return nil
+    }
+
+    private func configuration(for command: ToolCommand) throws -> Configuration {
+        let executable: Executable = command.tool.contains("/") ? .path(FilePath(command.tool)) : .name(command.tool)
+        var environment: Environment
+        if command.cleanEnvironment {
+            environment = .custom(Dictionary(uniqueKeysWithValues: command.environment.map {
+                (Environment.Key(stringLiteral: $0.key), $0.value)
+            }))
+        } else {
+            environment = .inherit.updating(Dictionary(uniqueKeysWithValues: command.environment.map {
+                (Environment.Key(stringLiteral: $0.key), Optional($0.value))
+            }))
+        }
+        var options = PlatformOptions()
+        // On cancellation (Ctrl-C), ask politely, then kill.
+        options.teardownSequence = [.gracefulShutDown(allowedDurationToNextStep: .seconds(5))]
+        return Configuration(executable: executable, arguments: Arguments(command.arguments), environment: environment,
+                             workingDirectory: command.workingDirectory.map { FilePath($0) },
+                             platformOptions: options)
+    }
+
+    private func describe(_ status: TerminationStatus) -> String {
+        switch status {
+        case .exited(let code): return "exit status \(code)"
+        case .signaled(let signal): return "killed by signal \(signal)"
+        }
+    }
+}
+
+/// The last few lines of a stream, shared between the reader and the error path.
+final class LineTail: @unchecked Sendable {
+    private let lock = NSLock()
+    private var buffer: [String] = []
+    private let limit: Int
+    init(limit: Int) { self.limit = limit }
+    func append(_ line: String) {
+        lock.lock(); defer { lock.unlock() }
+        buffer.append(line)
+        if buffer.count > limit { buffer.removeFirst(buffer.count - limit) }
+    }
+    var lines: [String] { lock.lock(); defer { lock.unlock() }; return buffer }
+}

@@ -1,0 +1,38 @@
+/// The one error type users see: what went wrong, and what to do about it.
+public struct RootfsError: Error, CustomStringConvertible, Sendable, Equatable {
+    public var message: String
+    /// What the user can do about it; printed on its own line.
+    public var hint: String?
+    /// Extra lines (a tool's output tail, a list of known distros).
+    public var details: [String]
+
+    public init(_ message: String, hint: String? = nil, details: [String] = []) {
+        self.message = message
+        self.hint = hint
+        self.details = details
+    }
+
+    public var description: String {
+        var text = message
+        for line in details { text += "\n  " + line }
+        if let hint { text += "\nhint: " + hint }
+        return text
+    }
+}
+
+/// A tool that exited non-zero (or could not be started).
+public struct ToolFailure: Error, CustomStringConvertible, Sendable {
+    public var command: ToolCommand
+    public var status: String
+    /// The last lines the tool printed, stdout and stderr together.
+    public var outputTail: [String]
+
+    public var description: String {
+        var text = "\(command.toolName) failed (\(status)): \(command.displayString)"
+        if !outputTail.isEmpty {
+            text += "\n  last output:"
+            for line in outputTail { text += "\n    " + line }
+        }
+        return text
+    }
+}

@@ -1,0 +1,10 @@
+import ArgumentParser
+import RootfsKit
+
+@main
+struct Rootfs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rootfs",
+        abstract: "Build minimal Linux guest root filesystems and boot images."
+    )
+}

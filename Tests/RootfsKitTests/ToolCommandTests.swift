@@ -1,0 +1,9 @@
+import Testing
+@testable import RootfsKit
+
+@Suite struct ToolCommandTests {
+    @Test func quotesOnlyForDisplay() {
+        let c = ToolCommand("mmdebstrap", ["--include=a b", "it's"], environment: ["X": "1 2"])
+        #expect(c.displayString == "X='1 2' mmdebstrap '--include=a b' 'it'\\''s'")
+    }
+}
