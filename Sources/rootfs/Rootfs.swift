@@ -5,6 +5,8 @@ import RootfsKit
 struct Rootfs: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rootfs",
-        abstract: "Build minimal Linux guest root filesystems and boot images."
+        abstract: "Build minimal Linux guest root filesystems and boot images.",
+        version: RootfsVersion.version,
+        subcommands: [ListCommand.self, BuildCommand.self, InitrdCommand.self, ImageCommand.self, CheckCommand.self]
     )
 }

@@ -1,0 +1,147 @@
+import Foundation
+
+/// The agent to put into the guest and how it starts.
+public struct AgentSpec: Sendable, Equatable {
+    /// The binary on the host.
+    public var sourcePath: String
+    /// The file name under /usr/bin in the guest.
+    public var guestName: String
+    /// The agent is /sbin/init (no systemd).
+    public var isInit: Bool
+    /// This is the project's own reference agent (no --agent given).
+    public var isReferenceAgent: Bool
+
+    public var guestPath: String { "/usr/bin/" + guestName }
+
+    /// Finds and vets the agent binary: `--agent`, else AGENT_SOURCE_BIN, else
+    /// the rootfs-agent built next to this executable.
+    public static func resolve(agentPath: String?, agentInit: Bool,
+                               environment: [String: String] = ProcessInfo.processInfo.environment) throws -> AgentSpec {
+        let given = agentPath ?? environment["AGENT_SOURCE_BIN"].flatMap { $0.isEmpty ? nil : $0 }
+        let option = agentPath != nil ? "--agent" : "AGENT_SOURCE_BIN"
+        let path: String
+        let reference: Bool
+        if let given {
+            path = FS.absolute(given)
+            reference = false
+            guard FS.exists(path) else {
+                throw RootfsError("\(option) \(given): no such file", hint: "give the path of the agent binary to install")
+            }
+            guard FS.isRegularFile(path) else { throw RootfsError("\(option) \(given) is not a regular file") }
+            guard access(path, X_OK) == 0 else {
+                throw RootfsError("\(option) \(given) is not executable", hint: "chmod +x \(shellQuote(given))")
+            }
+            guard ELF.isELF(path) else {
+                throw RootfsError("\(option) \(given) is not an ELF executable",
+                                  hint: "the guest needs a compiled Linux binary, not a script")
+            }
+        } else {
+            guard let dir = FS.executableDirectory(), FS.isRegularFile(dir + "/rootfs-agent") else {
+                throw RootfsError("no agent given and the reference agent rootfs-agent was not found next to rootfs",
+                                  hint: "build it with `swift build --product rootfs-agent`, or pass --agent PATH")
+            }
+            path = dir + "/rootfs-agent"
+            reference = true
+            guard ELF.isStatic(path) else {
+                throw RootfsError("\(path) is not a static executable", hint: "rebuild it with `swift build --product rootfs-agent`")
+            }
+        }
+        let name = environment["AGENT_BIN"].flatMap { $0.isEmpty ? nil : $0 } ?? (reference ? "rootfs-agent" : "kata-agent")
+        guard !name.contains("/"), name != ".", name != ".." else {
+            throw RootfsError("AGENT_BIN must be a file name, not \(name)")
+        }
+        return AgentSpec(sourcePath: path, guestName: name, isInit: agentInit, isReferenceAgent: reference)
+    }
+}
+
+/// Puts the agent and the init into a built tree, never touching the host
+/// through links inside it.
+public struct AgentInstaller: Sendable {
+    public var tree: GuestTree
+    public init(tree: GuestTree) { self.tree = tree }
+
+    public static let targetName = "rootfs-guest.target"
+
+    public func install(_ agent: AgentSpec) throws {
+        try writeFile(agent.guestPath, contentsOf: agent.sourcePath, mode: 0o755)
+        if agent.isInit {
+            try symlink(guestPath: "/sbin/init", target: agent.guestPath)
+        } else {
+            let unit = """
+            [Unit]
+            Description=Guest agent (\(agent.guestName))
+            Requires=basic.target
+            After=basic.target
+
+            [Service]
+            Type=simple
+            ExecStart=\(agent.guestPath)
+            StandardOutput=tty
+            StandardError=tty
+            TTYPath=/dev/console
+            LimitNOFILE=1048576
+
+            [Install]
+            WantedBy=\(Self.targetName)
+
+            """
+            let target = """
+            [Unit]
+            Description=Guest OS with its agent
+            Requires=basic.target
+            After=basic.target
+            Wants=\(agent.guestName).service
+            AllowIsolate=yes
+
+            """
+            try writeFile("/usr/lib/systemd/system/\(agent.guestName).service", contents: Array(unit.utf8), mode: 0o644)
+            try writeFile("/usr/lib/systemd/system/\(Self.targetName)", contents: Array(target.utf8), mode: 0o644)
+            try symlink(guestPath: "/etc/systemd/system/\(Self.targetName).wants/\(agent.guestName).service",
+                        target: "/usr/lib/systemd/system/\(agent.guestName).service")
+            try symlink(guestPath: "/etc/systemd/system/default.target", target: "/usr/lib/systemd/system/\(Self.targetName)")
+        }
+    }
+
+    public func writeFile(_ guestPath: String, contentsOf hostSource: String, mode: mode_t) throws {
+        guard let data = FileManager.default.contents(atPath: hostSource) else {
+            throw RootfsError("cannot read \(hostSource)")
+        }
+        try writeFile(guestPath, contents: Array(data), mode: mode)
+    }
+
+    /// Writes a regular file in the guest, replacing what was there (a link is replaced, not followed).
+    public func writeFile(_ guestPath: String, contents: [UInt8], mode: mode_t) throws {
+        let host = try tree.hostPathForCreating(guestPath)
+        try removeNonDirectory(host, guestPath: guestPath)
+        let fd = open(host, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw RootfsError("cannot create \(guestPath) in the rootfs: \(FS.errnoText())") }
+        defer { close(fd) }
+        var offset = 0
+        while offset < contents.count {
+            let n = contents.withUnsafeBytes { write(fd, $0.baseAddress! + offset, contents.count - offset) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw RootfsError("cannot write \(guestPath) in the rootfs: \(FS.errnoText())")
+            }
+            offset += n
+        }
+        fchmod(fd, mode)
+    }
+
+    public func symlink(guestPath: String, target: String) throws {
+        let host = try tree.hostPathForCreating(guestPath)
+        try removeNonDirectory(host, guestPath: guestPath)
+        guard Foundation.symlink(target, host) == 0 else {
+            throw RootfsError("cannot create the link \(guestPath) in the rootfs: \(FS.errnoText())")
+        }
+    }
+
+    private func removeNonDirectory(_ host: String, guestPath: String) throws {
+        var st = stat()
+        guard lstat(host, &st) == 0 else { return }
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            throw RootfsError("\(guestPath) in the rootfs is a directory; refusing to replace it")
+        }
+        unlink(host)
+    }
+}

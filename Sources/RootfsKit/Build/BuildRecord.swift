@@ -1,0 +1,86 @@
+import Foundation
+
+/// What was built, written into the rootfs like Kata's osbuilder.yaml.
+public struct BuildRecord: Sendable, Codable, Equatable {
+    public static let guestPath = "/var/lib/osbuilder/osbuilder.yaml"
+
+    public var tool: String = "rootfs"
+    public var toolVersion: String
+    public var distro: String
+    public var osName: String
+    public var osVersion: String
+    public var architecture: String
+    public var packages: [String]
+    public var extraPackages: [String]
+    public var agentPath: String
+    public var agentSHA256: String
+    public var agentInit: Bool
+    /// Seconds since the epoch: SOURCE_DATE_EPOCH when set, else now.
+    public var buildTime: Int
+
+    public var yaml: String {
+        func q(_ s: String) -> String {
+            var out = "\""
+            for c in s.unicodeScalars {
+                switch c {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                default: out.unicodeScalars.append(c)
+                }
+            }
+            return out + "\""
+        }
+        func list(_ items: [String]) -> String { "[" + items.map(q).joined(separator: ", ") + "]" }
+        return """
+        ---
+        osbuilder:
+          tool: \(q(tool))
+          version: \(q(toolVersion))
+        rootfs-creation-time: \(q(Self.iso8601(buildTime)))
+        description: \(q("\(distro) \(osVersion) guest rootfs built by \(tool) \(toolVersion)"))
+        file-format-version: "0.0.2"
+        architecture: \(q(architecture))
+        base-distro:
+          name: \(q(osName))
+          distro: \(q(distro))
+          version: \(q(osVersion))
+          packages:
+            default: \(list(packages))
+            extra: \(list(extraPackages))
+        agent:
+          path: \(q(agentPath))
+          sha256: \(q(agentSHA256))
+          init: \(agentInit)
+
+        """
+    }
+
+    static func iso8601(_ seconds: Int) -> String {
+        var t = time_t(seconds)
+        var tm = tm()
+        gmtime_r(&t, &tm)
+        return String(format: "%04d-%02d-%02dT%02d:%02d:%02dZ", Int(tm.tm_year) + 1900, Int(tm.tm_mon) + 1,
+                      Int(tm.tm_mday), Int(tm.tm_hour), Int(tm.tm_min), Int(tm.tm_sec))
+    }
+}
+
+public enum RootfsVersion {
+    public static let version = "0.1.0"
+}
+
+/// SOURCE_DATE_EPOCH, validated.
+public func sourceDateEpoch(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Int? {
+    guard let raw = environment["SOURCE_DATE_EPOCH"], !raw.isEmpty else { return nil }
+    guard let value = Int(raw), value >= 0 else {
+        throw RootfsError("SOURCE_DATE_EPOCH must be a whole number of seconds, not '\(raw)'")
+    }
+    return value
+}
+
+/// The host architecture as the kernel names it (x86_64, aarch64...).
+public func hostArchitecture() -> String {
+    var u = utsname()
+    uname(&u)
+    return withUnsafeBytes(of: &u.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+}

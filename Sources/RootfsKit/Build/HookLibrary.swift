@@ -1,0 +1,59 @@
+/// The helper functions every hook can use, sourced before config.sh and
+/// rootfs_lib.sh. They mirror what Kata osbuilder's scripts give their hooks,
+/// so Kata-style distro directories work unchanged.
+public enum HookLibrary {
+    public static let text = #"""
+    # rootfs hook helpers (sourced before config.sh and rootfs_lib.sh)
+    info() { printf 'INFO: %s\n' "$*"; }
+    warn() { printf 'WARNING: %s\n' "$*" >&2; }
+    OK() { printf '[OK] %s\n' "$*"; }
+    die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+    # check_program NAME: true when NAME is on PATH.
+    check_program() { command -v "$1" >/dev/null 2>&1; }
+    # require_program NAME...: dies naming the first missing program.
+    require_program() {
+        local p
+        for p in "$@"; do check_program "$p" || die "'$p' is needed on this host to build ${OS_NAME:-this distro}"; done
+    }
+    # split_words VAR_VALUE: prints one word a line (for package lists).
+    split_words() { local w; for w in $1; do printf '%s\n' "$w"; done; }
+    """#
+
+    /// Runs build_rootfs: helpers, config and library are sourced leniently
+    /// (Kata's config.sh files end in tests that may be false), then the hook
+    /// itself runs under `set -euo pipefail`. Paths arrive as arguments.
+    public static let runnerScript = #"""
+    __rootfs_helpers=$1 __rootfs_config=$2 __rootfs_lib=$3
+    shift 3
+    source "$__rootfs_helpers"
+    source "$__rootfs_config" || true
+    source "$__rootfs_lib"
+    declare -F build_rootfs >/dev/null || die "$__rootfs_lib does not define build_rootfs()"
+    set -euo pipefail
+    [ -n "${DEBUG:-}" ] && set -x
+    build_rootfs "$@"
+    """#
+}
+
+/// How a distro's build_rootfs() is run: the same argument list and
+/// environment whether bash runs on the host or inside a builder container.
+public struct HookInvocation: Sendable, Equatable {
+    public var helperPath: String
+    public var configPath: String
+    public var libraryPath: String
+    public var rootfsDirectory: String
+    public var workingDirectory: String
+    /// What the hook receives in its environment (OS_VERSION, PACKAGES, EXTRA_PKGS...).
+    public var environment: [String: String]
+
+    /// The bash argument list, with paths rewritten by `map` (for container mounts).
+    public func bashArguments(mapping map: (String) -> String = { $0 }) -> [String] {
+        ["--noprofile", "--norc", "-c", HookLibrary.runnerScript, "rootfs-hook",
+         map(helperPath), map(configPath), map(libraryPath), map(rootfsDirectory)]
+    }
+
+    /// The command that runs the hook on this host.
+    public var hostCommand: ToolCommand {
+        ToolCommand("bash", bashArguments(), environment: environment, workingDirectory: workingDirectory)
+    }
+}

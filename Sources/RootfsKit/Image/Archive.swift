@@ -1,0 +1,172 @@
+import CArchive
+import Foundation
+
+/// Compression of an archive output.
+public enum Compression: String, Sendable, CaseIterable, Codable {
+    case zstd, gzip, none
+}
+
+/// A libarchive write handle: freed in deinit, every return code checked.
+final class ArchiveWriteHandle {
+    enum Format { case cpioNewc, paxRestricted }
+
+    let pointer: OpaquePointer
+    private var closed = false
+
+    init(format: Format, compression: Compression, level: Int? = nil, threads: Int = 0) throws {
+        guard let a = archive_write_new() else { throw RootfsError("libarchive: out of memory") }
+        pointer = a
+        switch format {
+        case .cpioNewc: try check(archive_write_set_format_cpio_newc(a), "set the cpio format")
+        case .paxRestricted: try check(archive_write_set_format_pax_restricted(a), "set the tar format")
+        }
+        switch compression {
+        case .zstd:
+            try check(archive_write_add_filter_zstd(a), "add the zstd filter")
+            try check(archive_write_set_filter_option(a, "zstd", "compression-level", String(level ?? 3)), "set the zstd level")
+            if threads > 1 {
+                // Older libarchive builds lack the option; single-threaded output is identical.
+                _ = archive_write_set_filter_option(a, "zstd", "threads", String(threads))
+            }
+        case .gzip:
+            try check(archive_write_add_filter_gzip(a), "add the gzip filter")
+            try check(archive_write_set_filter_option(a, "gzip", "compression-level", String(level ?? 6)), "set the gzip level")
+            // No time stamp in the gzip header: the same tree gives the same bytes.
+            try check(archive_write_set_filter_option(a, "gzip", "timestamp", nil), "drop the gzip time stamp")
+        case .none:
+            try check(archive_write_add_filter_none(a), "set no compression")
+        }
+        // No padding to 10 KiB blocks after the last entry.
+        try check(archive_write_set_bytes_in_last_block(a, 1), "set the last block size")
+    }
+
+    deinit {
+        if !closed { archive_write_close(pointer) }
+        archive_write_free(pointer)
+    }
+
+    func open(fd: Int32) throws {
+        try check(archive_write_open_fd(pointer, fd), "open the output")
+    }
+
+    func writeHeader(_ entry: ArchiveEntryHandle) throws {
+        try check(archive_write_header(pointer, entry.pointer), "write the header of \(entry.pathDescription)")
+    }
+
+    func writeData(_ buffer: UnsafeRawBufferPointer) throws {
+        var offset = 0
+        while offset < buffer.count {
+            let n = archive_write_data(pointer, buffer.baseAddress! + offset, buffer.count - offset)
+            if n < 0 { throw error("write data") }
+            if n == 0 { throw RootfsError("libarchive wrote nothing while writing data") }
+            offset += n
+        }
+    }
+
+    func finishEntry() throws {
+        try check(archive_write_finish_entry(pointer), "finish an entry")
+    }
+
+    func close() throws {
+        closed = true
+        try check(archive_write_close(pointer), "finish the archive")
+    }
+
+    private func check(_ status: Int32, _ what: String) throws {
+        if status < ARCHIVE_WARN { throw error(what) }
+    }
+
+    private func error(_ what: String) -> RootfsError {
+        let text = archive_error_string(pointer).map { String(cString: $0) } ?? "unknown error"
+        return RootfsError("cannot \(what): \(text)")
+    }
+}
+
+/// A libarchive entry, freed in deinit.
+final class ArchiveEntryHandle {
+    let pointer: OpaquePointer
+    init() {
+        pointer = archive_entry_new()!
+    }
+    deinit { archive_entry_free(pointer) }
+
+    var pathDescription: String {
+        archive_entry_pathname(pointer).map { String(cString: $0) } ?? "?"
+    }
+
+    func clear() { archive_entry_clear(pointer) }
+    func setPath(_ bytes: [UInt8]) { bytes.withCString { archive_entry_copy_pathname(pointer, $0) } }
+    func setSymlink(_ bytes: [UInt8]) { bytes.withCString { archive_entry_copy_symlink(pointer, $0) } }
+    func setHardlink(_ bytes: [UInt8]) { bytes.withCString { archive_entry_copy_hardlink(pointer, $0) } }
+}
+
+/// A libarchive read handle over a file (any format, any filter), freed in deinit.
+public final class ArchiveReader {
+    let pointer: OpaquePointer
+
+    public struct Entry: Sendable, Equatable {
+        public var path: String
+        public var mode: UInt32
+        public var uid: Int64
+        public var gid: Int64
+        public var size: Int64
+        public var mtime: Int
+        public var symlink: String?
+        public var hardlink: String?
+        public var rdevMajor: UInt32
+        public var rdevMinor: UInt32
+        public var ino: Int64
+        public var nlink: UInt32
+        public var fileType: UInt32 { mode & 0o170000 }
+    }
+
+    public init(path: String) throws {
+        guard let a = archive_read_new() else { throw RootfsError("libarchive: out of memory") }
+        pointer = a
+        archive_read_support_filter_all(a)
+        archive_read_support_format_all(a)
+        if archive_read_open_filename(a, path, 1 << 16) != ARCHIVE_OK {
+            throw RootfsError("cannot read \(path): \(archive_error_string(a).map { String(cString: $0) } ?? "?")")
+        }
+    }
+
+    deinit { archive_read_free(pointer) }
+
+    /// The next entry's header and (when `withData`) its content.
+    public func next(withData: Bool = false) throws -> (Entry, [UInt8])? {
+        var e: OpaquePointer?
+        let rc = archive_read_next_header(pointer, &e)
+        if rc == ARCHIVE_EOF { return nil }
+        guard rc >= ARCHIVE_WARN, let e else {
+            throw RootfsError("cannot read the archive: \(archive_error_string(pointer).map { String(cString: $0) } ?? "?")")
+        }
+        let entry = Entry(
+            path: archive_entry_pathname(e).map { String(cString: $0) } ?? "",
+            mode: UInt32(archive_entry_mode(e)),
+            uid: archive_entry_uid(e), gid: archive_entry_gid(e),
+            size: archive_entry_size(e), mtime: archive_entry_mtime(e),
+            symlink: archive_entry_symlink(e).map { String(cString: $0) },
+            hardlink: archive_entry_hardlink(e).map { String(cString: $0) },
+            rdevMajor: UInt32(archive_entry_rdevmajor(e)), rdevMinor: UInt32(archive_entry_rdevminor(e)),
+            ino: archive_entry_ino64(e), nlink: UInt32(archive_entry_nlink(e)))
+        var data: [UInt8] = []
+        if withData {
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { archive_read_data(pointer, $0.baseAddress, $0.count) }
+                if n < 0 { throw RootfsError("cannot read data of \(entry.path)") }
+                if n == 0 { break }
+                data += buffer.prefix(n)
+            }
+        }
+        return (entry, data)
+    }
+
+    /// Every entry of an archive file.
+    public static func list(_ path: String) throws -> [Entry] {
+        let reader = try ArchiveReader(path: path)
+        var out: [Entry] = []
+        while let (e, _) = try reader.next() { out.append(e) }
+        return out
+    }
+}

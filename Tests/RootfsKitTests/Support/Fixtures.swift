@@ -1,0 +1,96 @@
+import Foundation
+import Testing
+@testable import RootfsKit
+
+/// Locations and shared, expensive fixtures for the tests.
+enum Fixtures {
+    /// The directory holding the built products (rootfs, rootfs-agent, the test bundle).
+    static let productsDirectory: String = {
+        let exe = FS.realpath("/proc/self/exe") ?? CommandLine.arguments[0]
+        var dir = FS.parent(exe)
+        // The test runner may live inside the .xctest bundle directory.
+        while !FS.isRegularFile(dir + "/rootfs") && dir != "/" { dir = FS.parent(dir) }
+        return dir
+    }()
+
+    static var rootfsBinary: String { productsDirectory + "/rootfs" }
+    static var agentBinary: String { productsDirectory + "/rootfs-agent" }
+
+    /// The checkout (holding distros/ and template/).
+    static let repositoryRoot: String = {
+        var dir = productsDirectory
+        while dir != "/" && !FS.isRegularFile(dir + "/Package.swift") { dir = FS.parent(dir) }
+        return dir
+    }()
+
+    /// A fresh temporary directory, removed by the caller with `FS.remove`.
+    static func temporaryDirectory(_ label: String = "test") throws -> String {
+        var template = Array("/tmp/rootfs-\(label)-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw RootfsError("mkdtemp failed") }
+        return String(cString: made)
+    }
+
+    struct CLIResult: Sendable {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    /// Runs the real `rootfs` executable.
+    static func rootfs(_ arguments: [String], environment: [String: String] = [:],
+                       workingDirectory: String? = nil) async throws -> CLIResult {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: rootfsBinary)
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        env.merge(environment) { $1 }
+        process.environment = env
+        if let workingDirectory { process.currentDirectoryURL = URL(fileURLWithPath: workingDirectory) }
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        async let o = Task.detached { out.fileHandleForReading.readDataToEndOfFile() }.value
+        async let e = Task.detached { err.fileHandleForReading.readDataToEndOfFile() }.value
+        let (od, ed) = await (o, e)
+        process.waitUntilExit()
+        return CLIResult(status: process.terminationStatus, stdout: String(decoding: od, as: UTF8.self),
+                         stderr: String(decoding: ed, as: UTF8.self))
+    }
+
+    /// Real Debian trees, built once per test run with the real `rootfs build debian`.
+    static let debian = DebianTrees()
+}
+
+/// Builds each Debian variant at most once per test process (mmdebstrap takes
+/// a while); every test that needs a real tree shares it and must not modify it.
+actor DebianTrees {
+    struct Tree: Sendable {
+        var directory: String
+        var initrd: String
+        var image: String
+    }
+
+    private var built: [String: Task<Tree, any Error>] = [:]
+
+    /// `agentInit`: minbase with the agent as /sbin/init; otherwise systemd starts the agent.
+    func tree(agentInit: Bool, extraPackages: [String] = []) async throws -> Tree {
+        let key = "\(agentInit)-\(extraPackages.joined(separator: ","))"
+        if let task = built[key] { return try await task.value }
+        let task = Task<Tree, any Error> {
+            let dir = try Fixtures.temporaryDirectory("debian-fixture")
+            var args = ["build", "debian", "-r", dir + "/rootfs", "--initrd", dir + "/debian.initrd",
+                        "--image", dir + "/debian.img", "--compression", "gzip"]
+            if agentInit { args.append("--agent-init") }
+            for p in extraPackages { args += ["--extra-pkg", p] }
+            let result = try await Fixtures.rootfs(args, environment: ["SOURCE_DATE_EPOCH": "1700000000"])
+            guard result.status == 0 else {
+                throw RootfsError("fixture build failed (\(result.status)): \(result.stderr.suffix(3000))")
+            }
+            return Tree(directory: dir + "/rootfs", initrd: dir + "/debian.initrd", image: dir + "/debian.img")
+        }
+        built[key] = task
+        return try await task.value
+    }
+}

@@ -1,0 +1,35 @@
+# build_rootfs ROOTFS_DIR: bootstraps Debian OS_VERSION into ROOTFS_DIR.
+# Environment: OS_VERSION, PACKAGES, EXTRA_PKGS, REPO_URL, ARCH (see README: the hook contract).
+build_rootfs() {
+    local rootfs_dir=$1
+    local -a packages=()
+    # read -a splits on blanks without globbing: package names stay literal words.
+    read -r -a packages <<< "${PACKAGES:-} ${EXTRA_PKGS:-}"
+    local include=""
+    if [ "${#packages[@]}" -gt 0 ]; then
+        include=$(IFS=,; printf '%s' "${packages[*]}")
+    fi
+    local -a mirror=()
+    [ -n "${REPO_URL:-}" ] && mirror=("$REPO_URL")
+
+    if check_program mmdebstrap; then
+        local -a args=(--variant=minbase
+            --aptopt='Acquire::Languages "none"'
+            --dpkgopt='path-exclude=/usr/share/man/*'
+            --dpkgopt='path-exclude=/usr/share/doc/*'
+            --dpkgopt='path-include=/usr/share/doc/*/copyright'
+            --dpkgopt='path-exclude=/usr/share/locale/*'
+            --dpkgopt='path-exclude=/usr/share/info/*')
+        [ -n "$include" ] && args+=("--include=$include")
+        info "mmdebstrap ${OS_VERSION} (${#packages[@]} packages on top of minbase)"
+        mmdebstrap "${args[@]}" "$OS_VERSION" "$rootfs_dir" "${mirror[@]}"
+    elif check_program debootstrap; then
+        local -a args=(--variant=minbase)
+        [ -n "$include" ] && args+=("--include=$include")
+        info "debootstrap ${OS_VERSION} (mmdebstrap not found)"
+        debootstrap "${args[@]}" "$OS_VERSION" "$rootfs_dir" "${mirror[@]}"
+        rm -rf "$rootfs_dir"/var/lib/apt/lists/* "$rootfs_dir"/var/cache/apt/archives/*.deb
+    else
+        die "neither mmdebstrap nor debootstrap is installed: apt-get install mmdebstrap, or build with --docker"
+    fi
+}

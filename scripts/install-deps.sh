@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Installs what rootfs needs on Debian 12 (run as root) and starts the Docker
+# engine when it is installed but not running.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+export DEBIAN_FRONTEND=noninteractive
+mapfile -t packages < <(grep -v -e '^#' -e '^[[:space:]]*$' "$here/packages.txt")
+apt-get update
+apt-get install -y --no-install-recommends "${packages[@]}"
+"$here/start-docker.sh"
