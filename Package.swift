@@ -26,7 +26,9 @@ let package = Package(
             dependencies: [
                 "CArchive",
                 .product(name: "Subprocess", package: "swift-subprocess"),
-            ]
+            ],
+            // The image writer and the digests are hot paths: optimized even in debug builds.
+            swiftSettings: [.unsafeFlags(["-O"])]
         ),
         // The thin command-line front end: one file per subcommand.
         .executableTarget(

@@ -57,30 +57,23 @@ public struct GuestTree: Sendable {
         guard let last = parts.popLast(), last != "..", last != "." else {
             throw RootfsError("invalid guest path \(guestPath)")
         }
-        var parent = "/"
-        for part in parts {
-            let next = parent == "/" ? "/" + part : parent + "/" + part
-            switch resolve(next) {
+        let parentPath = "/" + parts.joined(separator: "/")
+        // Create missing directories where the guest would: at the first
+        // missing component of the resolved path, links followed inside the tree.
+        for _ in 0..<64 {
+            switch resolve(parentPath) {
             case .found(let host, let guest):
                 guard FS.isDirectory(host) else { throw RootfsError("\(guest) in the rootfs is not a directory") }
-                parent = guest
-            case .missing:
-                guard case .found(let hostParent, _) = resolve(parent) else {
-                    throw RootfsError("cannot resolve \(parent) in the rootfs")
+                return host + "/" + last
+            case .missing(let firstMissing):
+                if mkdir(root + firstMissing, directoryMode) != 0 && errno != EEXIST {
+                    throw RootfsError("cannot create \(firstMissing) in the rootfs: \(FS.errnoText())")
                 }
-                let made = hostParent == root ? root + "/" + part : hostParent + "/" + part
-                if mkdir(made, directoryMode) != 0 && errno != EEXIST {
-                    throw RootfsError("cannot create \(next) in the rootfs: \(FS.errnoText())")
-                }
-                parent = next
             case .loop:
-                throw RootfsError("symbolic link loop at \(next) in the rootfs")
+                throw RootfsError("symbolic link loop while resolving \(parentPath) in the rootfs")
             }
         }
-        guard case .found(let hostParent, _) = resolve(parent) else {
-            throw RootfsError("cannot resolve \(parent) in the rootfs")
-        }
-        return (hostParent == root ? root : hostParent) + "/" + last
+        throw RootfsError("cannot create the directories of \(guestPath) in the rootfs")
     }
 
     private func components(_ path: String) -> [String] {

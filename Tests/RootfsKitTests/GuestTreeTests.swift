@@ -1,0 +1,63 @@
+import Foundation
+import Testing
+@testable import RootfsKit
+
+@Suite struct GuestTreeTests {
+    func tree() throws -> String {
+        let root = try Fixtures.temporaryDirectory("tree")
+        try FS.makeDirectories(root + "/usr/lib/systemd")
+        try FS.makeDirectories(root + "/usr/sbin")
+        try "x".write(toFile: root + "/usr/lib/systemd/systemd", atomically: true, encoding: .utf8)
+        chmod(root + "/usr/lib/systemd/systemd", 0o755)
+        symlink("usr/sbin", root + "/sbin")                      // merged /usr, relative
+        symlink("/lib/systemd/systemd", root + "/usr/sbin/init")  // absolute, through /lib
+        symlink("usr/lib", root + "/lib")
+        return root
+    }
+
+    @Test func absoluteLinksResolveInsideTheGuest() throws {
+        let root = try tree()
+        defer { FS.remove(root) }
+        let guest = GuestTree(root: root)
+        #expect(guest.resolve("/sbin/init") == .found(hostPath: root + "/usr/lib/systemd/systemd",
+                                                        guestPath: "/usr/lib/systemd/systemd"))
+        #expect(RootfsChecker(tree: guest).problems(agentInit: false, agentNames: []).filter { $0.contains("init") }.isEmpty)
+    }
+
+    @Test func aLinkToAHostOnlyFileIsMissing() throws {
+        let root = try tree()
+        defer { FS.remove(root) }
+        // /bin/sh exists on the host, not in this guest.
+        unlink(root + "/usr/sbin/init")
+        symlink("/bin/sh", root + "/usr/sbin/init")
+        #expect(FS.exists("/bin/sh"))
+        let guest = GuestTree(root: root)
+        #expect(guest.resolve("/sbin/init") == .missing(guestPath: "/bin"))
+        let problems = RootfsChecker(tree: guest).problems(agentInit: false, agentNames: ["rootfs-agent"])
+        #expect(problems.contains { $0.contains("/sbin/init points to /bin, which does not exist inside the rootfs") })
+        #expect(problems.contains { $0.contains("the agent is missing") })
+    }
+
+    @Test func dotDotStopsAtTheRootAndLoopsAreCaught() throws {
+        let root = try tree()
+        defer { FS.remove(root) }
+        symlink("../../../../usr/lib/systemd/systemd", root + "/escape")
+        symlink("loop2", root + "/loop1")
+        symlink("loop1", root + "/loop2")
+        let guest = GuestTree(root: root)
+        #expect(guest.hostPath(resolving: "/escape") == root + "/usr/lib/systemd/systemd")
+        #expect(guest.resolve("/loop1") == .loop)
+    }
+
+    @Test func creatingThroughAnAbsoluteDirectoryLinkStaysInside() throws {
+        let root = try tree()
+        let outside = try Fixtures.temporaryDirectory("outside")
+        defer { FS.remove(root); FS.remove(outside) }
+        // /etc in the guest is an absolute link to a host directory's path.
+        symlink(outside, root + "/etc")
+        let installer = AgentInstaller(tree: GuestTree(root: root))
+        try installer.writeFile("/etc/marker", contents: Array("guest".utf8), mode: 0o644)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: outside).isEmpty)
+        #expect(FS.isRegularFile(root + outside + "/marker"))
+    }
+}
