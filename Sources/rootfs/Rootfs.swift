@@ -5,6 +5,7 @@ import RootfsKit
 struct Rootfs: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rootfs",
-        abstract: "Build minimal Linux guest root filesystems and boot images."
+        abstract: "Build minimal Linux guest root filesystems and boot images.",
+        subcommands: [BootCommand.self]
     )
 }
