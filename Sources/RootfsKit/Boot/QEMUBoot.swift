@@ -270,8 +270,11 @@ public struct QEMUBoot: Sendable {
                 control.kill()
             }
             if sawOutput.isSet { return (true, "") }
-            let said = outcome.standardError.split(separator: "\n").last.map(String.init)
-            return (false, said ?? "no guest output within \(String(format: "%g", limit)) s")
+            // "qemu-system-x86_64: ../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion ... failed."
+            var said = outcome.standardError.split(separator: "\n").last.map(String.init) ?? ""
+            if said.hasPrefix(options.qemu + ": ") { said.removeFirst(options.qemu.count + 2) }
+            while said.hasSuffix(".") { said.removeLast() }
+            return (false, said.isEmpty ? "no guest output within \(String(format: "%g", limit)) s" : said)
         } catch {
             return (false, "\(error)")
         }
