@@ -74,6 +74,25 @@ import Testing
         #expect(try processesNamed("qemu-system-x86_64", childrenOf: getpid()).isEmpty)
     }
 
+    @Test func bootsADiskImageWithoutChangingIt() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let before = try Data(contentsOf: URL(fileURLWithPath: fixture.disk))
+        let script = "grep ' / ' /proc/mounts; cat /etc/os-release; echo changed > /etc/os-release; exit 3"
+        let (result, output) = try await fixture.boot(fixture.disk, ["sh", "-c", script])
+        #expect(result.status == .exited(3))
+        #expect(output.hasPrefix("/dev/root / ext4 rw"))
+        #expect(output.contains("ID=rootfs-test"))
+        #expect(try Data(contentsOf: URL(fileURLWithPath: fixture.disk)) == before)
+    }
+
+    @Test func agentWorksAsAnOrdinaryProcess() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let (result, output) = try await fixture.boot(fixture.serviceInitrd, ["sh", "-c", "hostname; echo $HOME; exit 5"])
+        #expect(result.status == .exited(5))
+        // Not PID 1: the agent leaves the hostname alone.
+        #expect(output == "service-host\n/root\n")
+    }
+
     /// Our own qemu children (other test runs may boot guests at the same time).
     func processesNamed(_ name: String, childrenOf parent: Int32) throws -> [Int32] {
         try FileManager.default.contentsOfDirectory(atPath: "/proc").compactMap { Int32($0) }.filter { pid in
@@ -95,6 +114,10 @@ actor BootFixture {
         var kernel: String
         var initrd: String
         var brokenInitrd: String
+        /// The agent started by a shell script init, i.e. not as PID 1 (like from a service unit).
+        var serviceInitrd: String
+        /// An MBR disk image with one ext4 partition holding the same tree as `initrd`.
+        var disk: String
 
         func boot(_ image: String, _ command: [String], timeout: Double = 120) async throws -> (BootResult, String) {
             var options = BootOptions(image: image, kernel: kernel, command: command)
@@ -120,9 +143,11 @@ actor BootFixture {
         }
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("rootfs-boot-tests-\(getpid())")
         try? FileManager.default.removeItem(at: work)
-        let good = try await Self.makeInitrd(at: work.appendingPathComponent("good"), busybox: busybox, agent: agent)
-        let broken = try await Self.makeInitrd(at: work.appendingPathComponent("broken"), busybox: busybox, agent: nil)
-        let result = Prepared(kernel: kernel, initrd: good, brokenInitrd: broken)
+        let good = try await Self.makeInitrd(at: work.appendingPathComponent("good"), busybox: busybox, agent: agent, init: .agent)
+        let broken = try await Self.makeInitrd(at: work.appendingPathComponent("broken"), busybox: busybox, agent: nil, init: .agent)
+        let service = try await Self.makeInitrd(at: work.appendingPathComponent("service"), busybox: busybox, agent: agent, init: .script)
+        let disk = try await Self.makeDisk(at: work.appendingPathComponent("disk"), busybox: busybox, agent: agent)
+        let result = Prepared(kernel: kernel, initrd: good, brokenInitrd: broken, serviceInitrd: service, disk: disk)
         prepared = result
         return result
     }
@@ -155,11 +180,13 @@ actor BootFixture {
                           hint: "swift build --product rootfs-agent first, or set ROOTFS_AGENT")
     }
 
-    /// A gzip'd newc cpio: busybox and its applets, /etc/os-release, and (if
-    /// given) the agent as /sbin/init with /init pointing at it.
-    static func makeInitrd(at directory: URL, busybox: String, agent: String?) async throws -> String {
+    enum InitStyle { case agent, script }
+
+    /// A tree with busybox and its applets and /etc/os-release; with `.agent`
+    /// the agent is /sbin/init and /init points at it, with `.script` /init is
+    /// a shell script that starts /sbin/rootfs-agent as an ordinary process.
+    static func makeRoot(at root: URL, busybox: String, agent: String?, init style: InitStyle) throws {
         let fm = FileManager.default
-        let root = directory.appendingPathComponent("root")
         for sub in ["bin", "sbin", "etc", "root", "proc", "sys", "dev", "run", "tmp"] {
             try fm.createDirectory(at: root.appendingPathComponent(sub), withIntermediateDirectories: true)
         }
@@ -169,12 +196,34 @@ actor BootFixture {
         }
         try "ID=rootfs-test\nPRETTY_NAME=\"rootfs boot test\"\n"
             .write(to: root.appendingPathComponent("etc/os-release"), atomically: true, encoding: .utf8)
-        if let agent {
+        guard let agent else { return }
+        switch style {
+        case .agent:
             try fm.copyItem(atPath: agent, toPath: root.appendingPathComponent("sbin/init").path)
             try fm.createSymbolicLink(atPath: root.appendingPathComponent("init").path, withDestinationPath: "sbin/init")
+        case .script:
+            try fm.copyItem(atPath: agent, toPath: root.appendingPathComponent("sbin/rootfs-agent").path)
+            let script = root.appendingPathComponent("init")
+            try """
+            #!/bin/sh
+            mount -t proc proc /proc
+            mount -t sysfs sysfs /sys
+            mount -t devtmpfs devtmpfs /dev
+            hostname service-host
+            /sbin/rootfs-agent
+            echo "init: rootfs-agent returned $?"
+            sleep 600
+            """.write(to: script, atomically: true, encoding: .utf8)
+            try fm.setAttributes([.posixPermissions: 0o755], ofItemAtPath: script.path)
         }
+    }
+
+    /// A gzip'd newc cpio of `makeRoot`'s tree.
+    static func makeInitrd(at directory: URL, busybox: String, agent: String?, init style: InitStyle) async throws -> String {
+        let root = directory.appendingPathComponent("root")
+        try makeRoot(at: root, busybox: busybox, agent: agent, init: style)
         var entries: [String] = []
-        let enumerator = fm.enumerator(atPath: root.path)
+        let enumerator = FileManager.default.enumerator(atPath: root.path)
         while let entry = enumerator?.nextObject() as? String { entries.append(entry) }
         let archive = directory.appendingPathComponent("initrd.cpio").path
         let runner = ProcessRunner()
@@ -183,6 +232,26 @@ actor BootFixture {
                                  input: entries.sorted().joined(separator: "\n") + "\n")
         try await runner.capture(ToolCommand("gzip", ["-n", "-f", archive]))
         return archive + ".gz"
+    }
+
+    /// A 64 MiB raw disk: an MBR with one Linux partition from 1 MiB, ext4 made by `mke2fs -d`.
+    static func makeDisk(at directory: URL, busybox: String, agent: String) async throws -> String {
+        let root = directory.appendingPathComponent("root")
+        try makeRoot(at: root, busybox: busybox, agent: agent, init: .agent)
+        let disk = directory.appendingPathComponent("disk.img").path
+        let sectors: UInt32 = 64 * 2048, start: UInt32 = 2048
+        try await ProcessRunner().capture(ToolCommand("mke2fs", [
+            "-q", "-F", "-t", "ext4", "-d", root.path, "-E", "offset=\(Int(start) * 512)", disk, "63M",
+        ]))
+        var mbr = [UInt8](repeating: 0, count: 512)
+        var entry: [UInt8] = [0x80, 0xfe, 0xff, 0xff, 0x83, 0xfe, 0xff, 0xff]
+        for value in [start, sectors - start] { entry += withUnsafeBytes(of: value.littleEndian, Array.init) }
+        mbr.replaceSubrange(446..<462, with: entry)
+        mbr[510] = 0x55; mbr[511] = 0xaa
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: disk))
+        try handle.write(contentsOf: mbr)
+        try handle.close()
+        return disk
     }
 }
 
