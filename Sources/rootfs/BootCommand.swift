@@ -55,12 +55,30 @@ struct BootCommand: AsyncParsableCommand {
         options.accelerator = Accelerator(rawValue: accel) ?? .auto
         options.term = ProcessInfo.processInfo.environment["TERM"]
         let boot = QEMUBoot(options: options)
+        let signalSources = Self.stopQEMUOnSignals(interactive: interactive)
+        defer { signalSources.forEach { $0.cancel() } }
         let result = try await boot.run(
             onOutput: { bytes in FileHandle.standardOutput.write(Data(bytes)) },
             onNote: { note in FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8)) }
         )
         if result.exitStatus != 0 {
             throw ExitCode(result.exitStatus)
+        }
+    }
+
+    /// On SIGTERM, SIGHUP and (unless the guest owns the terminal) SIGINT:
+    /// kill QEMU first, then exit as the signal would have.
+    static func stopQEMUOnSignals(interactive: Bool) -> [DispatchSourceSignal] {
+        let signals = interactive ? [SIGTERM, SIGHUP] : [SIGINT, SIGTERM, SIGHUP]
+        return signals.map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                SupervisedProcesses.killAll()
+                Foundation.exit(128 + number)
+            }
+            source.resume()
+            return source
         }
     }
 }

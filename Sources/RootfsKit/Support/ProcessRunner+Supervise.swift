@@ -31,6 +31,22 @@ public struct SupervisedOutcome: Sendable {
     public var standardError: String
 }
 
+/// The processes `supervise` is running, so a signal handler can stop them
+/// before the program exits (a plain `kill` of rootfs would orphan them).
+public enum SupervisedProcesses {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var running: Set<Int32> = []
+
+    static func add(_ pid: Int32) { lock.lock(); running.insert(pid); lock.unlock() }
+    static func remove(_ pid: Int32) { lock.lock(); running.remove(pid); lock.unlock() }
+
+    /// Sends SIGKILL to every supervised process still running.
+    public static func killAll() {
+        lock.lock(); defer { lock.unlock() }
+        for pid in running { kill(pid, SIGKILL) }
+    }
+}
+
 extension ProcessRunner {
     /// Where a supervised process's standard streams go.
     public enum SupervisedIO: Sendable {
@@ -59,6 +75,8 @@ extension ProcessRunner {
                                                       error: .string(limit: 1 << 20)) { execution in
                     let pid = execution.processIdentifier.value
                     let control = ProcessControl(processID: pid, sendKill: { _ = try? execution.send(signal: .kill) })
+                    SupervisedProcesses.add(pid)
+                    defer { SupervisedProcesses.remove(pid) }
                     try await withThrowingTaskGroup(of: Void.self) { group in
                         group.addTask { await supervisor(control) }
                         for try await chunk in execution.standardOutput {
@@ -69,13 +87,15 @@ extension ProcessRunner {
                     }
                 }
                 status = result.terminationStatus
-                standardError = result.standardError ?? ""
+                standardError = result.standardError
             case .terminal:
                 let result = try await Subprocess.run(config, input: .currentStandardInput,
                                                       output: .currentStandardOutput,
                                                       error: .currentStandardError) { execution in
                     let pid = execution.processIdentifier.value
                     let control = ProcessControl(processID: pid, sendKill: { _ = try? execution.send(signal: .kill) })
+                    SupervisedProcesses.add(pid)
+                    defer { SupervisedProcesses.remove(pid) }
                     await supervisor(control)
                 }
                 status = result.terminationStatus
