@@ -141,7 +141,8 @@ actor BootFixture {
         guard FileManager.default.isExecutableFile(atPath: busybox) else {
             throw RootfsError("\(busybox) is missing", hint: "apt-get install busybox-static")
         }
-        let work = FileManager.default.temporaryDirectory.appendingPathComponent("rootfs-boot-tests-\(getpid())")
+        // Under the (git-ignored) .build-tests/ of the package; each run replaces the last one's.
+        let work = packageRoot.appendingPathComponent(".build-tests/boot")
         try? FileManager.default.removeItem(at: work)
         let good = try await Self.makeInitrd(at: work.appendingPathComponent("good"), busybox: busybox, agent: agent, init: .agent)
         let broken = try await Self.makeInitrd(at: work.appendingPathComponent("broken"), busybox: busybox, agent: nil, init: .agent)

@@ -191,9 +191,10 @@ public struct QEMUBoot: Sendable {
 
         // Something went wrong: say what, with the console's last lines.
         var details: [String] = []
-        if !state.tail.isEmpty {
-            details.append("last console lines:")
-            details += state.tail.map { "  " + $0 }
+        let tail = state.panicked ? state.panicTail : state.tail
+        if !tail.isEmpty {
+            details.append(state.panicked ? "console up to the panic:" : "last console lines:")
+            details += tail.map { "  " + $0 }
         }
         let qemuErrors = outcome.standardError.split(separator: "\n").map(String.init)
             .filter { !$0.contains("terminating on signal") }
@@ -216,8 +217,13 @@ public struct QEMUBoot: Sendable {
                                   : nil,
                               details: details)
         }
-        if case .exited(let code) = outcome.exit, code != 0 {
+        switch outcome.exit {
+        case .exited(0): break
+        case .exited(let code):
             throw RootfsError("\(command.toolName) failed (exit status \(code))", details: details)
+        case .signaled(let signal):
+            throw RootfsError("\(command.toolName) was killed by signal \(signal)", hint: accelerator == .kvm
+                ? "KVM may not work on this machine: try --accel tcg" : nil, details: details)
         }
         if state.readySeconds == nil {
             throw RootfsError("the guest stopped before the agent was ready", hint: "is rootfs-agent the guest's init?", details: details)
@@ -242,12 +248,12 @@ public struct QEMUBoot: Sendable {
         close(fd)
         let cache = KVMProbeCache()
         if let known = cache.load() {
-            if !known.usable { onNote("KVM does not work here (\(known.reason)); using TCG") }
+            if !known.usable { onNote("using TCG: KVM does not work here (\(known.reason))") }
             return known.usable ? .kvm : .tcg
         }
         let (usable, reason) = await probeKVM()
         cache.store(usable: usable, reason: reason)
-        if !usable { onNote("KVM does not work here (\(reason)); using TCG") }
+        if !usable { onNote("using TCG: KVM does not work here (\(reason))") }
         return usable ? .kvm : .tcg
     }
 
@@ -273,6 +279,7 @@ public struct QEMUBoot: Sendable {
             // "qemu-system-x86_64: ../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion ... failed."
             var said = outcome.standardError.split(separator: "\n").last.map(String.init) ?? ""
             if said.hasPrefix(options.qemu + ": ") { said.removeFirst(options.qemu.count + 2) }
+            if let location = try? Regex(#"^\S+\.c:\d+: "#) { said.replace(location, with: "") }  // QEMU's source file and line
             while said.hasSuffix(".") { said.removeLast() }
             return (false, said.isEmpty ? "no guest output within \(String(format: "%g", limit)) s" : said)
         } catch {
@@ -317,6 +324,8 @@ final class ConsoleWatcher: @unchecked Sendable {
         var panicked = false
         var timedOut = false
         var tail: [String] = []
+        /// The console's last lines up to the kernel's panic message.
+        var panicTail: [String] = []
     }
 
     private let lock = NSLock()
@@ -348,7 +357,11 @@ final class ConsoleWatcher: @unchecked Sendable {
             partial.removeSubrange(...newline)
             state.tail.append(line)
             if state.tail.count > tailLimit { state.tail.removeFirst(state.tail.count - tailLimit) }
-            if line.contains("Kernel panic - not syncing") { state.panicked = true }
+            if line.contains("Kernel panic - not syncing") && !state.panicked {
+                // The lines leading to the panic say more than its stack trace.
+                state.panicked = true
+                state.panicTail = state.tail
+            }
             if let status = AgentProtocol.parseStatus(line) {
                 switch status {
                 case .ready:
