@@ -112,11 +112,15 @@ func reapAll(until pid: pid_t?, blocking: Bool) -> Int32? {
 func powerOff() -> Never {
     if isInit {
         // Give everything left a moment to exit, then stop it.
+        // Every user process is ours by now (orphans are reparented to init):
+        // once waitpid says ECHILD, nothing is left.
         kill(-1, SIGTERM)
-        for _ in 0..<25 {
-            _ = reapAll(until: nil, blocking: false)
-            if kill(-1, 0) != 0 && errno == ESRCH { break }
-            usleep(20_000)
+        var waited = 0
+        while waited < 50 {
+            var status: Int32 = 0
+            let reaped = waitpid(-1, &status, WNOHANG)
+            if reaped < 0 && errno == ECHILD { break }
+            if reaped <= 0 { usleep(20_000); waited += 1 }
         }
         kill(-1, SIGKILL)
         _ = reapAll(until: nil, blocking: false)
