@@ -21,9 +21,14 @@ let package = Package(
             providers: [.apt(["libarchive-dev", "libzstd-dev"])]
         ),
         // Everything real: distro discovery, the build, the image writer.
+        // The host/agent protocol: pure Swift, shared by RootfsKit and the agent.
+        .target(name: "AgentProtocol"),
+        // reboot(2) for the agent: <sys/reboot.h> is not in Swift's Glibc module.
+        .target(name: "CAgentSupport"),
         .target(
             name: "RootfsKit",
             dependencies: [
+                "AgentProtocol",
                 "CArchive",
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ],
@@ -42,11 +47,12 @@ let package = Package(
         // so it is linked fully static and uses nothing but the C library.
         .executableTarget(
             name: "rootfs-agent",
+            dependencies: ["AgentProtocol", "CAgentSupport"],
             linkerSettings: [.unsafeFlags(["-static-executable"])]
         ),
         .testTarget(
             name: "RootfsKitTests",
-            dependencies: ["RootfsKit", "CArchive"]
+            dependencies: ["RootfsKit", "CArchive", "AgentProtocol"]
         ),
     ],
     swiftLanguageModes: [.v6]

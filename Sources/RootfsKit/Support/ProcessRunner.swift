@@ -80,7 +80,7 @@ public struct ProcessRunner: Sendable {
         return nil
     }
 
-    private func configuration(for command: ToolCommand) throws -> Configuration {
+    func configuration(for command: ToolCommand) throws -> Configuration {
         let executable: Executable = command.tool.contains("/") ? .path(FilePath(command.tool)) : .name(command.tool)
         var environment: Environment
         if command.cleanEnvironment {

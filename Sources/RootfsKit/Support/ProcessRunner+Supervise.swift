@@ -1,0 +1,111 @@
+import Foundation
+import Subprocess
+
+/// How a supervised process ended.
+public enum ProcessExit: Sendable, Equatable {
+    case exited(Int32)
+    case signaled(Int32)
+}
+
+/// Lets a supervisor look at and stop the process it watches.
+public struct ProcessControl: Sendable {
+    public let processID: Int32
+    let sendKill: @Sendable () -> Void
+
+    /// Kills the process (SIGKILL). Its output then ends and `supervise` returns.
+    public func kill() { sendKill() }
+
+    /// Whether the process has exited (without reaping it).
+    public var hasExited: Bool {
+        var info = siginfo_t()
+        let result = waitid(P_PID, id_t(processID), &info, WEXITED | WNOHANG | WNOWAIT)
+        if result != 0 { return true }
+        return info._sifields._sigchld.si_pid != 0
+    }
+}
+
+/// What `supervise` saw.
+public struct SupervisedOutcome: Sendable {
+    public var exit: ProcessExit
+    /// Standard error (empty with `.terminal`).
+    public var standardError: String
+}
+
+/// The processes `supervise` is running, so a signal handler can stop them
+/// before the program exits (a plain `kill` of rootfs would orphan them).
+public enum SupervisedProcesses {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var running: Set<Int32> = []
+
+    static func add(_ pid: Int32) { lock.lock(); running.insert(pid); lock.unlock() }
+    static func remove(_ pid: Int32) { lock.lock(); running.remove(pid); lock.unlock() }
+
+    /// Sends SIGKILL to every supervised process still running.
+    public static func killAll() {
+        lock.lock(); defer { lock.unlock() }
+        for pid in running { kill(pid, SIGKILL) }
+    }
+}
+
+extension ProcessRunner {
+    /// Where a supervised process's standard streams go.
+    public enum SupervisedIO: Sendable {
+        /// stdin is empty, stdout is handed over in chunks, stderr is collected.
+        case pipes
+        /// The process shares the caller's terminal (stdin, stdout, stderr).
+        case terminal
+    }
+
+    /// Runs a long-lived tool under a supervisor. Unlike `capture` and `stream`
+    /// this does not throw on a non-zero exit: the caller judges the outcome.
+    /// `supervisor` runs alongside the process and may kill it; it is
+    /// cancelled once the process's output has ended (with `.pipes`) and must
+    /// return once `control.hasExited` (with `.terminal`). Bytes of stdout are
+    /// handed to `onOutput` as they come, unchanged.
+    public func supervise(_ command: ToolCommand, io: SupervisedIO,
+                          onOutput: @escaping @Sendable ([UInt8]) -> Void = { _ in },
+                          supervisor: @escaping @Sendable (ProcessControl) async -> Void) async throws -> SupervisedOutcome {
+        let config = try configuration(for: command)
+        let status: TerminationStatus
+        var standardError = ""
+        do {
+            switch io {
+            case .pipes:
+                let result = try await Subprocess.run(config, input: .none, output: .sequence,
+                                                      error: .string(limit: 1 << 20)) { execution in
+                    let pid = execution.processIdentifier.value
+                    let control = ProcessControl(processID: pid, sendKill: { _ = try? execution.send(signal: .kill) })
+                    SupervisedProcesses.add(pid)
+                    defer { SupervisedProcesses.remove(pid) }
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        group.addTask { await supervisor(control) }
+                        for try await chunk in execution.standardOutput {
+                            let bytes = chunk.withUnsafeBytes { Array($0) }
+                            onOutput(bytes)
+                        }
+                        group.cancelAll()
+                    }
+                }
+                status = result.terminationStatus
+                standardError = result.standardError
+            case .terminal:
+                let result = try await Subprocess.run(config, input: .currentStandardInput,
+                                                      output: .currentStandardOutput,
+                                                      error: .currentStandardError) { execution in
+                    let pid = execution.processIdentifier.value
+                    let control = ProcessControl(processID: pid, sendKill: { _ = try? execution.send(signal: .kill) })
+                    SupervisedProcesses.add(pid)
+                    defer { SupervisedProcesses.remove(pid) }
+                    await supervisor(control)
+                }
+                status = result.terminationStatus
+            }
+        } catch let error as SubprocessError {
+            throw ToolFailure(command: command, status: "could not start: \(error)", outputTail: [])
+        }
+        switch status {
+        case .exited(let code): return SupervisedOutcome(exit: .exited(Int32(code)), standardError: standardError)
+        case .signaled(let signal): return SupervisedOutcome(exit: .signaled(Int32(signal)), standardError: standardError)
+        }
+    }
+}

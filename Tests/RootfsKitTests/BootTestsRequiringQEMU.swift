@@ -1,0 +1,265 @@
+import AgentProtocol
+import Foundation
+import Testing
+@testable import RootfsKit
+
+/// Real boots: qemu-system-x86_64, cpio and gzip on PATH, a static busybox at
+/// /bin/busybox (apt: qemu-system-x86 cpio busybox-static), the built
+/// rootfs-agent next to the test bundle, and a kernel: ROOTFS_TEST_KERNEL or
+/// the one scripts/fetch-test-kernel.sh puts into .build-kernel/ (fetched on
+/// first use). Guests run under TCG when KVM does not work.
+@Suite(.serialized) struct BootTestsRequiringQEMU {
+    @Test func runsACommandAndReturnsItsStatus() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let command = ["sh", "-c", #"echo "a b" "c'd"; exit 7"#]
+        let (result, output) = try await fixture.boot(fixture.initrd, command)
+        #expect(output == "a b c'd\n")
+        #expect(result.status == .exited(7))
+        #expect(result.exitStatus == 7)
+        print("BootTestsRequiringQEMU: ready in \(String(format: "%.1f", result.readySeconds)) s (\(result.accelerator.rawValue))")
+    }
+
+    @Test func argumentsKeepSpacesQuotesNewlinesAndUnicode() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let arguments = ["two  spaces", "it's \"quoted\"", "line1\nline2", "héllo ✓ 日本", ""]
+        let (result, output) = try await fixture.boot(fixture.initrd, ["printf", "[%s]\\n"] + arguments)
+        #expect(result.status == .exited(0))
+        #expect(output == arguments.map { "[\($0)]\n" }.joined())
+    }
+
+    @Test func readsFilesOfTheImage() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let (result, output) = try await fixture.boot(fixture.initrd, ["cat", "/etc/os-release"])
+        #expect(result.status == .exited(0))
+        #expect(output.contains("ID=rootfs-test"))
+        #expect(output.contains(#"PRETTY_NAME="rootfs boot test""#))
+    }
+
+    @Test func setsUpTheSystemAsInit() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let script = "hostname; cat /sys/class/net/lo/operstate /proc/sys/kernel/osrelease >/dev/null && echo ok;"
+            + " grep -c -E ' /(proc|sys|dev|run|tmp) ' /proc/mounts; echo \"$PATH $HOME\""
+        let (result, output) = try await fixture.boot(fixture.initrd, ["sh", "-c", script])
+        #expect(result.status == .exited(0))
+        #expect(output == "rootfs\nok\n5\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /root\n")
+    }
+
+    @Test func missingCommandExits127() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let (result, output) = try await fixture.boot(fixture.initrd, ["no-such-command"])
+        #expect(result.status == .exited(127))
+        #expect(output.contains("no-such-command: command not found"))
+    }
+
+    @Test func brokenInitrdFailsClearly() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let timeout = 60.0
+        let started = ContinuousClock.now
+        let error = await #expect(throws: RootfsError.self) {
+            _ = try await fixture.boot(fixture.brokenInitrd, ["true"], timeout: timeout)
+        }
+        let elapsed = QEMUBoot.seconds(ContinuousClock.now - started)
+        #expect(elapsed < timeout)
+        #expect(error?.message.contains("panicked before the agent was ready") == true)
+        #expect(error?.details.contains { $0.contains("Kernel panic") } == true)
+        #expect(try processesNamed("qemu-system-x86_64", childrenOf: getpid()).isEmpty)
+    }
+
+    @Test func timeoutKillsTheGuest() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let error = await #expect(throws: RootfsError.self) {
+            _ = try await fixture.boot(fixture.initrd, ["sleep", "600"], timeout: 15)
+        }
+        #expect(error?.message.contains("did not finish within 15 s") == true)
+        #expect(try processesNamed("qemu-system-x86_64", childrenOf: getpid()).isEmpty)
+    }
+
+    @Test func bootsADiskImageWithoutChangingIt() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let before = try Data(contentsOf: URL(fileURLWithPath: fixture.disk))
+        let script = "grep ' / ' /proc/mounts; cat /etc/os-release; echo changed > /etc/os-release; exit 3"
+        let (result, output) = try await fixture.boot(fixture.disk, ["sh", "-c", script])
+        #expect(result.status == .exited(3))
+        #expect(output.hasPrefix("/dev/root / ext4 rw"))
+        #expect(output.contains("ID=rootfs-test"))
+        #expect(try Data(contentsOf: URL(fileURLWithPath: fixture.disk)) == before)
+    }
+
+    @Test func agentWorksAsAnOrdinaryProcess() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let (result, output) = try await fixture.boot(fixture.serviceInitrd, ["sh", "-c", "hostname; echo $HOME; exit 5"])
+        #expect(result.status == .exited(5))
+        // Not PID 1: the agent leaves the hostname alone.
+        #expect(output == "service-host\n/root\n")
+    }
+
+    /// Our own qemu children (other test runs may boot guests at the same time).
+    func processesNamed(_ name: String, childrenOf parent: Int32) throws -> [Int32] {
+        try FileManager.default.contentsOfDirectory(atPath: "/proc").compactMap { Int32($0) }.filter { pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            let comm = stat[stat.index(after: stat.firstIndex(of: "(")!)..<close]
+            let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+            let state = fields.first.map(String.init) ?? ""
+            return name.hasPrefix(comm) && fields.count > 1 && Int32(fields[1]) == parent && state != "Z"
+        }
+    }
+}
+
+/// Builds the test initrds once per test run.
+actor BootFixture {
+    static let shared = BootFixture()
+
+    struct Prepared: Sendable {
+        var kernel: String
+        var initrd: String
+        var brokenInitrd: String
+        /// The agent started by a shell script init, i.e. not as PID 1 (like from a service unit).
+        var serviceInitrd: String
+        /// An MBR disk image with one ext4 partition holding the same tree as `initrd`.
+        var disk: String
+
+        func boot(_ image: String, _ command: [String], timeout: Double = 120) async throws -> (BootResult, String) {
+            var options = BootOptions(image: image, kernel: kernel, command: command)
+            options.timeout = timeout
+            let collected = Collected()
+            let result = try await QEMUBoot(options: options).run(onOutput: { collected.append($0) }, onNote: { note in
+                print("BootTestsRequiringQEMU: \(note)")
+            })
+            return (result, collected.text)
+        }
+    }
+
+    private var prepared: Prepared?
+
+    func prepare() async throws -> Prepared {
+        if let prepared { return prepared }
+        let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let kernel = try await Self.kernel(packageRoot: packageRoot)
+        let agent = try Self.agentBinary()
+        let busybox = "/bin/busybox"
+        guard FileManager.default.isExecutableFile(atPath: busybox) else {
+            throw RootfsError("\(busybox) is missing", hint: "apt-get install busybox-static")
+        }
+        // Under the (git-ignored) .build-tests/ of the package; each run replaces the last one's.
+        let work = packageRoot.appendingPathComponent(".build-tests/boot")
+        try? FileManager.default.removeItem(at: work)
+        let good = try await Self.makeInitrd(at: work.appendingPathComponent("good"), busybox: busybox, agent: agent, init: .agent)
+        let broken = try await Self.makeInitrd(at: work.appendingPathComponent("broken"), busybox: busybox, agent: nil, init: .agent)
+        let service = try await Self.makeInitrd(at: work.appendingPathComponent("service"), busybox: busybox, agent: agent, init: .script)
+        let disk = try await Self.makeDisk(at: work.appendingPathComponent("disk"), busybox: busybox, agent: agent)
+        let result = Prepared(kernel: kernel, initrd: good, brokenInitrd: broken, serviceInitrd: service, disk: disk)
+        prepared = result
+        return result
+    }
+
+    static func kernel(packageRoot: URL) async throws -> String {
+        if let path = ProcessInfo.processInfo.environment["ROOTFS_TEST_KERNEL"], !path.isEmpty { return path }
+        let script = packageRoot.appendingPathComponent("scripts/fetch-test-kernel.sh").path
+        let dest = packageRoot.appendingPathComponent(".build-kernel").path
+        let output = try await ProcessRunner().capture(ToolCommand(script, [dest]))
+        guard let path = output.standardOutput.split(separator: "\n").last.map(String.init),
+              FileManager.default.isReadableFile(atPath: path) else {
+            throw RootfsError("fetch-test-kernel.sh printed no kernel", details: [output.standardOutput])
+        }
+        return path
+    }
+
+    /// rootfs-agent from the products directory the test bundle lives in.
+    static func agentBinary() throws -> String {
+        if let path = ProcessInfo.processInfo.environment["ROOTFS_AGENT"], !path.isEmpty { return path }
+        var candidates: [URL] = []
+        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        candidates.append(executable.deletingLastPathComponent())
+        candidates.append(Bundle.main.bundleURL.deletingLastPathComponent())
+        candidates.append(Bundle.main.bundleURL)
+        for directory in candidates {
+            let path = directory.appendingPathComponent("rootfs-agent").path
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        throw RootfsError("rootfs-agent not found next to the tests (\(candidates.map(\.path).joined(separator: ", ")))",
+                          hint: "swift build --product rootfs-agent first, or set ROOTFS_AGENT")
+    }
+
+    enum InitStyle { case agent, script }
+
+    /// A tree with busybox and its applets and /etc/os-release; with `.agent`
+    /// the agent is /sbin/init and /init points at it, with `.script` /init is
+    /// a shell script that starts /sbin/rootfs-agent as an ordinary process.
+    static func makeRoot(at root: URL, busybox: String, agent: String?, init style: InitStyle) throws {
+        let fm = FileManager.default
+        for sub in ["bin", "sbin", "etc", "root", "proc", "sys", "dev", "run", "tmp"] {
+            try fm.createDirectory(at: root.appendingPathComponent(sub), withIntermediateDirectories: true)
+        }
+        try fm.copyItem(atPath: busybox, toPath: root.appendingPathComponent("bin/busybox").path)
+        for applet in ["sh", "cat", "echo", "printf", "hostname", "grep", "sleep", "true", "false", "ls", "mount"] {
+            try fm.createSymbolicLink(atPath: root.appendingPathComponent("bin/\(applet)").path, withDestinationPath: "busybox")
+        }
+        try "ID=rootfs-test\nPRETTY_NAME=\"rootfs boot test\"\n"
+            .write(to: root.appendingPathComponent("etc/os-release"), atomically: true, encoding: .utf8)
+        guard let agent else { return }
+        switch style {
+        case .agent:
+            try fm.copyItem(atPath: agent, toPath: root.appendingPathComponent("sbin/init").path)
+            try fm.createSymbolicLink(atPath: root.appendingPathComponent("init").path, withDestinationPath: "sbin/init")
+        case .script:
+            try fm.copyItem(atPath: agent, toPath: root.appendingPathComponent("sbin/rootfs-agent").path)
+            let script = root.appendingPathComponent("init")
+            try """
+            #!/bin/sh
+            mount -t proc proc /proc
+            mount -t sysfs sysfs /sys
+            mount -t devtmpfs devtmpfs /dev
+            hostname service-host
+            /sbin/rootfs-agent
+            echo "init: rootfs-agent returned $?"
+            sleep 600
+            """.write(to: script, atomically: true, encoding: .utf8)
+            try fm.setAttributes([.posixPermissions: 0o755], ofItemAtPath: script.path)
+        }
+    }
+
+    /// A gzip'd newc cpio of `makeRoot`'s tree.
+    static func makeInitrd(at directory: URL, busybox: String, agent: String?, init style: InitStyle) async throws -> String {
+        let root = directory.appendingPathComponent("root")
+        try makeRoot(at: root, busybox: busybox, agent: agent, init: style)
+        var entries: [String] = []
+        let enumerator = FileManager.default.enumerator(atPath: root.path)
+        while let entry = enumerator?.nextObject() as? String { entries.append(entry) }
+        let archive = directory.appendingPathComponent("initrd.cpio").path
+        let runner = ProcessRunner()
+        try await runner.capture(ToolCommand("cpio", ["--quiet", "-o", "-H", "newc", "-R", "0:0", "-O", archive],
+                                             workingDirectory: root.path),
+                                 input: entries.sorted().joined(separator: "\n") + "\n")
+        try await runner.capture(ToolCommand("gzip", ["-n", "-f", archive]))
+        return archive + ".gz"
+    }
+
+    /// A 64 MiB raw disk: an MBR with one Linux partition from 1 MiB, ext4 made by `mke2fs -d`.
+    static func makeDisk(at directory: URL, busybox: String, agent: String) async throws -> String {
+        let root = directory.appendingPathComponent("root")
+        try makeRoot(at: root, busybox: busybox, agent: agent, init: .agent)
+        let disk = directory.appendingPathComponent("disk.img").path
+        let sectors: UInt32 = 64 * 2048, start: UInt32 = 2048
+        try await ProcessRunner().capture(ToolCommand("mke2fs", [
+            "-q", "-F", "-t", "ext4", "-d", root.path, "-E", "offset=\(Int(start) * 512)", disk, "63M",
+        ]))
+        var mbr = [UInt8](repeating: 0, count: 512)
+        var entry: [UInt8] = [0x80, 0xfe, 0xff, 0xff, 0x83, 0xfe, 0xff, 0xff]
+        for value in [start, sectors - start] { entry += withUnsafeBytes(of: value.littleEndian, Array.init) }
+        mbr.replaceSubrange(446..<462, with: entry)
+        mbr[510] = 0x55; mbr[511] = 0xaa
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: disk))
+        try handle.write(contentsOf: mbr)
+        try handle.close()
+        return disk
+    }
+}
+
+/// Output bytes collected from a callback.
+final class Collected: @unchecked Sendable {
+    private let lock = NSLock()
+    private var bytes: [UInt8] = []
+    func append(_ more: [UInt8]) { lock.lock(); bytes += more; lock.unlock() }
+    var text: String { lock.lock(); defer { lock.unlock() }; return String(decoding: bytes, as: UTF8.self) }
+}
