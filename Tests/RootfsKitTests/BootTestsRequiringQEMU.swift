@@ -219,39 +219,21 @@ actor BootFixture {
         }
     }
 
-    /// A gzip'd newc cpio of `makeRoot`'s tree.
+    /// A gzip'd initrd of `makeRoot`'s tree, written by the project's own InitrdWriter.
     static func makeInitrd(at directory: URL, busybox: String, agent: String?, init style: InitStyle) async throws -> String {
         let root = directory.appendingPathComponent("root")
         try makeRoot(at: root, busybox: busybox, agent: agent, init: style)
-        var entries: [String] = []
-        let enumerator = FileManager.default.enumerator(atPath: root.path)
-        while let entry = enumerator?.nextObject() as? String { entries.append(entry) }
-        let archive = directory.appendingPathComponent("initrd.cpio").path
-        let runner = ProcessRunner()
-        try await runner.capture(ToolCommand("cpio", ["--quiet", "-o", "-H", "newc", "-R", "0:0", "-O", archive],
-                                             workingDirectory: root.path),
-                                 input: entries.sorted().joined(separator: "\n") + "\n")
-        try await runner.capture(ToolCommand("gzip", ["-n", "-f", archive]))
-        return archive + ".gz"
+        let initrd = directory.appendingPathComponent("initrd.gz").path
+        try InitrdWriter(compression: .gzip).write(tree: root.path, to: initrd)
+        return initrd
     }
 
-    /// A 64 MiB raw disk: an MBR with one Linux partition from 1 MiB, ext4 made by `mke2fs -d`.
+    /// A raw disk (MBR, ext4 at 1 MiB) written by the project's own DiskImageWriter.
     static func makeDisk(at directory: URL, busybox: String, agent: String) async throws -> String {
         let root = directory.appendingPathComponent("root")
         try makeRoot(at: root, busybox: busybox, agent: agent, init: .agent)
         let disk = directory.appendingPathComponent("disk.img").path
-        let sectors: UInt32 = 64 * 2048, start: UInt32 = 2048
-        try await ProcessRunner().capture(ToolCommand("mke2fs", [
-            "-q", "-F", "-t", "ext4", "-d", root.path, "-E", "offset=\(Int(start) * 512)", disk, "63M",
-        ]))
-        var mbr = [UInt8](repeating: 0, count: 512)
-        var entry: [UInt8] = [0x80, 0xfe, 0xff, 0xff, 0x83, 0xfe, 0xff, 0xff]
-        for value in [start, sectors - start] { entry += withUnsafeBytes(of: value.littleEndian, Array.init) }
-        mbr.replaceSubrange(446..<462, with: entry)
-        mbr[510] = 0x55; mbr[511] = 0xaa
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: disk))
-        try handle.write(contentsOf: mbr)
-        try handle.close()
+        try await DiskImageWriter(freeSpaceMiB: 16).write(tree: root.path, to: disk)
         return disk
     }
 }
