@@ -37,7 +37,9 @@ public struct ConfigEvaluator: Sendable {
 
     /// Reads back the known variables and every variable config.sh adds, NUL-separated.
     /// The config file and the library come in as $1 and $2, never spliced into the script.
-    static let script = #"""
+    /// The hook helpers (info, die...) come first: config.sh may call them, and
+    /// a `die` in config.sh (a missing REPO_URL...) is reported with its message.
+    static let script = HookLibrary.text + "\n" + #"""
     __rootfs_before=" $(compgen -v | tr '\n' ' ') "
     source "$1"
     __rootfs_status=$?
