@@ -28,6 +28,11 @@ REPOS=${REPOS:-BaseOS AppStream}
 # Without it the repositories are used with gpgcheck=0, and the build warns.
 GPG_KEY_URL=${GPG_KEY_URL:-}
 
+# Where the guest's RPM database goes (Stream 9: /var/lib/rpm).
+if [ -z "${RPM_DBPATH:-}" ]; then
+    if [ "$OS_VERSION" = 9 ]; then RPM_DBPATH=/var/lib/rpm; else RPM_DBPATH=/usr/lib/sysimage/rpm; fi
+fi
+
 ARCH_EXCLUDE_LIST=""
 
 # What this host needs to run build_rootfs (alternatives separated by |).

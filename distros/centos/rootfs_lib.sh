@@ -50,16 +50,21 @@ _centos_command() {
 
 build_rootfs() {
     local rootfs_dir=$1
-    local work
-    work=$(mktemp -d)
-    trap 'rm -rf "$work"' EXIT
+    # Global, not local: the EXIT trap runs after this function returned.
+    _centos_work=$(mktemp -d)
+    trap 'rm -rf "$_centos_work"' EXIT
+    local work=$_centos_work
     mkdir -p "$work/repos.d"
     local -a centos_cmd=()
     _centos_command "$rootfs_dir" "$work/dnf.conf" "$work/repos.d"
     require_program "${centos_cmd[0]}"
     _centos_dnf_conf "$work/repos.d" > "$work/dnf.conf"
+    # The guest's RPM database location, whatever the host's rpm defaults to
+    # (Debian's rpm puts it in ~/.rpmdb): dnf reads ~/.rpmmacros.
+    mkdir -p "$work/home"
+    printf '%%_dbpath %s\n' "$RPM_DBPATH" > "$work/home/.rpmmacros"
     info "dnf: CentOS Stream ${OS_VERSION} from ${REPO_URL:-$METALINK}"
-    "${centos_cmd[@]}"
+    HOME="$work/home" "${centos_cmd[@]}"
     # dnf's caches and logs are not part of the guest.
     rm -rf "$rootfs_dir"/var/cache/dnf "$rootfs_dir"/var/cache/libdnf5 "$rootfs_dir"/var/log/dnf*.log "$rootfs_dir"/var/log/hawkey.log
 }

@@ -23,6 +23,9 @@ METALINK=${METALINK:-}
 # Without it the repository is used with gpgcheck=0, and the build warns.
 GPG_KEY_URL=${GPG_KEY_URL:-}
 
+# Where the guest's RPM database goes.
+RPM_DBPATH=${RPM_DBPATH:-/usr/lib/sysimage/rpm}
+
 ARCH_EXCLUDE_LIST=""
 
 # What this host needs to run build_rootfs (alternatives separated by |).

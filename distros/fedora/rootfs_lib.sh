@@ -45,16 +45,21 @@ _fedora_command() {
 
 build_rootfs() {
     local rootfs_dir=$1
-    local work
-    work=$(mktemp -d)
-    trap 'rm -rf "$work"' EXIT
+    # Global, not local: the EXIT trap runs after this function returned.
+    _fedora_work=$(mktemp -d)
+    trap 'rm -rf "$_fedora_work"' EXIT
+    local work=$_fedora_work
     mkdir -p "$work/repos.d"
     local -a fedora_cmd=()
     _fedora_command "$rootfs_dir" "$work/dnf.conf" "$work/repos.d"
     require_program "${fedora_cmd[0]}"
     _fedora_dnf_conf "$work/repos.d" > "$work/dnf.conf"
+    # The guest's RPM database location, whatever the host's rpm defaults to
+    # (Debian's rpm puts it in ~/.rpmdb): dnf reads ~/.rpmmacros.
+    mkdir -p "$work/home"
+    printf '%%_dbpath %s\n' "$RPM_DBPATH" > "$work/home/.rpmmacros"
     info "dnf: fedora ${OS_VERSION}, ${#fedora_cmd[@]} arguments, from ${REPO_URL:-$METALINK}"
-    "${fedora_cmd[@]}"
+    HOME="$work/home" "${fedora_cmd[@]}"
     # dnf's caches and logs are not part of the guest.
     rm -rf "$rootfs_dir"/var/cache/dnf "$rootfs_dir"/var/cache/libdnf5 "$rootfs_dir"/var/log/dnf*.log "$rootfs_dir"/var/log/hawkey.log
 }
