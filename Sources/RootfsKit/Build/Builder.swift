@@ -302,8 +302,11 @@ public struct Builder: Sendable {
         do {
             try await runner.stream(invocation.hostCommand) { line in console.toolLine(line) }
         } catch let failure as ToolFailure {
-            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' failed (\(failure.status))",
-                              hint: "the full output is in \(plan.logPath)", details: failure.outputTail)
+            // A hook's own `die` message says best what went wrong: it leads the error.
+            let died = failure.outputTail.last(where: { $0.hasPrefix("ERROR: ") }).map { ": " + $0.dropFirst("ERROR: ".count) } ?? ""
+            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' failed (\(failure.status))\(died)",
+                              hint: "the hook is build_rootfs() in \(plan.distro.libraryPath); the full output is in \(plan.logPath)",
+                              details: failure.outputTail)
         }
         try Task.checkCancellation()
         if FS.isMissingOrEmptyDirectory(tree) {
