@@ -16,14 +16,20 @@ struct NewCommand: AsyncParsableCommand {
     @Argument(help: "The new distro's name: lower-case letters, digits, '-' and '_'.") var name: String
     @Option(help: ArgumentHelp("Copy this existing distro instead of the template.", valueName: "DISTRO"))
     var from: String?
-    @Option(name: .customLong("os-version"), help: "The OS_VERSION default written into config.sh (template only).")
-    var osVersion: String = "latest"
+    @Option(name: .customLong("os-version"), help: "The OS_VERSION default written into config.sh (template only; default: latest).")
+    var osVersion: String?
+
+    func validate() throws {
+        if from != nil && osVersion != nil {
+            throw ValidationError("--os-version fills in the template; with --from, edit OS_VERSION in the copied config.sh instead")
+        }
+    }
 
     func run() async throws {
         let (name, from, osVersion, dirs) = (name, from, osVersion, global.distrosDirs)
         let console = global.makeConsole()
         try await CommandRunner.run {
-            let scaffold = try Scaffold.plan(name: name, from: from, osVersion: osVersion, distrosDirs: dirs)
+            let scaffold = try Scaffold.plan(name: name, from: from, osVersion: osVersion ?? "latest", distrosDirs: dirs)
             let files = try scaffold.create()
             console.result("created \(scaffold.destination) (\(files.joined(separator: ", ")))")
             let dirOption = dirs.isEmpty ? "" : " --distros-dir \(shellQuote(dirs[0]))"
