@@ -167,3 +167,30 @@ enum Catalog {
         }
     }
 }
+
+/// The helpers hooks get, run by real bash.
+@Suite struct HookHelperTests {
+    @Test func printCommandQuotesSoThatBashReadsBackTheSameArguments() async throws {
+        let args = ["mmdebstrap", "--aptopt=Acquire::Languages \"none\"", "it's", "", "a*b", "$HOME", "plain,words=1"]
+        let script = HookLibrary.text + "\nline=$(print_command \"$@\")\nprintf '%s\\n' \"$line\"\neval \"set -- $line\"\nprintf '%s\\0' \"$@\""
+        let out = try await ProcessRunner().capture(ToolCommand("bash", ["--noprofile", "--norc", "-c", script, "t"] + args))
+        let parts = out.standardOutput.split(separator: "\n", maxSplits: 1).map(String.init)
+        #expect(parts[0].hasPrefix("mmdebstrap '--aptopt=Acquire::Languages \"none\"' "))
+        #expect(parts[1].split(separator: "\0", omittingEmptySubsequences: false).dropLast().map(String.init) == args)
+    }
+
+    @Test func dieInConfigShIsReportedWithItsMessage() async throws {
+        let dir = try Fixtures.temporaryDirectory("config-die")
+        defer { FS.remove(dir) }
+        try FS.makeDirectories(dir + "/d/strict")
+        try Catalog.write("OS_NAME=strict\n[ -n \"${WIDGET:-}\" ] || die \"strict needs WIDGET: set WIDGET to your widget\"\n",
+                          to: dir + "/d/strict/config.sh")
+        try Catalog.write("build_rootfs() { :; }\n", to: dir + "/d/strict/rootfs_lib.sh")
+        let r = try await Fixtures.rootfs(["build", "strict", "--distros-dir", dir + "/d", "--dry-run"], workingDirectory: dir)
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("error: \(dir)/d/strict/config.sh refuses: strict needs WIDGET: set WIDGET to your widget"))
+        let ok = try await Fixtures.rootfs(["build", "strict", "--distros-dir", dir + "/d", "--dry-run"],
+                                           environment: ["WIDGET": "w"], workingDirectory: dir)
+        #expect(ok.status == 0, "\(ok.stderr)")
+    }
+}

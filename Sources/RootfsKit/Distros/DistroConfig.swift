@@ -91,6 +91,10 @@ public struct ConfigEvaluator: Sendable {
                 throw RootfsError("\(distro.libraryPath) does not define build_rootfs()",
                                   hint: "define build_rootfs() { local rootfs_dir=$1; ... } in that file (see template/rootfs_lib.sh)")
             }
+            if let died = tail.last(where: { $0.hasPrefix("ERROR: ") }) {
+                throw RootfsError("\(distro.configPath) refuses: \(died.dropFirst("ERROR: ".count))",
+                                  hint: "change the setting it names (in the environment or in that file)")
+            }
             throw RootfsError("sourcing \(distro.configPath) failed (\(failure.status))",
                               hint: "run bash -x \(shellQuote(distro.configPath)) to see where it stops",
                               details: tail)
