@@ -28,7 +28,7 @@ struct BuildCommand: AsyncParsableCommand {
     @Option(help: "Initrd compression.") var compression: Compression = .zstd
     @Option(name: .customLong("free-space"), help: ArgumentHelp("Free space in the disk image.", valueName: "MB"))
     var freeSpace: Int = 64
-    @Flag(name: .customLong("dry-run"), help: "Print the plan and run nothing.") var dryRun = false
+    @Flag(name: .customLong("dry-run"), help: "Print the plan (distro, config, hook command, agent, outputs) and write nothing.") var dryRun = false
 
     func validate() throws {
         guard freeSpace >= 0 else { throw ValidationError("--free-space must be 0 or more") }
@@ -47,6 +47,7 @@ struct BuildCommand: AsyncParsableCommand {
         options.force = force
         options.compression = compression
         options.freeSpaceMiB = freeSpace
+        options.dryRun = dryRun
         let console = global.makeConsole()
         let dryRun = dryRun
         let opts = options
@@ -55,6 +56,9 @@ struct BuildCommand: AsyncParsableCommand {
             let plan = try await builder.plan(opts)
             if dryRun {
                 plan.summary.forEach { console.result($0) }
+                if !plan.problems.isEmpty {
+                    console.warning("dry run: a build would stop on \(plan.problems.count) problem(s), listed above")
+                }
                 return
             }
             let started = Date()

@@ -15,6 +15,10 @@ public struct BuildOptions: Sendable {
     public var freeSpaceMiB = 64
     public var compression: Compression = .zstd
     public var buildDirectory: String?
+    /// Plan only (`--dry-run`): what would stop a build (a missing agent or
+    /// host tool, a refused hook setting) is collected in `BuildPlan.problems`
+    /// instead of thrown, and nothing is written.
+    public var dryRun = false
     public var environment: [String: String]
 
     public init(distro: String, environment: [String: String] = ProcessInfo.processInfo.environment) {
@@ -43,6 +47,14 @@ public struct BuildPlan: Sendable {
     /// The hook's environment (on top of the caller's).
     public var hookEnvironment: [String: String]
     public var epoch: Int?
+    /// Host programs of HOST_TOOLS that are missing (each "a or b").
+    public var missingHostTools: [String] = []
+    /// What plan_rootfs() printed: the commands build_rootfs will run (nil: the distro has no plan_rootfs()).
+    public var hookPlan: [String]? = nil
+    /// Warnings plan_rootfs() printed (for example gpgcheck off).
+    public var hookWarnings: [String] = []
+    /// Dry run only: what would stop the build.
+    public var problems: [RootfsError] = []
 
     /// The hook invocation for a given tree directory and helper file.
     public func hookInvocation(rootfs: String, helperPath: String) -> HookInvocation {
@@ -52,20 +64,79 @@ public struct BuildPlan: Sendable {
                               rootfsDirectory: rootfs, workingDirectory: distro.directory, environment: env)
     }
 
-    /// A human-readable account of the plan (`--dry-run`).
+    /// The directory build_rootfs receives, as a dry run shows it (the real one is a fresh temporary sibling).
+    public var hookTreePlaceholder: String {
+        FS.parent(rootfsDirectory) + "/." + FS.basename(rootfsDirectory) + ".tmp-XXXXXX/rootfs"
+    }
+
+    /// A human-readable account of the plan (`--dry-run`), section by section.
+    /// Other parts of the build (container engines, formats) add or extend sections.
+    public var sections: [PlanSection] {
+        var result: [PlanSection] = []
+        result.append(PlanSection("distro", [
+            "\(distro.name): \(distro.directory) (found via \(distro.searchDirectory.origin.rawValue))",
+            "config: \(distro.configPath)",
+            "hook: \(distro.libraryPath)",
+        ]))
+        result.append(PlanSection("config (config.sh evaluated)",
+                                  config.values.keys.sorted().map { "\($0)=\(shellQuote(config.values[$0]!))" }))
+        var target = ["architecture: \(architecture)",
+                      "packages: \(config.packages.isEmpty ? "(none)" : config.packages.joined(separator: " "))",
+                      "extra packages: \(extraPackages.isEmpty ? "(none)" : extraPackages.joined(separator: " "))"]
+        let tools = config.hostTools.map { $0.joined(separator: "|") }
+        target.append("host tools: \(tools.isEmpty ? "(none declared)" : tools.joined(separator: " "))"
+                      + (missingHostTools.isEmpty ? "" : " (missing: \(missingHostTools.joined(separator: ", ")))"))
+        result.append(PlanSection("guest", target))
+
+        let tree = hookTreePlaceholder
+        let hook = hookInvocation(rootfs: tree, helperPath: FS.parent(tree) + "/hook-helpers.sh")
+        var invocation = ["working directory: \(hook.workingDirectory)", "environment (on top of the caller's):"]
+        invocation += hook.environment.sorted { $0.key < $1.key }.map { "  \($0.key)=\(shellQuote($0.value))" }
+        invocation.append("command: " + (["bash"] + hook.bashArguments().map { $0 == HookLibrary.runnerScript ? "\"$RUNNER\"" : shellQuote($0) })
+            .joined(separator: " "))
+        invocation.append("RUNNER (bash -c script):")
+        invocation += HookLibrary.runnerScript.split(separator: "\n").map { "  " + $0 }
+        invocation.append("hook-helpers.sh: written at build time (info, warn, die, OK, check_program, require_program...)")
+        result.append(PlanSection("hook invocation (host)", invocation))
+        if let hookPlan {
+            result.append(PlanSection("build_rootfs will run (from plan_rootfs)", hookPlan + hookWarnings.map { "warning: " + $0 }))
+        } else {
+            result.append(PlanSection("build_rootfs will run", ["(\(distro.libraryPath) has no plan_rootfs(): the commands are known only when it runs)"]))
+        }
+        result.append(PlanSection("agent", [
+            "\(agent.sourcePath) -> \(agent.guestPath)" + (agent.isReferenceAgent ? " (reference agent)" : ""),
+            agent.isInit ? "init: /sbin/init -> \(agent.guestPath) (agent is init)"
+                : "init: systemd starts \(agent.guestName).service (\(AgentInstaller.targetName) is the default target)",
+            "build record: \(BuildRecord.guestPath)",
+        ]))
+        var outputs: [String] = []
+        outputs.append("rootfs: \(rootfsDirectory)\(keepRootfs ? "" : " (temporary, removed after the images are written)")\(force ? " (replacing what is there)" : "")")
+        if let initrd { outputs.append("initrd: \(initrd) (cpio, \(compression.rawValue))") }
+        if let image { outputs.append("image: \(image) (raw, MBR, ext4, \(freeSpaceMiB) MiB free)") }
+        outputs.append("log: \(logPath)")
+        if let epoch { outputs.append("SOURCE_DATE_EPOCH: \(epoch)") }
+        result.append(PlanSection("outputs (each written under a temporary name, then renamed)", outputs))
+        if !problems.isEmpty {
+            result.append(PlanSection("problems (a build would stop here)", problems.flatMap { problem in
+                ["\(problem.message)"] + problem.details.map { "  " + $0 } + (problem.hint.map { ["  hint: " + $0] } ?? [])
+            }))
+        }
+        return result
+    }
+
+    /// The sections as plain lines.
     public var summary: [String] {
-        var lines = ["distro: \(distro.name) (\(distro.directory), \(distro.searchDirectory.origin.rawValue))"]
-        for key in config.values.keys.sorted() { lines.append("  \(key)=\(shellQuote(config.values[key]!))") }
-        lines.append("architecture: \(architecture)")
-        lines.append("extra packages: \(extraPackages.isEmpty ? "(none)" : extraPackages.joined(separator: " "))")
-        lines.append("agent: \(agent.sourcePath) -> \(agent.guestPath)\(agent.isInit ? " (as /sbin/init)" : " (systemd unit)")")
-        let hook = hookInvocation(rootfs: rootfsDirectory, helperPath: buildDirectory + "/hook-helpers.sh")
-        lines.append("hook: \(hook.hostCommand.environment.sorted { $0.key < $1.key }.map { "\($0.key)=\(shellQuote($0.value))" }.joined(separator: " ")) bash ... build_rootfs \(shellQuote(rootfsDirectory))")
-        lines.append("rootfs: \(rootfsDirectory)\(keepRootfs ? "" : " (temporary)")")
-        if let initrd { lines.append("initrd: \(initrd) (\(compression.rawValue))") }
-        if let image { lines.append("image: \(image) (raw, MBR, ext4, \(freeSpaceMiB) MiB free)") }
-        lines.append("log: \(logPath)")
-        return lines
+        sections.flatMap { section in ["\(section.title):"] + section.lines.map { "  " + $0 } }
+    }
+}
+
+/// One titled part of a `--dry-run` summary.
+public struct PlanSection: Sendable, Equatable {
+    public var title: String
+    public var lines: [String]
+    public init(_ title: String, _ lines: [String]) {
+        self.title = title
+        self.lines = lines
     }
 }
 
@@ -93,6 +164,12 @@ public struct Builder: Sendable {
         extra = extra.filter { seen.insert($0).inserted }
         try PackageName.validate(extra, option: "--extra-pkg/EXTRA_PKG")
 
+        var problems: [RootfsError] = []
+        // In a dry run, what would stop the build is reported, not thrown.
+        func problem(_ error: RootfsError) throws {
+            if options.dryRun { problems.append(error) } else { throw error }
+        }
+
         var agentInit = options.agentInit || ["yes", "true", "1"].contains((env["AGENT_INIT"] ?? "").lowercased())
         let arch = env["ARCH"].flatMap { $0.isEmpty ? nil : $0 } ?? hostArchitecture()
         var overrides = [String: String]()
@@ -107,13 +184,29 @@ public struct Builder: Sendable {
             throw RootfsError("\(distro.configPath): INIT_PROCESS must be systemd or agent, not '\(config.initProcess)'")
         }
         if config.archExcludeList.contains(arch) {
-            throw RootfsError("distro '\(distro.name)' does not support \(arch) (ARCH_EXCLUDE_LIST in \(distro.configPath))",
-                              hint: "build another distro for this architecture (see `rootfs list`)")
+            throw RootfsError("distro '\(distro.name)' cannot be built for \(arch): ARCH_EXCLUDE_LIST in \(distro.configPath) excludes it (ARCH_EXCLUDE_LIST=\"\(config.archExcludeList.joined(separator: " "))\")",
+                              hint: "build another distro for \(arch) (see `rootfs list`), or set ARCH to an architecture the distro supports")
         }
         if let bad = config.packages.first(where: { !PackageName.isValid($0) }) {
             throw RootfsError("PACKAGES in \(distro.configPath) holds an invalid package name: \(bad)")
         }
-        let agent = try AgentSpec.resolve(agentPath: options.agentPath, agentInit: agentInit, environment: env)
+        let agent: AgentSpec
+        do {
+            agent = try AgentSpec.resolve(agentPath: options.agentPath, agentInit: agentInit, environment: env)
+        } catch let error as RootfsError {
+            try problem(error)
+            // Dry run: show where the agent would have come from.
+            let path = options.agentPath ?? env["AGENT_SOURCE_BIN"] ?? ((FS.executableDirectory() ?? ".") + "/rootfs-agent")
+            agent = AgentSpec(sourcePath: FS.absolute(path), guestName: env["AGENT_BIN"].flatMap { $0.isEmpty ? nil : $0 }
+                              ?? (options.agentPath == nil && env["AGENT_SOURCE_BIN"] == nil ? "rootfs-agent" : "kata-agent"),
+                              isInit: agentInit, isReferenceAgent: options.agentPath == nil)
+        }
+        // A build on this host needs HOST_TOOLS (a build in a container engine would not).
+        let missingTools = config.missingHostTools(path: env["PATH"])
+        if !missingTools.isEmpty {
+            try problem(RootfsError("distro '\(distro.name)' needs \(missingTools.joined(separator: ", ")) on this host, which is missing (HOST_TOOLS in \(distro.configPath))",
+                                    hint: "install \(missingTools.count == 1 ? "it" : "them") (see docs/DISTROS.md), or build in a container"))
+        }
 
         let buildDir = FS.absolute(options.buildDirectory ?? "build/\(distro.name)")
         let rootfsOption = options.rootfsDir ?? env["ROOTFS_DIR"].flatMap { $0.isEmpty ? nil : $0 }
@@ -127,8 +220,8 @@ public struct Builder: Sendable {
             try FS.requireParentDirectory(of: rootfsDir, option: "--rootfs-dir")
         }
         if !options.force && !FS.isMissingOrEmptyDirectory(rootfsDir) && (rootfsOption != nil || !anyOutput) {
-            throw RootfsError("the rootfs directory \(rootfsDir) is not empty",
-                              hint: "pass --force to replace it (it is replaced only once the new build succeeded), or choose another --rootfs-dir")
+            try problem(RootfsError("the rootfs directory \(rootfsDir) is not empty",
+                              hint: "pass --force to replace it (it is replaced only once the new build succeeded), or choose another --rootfs-dir"))
         }
         if FS.exists(rootfsDir) && !FS.isDirectory(rootfsDir) {
             throw RootfsError("\(rootfsDir) exists and is not a directory")
@@ -142,18 +235,53 @@ public struct Builder: Sendable {
         hookEnv["AGENT_INIT"] = agentInit ? "yes" : "no"
         hookEnv["INIT_PROCESS"] = agentInit ? "agent" : config.initProcess
         hookEnv["CONFIG_DIR"] = distro.directory
+        // Kata's names for the agent binary.
+        hookEnv["AGENT_BIN"] = agent.guestName
+        hookEnv["BIN_AGENT"] = agent.guestName
         if let debug = env["DEBUG"], !debug.isEmpty { hookEnv["DEBUG"] = debug }
 
-        return BuildPlan(distro: distro, config: config, architecture: arch, agent: agent, extraPackages: extra,
-                         rootfsDirectory: rootfsDir, keepRootfs: !anyOutput || rootfsOption != nil, force: options.force,
-                         initrd: initrd, image: image, compression: options.compression,
-                         freeSpaceMiB: options.freeSpaceMiB, buildDirectory: buildDir,
-                         logPath: buildDir + "/build.log", hookEnvironment: hookEnv, epoch: try sourceDateEpoch(env))
+        var plan = BuildPlan(distro: distro, config: config, architecture: arch, agent: agent, extraPackages: extra,
+                             rootfsDirectory: rootfsDir, keepRootfs: !anyOutput || rootfsOption != nil, force: options.force,
+                             initrd: initrd, image: image, compression: options.compression,
+                             freeSpaceMiB: options.freeSpaceMiB, buildDirectory: buildDir,
+                             logPath: buildDir + "/build.log", hookEnvironment: hookEnv, epoch: try sourceDateEpoch(env))
+        plan.missingHostTools = missingTools
+        // plan_rootfs() checks the hook's settings (a missing REPO_URL...) before anything is written.
+        do {
+            (plan.hookPlan, plan.hookWarnings) = try await hookPlan(plan)
+        } catch let error as RootfsError {
+            try problem(error)
+        }
+        plan.problems = problems
+        return plan
+    }
+
+    /// Runs the distro's optional plan_rootfs(): the commands build_rootfs would
+    /// run, printed without running them. Nil when the distro has none.
+    func hookPlan(_ plan: BuildPlan) async throws -> ([String]?, [String]) {
+        var env = plan.hookEnvironment
+        env["ROOTFS_DIR"] = plan.hookTreePlaceholder
+        let command = ToolCommand("bash", ["--noprofile", "--norc", "-c", HookLibrary.planScript, "rootfs-plan",
+                                           plan.distro.configPath, plan.distro.libraryPath, plan.hookTreePlaceholder],
+                                  environment: env, workingDirectory: plan.distro.directory)
+        do {
+            let output = try await runner.capture(command)
+            let warnings = output.standardError.split(separator: "\n").map(String.init)
+                .filter { $0.hasPrefix("WARNING: ") }.map { String($0.dropFirst("WARNING: ".count)) }
+            return (output.standardOutput.split(separator: "\n").map(String.init), warnings)
+        } catch let failure as ToolFailure {
+            if failure.status == "exit status 3" { return (nil, []) }
+            let errors = failure.outputTail.filter { $0.hasPrefix("ERROR: ") }.map { String($0.dropFirst("ERROR: ".count)) }
+            throw RootfsError("distro '\(plan.distro.name)' refuses this build: \(errors.first ?? "plan_rootfs() failed (\(failure.status))")",
+                              hint: "change the setting named above (environment or \(plan.distro.configPath)); plan_rootfs() is in \(plan.distro.libraryPath)",
+                              details: errors.isEmpty ? failure.outputTail : Array(errors.dropFirst()))
+        }
     }
 
     /// Runs the plan. Outputs appear only when complete; on any failure (or
     /// cancellation) temporary trees and files are removed and earlier outputs stay.
     public func run(_ plan: BuildPlan) async throws -> [BuildOutput] {
+        if let first = plan.problems.first { throw first }
         try FS.makeDirectories(plan.buildDirectory)
         try console.openLog(at: plan.logPath)
         defer { console.closeLog() }
@@ -174,8 +302,11 @@ public struct Builder: Sendable {
         do {
             try await runner.stream(invocation.hostCommand) { line in console.toolLine(line) }
         } catch let failure as ToolFailure {
-            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' failed (\(failure.status))",
-                              hint: "the full output is in \(plan.logPath)", details: failure.outputTail)
+            // A hook's own `die` message says best what went wrong: it leads the error.
+            let died = failure.outputTail.last(where: { $0.hasPrefix("ERROR: ") }).map { ": " + $0.dropFirst("ERROR: ".count) } ?? ""
+            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' failed (\(failure.status))\(died)",
+                              hint: "the hook is build_rootfs() in \(plan.distro.libraryPath); the full output is in \(plan.logPath)",
+                              details: failure.outputTail)
         }
         try Task.checkCancellation()
         if FS.isMissingOrEmptyDirectory(tree) {

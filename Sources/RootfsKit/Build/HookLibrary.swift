@@ -17,6 +17,19 @@ public enum HookLibrary {
     }
     # split_words VAR_VALUE: prints one word a line (for package lists).
     split_words() { local w; for w in $1; do printf '%s\n' "$w"; done; }
+    # Kata osbuilder's names: warning, check_root.
+    warning() { warn "$@"; }
+    check_root() { [ "$(id -u)" = 0 ] || die "this distro's build_rootfs needs root (it calls check_root): run rootfs as root, or build with --docker"; }
+    # print_command CMD ARGS...: prints a command as a shell would read it (plan_rootfs, logs).
+    print_command() {
+        local a out=""
+        for a in "$@"; do
+            if [[ -n $a && $a =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then out+=" $a"; else out+=" '${a//\'/\'\\\'\'}'"; fi
+        done
+        printf '%s\n' "${out# }"
+    }
+    # Variables Kata hooks read under `set -u`, with Kata's defaults.
+    : "${SECCOMP:=no}" "${SELINUX:=no}" "${LIBC:=gnu}" "${KERNEL_MODULES_DIR:=}"
     """#
 
     /// Runs build_rootfs: helpers, config and library are sourced leniently
@@ -32,6 +45,20 @@ public enum HookLibrary {
     set -euo pipefail
     [ -n "${DEBUG:-}" ] && set -x
     build_rootfs "$@"
+    """#
+
+    /// Runs the optional plan_rootfs() (`rootfs build --dry-run`, and a check
+    /// before every build): it prints the commands build_rootfs would run and
+    /// changes nothing. Exit 3 means the library has no plan_rootfs().
+    /// The helpers come first in the script itself: a dry run writes no file.
+    public static let planScript = text + "\n" + #"""
+    __rootfs_config=$1 __rootfs_lib=$2
+    shift 2
+    source "$__rootfs_config" || true
+    source "$__rootfs_lib"
+    declare -F plan_rootfs >/dev/null || exit 3
+    set -euo pipefail
+    plan_rootfs "$@"
     """#
 }
 

@@ -37,7 +37,9 @@ public struct ConfigEvaluator: Sendable {
 
     /// Reads back the known variables and every variable config.sh adds, NUL-separated.
     /// The config file and the library come in as $1 and $2, never spliced into the script.
-    static let script = #"""
+    /// The hook helpers (info, die...) come first: config.sh may call them, and
+    /// a `die` in config.sh (a missing REPO_URL...) is reported with its message.
+    static let script = HookLibrary.text + "\n" + #"""
     __rootfs_before=" $(compgen -v | tr '\n' ' ') "
     source "$1"
     __rootfs_status=$?
@@ -88,6 +90,10 @@ public struct ConfigEvaluator: Sendable {
             if tail.contains("rootfs: no-build-rootfs") {
                 throw RootfsError("\(distro.libraryPath) does not define build_rootfs()",
                                   hint: "define build_rootfs() { local rootfs_dir=$1; ... } in that file (see template/rootfs_lib.sh)")
+            }
+            if let died = tail.last(where: { $0.hasPrefix("ERROR: ") }) {
+                throw RootfsError("\(distro.configPath) refuses: \(died.dropFirst("ERROR: ".count))",
+                                  hint: "change the setting it names (in the environment or in that file)")
             }
             throw RootfsError("sourcing \(distro.configPath) failed (\(failure.status))",
                               hint: "run bash -x \(shellQuote(distro.configPath)) to see where it stops",
