@@ -262,30 +262,3 @@ import Testing
         #expect(!FS.exists(dir + "/rootfs"))
     }
 }
-
-/// Real builds of the distros whose mirrors CI cannot reach: each runs where
-/// its mirror is given (ROOTFS_TEST_<DISTRO>_MIRROR, used as REPO_URL; for
-/// fedora and centos also ROOTFS_TEST_<DISTRO>_GPG_KEY_URL if you have it).
-@Suite struct MirrorBuildTestsRequiringNetwork {
-    static func mirror(_ distro: String) -> String? {
-        ProcessInfo.processInfo.environment["ROOTFS_TEST_\(distro.uppercased())_MIRROR"].flatMap { $0.isEmpty ? nil : $0 }
-    }
-
-    @Test(.enabled(if: mirror("ubuntu") != nil, "set ROOTFS_TEST_UBUNTU_MIRROR")) func ubuntu() async throws { try await build("ubuntu") }
-    @Test(.enabled(if: mirror("centos") != nil, "set ROOTFS_TEST_CENTOS_MIRROR")) func centos() async throws { try await build("centos") }
-    @Test(.enabled(if: mirror("alpine") != nil, "set ROOTFS_TEST_ALPINE_MIRROR")) func alpine() async throws { try await build("alpine") }
-    @Test(.enabled(if: mirror("fedora") != nil, "set ROOTFS_TEST_FEDORA_MIRROR")) func fedora() async throws { try await build("fedora") }
-
-    func build(_ distro: String) async throws {
-        let mirror = try #require(Self.mirror(distro))
-        let dir = try Fixtures.temporaryDirectory("mirror-\(distro)")
-        defer { FS.remove(dir) }
-        var env = ["REPO_URL": mirror]
-        if let key = ProcessInfo.processInfo.environment["ROOTFS_TEST_\(distro.uppercased())_GPG_KEY_URL"] { env["GPG_KEY_URL"] = key }
-        let r = try await Fixtures.rootfs(["build", distro, "--agent-init", "-r", dir + "/rootfs", "--initrd", dir + "/x.initrd"],
-                                          environment: env, workingDirectory: dir)
-        #expect(r.status == 0, "\(r.stderr)")
-        let check = try await Fixtures.rootfs(["check", "--agent-init", dir + "/rootfs"])
-        #expect(check.status == 0, "\(check.stderr)")
-    }
-}

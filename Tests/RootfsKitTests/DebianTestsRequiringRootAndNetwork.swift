@@ -66,17 +66,6 @@ import Testing
         #expect(again.status != 0 && again.stderr.contains("--force"))
         #expect(try SHA256.hexDigest(ofFile: dir + "/debian.initrd") == before)
     }
-
-    @Test func osVersionTheMirrorRejectsShowsTheToolsMessage() async throws {
-        let work = try Fixtures.temporaryDirectory("bad-suite")
-        defer { FS.remove(work) }
-        let r = try await Fixtures.rootfs(["build", "debian", "--os-version", "nosuchsuite", "--agent-init",
-                                           "--initrd", work + "/x.initrd"], workingDirectory: work)
-        #expect(r.status != 0)
-        #expect(r.stderr.contains("build_rootfs() of distro 'debian' failed"))
-        #expect(r.stderr.contains("nosuchsuite"))
-        #expect(!FS.exists(work + "/x.initrd"))
-    }
 }
 
 @Suite(.serialized) struct DebianBootTestsRequiringQEMUAndNetwork {
