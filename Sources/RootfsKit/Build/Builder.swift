@@ -15,6 +15,14 @@ public struct BuildOptions: Sendable {
     public var freeSpaceMiB = 64
     public var compression: Compression = .zstd
     public var buildDirectory: String?
+    /// `--format` (repeatable): when given, these outputs replace the default rootfs + initrd + raw image.
+    public var formats: [OutputFormat] = []
+    /// `-o DIR` for the formats (default: the build directory).
+    public var outputDirectory: String?
+    /// `--overlay` / `--file`, applied in order after the hook and the agent, before the writers.
+    public var overlays: [OverlaySpec] = []
+    /// Options of the format writers (partition table, file system, kernel, ...).
+    public var imageOptions = ImageOptions()
     public var environment: [String: String]
 
     public init(distro: String, environment: [String: String] = ProcessInfo.processInfo.environment) {
@@ -43,6 +51,10 @@ public struct BuildPlan: Sendable {
     /// The hook's environment (on top of the caller's).
     public var hookEnvironment: [String: String]
     public var epoch: Int?
+    /// The `--format` outputs (other than the rootfs directory) and where each goes.
+    public var formatOutputs: [FormatOutput] = []
+    public var overlays: [OverlaySpec] = []
+    public var imageOptions = ImageOptions()
 
     /// The hook invocation for a given tree directory and helper file.
     public func hookInvocation(rootfs: String, helperPath: String) -> HookInvocation {
@@ -64,9 +76,17 @@ public struct BuildPlan: Sendable {
         lines.append("rootfs: \(rootfsDirectory)\(keepRootfs ? "" : " (temporary)")")
         if let initrd { lines.append("initrd: \(initrd) (\(compression.rawValue))") }
         if let image { lines.append("image: \(image) (raw, MBR, ext4, \(freeSpaceMiB) MiB free)") }
+        for o in formatOutputs { lines.append("\(o.format.rawValue): \(o.path)") }
+        for o in overlays { lines.append("compose: \(o)") }
         lines.append("log: \(logPath)")
         return lines
     }
+}
+
+/// One `--format` output of a build.
+public struct FormatOutput: Sendable, Equatable {
+    public var format: OutputFormat
+    public var path: String
 }
 
 /// One written output.
@@ -117,8 +137,20 @@ public struct Builder: Sendable {
 
         let buildDir = FS.absolute(options.buildDirectory ?? "build/\(distro.name)")
         let rootfsOption = options.rootfsDir ?? env["ROOTFS_DIR"].flatMap { $0.isEmpty ? nil : $0 }
-        let anyOutput = rootfsOption != nil || options.initrd != nil || options.image != nil
-        let rootfsDir = FS.absolute(rootfsOption ?? buildDir + "/rootfs")
+        let anyOutput = rootfsOption != nil || options.initrd != nil || options.image != nil || !options.formats.isEmpty
+        let formatDir = FS.absolute(options.outputDirectory ?? buildDir)
+        let wantsRootfs = options.formats.contains(.rootfs)
+        let rootfsDir = FS.absolute(rootfsOption ?? (wantsRootfs ? OutputFormat.rootfs.outputPath(directory: formatDir, name: distro.name) : buildDir + "/rootfs"))
+        var formatOutputs: [FormatOutput] = []
+        for f in options.formats where f != .rootfs && !formatOutputs.contains(where: { $0.format == f }) {
+            formatOutputs.append(FormatOutput(format: f, path: f.outputPath(directory: formatDir, name: distro.name)))
+        }
+        if let d = options.outputDirectory, FS.exists(d) && !FS.isDirectory(d) {
+            throw RootfsError("-o \(d) is not a directory", hint: "give the directory the formats are written to")
+        }
+        for case .overlay(let path) in options.overlays where !FS.exists(path) {
+            throw RootfsError("--overlay \(path) does not exist", hint: "give a directory or a tar archive")
+        }
         let initrd = anyOutput ? options.initrd.map(FS.absolute) : buildDir + "/\(distro.name).initrd"
         let image = anyOutput ? options.image.map(FS.absolute) : buildDir + "/\(distro.name).img"
         if let initrd, options.initrd != nil { try FS.requireParentDirectory(of: initrd, option: "--initrd") }
@@ -126,7 +158,7 @@ public struct Builder: Sendable {
         if rootfsOption != nil {
             try FS.requireParentDirectory(of: rootfsDir, option: "--rootfs-dir")
         }
-        if !options.force && !FS.isMissingOrEmptyDirectory(rootfsDir) && (rootfsOption != nil || !anyOutput) {
+        if !options.force && !FS.isMissingOrEmptyDirectory(rootfsDir) && (rootfsOption != nil || !anyOutput || wantsRootfs) {
             throw RootfsError("the rootfs directory \(rootfsDir) is not empty",
                               hint: "pass --force to replace it (it is replaced only once the new build succeeded), or choose another --rootfs-dir")
         }
@@ -145,10 +177,11 @@ public struct Builder: Sendable {
         if let debug = env["DEBUG"], !debug.isEmpty { hookEnv["DEBUG"] = debug }
 
         return BuildPlan(distro: distro, config: config, architecture: arch, agent: agent, extraPackages: extra,
-                         rootfsDirectory: rootfsDir, keepRootfs: !anyOutput || rootfsOption != nil, force: options.force,
+                         rootfsDirectory: rootfsDir, keepRootfs: !anyOutput || rootfsOption != nil || wantsRootfs, force: options.force,
                          initrd: initrd, image: image, compression: options.compression,
                          freeSpaceMiB: options.freeSpaceMiB, buildDirectory: buildDir,
-                         logPath: buildDir + "/build.log", hookEnvironment: hookEnv, epoch: try sourceDateEpoch(env))
+                         logPath: buildDir + "/build.log", hookEnvironment: hookEnv, epoch: try sourceDateEpoch(env),
+                         formatOutputs: formatOutputs, overlays: options.overlays, imageOptions: options.imageOptions)
     }
 
     /// Runs the plan. Outputs appear only when complete; on any failure (or
@@ -195,6 +228,10 @@ public struct Builder: Sendable {
             agentSHA256: try SHA256.hexDigest(ofFile: plan.agent.sourcePath), agentInit: plan.agent.isInit,
             buildTime: plan.epoch ?? Int(Date().timeIntervalSince1970))
         try installer.writeFile(BuildRecord.guestPath, contents: Array(record.yaml.utf8), mode: 0o644)
+        if !plan.overlays.isEmpty {
+            console.phase("compose: \(plan.overlays.map(\.description).joined(separator: ", "))")
+            try OverlayApplier(tree: guest).apply(plan.overlays)
+        }
         try RootfsChecker(tree: guest).require(agentInit: plan.agent.isInit, agentNames: [plan.agent.guestName])
         done()
 
@@ -215,6 +252,19 @@ public struct Builder: Sendable {
             outputs.append(BuildOutput(kind: "image", path: image, bytes: stats.outputBytes))
             console.info("    ext4 \(uuid), \(formatBytes(stats.outputBytes))")
             done()
+        }
+        if !plan.formatOutputs.isEmpty {
+            var imageOptions = plan.imageOptions
+            imageOptions.epoch = plan.epoch
+            imageOptions.compression = plan.compression
+            let writer = ImageWriter(options: imageOptions)
+            for o in plan.formatOutputs {
+                try Task.checkCancellation()
+                console.phase("\(o.format.rawValue): \(o.path)")
+                try FS.makeDirectories(FS.parent(o.path))
+                outputs += try await writer.write(o.format, source: .directory(tree), to: o.path)
+                done()
+            }
         }
         if plan.keepRootfs {
             try Task.checkCancellation()

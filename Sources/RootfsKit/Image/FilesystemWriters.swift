@@ -16,15 +16,16 @@ public struct FilesystemImageWriter: Sendable {
     public func command(directory: String, output: String) -> ToolCommand {
         switch kind {
         case .erofs:
-            var args = ["--quiet", "-U", uuid, "-L", String(label.prefix(15))]
+            var args = ["--quiet", "-U", uuid]
             if let epoch { args += ["-T", String(epoch)] }
             if allRoot { args.append("--all-root") }
             return ToolCommand("mkfs.erofs", args + [output, directory])
         case .squashfs:
             var args = [directory, output, "-noappend", "-no-progress", "-quiet", "-comp", "zstd", "-reproducible"]
-            if let epoch { args += ["-mkfs-time", String(epoch), "-all-time", String(epoch)] }
             if allRoot { args.append("-all-root") }
-            return ToolCommand("mksquashfs", args)
+            // mksquashfs 4.5 takes the time of every file and of the file system from SOURCE_DATE_EPOCH
+            // (and refuses it together with -mkfs-time/-all-time).
+            return ToolCommand("mksquashfs", args, environment: epoch.map { ["SOURCE_DATE_EPOCH": String($0)] } ?? [:])
         }
     }
 

@@ -335,6 +335,8 @@ struct ArchiveTreeReader {
         let r = try reader()
         while let e = try nextHeader(r) {
             let it = try item(from: e)
+            // tar stores a name given twice as a hard link to itself: the earlier member stands.
+            if it.hardLinkTo == it.path { continue }
             var h = Header(item: it)
             if it.size > 0 {
                 h.spoolOffset = spoolEnd
