@@ -26,13 +26,15 @@ struct BuildCommand: AsyncParsableCommand {
     @Flag(name: .customLong("agent-init"), help: "Make the agent /sbin/init (no systemd).") var agentInit = false
     @Flag(help: "Replace an existing, non-empty rootfs directory.") var force = false
     @Option(help: "Initrd compression.") var compression: Compression = .zstd
-    @Option(name: .customLong("free-space"), help: ArgumentHelp("Free space in the disk image.", valueName: "MB"))
-    var freeSpace: Int = 64
+    @Option(name: .customLong("format"), help: ArgumentHelp(
+        "Write this format (repeatable): \(OutputFormat.names). Replaces the default outputs.", valueName: "F"))
+    var formats: [String] = []
+    @Option(name: .short, help: ArgumentHelp("Write the --format outputs into DIR as DIR/<distro>.<ext> (default: build/<distro>).", valueName: "DIR"))
+    var outputDirectory: String?
+    @OptionGroup var imageFlags: ImageFlags
+    @OptionGroup var compose: ComposeFlags
     @Flag(name: .customLong("dry-run"), help: "Print the plan (distro, config, hook command, agent, outputs) and write nothing.") var dryRun = false
 
-    func validate() throws {
-        guard freeSpace >= 0 else { throw ValidationError("--free-space must be 0 or more") }
-    }
 
     func run() async throws {
         var options = BuildOptions(distro: distro)
@@ -46,12 +48,18 @@ struct BuildCommand: AsyncParsableCommand {
         options.agentInit = agentInit
         options.force = force
         options.compression = compression
-        options.freeSpaceMiB = freeSpace
+        options.freeSpaceMiB = imageFlags.freeSpace
+        options.outputDirectory = outputDirectory
+        let (formatTexts, compose, flags) = (formats, compose, imageFlags)
         options.dryRun = dryRun
         let console = global.makeConsole()
         let dryRun = dryRun
-        let opts = options
+        let base = options
         try await CommandRunner.run {
+            var opts = base
+            opts.formats = try formatTexts.map(OutputFormat.parse)
+            opts.overlays = try compose.specs()
+            opts.imageOptions = flags.options(epoch: nil, compression: opts.compression)
             let builder = Builder(console: console)
             let plan = try await builder.plan(opts)
             if dryRun {

@@ -4,28 +4,36 @@ import RootfsKit
 
 struct ImageCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "image", abstract: "Write a raw disk image (MBR, one ext4 partition) from a rootfs directory.")
+        commandName: "image", abstract: "Write one image (any format) from a rootfs directory or tar archive.",
+        discussion: """
+        The format comes from --format, or from FILE's extension (.img raw, .qcow2, .vhd, .vmdk, .tar[.gz|.zst], \
+        .initrd, .erofs, .squashfs, .iso); raw by default. For kernel+initrd, FILE is a name prefix: \
+        FILE-kernel, FILE-initrd.img and FILE-cmdline are written.
+        """)
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "The rootfs directory.") var rootfs: String
+    @Argument(help: "The rootfs directory or tar archive.") var tree: String
     @Option(name: .short, help: ArgumentHelp("The image to write.", valueName: "FILE")) var output: String
-    @Option(name: .customLong("free-space"), help: ArgumentHelp("Free space in the file system.", valueName: "MB"))
-    var freeSpace: Int = 64
+    @Option(help: ArgumentHelp("The format (\(OutputFormat.names)).", valueName: "F")) var format: String?
+    @Option(help: "Initrd compression (initrd, kernel+initrd, iso-bios).") var compression: Compression = .zstd
+    @OptionGroup var imageFlags: ImageFlags
+    @OptionGroup var compose: ComposeFlags
     @Flag(name: .customLong("agent-init"), help: "Require the agent to be /sbin/init.") var agentInit = false
 
-    func validate() throws {
-        guard freeSpace >= 0 else { throw ValidationError("--free-space must be 0 or more") }
-    }
-
     func run() async throws {
-        let (rootfs, output, freeSpace, agentInit) = (rootfs, output, freeSpace, agentInit)
+        let (tree, output, formatText, agentInit) = (tree, output, format, agentInit)
         let console = global.makeConsole()
+        let flags = imageFlags, compose = compose, compression = compression
         try await CommandRunner.run {
-            try requireTree(rootfs, agentInit: agentInit)
+            let format = try formatText.map(OutputFormat.parse) ?? OutputFormat.infer(fromPath: output) ?? .raw
+            try requireTreeSource(tree, agentInit: agentInit)
             try FS.requireParentDirectory(of: output, option: "-o")
-            let (stats, uuid) = try await DiskImageWriter(freeSpaceMiB: freeSpace, epoch: try sourceDateEpoch())
-                .write(tree: FS.absolute(rootfs), to: output)
-            console.result("image: \(output)  \(formatBytes(stats.outputBytes)) (ext4 \(uuid) at 1 MiB)")
+            let (source, cleanup) = try composedSource(tree, specs: try compose.specs(), near: FS.absolute(output))
+            defer { cleanup() }
+            let writer = ImageWriter(options: flags.options(epoch: try sourceDateEpoch(), compression: compression))
+            for o in try await writer.write(format, source: source, to: FS.absolute(output)) {
+                console.result("\(o.kind): \(o.path)  \(formatBytes(o.bytes))")
+            }
         }
     }
 }

@@ -4,21 +4,24 @@ import RootfsKit
 
 struct InitrdCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "initrd", abstract: "Write an initrd (cpio) from a rootfs directory.")
+        commandName: "initrd", abstract: "Write an initrd (cpio) from a rootfs directory or tar archive.")
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "The rootfs directory.") var rootfs: String
+    @Argument(help: "The rootfs directory or tar archive.") var rootfs: String
     @Option(name: .short, help: ArgumentHelp("The initrd to write.", valueName: "FILE")) var output: String
     @Option(help: "Compression.") var compression: Compression = .zstd
+    @OptionGroup var compose: ComposeFlags
     @Flag(name: .customLong("agent-init"), help: "Require the agent to be /sbin/init.") var agentInit = false
 
     func run() async throws {
-        let (rootfs, output, compression, agentInit) = (rootfs, output, compression, agentInit)
+        let (rootfs, output, compression, agentInit, compose) = (rootfs, output, compression, agentInit, compose)
         let console = global.makeConsole()
         try await CommandRunner.run {
-            try requireTree(rootfs, agentInit: agentInit)
+            try requireTreeSource(rootfs, agentInit: agentInit)
             try FS.requireParentDirectory(of: output, option: "-o")
-            let stats = try InitrdWriter(compression: compression, epoch: try sourceDateEpoch()).write(tree: rootfs, to: output)
+            let (source, cleanup) = try composedSource(rootfs, specs: try compose.specs(), near: FS.absolute(output))
+            defer { cleanup() }
+            let stats = try InitrdWriter(compression: compression, epoch: try sourceDateEpoch()).write(source: source, to: output)
             console.result("initrd: \(output)  \(formatBytes(stats.outputBytes)) (\(stats.entries) entries)")
         }
     }

@@ -7,7 +7,7 @@ struct Rootfs: AsyncParsableCommand {
         commandName: "rootfs",
         abstract: "Build minimal Linux guest root filesystems and boot images.",
         version: RootfsVersion.version,
-        subcommands: [ListCommand.self, BuildCommand.self, InitrdCommand.self, ImageCommand.self, CheckCommand.self,
-                      BootCommand.self, NewCommand.self]
+        subcommands: [ListCommand.self, BuildCommand.self, InitrdCommand.self, ImageCommand.self, ExtendCommand.self,
+                      CheckCommand.self, BootCommand.self, NewCommand.self]
     )
 }

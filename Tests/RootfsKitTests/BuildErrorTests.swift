@@ -160,7 +160,7 @@ import Testing
     @Test func excludedArchitectureIsRefused() async throws {
         let r = try await rootfs(["build", "excluded"])
         #expect(r.status != 0)
-        #expect(r.stderr.contains("does not support \(hostArchitecture())"))
+        #expect(r.stderr.contains("cannot be built for \(hostArchitecture())"))
         #expect(r.stderr.contains("ARCH_EXCLUDE_LIST"))
     }
 

@@ -19,6 +19,14 @@ public struct BuildOptions: Sendable {
     /// host tool, a refused hook setting) is collected in `BuildPlan.problems`
     /// instead of thrown, and nothing is written.
     public var dryRun = false
+    /// `--format` (repeatable): when given, these outputs replace the default rootfs + initrd + raw image.
+    public var formats: [OutputFormat] = []
+    /// `-o DIR` for the formats (default: the build directory).
+    public var outputDirectory: String?
+    /// `--overlay` / `--file`, applied in order after the hook and the agent, before the writers.
+    public var overlays: [OverlaySpec] = []
+    /// Options of the format writers (partition table, file system, kernel, ...).
+    public var imageOptions = ImageOptions()
     public var environment: [String: String]
 
     public init(distro: String, environment: [String: String] = ProcessInfo.processInfo.environment) {
@@ -55,6 +63,10 @@ public struct BuildPlan: Sendable {
     public var hookWarnings: [String] = []
     /// Dry run only: what would stop the build.
     public var problems: [RootfsError] = []
+    /// The `--format` outputs (other than the rootfs directory) and where each goes.
+    public var formatOutputs: [FormatOutput] = []
+    public var overlays: [OverlaySpec] = []
+    public var imageOptions = ImageOptions()
 
     /// The hook invocation for a given tree directory and helper file.
     public func hookInvocation(rootfs: String, helperPath: String) -> HookInvocation {
@@ -113,8 +125,12 @@ public struct BuildPlan: Sendable {
         outputs.append("rootfs: \(rootfsDirectory)\(keepRootfs ? "" : " (temporary, removed after the images are written)")\(force ? " (replacing what is there)" : "")")
         if let initrd { outputs.append("initrd: \(initrd) (cpio, \(compression.rawValue))") }
         if let image { outputs.append("image: \(image) (raw, MBR, ext4, \(freeSpaceMiB) MiB free)") }
+        for o in formatOutputs { outputs.append("\(o.format.rawValue): \(o.path)") }
         outputs.append("log: \(logPath)")
         if let epoch { outputs.append("SOURCE_DATE_EPOCH: \(epoch)") }
+        if !overlays.isEmpty {
+            result.append(PlanSection("compose (after the hook and the agent, in order)", overlays.map(\.description)))
+        }
         result.append(PlanSection("outputs (each written under a temporary name, then renamed)", outputs))
         if !problems.isEmpty {
             result.append(PlanSection("problems (a build would stop here)", problems.flatMap { problem in
@@ -138,6 +154,12 @@ public struct PlanSection: Sendable, Equatable {
         self.title = title
         self.lines = lines
     }
+}
+
+/// One `--format` output of a build.
+public struct FormatOutput: Sendable, Equatable {
+    public var format: OutputFormat
+    public var path: String
 }
 
 /// One written output.
@@ -210,8 +232,20 @@ public struct Builder: Sendable {
 
         let buildDir = FS.absolute(options.buildDirectory ?? "build/\(distro.name)")
         let rootfsOption = options.rootfsDir ?? env["ROOTFS_DIR"].flatMap { $0.isEmpty ? nil : $0 }
-        let anyOutput = rootfsOption != nil || options.initrd != nil || options.image != nil
-        let rootfsDir = FS.absolute(rootfsOption ?? buildDir + "/rootfs")
+        let anyOutput = rootfsOption != nil || options.initrd != nil || options.image != nil || !options.formats.isEmpty
+        let formatDir = FS.absolute(options.outputDirectory ?? buildDir)
+        let wantsRootfs = options.formats.contains(.rootfs)
+        let rootfsDir = FS.absolute(rootfsOption ?? (wantsRootfs ? OutputFormat.rootfs.outputPath(directory: formatDir, name: distro.name) : buildDir + "/rootfs"))
+        var formatOutputs: [FormatOutput] = []
+        for f in options.formats where f != .rootfs && !formatOutputs.contains(where: { $0.format == f }) {
+            formatOutputs.append(FormatOutput(format: f, path: f.outputPath(directory: formatDir, name: distro.name)))
+        }
+        if let d = options.outputDirectory, FS.exists(d) && !FS.isDirectory(d) {
+            throw RootfsError("-o \(d) is not a directory", hint: "give the directory the formats are written to")
+        }
+        for case .overlay(let path) in options.overlays where !FS.exists(path) {
+            throw RootfsError("--overlay \(path) does not exist", hint: "give a directory or a tar archive")
+        }
         let initrd = anyOutput ? options.initrd.map(FS.absolute) : buildDir + "/\(distro.name).initrd"
         let image = anyOutput ? options.image.map(FS.absolute) : buildDir + "/\(distro.name).img"
         if let initrd, options.initrd != nil { try FS.requireParentDirectory(of: initrd, option: "--initrd") }
@@ -219,7 +253,7 @@ public struct Builder: Sendable {
         if rootfsOption != nil {
             try FS.requireParentDirectory(of: rootfsDir, option: "--rootfs-dir")
         }
-        if !options.force && !FS.isMissingOrEmptyDirectory(rootfsDir) && (rootfsOption != nil || !anyOutput) {
+        if !options.force && !FS.isMissingOrEmptyDirectory(rootfsDir) && (rootfsOption != nil || !anyOutput || wantsRootfs) {
             try problem(RootfsError("the rootfs directory \(rootfsDir) is not empty",
                               hint: "pass --force to replace it (it is replaced only once the new build succeeded), or choose another --rootfs-dir"))
         }
@@ -241,10 +275,11 @@ public struct Builder: Sendable {
         if let debug = env["DEBUG"], !debug.isEmpty { hookEnv["DEBUG"] = debug }
 
         var plan = BuildPlan(distro: distro, config: config, architecture: arch, agent: agent, extraPackages: extra,
-                             rootfsDirectory: rootfsDir, keepRootfs: !anyOutput || rootfsOption != nil, force: options.force,
+                             rootfsDirectory: rootfsDir, keepRootfs: !anyOutput || rootfsOption != nil || wantsRootfs, force: options.force,
                              initrd: initrd, image: image, compression: options.compression,
                              freeSpaceMiB: options.freeSpaceMiB, buildDirectory: buildDir,
-                             logPath: buildDir + "/build.log", hookEnvironment: hookEnv, epoch: try sourceDateEpoch(env))
+                             logPath: buildDir + "/build.log", hookEnvironment: hookEnv, epoch: try sourceDateEpoch(env),
+                             formatOutputs: formatOutputs, overlays: options.overlays, imageOptions: options.imageOptions)
         plan.missingHostTools = missingTools
         // plan_rootfs() checks the hook's settings (a missing REPO_URL...) before anything is written.
         do {
@@ -326,6 +361,10 @@ public struct Builder: Sendable {
             agentSHA256: try SHA256.hexDigest(ofFile: plan.agent.sourcePath), agentInit: plan.agent.isInit,
             buildTime: plan.epoch ?? Int(Date().timeIntervalSince1970))
         try installer.writeFile(BuildRecord.guestPath, contents: Array(record.yaml.utf8), mode: 0o644)
+        if !plan.overlays.isEmpty {
+            console.phase("compose: \(plan.overlays.map(\.description).joined(separator: ", "))")
+            try OverlayApplier(tree: guest).apply(plan.overlays)
+        }
         try RootfsChecker(tree: guest).require(agentInit: plan.agent.isInit, agentNames: [plan.agent.guestName])
         done()
 
@@ -346,6 +385,19 @@ public struct Builder: Sendable {
             outputs.append(BuildOutput(kind: "image", path: image, bytes: stats.outputBytes))
             console.info("    ext4 \(uuid), \(formatBytes(stats.outputBytes))")
             done()
+        }
+        if !plan.formatOutputs.isEmpty {
+            var imageOptions = plan.imageOptions
+            imageOptions.epoch = plan.epoch
+            imageOptions.compression = plan.compression
+            let writer = ImageWriter(options: imageOptions)
+            for o in plan.formatOutputs {
+                try Task.checkCancellation()
+                console.phase("\(o.format.rawValue): \(o.path)")
+                try FS.makeDirectories(FS.parent(o.path))
+                outputs += try await writer.write(o.format, source: .directory(tree), to: o.path)
+                done()
+            }
         }
         if plan.keepRootfs {
             try Task.checkCancellation()

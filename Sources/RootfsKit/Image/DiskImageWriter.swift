@@ -33,6 +33,10 @@ public struct DiskImageWriter: Sendable {
     public var label: String
     public var epoch: Int?
     public var runner = ProcessRunner()
+    public var partitionTable: PartitionTable = .mbr
+    public var filesystem: FilesystemType = .ext4
+    /// Prepend Kata's 2 MiB NVDIMM/DAX header.
+    public var dax = false
 
     public init(freeSpaceMiB: Int = 64, label: String = "rootfs", epoch: Int? = nil) {
         self.freeSpaceMiB = freeSpaceMiB
@@ -75,13 +79,14 @@ public struct DiskImageWriter: Sendable {
     }
 
     /// The mke2fs command that writes the file system into `image` at the partition offset.
-    public func mke2fsCommand(tree root: String, image: String, sizing: Sizing, uuid: String) -> ToolCommand {
+    public func mke2fsCommand(tree root: String, image: String, sizing: Sizing, uuid: String,
+                              offset: Int64 = DiskImageWriter.partitionOffset) -> ToolCommand {
         var env: [String: String] = [:]
         if let epoch { env["E2FSPROGS_FAKE_TIME"] = String(epoch) }
         return ToolCommand("mke2fs", [
             "-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0", "-L", label, "-U", uuid,
             "-N", String(sizing.inodes), "-J", "size=\(sizing.journalMiB)",
-            "-E", "offset=\(Self.partitionOffset),hash_seed=\(uuid),root_owner=0:0",
+            "-E", "offset=\(offset),hash_seed=\(uuid),root_owner=0:0",
             "-d", root, image, "\(sizing.filesystemBytes / 1024)k",
         ], environment: env)
     }
@@ -106,37 +111,112 @@ public struct DiskImageWriter: Sendable {
 
     @discardableResult
     public func write(tree root: String, to output: String) async throws -> (stats: WriteStats, uuid: String) {
-        let sizing = try sizing(tree: root)
+        try await write(source: .directory(root), to: output)
+    }
+
+    /// Where the file system starts in the output (after the DAX header and the partition table gap).
+    public var filesystemOffset: Int64 {
+        (dax ? DAXHeader.size : 0) + (partitionTable == .none ? 0 : Self.partitionOffset)
+    }
+
+    @discardableResult
+    public func write(source: TreeSource, to output: String) async throws -> (stats: WriteStats, uuid: String) {
+        if dax && partitionTable != .mbr {
+            throw RootfsError("--dax needs an MBR partition table (Kata's NVDIMM layout)",
+                              hint: "drop --partition-table gpt / --no-partition-table, or drop --dax")
+        }
+        let (root, cleanup) = try source.materialized(near: output)
+        defer { cleanup() }
         let uuid = filesystemUUID()
         let temporary = FS.siblingTemporaryPath(for: output)
         var keep = false
         defer { if !keep { unlink(temporary) } }
-        let total = Self.partitionOffset + sizing.filesystemBytes
         let fd = open(temporary, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw RootfsError("cannot create \(output): \(FS.errnoText())") }
         defer { close(fd) }
-        guard ftruncate(fd, off_t(total)) == 0 else { throw RootfsError("cannot size \(output): \(FS.errnoText())") }
-        do {
-            try await runner.capture(mke2fsCommand(tree: root, image: temporary, sizing: sizing, uuid: uuid))
-        } catch let failure as ToolFailure {
-            throw RootfsError("mke2fs could not write the file system of \(output) (\(failure.status))",
-                              hint: failure.outputTail.contains { $0.contains("No space") || $0.contains("Could not allocate") }
-                                ? "the tree did not fit in the computed size; add room with --free-space MB" : nil,
-                              details: failure.outputTail)
+        let base = filesystemOffset
+        let tail: Int64 = partitionTable == .gpt ? Self.partitionOffset : 0
+        var stats = WriteStats()
+        let filesystemBytes: Int64
+        switch filesystem {
+        case .ext4:
+            let sizing = try sizing(tree: root)
+            filesystemBytes = sizing.filesystemBytes
+            stats.inputBytes = sizing.dataBytes
+            guard ftruncate(fd, off_t(base + filesystemBytes + tail)) == 0 else {
+                throw RootfsError("cannot size \(output): \(FS.errnoText())")
+            }
+            do {
+                try await runner.capture(mke2fsCommand(tree: root, image: temporary, sizing: sizing, uuid: uuid, offset: base))
+            } catch let failure as ToolFailure {
+                throw RootfsError("mke2fs could not write the file system of \(output) (\(failure.status))",
+                                  hint: failure.outputTail.contains { $0.contains("No space") || $0.contains("Could not allocate") }
+                                    ? "the tree did not fit in the computed size; add room with --free-space MB" : nil,
+                                  details: failure.outputTail)
+            }
+        case .erofs:
+            let fsFile = FS.siblingTemporaryPath(for: output) + ".erofs"
+            defer { unlink(fsFile) }
+            try await FilesystemImageWriter(kind: .erofs, epoch: epoch, uuid: uuid, label: label, runner: runner)
+                .run(directory: root, output: fsFile)
+            let size = FS.fileSize(fsFile)
+            filesystemBytes = roundUp(size, 1 << 20)
+            guard ftruncate(fd, off_t(base + filesystemBytes + tail)) == 0 else {
+                throw RootfsError("cannot size \(output): \(FS.errnoText())")
+            }
+            try FS.copyFile(fsFile, into: fd, at: base)
+            stats.inputBytes = size
+        case .xfs:
+            throw RootfsError("--fs xfs is not supported yet: mkfs.xfs of xfsprogs 6.1 cannot fill a file system from a directory without mounting it",
+                              hint: "use --fs ext4 (default) or --fs erofs")
         }
         let signatureSource = uuid.replacingOccurrences(of: "-", with: "").prefix(8)
-        let mbr = MBR(diskSignature: UInt32(signatureSource, radix: 16) ?? 0,
-                      partitionStartSector: UInt32(Self.partitionOffset / 512),
-                      partitionSectors: UInt32(sizing.filesystemBytes / 512))
-        let written = mbr.bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, 512, 0) }
-        guard written == 512, fsync(fd) == 0 else { throw RootfsError("cannot write \(output): \(FS.errnoText())") }
+        let signature = UInt32(signatureSource, radix: 16) ?? 0
+        let diskStart = dax ? DAXHeader.size : 0
+        switch partitionTable {
+        case .mbr:
+            let mbr = MBR(diskSignature: signature, partitionStartSector: UInt32(Self.partitionOffset / 512),
+                          partitionSectors: UInt32(filesystemBytes / 512))
+            try FS.write(mbr.bytes, to: fd, at: diskStart, name: output)
+            if dax {
+                try FS.write(DAXHeader.header(innerPartitionOffset: Self.partitionOffset, partitionBytes: filesystemBytes,
+                                              signature: signature), to: fd, at: 0, name: output)
+            }
+        case .gpt:
+            let sectors = UInt64((Self.partitionOffset + filesystemBytes + tail) / 512)
+            let gpt = GPT(diskSectors: sectors, firstSector: UInt64(Self.partitionOffset / 512),
+                          lastSector: UInt64((Self.partitionOffset + filesystemBytes) / 512) - 1,
+                          diskGUID: derivedGUID("disk", uuid), partitionGUID: derivedGUID("part", uuid), partitionName: label)
+            for (lba, bytes) in gpt.sectors { try FS.write(bytes, to: fd, at: Int64(lba) * 512, name: output) }
+        case .none:
+            break
+        }
+        guard fsync(fd) == 0 else { throw RootfsError("cannot write \(output): \(FS.errnoText())") }
         try FS.rename(temporary, to: output)
         keep = true
-        var stats = WriteStats()
-        stats.inputBytes = sizing.dataBytes
-        stats.outputBytes = total
+        stats.outputBytes = base + filesystemBytes + tail
         return (stats, uuid)
     }
+
+    private func derivedGUID(_ what: String, _ uuid: String) -> String {
+        var hasher = SHA256()
+        hasher.update(Array("rootfs-gpt:\(what):\(uuid)".utf8))
+        var bytes = Array(hasher.finalize().prefix(16))
+        bytes[6] = (bytes[6] & 0x0f) | 0x40
+        bytes[8] = (bytes[8] & 0x3f) | 0x80
+        let c = Array(SHA256.hex(bytes))
+        return String(c[0..<8]) + "-" + String(c[8..<12]) + "-" + String(c[12..<16]) + "-" + String(c[16..<20]) + "-" + String(c[20..<32])
+    }
+}
+
+/// The partition table of a raw disk image.
+public enum PartitionTable: String, Sendable, CaseIterable, Codable {
+    case mbr, gpt, none
+}
+
+/// The file system of a raw disk image.
+public enum FilesystemType: String, Sendable, CaseIterable, Codable {
+    case ext4, erofs, xfs
 }
 
 func roundUp(_ value: Int64, _ unit: Int64) -> Int64 { (value + unit - 1) / unit * unit }

@@ -21,6 +21,10 @@ struct TreeArchiver {
     var syntheticLinks: [(path: String, target: String)] = []
 
     func write(tree root: String, to output: String) throws -> WriteStats {
+        try write(source: .directory(root), to: output)
+    }
+
+    func write(source: TreeSource, to output: String) throws -> WriteStats {
         let temporary = FS.siblingTemporaryPath(for: output)
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw RootfsError("cannot create \(output): \(FS.errnoText())") }
@@ -29,7 +33,7 @@ struct TreeArchiver {
             close(fd)
             if !keep { unlink(temporary) }
         }
-        var stats = try write(tree: root, fd: fd)
+        var stats = try write(source: source, fd: fd)
         if fsync(fd) != 0 { throw RootfsError("cannot write \(output): \(FS.errnoText())") }
         var st = stat()
         fstat(fd, &st)
@@ -39,83 +43,82 @@ struct TreeArchiver {
         return stats
     }
 
-    func write(tree root: String, fd: Int32) throws -> WriteStats {
+    func write(source: TreeSource, fd: Int32) throws -> WriteStats {
         let threads = min(ProcessInfo.processInfo.activeProcessorCount, 8)
         let archive = try ArchiveWriteHandle(format: format, compression: compression, level: level, threads: threads)
         try archive.open(fd: fd)
         let entry = ArchiveEntryHandle()
         var stats = WriteStats()
         var nextInode: Int64 = 1
-        var firstLink: [HardLinkKey: (path: [UInt8], ino: Int64)] = [:]
+        var inodes: [[UInt8]: Int64] = [:]
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         defer { buffer.deallocate() }
-        let missingSynthetic = syntheticLinks.filter { !FS.exists(root + "/" + $0.path) }
+        // Synthetic links go where the canonical order puts them, unless the tree has that name.
+        var pending = syntheticLinks.map { (path: Array($0.path.utf8), target: Array($0.target.utf8)) }
+            .sorted { canonicalPrecedes($0.path, $1.path) }
+        var rootTime = 0
 
-        try TreeWalker(root: root).walk { item in
-            entry.clear()
-            let st = item.stat
-            entry.setPath(item.path)
-            archive_entry_set_mode(entry.pointer, st.st_mode)
-            archive_entry_set_uid(entry.pointer, Int64(st.st_uid))
-            archive_entry_set_gid(entry.pointer, Int64(st.st_gid))
-            archive_entry_set_mtime(entry.pointer, clamp(st.st_mtim.tv_sec), 0)
-            archive_entry_set_nlink(entry.pointer, item.fileType == S_IFDIR ? 2 : UInt32(st.st_nlink))
-            archive_entry_set_dev(entry.pointer, 0)
-            var size: Int64 = 0
-            switch item.fileType {
-            case S_IFREG:
-                if st.st_nlink > 1 {
-                    let key = HardLinkKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
-                    if let first = firstLink[key] {
-                        archive_entry_set_ino64(entry.pointer, first.ino)
-                        entry.setHardlink(first.path)
-                        archive_entry_set_size(entry.pointer, 0)
-                        try archive.writeHeader(entry)
-                        try archive.finishEntry()
-                        stats.entries += 1
-                        return
-                    }
-                    firstLink[key] = (item.path, nextInode)
+        func writeSynthetic(before path: [UInt8]?) throws {
+            while let link = pending.first {
+                if let path {
+                    if link.path == path { pending.removeFirst(); continue }
+                    guard canonicalPrecedes(link.path, path) else { return }
                 }
-                size = Int64(st.st_size)
-            case S_IFLNK:
-                entry.setSymlink(item.linkTarget ?? [])
-            case S_IFCHR, S_IFBLK:
-                archive_entry_set_rdev(entry.pointer, st.st_rdev)
-            default:
-                break
+                pending.removeFirst()
+                entry.clear()
+                entry.setPath(link.path)
+                archive_entry_set_mode(entry.pointer, S_IFLNK | 0o777)
+                archive_entry_set_mtime(entry.pointer, rootTime, 0)
+                archive_entry_set_nlink(entry.pointer, 1)
+                archive_entry_set_size(entry.pointer, 0)
+                archive_entry_set_uid(entry.pointer, 0)
+                archive_entry_set_gid(entry.pointer, 0)
+                archive_entry_set_ino64(entry.pointer, nextInode)
+                nextInode += 1
+                entry.setSymlink(link.target)
+                try archive.writeHeader(entry)
+                try archive.finishEntry()
+                stats.entries += 1
             }
+        }
+
+        try source.walk { item in
+            if item.isRoot { rootTime = clamp(item.mtime) } else { try writeSynthetic(before: item.path) }
+            entry.clear()
+            entry.setPath(item.path)
+            archive_entry_set_mode(entry.pointer, mode_t(item.mode))
+            archive_entry_set_uid(entry.pointer, Int64(item.uid))
+            archive_entry_set_gid(entry.pointer, Int64(item.gid))
+            archive_entry_set_mtime(entry.pointer, clamp(item.mtime), 0)
+            archive_entry_set_nlink(entry.pointer, item.nlink)
+            archive_entry_set_dev(entry.pointer, 0)
+            if let first = item.hardLinkTo {
+                archive_entry_set_ino64(entry.pointer, inodes[first] ?? 0)
+                entry.setHardlink(first)
+                archive_entry_set_size(entry.pointer, 0)
+                try archive.writeHeader(entry)
+                try archive.finishEntry()
+                stats.entries += 1
+                return
+            }
+            switch item.fileType {
+            case FileType.lnk: entry.setSymlink(item.linkTarget ?? [])
+            case FileType.chr, FileType.blk: archive_entry_set_rdev(entry.pointer, dev_t(item.rdev))
+            default: break
+            }
+            if item.fileType == FileType.reg && item.nlink > 1 { inodes[item.path] = nextInode }
             archive_entry_set_ino64(entry.pointer, nextInode)
             nextInode += 1
-            archive_entry_set_size(entry.pointer, size)
+            archive_entry_set_size(entry.pointer, item.size)
             try archive.writeHeader(entry)
-            if size > 0 {
-                try copyContent(of: item, size: size, into: archive, buffer: buffer)
-                stats.inputBytes += size
+            if item.size > 0 {
+                try item.copyContent(buffer: buffer) { try archive.writeData($0) }
+                stats.inputBytes += item.size
             }
             try archive.finishEntry()
             stats.entries += 1
-
-            if item.path == [46] {
-                let rootTime = clamp(st.st_mtim.tv_sec)
-                for link in missingSynthetic {
-                    entry.clear()
-                    entry.setPath(Array(link.path.utf8))
-                    archive_entry_set_mode(entry.pointer, S_IFLNK | 0o777)
-                    archive_entry_set_mtime(entry.pointer, rootTime, 0)
-                    archive_entry_set_nlink(entry.pointer, 1)
-                    archive_entry_set_size(entry.pointer, 0)
-                    archive_entry_set_uid(entry.pointer, 0)
-                    archive_entry_set_gid(entry.pointer, 0)
-                    archive_entry_set_ino64(entry.pointer, nextInode)
-                    nextInode += 1
-                    entry.setSymlink(Array(link.target.utf8))
-                    try archive.writeHeader(entry)
-                    try archive.finishEntry()
-                    stats.entries += 1
-                }
-            }
         }
+        try writeSynthetic(before: nil)
         try archive.close()
         return stats
     }
@@ -123,29 +126,6 @@ struct TreeArchiver {
     private func clamp(_ seconds: Int) -> Int {
         guard let epoch else { return seconds }
         return min(seconds, epoch)
-    }
-
-    /// Copies exactly `size` bytes: a file that shrank meanwhile is padded with
-    /// zeros, one that grew is cut, so the header stays true.
-    private func copyContent(of item: TreeEntry, size: Int64, into archive: ArchiveWriteHandle,
-                             buffer: UnsafeMutableRawBufferPointer) throws {
-        let fd = try item.openContent()
-        defer { close(fd) }
-        var remaining = size
-        while remaining > 0 {
-            let want = Int(min(Int64(buffer.count), remaining))
-            var n = read(fd, buffer.baseAddress, want)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw RootfsError("cannot read \(item.pathString): \(FS.errnoText())")
-            }
-            if n == 0 {
-                memset(buffer.baseAddress!, 0, want)
-                n = want
-            }
-            try archive.writeData(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            remaining -= Int64(n)
-        }
     }
 }
 
@@ -169,7 +149,12 @@ public struct InitrdWriter: Sendable {
 
     @discardableResult
     public func write(tree root: String, to output: String) throws -> WriteStats {
+        try write(source: .directory(root), to: output)
+    }
+
+    @discardableResult
+    public func write(source: TreeSource, to output: String) throws -> WriteStats {
         try TreeArchiver(format: .cpioNewc, compression: compression, level: level, epoch: epoch,
-                         syntheticLinks: [("init", "/sbin/init")]).write(tree: root, to: output)
+                         syntheticLinks: [("init", "/sbin/init")]).write(source: source, to: output)
     }
 }

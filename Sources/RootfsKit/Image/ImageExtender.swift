@@ -1,0 +1,139 @@
+import CArchive
+import Foundation
+
+/// xcluster's `ximage`: adds overlays to an image that already exists, without
+/// rebuilding the distro. Archives (tar, compressed or not; cpio initrds) are
+/// read as a tree source, composed in a temporary directory and written again
+/// in the same format and compression; a raw ext4 image (MBR, GPT or bare) is
+/// changed in place on a copy with debugfs. The result replaces IMAGE (or goes
+/// to `-o NEW`) only when complete.
+public struct ImageExtender: Sendable {
+    public var epoch: Int?
+    public var runner = ProcessRunner()
+
+    public init(epoch: Int? = nil) { self.epoch = epoch }
+
+    public enum Kind: Equatable, Sendable {
+        case tar(Compression)
+        case initrd(Compression)
+        /// An ext4 file system at this byte offset.
+        case ext4(offset: Int64)
+    }
+
+    /// What kind of image `path` is, from its bytes.
+    public static func detect(_ path: String) throws -> Kind {
+        if let offset = ext4Offset(path) { return .ext4(offset: offset) }
+        guard let a = archive_read_new() else { throw RootfsError("libarchive: out of memory") }
+        defer { archive_read_free(a) }
+        archive_read_support_filter_all(a)
+        archive_read_support_format_all(a)
+        guard archive_read_open_filename(a, path, 1 << 16) == ARCHIVE_OK else {
+            throw RootfsError("\(path) is neither an archive nor an ext4 disk image", hint: "extend works on tar, initrd (cpio) and raw ext4 images")
+        }
+        var e: OpaquePointer?
+        guard archive_read_next_header(a, &e) >= ARCHIVE_WARN else {
+            throw RootfsError("\(path) is neither an archive nor an ext4 disk image", hint: "extend works on tar, initrd (cpio) and raw ext4 images")
+        }
+        let filter = archive_filter_code(a, 0)
+        let compression: Compression = filter == ARCHIVE_FILTER_GZIP ? .gzip : filter == ARCHIVE_FILTER_ZSTD ? .zstd : .none
+        if filter != ARCHIVE_FILTER_NONE && compression == .none {
+            throw RootfsError("\(path) is compressed with \(String(cString: archive_filter_name(a, 0))), which rootfs does not write",
+                              hint: "recompress it with gzip or zstd first")
+        }
+        let format = archive_format(a) & ARCHIVE_FORMAT_BASE_MASK
+        if format == ARCHIVE_FORMAT_CPIO { return .initrd(compression) }
+        if format == ARCHIVE_FORMAT_TAR { return .tar(compression) }
+        throw RootfsError("\(path) is a \(String(cString: archive_format_name(a))) archive; extend writes tar and cpio only")
+    }
+
+    /// The offset of an ext4 file system: bare (0), or the first partition of an MBR or GPT disk.
+    static func ext4Offset(_ path: String) -> Int64? {
+        guard let h = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? h.close() }
+        func isExt4(at offset: Int64) -> Bool {
+            guard (try? h.seek(toOffset: UInt64(offset + 1024 + 56))) != nil, let magic = try? h.read(upToCount: 2) else { return false }
+            return magic.count == 2 && magic[magic.startIndex] == 0x53 && magic[magic.startIndex + 1] == 0xef
+        }
+        if isExt4(at: 0) { return 0 }
+        guard (try? h.seek(toOffset: 0)) != nil, let mbr = try? h.read(upToCount: 512), mbr.count == 512,
+              mbr[510] == 0x55, mbr[511] == 0xaa else { return nil }
+        let b = Array(mbr)
+        var start = Int64(b[454]) | Int64(b[455]) << 8 | Int64(b[456]) << 16 | Int64(b[457]) << 24
+        if b[450] == 0xee {
+            // GPT: the first entry's first LBA.
+            guard (try? h.seek(toOffset: 1024 + 32)) != nil, let lba = try? h.read(upToCount: 8), lba.count == 8 else { return nil }
+            start = lba.reversed().reduce(Int64(0)) { $0 << 8 | Int64($1) }
+        }
+        return start > 0 && isExt4(at: start * 512) ? start * 512 : nil
+    }
+
+    public func extend(image: String, overlays: [OverlaySpec], output: String?) async throws -> (Kind, Int64) {
+        let kind = try Self.detect(image)
+        let target = FS.absolute(output ?? image)
+        switch kind {
+        case .tar(let c), .initrd(let c):
+            let work = try FS.makeSiblingTemporaryDirectory(for: target)
+            defer { FS.remove(work) }
+            try TreeExtractor(destination: work + "/tree").extract(.archive(FS.absolute(image)))
+            try OverlayApplier(tree: GuestTree(root: work + "/tree")).apply(overlays)
+            let stats: WriteStats
+            if case .tar = kind {
+                stats = try TarWriter(compression: c, epoch: epoch).write(source: .directory(work + "/tree"), to: target)
+            } else {
+                stats = try InitrdWriter(compression: c, epoch: epoch).write(source: .directory(work + "/tree"), to: target)
+            }
+            return (kind, stats.outputBytes)
+        case .ext4(let offset):
+            let work = try FS.makeSiblingTemporaryDirectory(for: target)
+            defer { FS.remove(work) }
+            // The overlays, composed in an empty directory first: the same checks as for a tree.
+            try FS.makeDirectories(work + "/overlay")
+            try OverlayApplier(tree: GuestTree(root: work + "/overlay")).apply(overlays)
+            let commands = try DebugfsScript.commands(for: work + "/overlay", epoch: epoch)
+            try commands.joined(separator: "\n").appending("\n").write(toFile: work + "/cmds", atomically: false, encoding: .utf8)
+            let copy = work + "/image"
+            try FS.copyFile(FS.absolute(image), to: copy)
+            let out = try await runner.capture(ToolCommand("debugfs", ["-w", "-f", work + "/cmds", "\(copy)?offset=\(offset)"]))
+            let problems = (out.standardError + "\n" + out.standardOutput).split(separator: "\n")
+                .filter { $0.contains("Could not") || $0.contains("No free space") || $0.contains("already exists") && !$0.contains("mkdir") }
+            if !problems.isEmpty {
+                throw RootfsError("debugfs could not add the overlays to \(image)", hint: "grow the image (rootfs image --free-space) or rebuild",
+                                  details: problems.prefix(10).map(String.init))
+            }
+            try FS.rename(copy, to: target)
+            return (kind, FS.fileSize(target))
+        }
+    }
+}
+
+/// debugfs commands that lay a directory over an ext4 file system: directories
+/// made, files and links replaced, modes, owners and times set. Names debugfs
+/// cannot quote (spaces, quotes, newlines) are refused.
+enum DebugfsScript {
+    static func commands(for root: String, epoch: Int?) throws -> [String] {
+        var out: [String] = []
+        try TreeWalker(root: root).walk { entry in
+            guard entry.path != [46] else { return }
+            let path = "/" + entry.pathString
+            if path.contains(where: { $0 == " " || $0 == "\"" || $0 == "\n" || $0 == "\t" }) {
+                throw RootfsError("overlay path \(path) holds a space or quote, which extend cannot pass to debugfs")
+            }
+            let st = entry.stat
+            let host = root + "/" + entry.pathString
+            switch entry.fileType {
+            case S_IFDIR:
+                out.append("mkdir \(path)")
+            case S_IFREG:
+                out += ["rm \(path)", "write \(host) \(path)"]
+            case S_IFLNK:
+                out += ["rm \(path)", "symlink \(path) \(String(decoding: entry.linkTarget ?? [], as: UTF8.self))"]
+            default:
+                throw RootfsError("overlay \(path): special files cannot be added to an ext4 image by extend")
+            }
+            let mtime = epoch.map { min($0, st.st_mtim.tv_sec) } ?? st.st_mtim.tv_sec
+            out += ["sif \(path) mode 0\(String(st.st_mode, radix: 8))", "sif \(path) uid \(st.st_uid)",
+                    "sif \(path) gid \(st.st_gid)", "sif \(path) mtime \(mtime)"]
+        }
+        return out
+    }
+}

@@ -1,0 +1,29 @@
+import ArgumentParser
+import Foundation
+import RootfsKit
+
+struct ExtendCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "extend",
+        abstract: "Add overlays to an existing initrd, tar or raw ext4 image without rebuilding the distro.",
+        discussion: "The image keeps its format and compression. IMAGE is replaced (or NEW written) only when complete.")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The image to extend (initrd, tar[.gz|.zst], raw ext4 disk or bare ext4).") var image: String
+    @OptionGroup var compose: ComposeFlags
+    @Option(name: .short, help: ArgumentHelp("Write the result here instead of replacing IMAGE.", valueName: "NEW")) var output: String?
+
+    func run() async throws {
+        let (image, compose, output) = (image, compose, output)
+        let console = global.makeConsole()
+        try await CommandRunner.run {
+            guard FS.isRegularFile(image) else { throw RootfsError("\(image) is not a file", hint: "give an initrd, tar or raw ext4 image") }
+            let specs = try compose.specs()
+            guard !specs.isEmpty else { throw RootfsError("nothing to add", hint: "give --overlay DIR|TAR or --file GUEST=HOST") }
+            if let output { try FS.requireParentDirectory(of: output, option: "-o") }
+            let (kind, bytes) = try await ImageExtender(epoch: try sourceDateEpoch())
+                .extend(image: image, overlays: specs, output: output)
+            console.result("extended (\(kind)): \(output ?? image)  \(formatBytes(bytes))")
+        }
+    }
+}

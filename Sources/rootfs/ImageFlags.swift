@@ -1,0 +1,95 @@
+import ArgumentParser
+import Foundation
+import RootfsKit
+
+/// The options of the format writers and of composition, shared by build, image and initrd.
+struct ComposeFlags: ParsableArguments {
+    @Option(name: .customLong("overlay"), help: ArgumentHelp(
+        "Lay this directory or tar archive over the tree (repeatable, applied in order).", valueName: "DIR|TAR"))
+    var overlays: [String] = []
+    @Option(name: .customLong("file"), help: ArgumentHelp(
+        "Copy a host file (or directory) to a guest path (repeatable).", valueName: "GUEST_PATH=HOST_PATH"))
+    var files: [String] = []
+
+    /// Overlays and files, in the order given on the command line per kind (overlays first).
+    func specs() throws -> [OverlaySpec] {
+        for o in overlays where !FS.exists(o) {
+            throw RootfsError("--overlay \(o) does not exist", hint: "give a directory or a tar archive")
+        }
+        return overlays.map { OverlaySpec.overlay(FS.absolute($0)) } + (try files.map(OverlaySpec.parseFile))
+    }
+}
+
+struct ImageFlags: ParsableArguments {
+    @Option(name: .customLong("free-space"), help: ArgumentHelp("Free space in the file system of disk images.", valueName: "MB"))
+    var freeSpace: Int = 64
+    @Option(name: .customLong("partition-table"), help: "Partition table of raw/qcow2/vhd/vmdk images: mbr or gpt.")
+    var partitionTable: PartitionTable = .mbr
+    @Flag(name: .customLong("no-partition-table"), help: "Write a bare file system image (no partition table).")
+    var noPartitionTable = false
+    @Option(name: .customLong("fs"), help: "File system of disk images: ext4 or erofs.")
+    var filesystem: FilesystemType = .ext4
+    @Flag(help: "Prepend Kata's 2 MiB NVDIMM/DAX header to the disk image (MBR only).")
+    var dax = false
+    @Option(help: ArgumentHelp("Kernel for kernel+initrd and iso-bios (default: the tree's /boot/vmlinuz*).", valueName: "FILE"))
+    var kernel: String?
+    @Option(help: "Kernel command line for kernel+initrd and iso-bios.")
+    var cmdline: String = "console=ttyS0"
+
+    func validate() throws {
+        guard freeSpace >= 0 else { throw ValidationError("--free-space must be 0 or more") }
+        if noPartitionTable && partitionTable == .gpt {
+            throw ValidationError("--no-partition-table and --partition-table gpt contradict each other")
+        }
+    }
+
+    func options(epoch: Int?, compression: Compression) -> ImageOptions {
+        var o = ImageOptions()
+        o.freeSpaceMiB = freeSpace
+        o.partitionTable = noPartitionTable ? .none : partitionTable
+        o.filesystem = filesystem
+        o.dax = dax
+        o.kernel = kernel.map(FS.absolute)
+        o.cmdline = cmdline
+        o.epoch = epoch
+        o.compression = compression
+        return o
+    }
+}
+
+extension PartitionTable: ExpressibleByArgument {}
+extension FilesystemType: ExpressibleByArgument {}
+extension OutputFormat: ExpressibleByArgument {
+    public init?(argument: String) { try? self.init(OutputFormat.parse(argument)) }
+    public static var allValueStrings: [String] { allCases.map(\.rawValue) }
+}
+
+extension OutputFormat {
+    init(_ other: OutputFormat) { self = other }
+}
+
+/// A tree source with overlays applied: the source itself when there are none,
+/// else a temporary copy (removed by the returned clean-up) with the overlays laid over it.
+func composedSource(_ tree: String, specs: [OverlaySpec], near output: String) throws -> (TreeSource, @Sendable () -> Void) {
+    let source = try TreeSource.open(tree)
+    if specs.isEmpty { return (source, {}) }
+    let work = try FS.makeSiblingTemporaryDirectory(for: output)
+    do {
+        try TreeExtractor(destination: work + "/tree").extract(source)
+        try OverlayApplier(tree: GuestTree(root: work + "/tree")).apply(specs)
+    } catch {
+        FS.remove(work)
+        throw error
+    }
+    return (.directory(work + "/tree"), { FS.remove(work) })
+}
+
+/// The checks shared by the writers for a directory tree: an init and an agent.
+/// (An archive is checked by its writer reading it; a directory is checked here.)
+func requireTreeSource(_ path: String, agentInit: Bool) throws {
+    if FS.isDirectory(path) { try requireTree(path, agentInit: agentInit) }
+    else if !FS.isRegularFile(path) {
+        throw RootfsError("\(path) is neither a rootfs directory nor a tar archive",
+                          hint: "give the rootfs directory `rootfs build` wrote, or a tar of it")
+    }
+}
