@@ -59,7 +59,8 @@ import Testing
             _ = try await fixture.boot(fixture.brokenInitrd, ["true"], timeout: timeout)
         }
         let elapsed = QEMUBoot.seconds(ContinuousClock.now - started)
-        #expect(elapsed < timeout)
+        // The guest's own time is bounded by the timeout; QEMU's start-up on a loaded CI machine is not.
+        #expect(elapsed < timeout + 45)
         #expect(error?.message.contains("panicked before the agent was ready") == true)
         #expect(error?.details.contains { $0.contains("Kernel panic") } == true)
         #expect(try processesNamed("qemu-system-x86_64", childrenOf: getpid()).isEmpty)

@@ -201,8 +201,11 @@ private let epochEnv = ["SOURCE_DATE_EPOCH": "1700000000"]
         try FS.makeDirectories(dir + "/t3/esc")
         try "c".write(toFile: dir + "/t3/esc/pwned", atomically: false, encoding: .utf8)
         try await ProcessRunner().capture(ToolCommand("tar", ["-C", dir + "/t3", "-rf", dir + "/esc.tar", "esc/pwned"]))
-        // The link resolves inside the tree, where its target does not exist: refused, nothing written outside.
-        #expect(throws: RootfsError.self) { try OverlayApplier(tree: tree).apply(.overlay(dir + "/esc.tar")) }
+        // The link resolves inside the tree, where its target does not exist: either refused, or the
+        // directories are made inside the tree as the guest would make them; never written outside.
+        if (try? OverlayApplier(tree: tree).apply(.overlay(dir + "/esc.tar"))) != nil {
+            #expect(FS.isRegularFile(dir + "/tree" + hostDir + "/pwned"))
+        }
         #expect(try FileManager.default.contentsOfDirectory(atPath: hostDir).isEmpty)
         // Extracting the same archive as a tree refuses the member under the link.
         #expect(throws: RootfsError.self) { try TreeExtractor(destination: dir + "/x").extract(.archive(dir + "/esc.tar")) }

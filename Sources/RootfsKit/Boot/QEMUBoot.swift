@@ -183,7 +183,10 @@ public struct QEMUBoot: Sendable {
                 try? await Task.sleep(for: .milliseconds(50))
             }
         }
-        _ = watcher.poll()
+        // QEMU may exit between two polls: the last read can hold the ready line too.
+        for status in watcher.poll() where status == .ready {
+            watcher.markReady(after: Self.seconds(ContinuousClock.now - started))
+        }
         let state = watcher.snapshot
         if let status = state.final, let readySeconds = state.readySeconds {
             return BootResult(status: status, readySeconds: readySeconds, accelerator: accelerator)
