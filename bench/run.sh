@@ -3,7 +3,7 @@
 # the machine's floor, on one machine in one run. See bench/README.md.
 #
 #   bench/run.sh [--runs N] [--quick] [--work DIR] [--rootfs BIN] [--kernel FILE]
-#                [--sections initrd,image,build,scale,boot] [--out FILE]
+#                [--sections initrd,image,build,scale,boot] [--out FILE] [--append]
 #
 # Needs root (Kata's disk method mounts loop devices; mmdebstrap), network
 # (mmdebstrap), and: jq parted qemu-utils qemu-system-x86 cpio zstd gzip e2fsprogs.
@@ -20,6 +20,7 @@ kernel=${KERNEL:-}
 sections=initrd,image,build,scale,boot
 out=""
 runs_given=no
+append=no
 
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
@@ -31,6 +32,7 @@ while [ $# -gt 0 ]; do
         --kernel) kernel=$2; shift 2 ;;
         --sections) sections=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
+        --append) append=yes; shift ;;
         -h|--help) usage 0 ;;
         *) echo "bench: unknown argument $1" >&2; usage 2 >&2 ;;
     esac
@@ -54,7 +56,7 @@ fi
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 raw=$work/raw.jsonl
-: > "$raw"
+[ "$append" = yes ] || : > "$raw"
 date_tag=$(date -u +%Y-%m-%dT%H%M%SZ)
 [ -n "$out" ] || out=$here/results/$date_tag.json
 mkdir -p "$(dirname "$out")"
@@ -191,7 +193,7 @@ if has scale; then
                     head -c $((100000 * 225)) /dev/urandom | base64 -w 0 > "$work/small.src"
                     for d in $(seq -w 0 99); do
                         mkdir -p "$dir/srv/small/$d"
-                        tail -c +$((10#$d * 300000 + 1)) "$work/small.src" | head -c 300000 \
+                        dd if="$work/small.src" bs=300000 skip=$((10#$d)) count=1 status=none \
                             | split -b 300 -a 3 -d - "$dir/srv/small/$d/f"
                     done
                     rm -f "$work/small.src" ;;
@@ -278,7 +280,7 @@ jq -s --argjson ratios "$ratios" --argjson runs "$runs" --arg date "$date_tag" -
       | select($p != null and $q != null and $q > 0)
       | {label: $lbl, ours: $p, baseline: $q, metric: $metric, ratio: ($p / $q),
          target: $target, goal: $goal, met: (if $target == null then null else ($p / $q) <= $target end)} ],
-    memory: [ $figures[] | select(.rss_kb_max != null and (.name | test("^ours|/initrd$|/image$")))
+    memory: [ $figures[] | select(.section != "build" and .rss_kb_max != null and (.name | test("^ours|/initrd$|/image$")))
       | {name: (.section + " " + .name), rss_mb: (.rss_kb_max / 1024), met: (.rss_kb_max < 102400)} ],
     notes: $notes
   }' "$raw" > "$out"
@@ -293,7 +295,7 @@ jq -s --argjson ratios "$ratios" --argjson runs "$runs" --arg date "$date_tag" -
         (if .rss_kb_max == null then "-" else "\(.rss_kb_max / 1024 | round) MB RSS" end)] | @tsv' "$out" \
         | column -t -s $'\t'
     echo
-    echo "ratios (ours / baseline, medians)"
+    echo "ratios (ours / baseline of the medians; in brackets: speed-up)"
     jq -r '.ratios[] | [.label, "\(.ratio * 1000 | round / 1000)",
         (if .metric == "seconds" and .ratio > 0 then "(\(1 / .ratio * 10 | round / 10)x)" else "" end),
         .goal, (if .met == null then "" elif .met then "ok" else "MISSED" end)] | @tsv' "$out" | column -t -s $'\t'
