@@ -94,6 +94,15 @@ private func makedev(_ major: UInt32, _ minor: UInt32) -> dev_t {
         #expect(inits.count == 1 && inits[0].symlink == "/usr/bin/tool")
     }
 
+    @Test func zstdWorkersAreCappedSoMemoryStaysUnder100MB() {
+        // bench/run.sh: 78 MB peak with 2 workers; libarchive alone grows about 13 MB a worker.
+        #expect(TreeArchiver.zstdThreads(processors: 1) == 1)
+        #expect(TreeArchiver.zstdThreads(processors: 2) == 2)
+        #expect(TreeArchiver.zstdThreads(processors: 8) == 2)
+        #expect(TreeArchiver.zstdThreads(processors: 64) == 2)
+        #expect(TreeArchiver.zstdThreads(processors: 0) == 1)
+    }
+
     @Test func failureLeavesTheEarlierOutputAlone() throws {
         let out = try Fixtures.temporaryDirectory("out")
         defer { FS.remove(out) }

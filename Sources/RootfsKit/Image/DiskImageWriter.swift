@@ -191,7 +191,6 @@ public struct DiskImageWriter: Sendable {
         case .none:
             break
         }
-        guard fsync(fd) == 0 else { throw RootfsError("cannot write \(output): \(FS.errnoText())") }
         try FS.rename(temporary, to: output)
         keep = true
         stats.outputBytes = base + filesystemBytes + tail
