@@ -67,6 +67,9 @@ final class ArchiveWriteHandle {
         try check(archive_write_finish_entry(pointer), "finish an entry")
     }
 
+    /// Bytes written to the output so far (after compression).
+    var bytesWritten: Int64 { archive_filter_bytes(pointer, -1) }
+
     func close() throws {
         closed = true
         try check(archive_write_close(pointer), "finish the archive")
