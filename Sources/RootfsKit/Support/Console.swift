@@ -68,6 +68,7 @@ public final class Console: @unchecked Sendable {
         endPhase(quietly: true)
         lock.lock()
         currentPhase = (name, Date())
+        lastProgress = Date()
         lock.unlock()
         emit("==> \(name)", minimum: .normal, color: "1;34")
     }
