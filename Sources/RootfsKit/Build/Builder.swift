@@ -27,6 +27,9 @@ public struct BuildOptions: Sendable {
     public var overlays: [OverlaySpec] = []
     /// Options of the format writers (partition table, file system, kernel, ...).
     public var imageOptions = ImageOptions()
+    /// Write `<name>.manifest.json` next to the outputs (and `<name>.spdx.json` with `sbom`).
+    public var manifest = true
+    public var sbom = false
     public var environment: [String: String]
 
     public init(distro: String, environment: [String: String] = ProcessInfo.processInfo.environment) {
@@ -67,6 +70,9 @@ public struct BuildPlan: Sendable {
     public var formatOutputs: [FormatOutput] = []
     public var overlays: [OverlaySpec] = []
     public var imageOptions = ImageOptions()
+    /// The manifest and SPDX SBOM written next to the outputs (nil: not written).
+    public var manifestPath: String?
+    public var sbomPath: String?
 
     /// The hook invocation for a given tree directory and helper file.
     public func hookInvocation(rootfs: String, helperPath: String) -> HookInvocation {
@@ -126,6 +132,8 @@ public struct BuildPlan: Sendable {
         if let initrd { outputs.append("initrd: \(initrd) (cpio, \(compression.rawValue))") }
         if let image { outputs.append("image: \(image) (raw, MBR, ext4, \(freeSpaceMiB) MiB free)") }
         for o in formatOutputs { outputs.append("\(o.format.rawValue): \(o.path)") }
+        if let manifestPath { outputs.append("manifest: \(manifestPath) (packages, agent, options, output digests)") }
+        if let sbomPath { outputs.append("sbom: \(sbomPath) (SPDX 2.3 JSON)") }
         outputs.append("log: \(logPath)")
         if let epoch { outputs.append("SOURCE_DATE_EPOCH: \(epoch)") }
         if !overlays.isEmpty {
@@ -163,10 +171,12 @@ public struct FormatOutput: Sendable, Equatable {
 }
 
 /// One written output.
-public struct BuildOutput: Sendable, Equatable {
+public struct BuildOutput: Sendable, Equatable, Codable {
     public var kind: String
     public var path: String
     public var bytes: Int64
+    /// The SHA-256 of a file output (nil for the rootfs directory).
+    public var sha256: String? = nil
 }
 
 /// Runs builds: plan, hook, agent, checks, image writer.
@@ -281,6 +291,12 @@ public struct Builder: Sendable {
                              logPath: buildDir + "/build.log", hookEnvironment: hookEnv, epoch: try sourceDateEpoch(env),
                              formatOutputs: formatOutputs, overlays: options.overlays, imageOptions: options.imageOptions)
         plan.missingHostTools = missingTools
+        if options.manifest || options.sbom {
+            // Next to the first file output, named after it; else next to the rootfs directory.
+            let base = (initrd ?? image).map { FS.parent($0) + "/" + Self.stem(FS.basename($0)) } ?? rootfsDir
+            plan.manifestPath = base + ".manifest.json"
+            if options.sbom { plan.sbomPath = base + ".spdx.json" }
+        }
         // plan_rootfs() checks the hook's settings (a missing REPO_URL...) before anything is written.
         do {
             (plan.hookPlan, plan.hookWarnings) = try await hookPlan(plan)
@@ -328,8 +344,7 @@ public struct Builder: Sendable {
         let helper = work + "/hook-helpers.sh"
         try HookLibrary.text.write(toFile: helper, atomically: false, encoding: .utf8)
 
-        var phaseStart = Date()
-        func done() { console.info(String(format: "    done in %.1f s", Date().timeIntervalSince(phaseStart))); phaseStart = Date() }
+        func done() { console.endPhase() }
 
         console.phase("build_rootfs: \(plan.distro.name) \(plan.config.osVersion ?? "") (\(plan.distro.directory))")
         let invocation = plan.hookInvocation(rootfs: tree, helperPath: helper)
@@ -354,11 +369,12 @@ public struct Builder: Sendable {
         let guest = GuestTree(root: tree)
         let installer = AgentInstaller(tree: guest)
         try installer.install(plan.agent)
+        let agentSHA256 = try SHA256.hexDigest(ofFile: plan.agent.sourcePath)
         let record = BuildRecord(
             toolVersion: RootfsVersion.version, distro: plan.distro.name, osName: plan.config.osName ?? plan.distro.name,
             osVersion: plan.config.osVersion ?? "", architecture: plan.architecture, packages: plan.config.packages,
             extraPackages: plan.extraPackages, agentPath: plan.agent.guestPath,
-            agentSHA256: try SHA256.hexDigest(ofFile: plan.agent.sourcePath), agentInit: plan.agent.isInit,
+            agentSHA256: agentSHA256, agentInit: plan.agent.isInit,
             buildTime: plan.epoch ?? Int(Date().timeIntervalSince1970))
         try installer.writeFile(BuildRecord.guestPath, contents: Array(record.yaml.utf8), mode: 0o644)
         if !plan.overlays.isEmpty {
@@ -372,9 +388,12 @@ public struct Builder: Sendable {
         if let initrd = plan.initrd {
             try Task.checkCancellation()
             console.phase("initrd: \(initrd)")
-            let stats = try InitrdWriter(compression: plan.compression, epoch: plan.epoch).write(tree: tree, to: initrd)
-            outputs.append(BuildOutput(kind: "initrd", path: initrd, bytes: stats.outputBytes))
-            console.info("    \(stats.entries) entries, \(formatBytes(stats.inputBytes)) in, \(formatBytes(stats.outputBytes)) out")
+            var writer = InitrdWriter(compression: plan.compression, epoch: plan.epoch)
+            let started = Date()
+            writer.progress = { [console] stats in console.progress(Self.rate(stats, since: started)) }
+            let stats = try writer.write(tree: tree, to: initrd)
+            console.progress(Self.rate(stats, since: started), final: true)
+            outputs.append(BuildOutput(kind: "initrd", path: initrd, bytes: stats.outputBytes, sha256: try SHA256.hexDigest(ofFile: initrd)))
             done()
         }
         if let image = plan.image {
@@ -382,7 +401,7 @@ public struct Builder: Sendable {
             console.phase("image: \(image)")
             let (stats, uuid) = try await DiskImageWriter(freeSpaceMiB: plan.freeSpaceMiB, epoch: plan.epoch)
                 .write(tree: tree, to: image)
-            outputs.append(BuildOutput(kind: "image", path: image, bytes: stats.outputBytes))
+            outputs.append(BuildOutput(kind: "image", path: image, bytes: stats.outputBytes, sha256: try SHA256.hexDigest(ofFile: image)))
             console.info("    ext4 \(uuid), \(formatBytes(stats.outputBytes))")
             done()
         }
@@ -400,11 +419,47 @@ public struct Builder: Sendable {
             }
         }
         if plan.keepRootfs {
-            try Task.checkCancellation()
-            try FS.replaceDirectory(plan.rootfsDirectory, with: tree)
             outputs.insert(BuildOutput(kind: "rootfs", path: plan.rootfsDirectory, bytes: 0), at: 0)
         }
+        if let manifestPath = plan.manifestPath {
+            try Task.checkCancellation()
+            console.phase("manifest: \(manifestPath)")
+            let inventory = try await PackageInventory.read(tree: tree, runner: runner)
+            if let note = inventory.note { console.warning("manifest: \(note)") }
+            console.info("    \(inventory.packages.count) packages (\(inventory.database.rawValue))")
+            let manifest = BuildManifest.make(plan: plan, inventory: inventory, agentSHA256: agentSHA256, outputs: outputs,
+                                              buildTime: plan.epoch ?? Int(Date().timeIntervalSince1970))
+            var documents = [("manifest", manifestPath, try manifest.json())]
+            if let sbomPath = plan.sbomPath { documents.append(("sbom", sbomPath, try manifest.spdx())) }
+            for (kind, path, data) in documents {
+                let temporary = FS.siblingTemporaryPath(for: path)
+                guard FileManager.default.createFile(atPath: temporary, contents: data) else {
+                    throw RootfsError("cannot write \(path): \(FS.errnoText())")
+                }
+                do { try FS.rename(temporary, to: path) } catch { FS.remove(temporary); throw error }
+                outputs.append(BuildOutput(kind: kind, path: path, bytes: Int64(data.count),
+                                           sha256: SHA256.hexDigest(of: [UInt8](data))))
+            }
+            done()
+        }
+        if plan.keepRootfs {
+            try Task.checkCancellation()
+            try FS.replaceDirectory(plan.rootfsDirectory, with: tree)
+        }
         return outputs
+    }
+
+    /// `1234 entries, 56.0 MiB in, 20.1 MiB out, 80.2 MiB/s`
+    static func rate(_ stats: WriteStats, since start: Date) -> String {
+        let seconds = max(Date().timeIntervalSince(start), 0.001)
+        return "\(stats.entries) entries, \(formatBytes(stats.inputBytes)) in, \(formatBytes(stats.outputBytes)) out, "
+            + "\(formatBytes(Int64(Double(stats.inputBytes) / seconds)))/s"
+    }
+
+    /// A file name without its last extension.
+    static func stem(_ name: String) -> String {
+        guard let dot = name.lastIndex(of: "."), dot != name.startIndex else { return name }
+        return String(name[..<dot])
     }
 
     private func words(_ s: String?) -> [String] {

@@ -8,6 +8,10 @@ public struct WriteStats: Sendable, Equatable {
     public var outputBytes: Int64 = 0
 }
 
+/// A writer's progress callback: the statistics so far (`outputBytes`: written
+/// so far, after compression). Called often; rate-limit what you show.
+public typealias WriteProgress = @Sendable (WriteStats) -> Void
+
 /// Streams a tree into a cpio or tar archive through libarchive: entries in
 /// the walker's stable order, inode numbers assigned in that order, hard links
 /// stored once (data with the first name), mtimes clamped to SOURCE_DATE_EPOCH.
@@ -19,6 +23,8 @@ struct TreeArchiver {
     /// Entries added to the archive when the tree lacks them (guest path without
     /// leading slash -> link target), e.g. the initrd's `init -> /sbin/init`.
     var syntheticLinks: [(path: String, target: String)] = []
+    /// Called as the archive grows (entries, input bytes, bytes written so far).
+    var progress: WriteProgress?
 
     func write(tree root: String, to output: String) throws -> WriteStats {
         try write(source: .directory(root), to: output)
@@ -116,9 +122,14 @@ struct TreeArchiver {
             }
             try archive.finishEntry()
             stats.entries += 1
+            if let progress, stats.entries % 64 == 0 || item.size > 1 << 20 {
+                stats.outputBytes = archive.bytesWritten
+                progress(stats)
+            }
         }
         try writeSynthetic(before: nil)
         try archive.close()
+        stats.outputBytes = archive.bytesWritten
         return stats
     }
 
@@ -150,6 +161,8 @@ public struct InitrdWriter: Sendable {
     public var compression: Compression
     public var level: Int?
     public var epoch: Int?
+    /// Called as the initrd grows (see `WriteProgress`).
+    public var progress: WriteProgress?
 
     public init(compression: Compression = .zstd, level: Int? = nil, epoch: Int? = nil) {
         self.compression = compression
@@ -165,6 +178,6 @@ public struct InitrdWriter: Sendable {
     @discardableResult
     public func write(source: TreeSource, to output: String) throws -> WriteStats {
         try TreeArchiver(format: .cpioNewc, compression: compression, level: level, epoch: epoch,
-                         syntheticLinks: [("init", "/sbin/init")]).write(source: source, to: output)
+                         syntheticLinks: [("init", "/sbin/init")], progress: progress).write(source: source, to: output)
     }
 }
