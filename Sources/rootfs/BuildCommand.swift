@@ -9,7 +9,9 @@ struct BuildCommand: AsyncParsableCommand {
         discussion: """
         With no output option, writes build/<distro>/rootfs, build/<distro>/<distro>.initrd and \
         build/<distro>/<distro>.img. Environment: ROOTFS_DIR, OS_VERSION, EXTRA_PKG/EXTRA_PKGS, \
-        AGENT_SOURCE_BIN, AGENT_BIN, AGENT_INIT=yes, DEBUG, SOURCE_DATE_EPOCH, ROOTFS_DISTROS_PATH.
+        AGENT_SOURCE_BIN, AGENT_BIN, AGENT_INIT=yes, DEBUG, SOURCE_DATE_EPOCH, ROOTFS_DISTROS_PATH. \
+        Container builds (docs/CONTAINERS.md): USE_DOCKER=true, USE_PODMAN=true, BUILDER_BASE, \
+        IMAGE_REGISTRY, PODMAN_RUNTIME, DOCKER_RUNTIME, http_proxy/https_proxy/no_proxy.
         """)
 
     @OptionGroup var global: GlobalOptions
@@ -28,11 +30,24 @@ struct BuildCommand: AsyncParsableCommand {
     @Option(help: "Initrd compression.") var compression: Compression = .zstd
     @Option(name: .customLong("free-space"), help: ArgumentHelp("Free space in the disk image.", valueName: "MB"))
     var freeSpace: Int = 64
+    @Option(help: ArgumentHelp("Where the hook runs: host (default), docker, podman, or auto (the host when it has the distro's tools, else an engine that answers).", valueName: "ENGINE"))
+    var engine: EngineChoice?
+    @Flag(help: "Run the hook in a Docker builder container (same as --engine docker; USE_DOCKER=true).") var docker = false
+    @Flag(help: "Run the hook in a Podman builder container (same as --engine podman; USE_PODMAN=true).") var podman = false
+    @Option(name: .customLong("builder-base"), help: ArgumentHelp("The builder image's FROM image (BUILDER_BASE; default: Dockerfile.in's, IMAGE_REGISTRY-prefixed).", valueName: "IMAGE"))
+    var builderBase: String?
     @Flag(name: .customLong("dry-run"), help: "Print the plan and run nothing.") var dryRun = false
 
     func validate() throws {
         guard freeSpace >= 0 else { throw ValidationError("--free-space must be 0 or more") }
+        let chosen = Set([engine, docker ? .docker : nil, podman ? .podman : nil].compactMap { $0 })
+        if chosen.count > 1 {
+            throw ValidationError("--engine, --docker and --podman disagree: choose one engine")
+        }
     }
+
+    /// The engine the flags name (nil: USE_DOCKER / USE_PODMAN, else the host).
+    var engineChoice: EngineChoice? { docker ? .docker : podman ? .podman : engine }
 
     func run() async throws {
         var options = BuildOptions(distro: distro)
@@ -47,6 +62,8 @@ struct BuildCommand: AsyncParsableCommand {
         options.force = force
         options.compression = compression
         options.freeSpaceMiB = freeSpace
+        options.engine = engineChoice
+        options.builderBase = builderBase
         let console = global.makeConsole()
         let dryRun = dryRun
         let opts = options

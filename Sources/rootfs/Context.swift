@@ -56,3 +56,4 @@ enum CommandRunner {
 }
 
 extension Compression: ExpressibleByArgument {}
+extension EngineChoice: ExpressibleByArgument {}

@@ -7,6 +7,6 @@ struct Rootfs: AsyncParsableCommand {
         commandName: "rootfs",
         abstract: "Build minimal Linux guest root filesystems and boot images.",
         version: RootfsVersion.version,
-        subcommands: [ListCommand.self, BuildCommand.self, InitrdCommand.self, ImageCommand.self, CheckCommand.self]
+        subcommands: [ListCommand.self, BuildCommand.self, InitrdCommand.self, ImageCommand.self, CheckCommand.self, BuilderCommand.self]
     )
 }

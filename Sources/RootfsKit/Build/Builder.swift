@@ -15,6 +15,10 @@ public struct BuildOptions: Sendable {
     public var freeSpaceMiB = 64
     public var compression: Compression = .zstd
     public var buildDirectory: String?
+    /// Where the hook runs (nil: USE_DOCKER / USE_PODMAN, else the host).
+    public var engine: EngineChoice?
+    /// The builder image's FROM (--builder-base; nil: BUILDER_BASE, IMAGE_REGISTRY, Dockerfile.in).
+    public var builderBase: String?
     public var environment: [String: String]
 
     public init(distro: String, environment: [String: String] = ProcessInfo.processInfo.environment) {
@@ -43,6 +47,8 @@ public struct BuildPlan: Sendable {
     /// The hook's environment (on top of the caller's).
     public var hookEnvironment: [String: String]
     public var epoch: Int?
+    /// Runs the hook: on this host, or in a builder container.
+    public var hookExecutor: HookExecutor = .host
 
     /// The hook invocation for a given tree directory and helper file.
     public func hookInvocation(rootfs: String, helperPath: String) -> HookInvocation {
@@ -60,6 +66,13 @@ public struct BuildPlan: Sendable {
         lines.append("extra packages: \(extraPackages.isEmpty ? "(none)" : extraPackages.joined(separator: " "))")
         lines.append("agent: \(agent.sourcePath) -> \(agent.guestPath)\(agent.isInit ? " (as /sbin/init)" : " (systemd unit)")")
         let hook = hookInvocation(rootfs: rootfsDirectory, helperPath: buildDirectory + "/hook-helpers.sh")
+        lines.append("engine: \(hookExecutor.description)")
+        if case .container(let build) = hookExecutor {
+            if let run = try? build.runCommand(for: hook) {
+                let head = [run.tool] + run.arguments.prefix(while: { $0 != "--entrypoint" })
+                lines.append("container: " + head.map(shellQuote).joined(separator: " ") + " ... \(build.image.tag) bash ...")
+            }
+        }
         lines.append("hook: \(hook.hostCommand.environment.sorted { $0.key < $1.key }.map { "\($0.key)=\(shellQuote($0.value))" }.joined(separator: " ")) bash ... build_rootfs \(shellQuote(rootfsDirectory))")
         lines.append("rootfs: \(rootfsDirectory)\(keepRootfs ? "" : " (temporary)")")
         if let initrd { lines.append("initrd: \(initrd) (\(compression.rawValue))") }
@@ -144,11 +157,47 @@ public struct Builder: Sendable {
         hookEnv["CONFIG_DIR"] = distro.directory
         if let debug = env["DEBUG"], !debug.isEmpty { hookEnv["DEBUG"] = debug }
 
-        return BuildPlan(distro: distro, config: config, architecture: arch, agent: agent, extraPackages: extra,
+        let executor = try await hookExecutor(options, distro: distro, config: config, architecture: arch)
+        var plan = BuildPlan(distro: distro, config: config, architecture: arch, agent: agent, extraPackages: extra,
                          rootfsDirectory: rootfsDir, keepRootfs: !anyOutput || rootfsOption != nil, force: options.force,
                          initrd: initrd, image: image, compression: options.compression,
                          freeSpaceMiB: options.freeSpaceMiB, buildDirectory: buildDir,
                          logPath: buildDir + "/build.log", hookEnvironment: hookEnv, epoch: try sourceDateEpoch(env))
+        plan.hookExecutor = executor
+        return plan
+    }
+
+    /// Host or container: --engine / --docker / --podman, else USE_DOCKER / USE_PODMAN, else the host.
+    /// A host that lacks the distro's HOST_TOOLS is refused with the flag that would work.
+    func hookExecutor(_ options: BuildOptions, distro: Distro, config: DistroConfig,
+                      architecture: String) async throws -> HookExecutor {
+        let env = options.environment
+        let choice = options.engine ?? EngineChoice.fromEnvironment(env) ?? .host
+        let missing = config.missingHostTools(path: env["PATH"])
+        let kind: ContainerEngine.Kind
+        switch choice {
+        case .docker: kind = .docker
+        case .podman: kind = .podman
+        case .host, .auto:
+            if missing.isEmpty { return .host }
+            let answering = await ContainerEngine.firstAnswering(environment: env, runner: runner)
+            if choice == .auto, let answering {
+                kind = answering.kind
+                break
+            }
+            let what = "distro '\(distro.name)' needs \(missing.joined(separator: ", ")) on this host (HOST_TOOLS in \(distro.configPath))"
+            if let answering {
+                throw RootfsError(what + ", which lacks it",
+                                  hint: "\(answering.kind.displayName) answers here: add \(answering.kind.flag) to build inside a builder container, "
+                                      + "or install the tools on this host")
+            }
+            throw RootfsError(what + ", which lacks it, and no container engine answers",
+                              hint: "install the tools on this host, or install Docker or Podman and add --docker or --podman")
+        }
+        let engine = ContainerEngine.forHost(kind, environment: env)
+        return .container(try await ContainerBuild.make(engine: engine, distro: distro, config: config,
+                                                        architecture: architecture, builderBase: options.builderBase,
+                                                        environment: env, runner: runner))
     }
 
     /// Runs the plan. Outputs appear only when complete; on any failure (or
@@ -168,20 +217,7 @@ public struct Builder: Sendable {
         var phaseStart = Date()
         func done() { console.info(String(format: "    done in %.1f s", Date().timeIntervalSince(phaseStart))); phaseStart = Date() }
 
-        console.phase("build_rootfs: \(plan.distro.name) \(plan.config.osVersion ?? "") (\(plan.distro.directory))")
-        let invocation = plan.hookInvocation(rootfs: tree, helperPath: helper)
-        console.detail("running: \(invocation.hostCommand.environment.count) variables, bash build_rootfs \(tree)")
-        do {
-            try await runner.stream(invocation.hostCommand) { line in console.toolLine(line) }
-        } catch let failure as ToolFailure {
-            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' failed (\(failure.status))",
-                              hint: "the full output is in \(plan.logPath)", details: failure.outputTail)
-        }
-        try Task.checkCancellation()
-        if FS.isMissingOrEmptyDirectory(tree) {
-            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' left the rootfs directory empty",
-                              hint: "the hook must populate the directory it receives as $1 (\(plan.distro.libraryPath))")
-        }
+        try await runHook(plan, tree: tree, helper: helper)
         done()
 
         console.phase("agent: \(plan.agent.guestPath)\(plan.agent.isInit ? " as /sbin/init" : " started by systemd")")
@@ -222,6 +258,26 @@ public struct Builder: Sendable {
             outputs.insert(BuildOutput(kind: "rootfs", path: plan.rootfsDirectory, bytes: 0), at: 0)
         }
         return outputs
+    }
+
+    /// Runs build_rootfs into `tree` (empty) through the plan's executor.
+    public func runHook(_ plan: BuildPlan, tree: String, helper: String) async throws {
+        try await plan.hookExecutor.prepare(console: console, runner: runner, scratchDirectory: FS.parent(tree))
+        console.phase("build_rootfs: \(plan.distro.name) \(plan.config.osVersion ?? "") (\(plan.distro.directory))"
+                      + (plan.hookExecutor.isHost ? "" : " in \(plan.hookExecutor.description)"))
+        let invocation = plan.hookInvocation(rootfs: tree, helperPath: helper)
+        console.detail("running: \(invocation.hostCommand.environment.count) variables, bash build_rootfs \(tree)")
+        do {
+            try await plan.hookExecutor.run(invocation, runner: runner) { line in console.toolLine(line) }
+        } catch let failure as ToolFailure {
+            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' failed (\(failure.status))",
+                              hint: "the full output is in \(plan.logPath)", details: failure.outputTail)
+        }
+        try Task.checkCancellation()
+        if FS.isMissingOrEmptyDirectory(tree) {
+            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' left the rootfs directory empty",
+                              hint: "the hook must populate the directory it receives as $1 (\(plan.distro.libraryPath))")
+        }
     }
 
     private func words(_ s: String?) -> [String] {
