@@ -25,6 +25,13 @@ public struct ContainerBuild: Sendable, Equatable {
 
     public static let proxyVariables = ["http_proxy", "https_proxy", "no_proxy"]
 
+    /// Variables that describe the host or its shell, never the build: the image sets its own.
+    public static let hostOnlyVariables: Set<String> = [
+        "PATH", "HOME", "PWD", "OLDPWD", "HOSTNAME", "SHLVL", "SHELL", "TERM", "USER", "LOGNAME", "TMPDIR",
+        "EUID", "UID", "PPID", "GROUPS", "BASHOPTS", "SHELLOPTS", "IFS", "PS4", "OPTERR", "OPTIND", "DIRSTACK",
+        "HISTCMD", "COMP_WORDBREAKS", "HOSTTYPE", "MACHTYPE", "OSTYPE", "_",
+    ]
+
     public init(engine: ContainerEngine, image: BuilderImage, proxyEnvironment: [String: String],
                 containerName: String) {
         self.engine = engine
@@ -83,7 +90,7 @@ public struct ContainerBuild: Sendable, Equatable {
         }
         let map = { (path: String) in ContainerBuild.map(path, mounts: mounts) ?? path }
         var env: [String: String] = [:]
-        for (key, value) in invocation.environment {
+        for (key, value) in invocation.environment where !ContainerBuild.hostOnlyVariables.contains(key) {
             env[key] = value.hasPrefix("/") ? ContainerBuild.map(value, mounts: mounts) ?? value : value
         }
         env.merge(proxyEnvironment) { $1 }

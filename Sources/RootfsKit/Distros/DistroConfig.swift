@@ -38,7 +38,8 @@ public struct ConfigEvaluator: Sendable {
     /// Reads back the known variables and every variable config.sh adds, NUL-separated.
     /// The config file and the library come in as $1 and $2, never spliced into the script.
     static let script = #"""
-    __rootfs_before=" $(compgen -v | tr '\n' ' ') "
+    mapfile -t __rootfs_names < <(compgen -v)
+    __rootfs_before=" ${__rootfs_names[*]} "
     source "$1"
     __rootfs_status=$?
     if [ -n "$2" ]; then
