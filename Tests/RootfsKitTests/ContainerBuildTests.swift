@@ -132,8 +132,16 @@ enum TreeCompare {
     static func checkBuildDirectoryOwnership(_ dir: String, skipping rootfs: String) throws {
         var foreign: [String] = []
         for name in try FileManager.default.contentsOfDirectory(atPath: dir) where dir + "/" + name != rootfs {
+            guard FS.isDirectory(dir + "/" + name) else {
+                var st = stat()
+                lstat(dir + "/" + name, &st)
+                if st.st_uid != getuid() || st.st_gid != getgid() { foreign.append(name) }
+                continue
+            }
             try TreeWalker(root: dir + "/" + name).walk { e in
-                if e.stat.st_uid != getuid() { foreign.append(name + "/" + String(decoding: e.path, as: UTF8.self)) }
+                if e.stat.st_uid != getuid() || e.stat.st_gid != getgid() {
+                    foreign.append(name + "/" + String(decoding: e.path, as: UTF8.self))
+                }
             }
         }
         #expect(foreign.isEmpty, "not owned by the builder: \(foreign.prefix(10))")
@@ -241,7 +249,7 @@ func makeDistro(named name: String, dockerfile: String, library: String) throws 
         for engine in ["host", "docker"] {
             let dir = try Fixtures.temporaryDirectory("fail-\(engine)")
             defer { FS.remove(dir) }
-            let r = try await Fixtures.rootfs(["--distros-dir", distros, "build", "failing", "--engine", engine,
+            let r = try await Fixtures.rootfs(["build", "--distros-dir", distros, "failing", "--engine", engine,
                                                "-r", dir + "/rootfs"], workingDirectory: dir)
             #expect(r.status == 1)
             #expect(!FS.exists(dir + "/rootfs"))
@@ -265,7 +273,7 @@ func makeDistro(named name: String, dockerfile: String, library: String) throws 
         defer { FS.remove(distros) }
         let dir = try Fixtures.temporaryDirectory("badimage")
         defer { FS.remove(dir) }
-        let r = try await Fixtures.rootfs(["--distros-dir", distros, "build", "badimage", "--docker", "-r", dir + "/rootfs"],
+        let r = try await Fixtures.rootfs(["build", "--distros-dir", distros, "badimage", "--docker", "-r", dir + "/rootfs"],
                                           workingDirectory: dir)
         #expect(r.status == 1)
         #expect(r.stderr.contains("error: building the builder image rootfs-builder-badimage:trixie-"))
@@ -280,7 +288,7 @@ func makeDistro(named name: String, dockerfile: String, library: String) throws 
         defer { FS.remove(distros) }
         let dir = try Fixtures.temporaryDirectory("unseeded")
         defer { FS.remove(dir) }
-        let r = try await Fixtures.rootfs(["--distros-dir", distros, "build", "unseeded", "--docker", "-r", dir + "/rootfs"],
+        let r = try await Fixtures.rootfs(["build", "--distros-dir", distros, "unseeded", "--docker", "-r", dir + "/rootfs"],
                                           workingDirectory: dir)
         #expect(r.status == 1)
         #expect(r.stderr.contains("failed at step 1/1: FROM rootfs-test-absent:trixie"))
@@ -303,28 +311,37 @@ func makeDistro(named name: String, dockerfile: String, library: String) throws 
         // The builder image first, so that the interrupt lands in the hook.
         _ = try await ContainerTrees.shared.tree(.docker)
         let dir = try Fixtures.temporaryDirectory("ctrl-c")
-        defer { FS.remove(dir) }
+        let logDir = try Fixtures.temporaryDirectory("ctrl-c-log")
+        defer { FS.remove(dir); FS.remove(logDir) }
+        FileManager.default.createFile(atPath: logDir + "/stderr", contents: nil)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Fixtures.rootfsBinary)
         process.arguments = ["build", "debian", "--docker", "-r", dir + "/rootfs", "--initrd", dir + "/debian.initrd",
                              "--image", dir + "/debian.img"]
         process.currentDirectoryURL = URL(fileURLWithPath: dir)
         process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logDir + "/stderr"))
         process.standardInput = FileHandle.nullDevice
         try process.run()
         let prefix = "rootfs-build-debian-\(process.processIdentifier)-"
-        var running: String = ""
-        for _ in 0..<240 where running.isEmpty && process.isRunning {
-            try await Task.sleep(for: .milliseconds(500))
-            running = try await runEngine(.docker, ["ps", "--filter", "name=\(prefix)", "--format", "{{.Names}}"])
+        func output() -> String { (try? String(contentsOfFile: logDir + "/stderr", encoding: .utf8)) ?? "" }
+        // Wait until mmdebstrap is writing into the tree inside the container.
+        var running = ""
+        for _ in 0..<480 {
+            guard process.isRunning else { break }
+            if output().contains("  | I: ") {
+                running = try await runEngine(.docker, ["ps", "--filter", "name=\(prefix)", "--format", "{{.Names}}"])
+                if !running.isEmpty { break }
+            }
+            try await Task.sleep(for: .milliseconds(250))
         }
-        #expect(running.hasPrefix(prefix), "the build container never appeared")
-        try await Task.sleep(for: .seconds(3))  // mmdebstrap is writing into the tree
+        #expect(running.hasPrefix(prefix), "the build container never appeared: \(output().suffix(2000))")
+        try await Task.sleep(for: .seconds(2))
         kill(process.processIdentifier, SIGINT)
         for _ in 0..<120 where process.isRunning { try await Task.sleep(for: .milliseconds(500)) }
         #expect(!process.isRunning)
         process.waitUntilExit()
+        #expect(output().contains("rootfs: interrupted"))
         #expect(process.terminationStatus == 130)
         let left = try await runEngine(.docker, ["ps", "--all", "--filter", "name=\(prefix)", "--format", "{{.Names}}"])
         #expect(left.isEmpty, "containers left: \(left)")
