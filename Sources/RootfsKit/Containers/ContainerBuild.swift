@@ -166,6 +166,7 @@ public enum HookExecutor: Sendable {
             try await runner.stream(invocation.hostCommand, onLine: onLine)
         case .container(let build):
             let command = try build.runCommand(for: invocation)
+            onLine("container: \(build.containerName) (\(build.engine.kind.rawValue) rm --force \(build.containerName) stops it)")
             let remove = build.engine.removeContainerCommand(build.containerName)
             do {
                 try await withTaskCancellationHandler {
