@@ -316,53 +316,92 @@ func makeDistro(named name: String, dockerfile: String, library: String) throws 
         let dir = try Fixtures.temporaryDirectory("ctrl-c")
         let logDir = try Fixtures.temporaryDirectory("ctrl-c-log")
         defer { FS.remove(dir); FS.remove(logDir) }
-        FileManager.default.createFile(atPath: logDir + "/stderr", contents: nil)
+        // Timing matters here, and other tests block the cooperative thread pool while
+        // they wait for their processes: watch and interrupt from a thread of our own.
+        let seen = try await onOwnThread { try Interrupter.run(dir: dir, logDir: logDir) }
+        #expect(seen.name.hasPrefix("rootfs-build-debian-\(seen.pid)-"), "container \(seen.name), process \(seen.pid)")
+        #expect(seen.runningBeforeInterrupt, "the build container never ran: \(seen.output.suffix(2000))")
+        #expect(seen.status == 130, "\(seen.output.suffix(2000))")
+        #expect(seen.output.contains("rootfs: interrupted"))
+        #expect(seen.containersLeft.isEmpty, "containers left: \(seen.containersLeft)")
+        let entries = try FileManager.default.contentsOfDirectory(atPath: dir)
+        #expect(entries == ["build"], "left behind: \(entries)")
+        let buildEntries = try FileManager.default.contentsOfDirectory(atPath: dir + "/build/debian")
+        #expect(buildEntries.allSatisfy { $0 == "build.log" }, "left behind: \(buildEntries)")
+    }
+}
+
+/// Runs `body` on a thread of its own (not the cooperative pool).
+func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
+    }
+}
+
+/// Starts a Docker build, waits until mmdebstrap runs in its container, sends SIGINT
+/// to the rootfs process and records what is left. Blocking code, on purpose.
+enum Interrupter {
+    struct Seen: Sendable {
+        var pid: Int32
+        var name = ""
+        var runningBeforeInterrupt = false
+        var status: Int32 = -1
+        var output = ""
+        var containersLeft = ""
+    }
+
+    static func docker(_ args: [String]) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: ProcessRunner.which("docker") ?? "/usr/bin/docker")
+        p.arguments = args
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    static func run(dir: String, logDir: String) throws -> Seen {
+        let log = logDir + "/stderr"
+        FileManager.default.createFile(atPath: log, contents: nil)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Fixtures.rootfsBinary)
         process.arguments = ["build", "debian", "--docker", "-r", dir + "/rootfs", "--initrd", dir + "/debian.initrd",
                              "--image", dir + "/debian.img"]
         process.currentDirectoryURL = URL(fileURLWithPath: dir)
         process.standardOutput = FileHandle.nullDevice
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logDir + "/stderr"))
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         process.standardInput = FileHandle.nullDevice
         try process.run()
-        func output() -> String { (try? String(contentsOfFile: logDir + "/stderr", encoding: .utf8)) ?? "" }
-        // Wait until mmdebstrap is writing into the tree inside the container.
-        var name = "", running = ""
-        for _ in 0..<480 {
-            guard process.isRunning else { break }
+        var seen = Seen(pid: process.processIdentifier)
+        func output() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+        let deadline = Date().addingTimeInterval(300)
+        while process.isRunning && Date() < deadline && !seen.runningBeforeInterrupt {
             let text = output()
-            if name.isEmpty, let line = text.split(separator: "\n").first(where: { $0.contains("| container: ") }) {
-                name = String(line.split(separator: " ").first { $0.hasPrefix("rootfs-build-debian-") } ?? "")
+            if seen.name.isEmpty, let line = text.split(separator: "\n").first(where: { $0.contains("| container: ") }) {
+                seen.name = String(line.split(separator: " ").first { $0.hasPrefix("rootfs-build-debian-") } ?? "")
             }
-            if !name.isEmpty && text.contains("  | I: ") {
-                running = try await runEngine(.docker, ["ps", "--filter", "name=\(name)", "--format", "{{.Names}}"])
-                if !running.isEmpty { break }
+            // mmdebstrap is writing into the tree.
+            if !seen.name.isEmpty && text.contains("  | I: downloading packages") {
+                seen.runningBeforeInterrupt = try docker(["ps", "--filter", "name=\(seen.name)", "--format", "{{.Names}}"])
+                    == seen.name
             }
-            try await Task.sleep(for: .milliseconds(250))
+            if !seen.runningBeforeInterrupt { usleep(200_000) }
         }
-        // The name holds the pid of the rootfs process that chose it.
-        let prefix = "rootfs-build-debian-\(process.processIdentifier)-"
-        #expect(name.hasPrefix(prefix), "container \(name), process \(process.processIdentifier)")
-        #expect(!name.isEmpty && running.hasPrefix(name), "the build container never appeared: \(output().suffix(2000))")
-        guard name.hasPrefix(prefix) else {
+        if seen.runningBeforeInterrupt && seen.name.hasPrefix("rootfs-build-debian-\(seen.pid)-") {
+            sleep(1)
+            kill(seen.pid, SIGINT)
+        } else {
             process.terminate()
-            return
         }
-        try await Task.sleep(for: .seconds(2))
-        kill(process.processIdentifier, SIGINT)
-        for _ in 0..<120 where process.isRunning { try await Task.sleep(for: .milliseconds(500)) }
-        #expect(!process.isRunning)
         process.waitUntilExit()
-        #expect(output().contains("rootfs: interrupted"))
-        #expect(process.terminationStatus == 130)
-        let left = try await runEngine(.docker, ["ps", "--all", "--filter", "name=\(prefix)", "--format", "{{.Names}}"])
-            + runEngine(.docker, ["ps", "--all", "--filter", "name=\(name)", "--format", "{{.Names}}"])
-        #expect(left.isEmpty, "containers left: \(left)")
-        let entries = try FileManager.default.contentsOfDirectory(atPath: dir)
-        #expect(entries == ["build"], "left behind: \(entries)")
-        let buildEntries = try FileManager.default.contentsOfDirectory(atPath: dir + "/build/debian")
-        #expect(buildEntries.allSatisfy { $0 == "build.log" }, "left behind: \(buildEntries)")
+        seen.status = process.terminationStatus
+        seen.output = output()
+        seen.containersLeft = seen.name.isEmpty ? ""
+            : try docker(["ps", "--all", "--filter", "name=\(seen.name)", "--format", "{{.Names}}"])
+        return seen
     }
 }
 
