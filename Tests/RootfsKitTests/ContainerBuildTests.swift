@@ -216,6 +216,24 @@ func makeDistro(named name: String, dockerfile: String, library: String) throws 
         #expect(FS.isRegularFile(dir + "/debian.initrd"))
     }
 
+    @Test func autoEngineIsTheHostWhenItHasTheToolsElseDocker() async throws {
+        let dir = try Fixtures.temporaryDirectory("auto")
+        defer { FS.remove(dir) }
+        let bin = dir + "/bin"
+        try FS.makeDirectories(bin)
+        for tool in ["docker", "bash"] {
+            try FileManager.default.createSymbolicLink(atPath: bin + "/" + tool, withDestinationPath: try #require(ProcessRunner.which(tool)))
+        }
+        let args = ["build", "debian", "--engine", "auto", "--dry-run", "-r", dir + "/rootfs"]
+        let host = try await Fixtures.rootfs(args, workingDirectory: dir)
+        #expect(host.status == 0 && host.stdout.contains("engine: host\n"), "\(host.stderr)")
+        let docker = try await Fixtures.rootfs(args, environment: ["PATH": bin], workingDirectory: dir)
+        #expect(docker.status == 0, "\(docker.stderr)")
+        #expect(docker.stdout.contains("engine: docker (builder image rootfs-builder-debian:trixie-"))
+        #expect(docker.stdout.contains("--cap-add SYS_ADMIN"))
+        #expect(!docker.stdout.contains("--privileged"))
+    }
+
     @Test func builderSeedImportsAHostBuiltRootfs() async throws {
         let dir = try Fixtures.temporaryDirectory("seed")
         defer { FS.remove(dir) }
@@ -246,7 +264,8 @@ func makeDistro(named name: String, dockerfile: String, library: String) throws 
             """)
         defer { FS.remove(distros) }
         var reports: [String] = []
-        for engine in ["host", "docker"] {
+        var imageLines: [String] = []
+        for engine in ["host", "docker", "docker"] {
             let dir = try Fixtures.temporaryDirectory("fail-\(engine)")
             defer { FS.remove(dir) }
             let r = try await Fixtures.rootfs(["build", "--distros-dir", distros, "failing", "--engine", engine,
@@ -257,7 +276,11 @@ func makeDistro(named name: String, dockerfile: String, library: String) throws 
             let report = lines.filter { $0.hasPrefix("error:") || $0.contains("the hook broke") || $0.hasPrefix("hint:") }
                 .map { $0.replacingOccurrences(of: dir, with: "DIR") }
             reports.append(report.joined(separator: "\n"))
+            imageLines += lines.filter { $0.contains("builder image: rootfs-builder-failing:trixie-") }
         }
+        // The second container build finds the builder image (image inspect) and does not rebuild it.
+        #expect(imageLines.last?.hasSuffix("up to date)") == true, "\(imageLines)")
+        #expect(reports[2] == reports[0])
         #expect(reports[0].contains("error: build_rootfs() of distro 'failing' failed (exit status 7)"))
         #expect(reports[0].contains("the hook broke on purpose"))
         #expect(reports[1] == reports[0])
