@@ -333,25 +333,29 @@ func makeDistro(named name: String, dockerfile: String, library: String) throws 
     }
 
     @Test func ctrlCRemovesTheContainerAndLeavesNoOutput() async throws {
-        try await ContainerTrees.shared.seedBaseImage(.docker)
-        // The builder image first, so that the interrupt lands in the hook.
-        _ = try await ContainerTrees.shared.tree(.docker)
-        let dir = try Fixtures.temporaryDirectory("ctrl-c")
-        let logDir = try Fixtures.temporaryDirectory("ctrl-c-log")
-        defer { FS.remove(dir); FS.remove(logDir) }
-        // Timing matters here, and other tests block the cooperative thread pool while
-        // they wait for their processes: watch and interrupt from a thread of our own.
-        let seen = try await onOwnThread { try Interrupter.run(dir: dir, logDir: logDir) }
-        #expect(seen.name.hasPrefix("rootfs-build-debian-\(seen.pid)-"), "container \(seen.name), process \(seen.pid)")
-        #expect(seen.runningBeforeInterrupt, "the build container never ran: \(seen.output.suffix(2000))")
-        #expect(seen.status == 130, "\(seen.output.suffix(2000))")
-        #expect(seen.output.contains("rootfs: interrupted"))
-        #expect(seen.containersLeft.isEmpty, "containers left: \(seen.containersLeft)")
-        let entries = try FileManager.default.contentsOfDirectory(atPath: dir)
-        #expect(entries == ["build"], "left behind: \(entries)")
-        let buildEntries = try FileManager.default.contentsOfDirectory(atPath: dir + "/build/debian")
-        #expect(buildEntries.allSatisfy { $0 == "build.log" }, "left behind: \(buildEntries)")
+        try await checkInterrupt(.docker)
     }
+}
+
+/// Ctrl-C during the hook: the container is removed and no output is written.
+func checkInterrupt(_ kind: ContainerEngine.Kind) async throws {
+    // The builder image first, so that the interrupt lands in the hook.
+    _ = try await ContainerTrees.shared.tree(kind)
+    let dir = try Fixtures.temporaryDirectory("ctrl-c")
+    let logDir = try Fixtures.temporaryDirectory("ctrl-c-log")
+    defer { FS.remove(dir); FS.remove(logDir) }
+    // Timing matters here, and other tests block the cooperative thread pool while
+    // they wait for their processes: watch and interrupt from a thread of our own.
+    let seen = try await onOwnThread { try Interrupter.run(kind, dir: dir, logDir: logDir) }
+    #expect(seen.name.hasPrefix("rootfs-build-debian-\(seen.pid)-"), "container \(seen.name), process \(seen.pid)")
+    #expect(seen.runningBeforeInterrupt, "the build container never ran: \(seen.output.suffix(2000))")
+    #expect(seen.status == 130, "\(seen.output.suffix(2000))")
+    #expect(seen.output.contains("rootfs: interrupted"))
+    #expect(seen.containersLeft.isEmpty, "containers left: \(seen.containersLeft)")
+    let entries = try FileManager.default.contentsOfDirectory(atPath: dir)
+    #expect(entries == ["build"], "left behind: \(entries)")
+    let buildEntries = try FileManager.default.contentsOfDirectory(atPath: dir + "/build/debian")
+    #expect(buildEntries.allSatisfy { $0 == "build.log" }, "left behind: \(buildEntries)")
 }
 
 /// Runs `body` on a thread of its own (not the cooperative pool).
@@ -373,9 +377,9 @@ enum Interrupter {
         var containersLeft = ""
     }
 
-    static func docker(_ args: [String]) throws -> String {
+    static func engine(_ kind: ContainerEngine.Kind, _ args: [String]) throws -> String {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: ProcessRunner.which("docker") ?? "/usr/bin/docker")
+        p.executableURL = URL(fileURLWithPath: ProcessRunner.which(kind.rawValue) ?? "/usr/bin/\(kind.rawValue)")
         p.arguments = args
         let pipe = Pipe()
         p.standardOutput = pipe
@@ -386,12 +390,12 @@ enum Interrupter {
         return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    static func run(dir: String, logDir: String) throws -> Seen {
+    static func run(_ kind: ContainerEngine.Kind, dir: String, logDir: String) throws -> Seen {
         let log = logDir + "/stderr"
         FileManager.default.createFile(atPath: log, contents: nil)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Fixtures.rootfsBinary)
-        process.arguments = ["build", "debian", "--docker", "-r", dir + "/rootfs", "--initrd", dir + "/debian.initrd",
+        process.arguments = ["build", "debian", "--\(kind.rawValue)", "-r", dir + "/rootfs", "--initrd", dir + "/debian.initrd",
                              "--image", dir + "/debian.img"]
         process.currentDirectoryURL = URL(fileURLWithPath: dir)
         process.standardOutput = FileHandle.nullDevice
@@ -408,7 +412,7 @@ enum Interrupter {
             }
             // mmdebstrap is writing into the tree.
             if !seen.name.isEmpty && text.contains("  | I: downloading packages") {
-                seen.runningBeforeInterrupt = try docker(["ps", "--filter", "name=\(seen.name)", "--format", "{{.Names}}"])
+                seen.runningBeforeInterrupt = try engine(kind, ["ps", "--filter", "name=\(seen.name)", "--format", "{{.Names}}"])
                     == seen.name
             }
             if !seen.runningBeforeInterrupt { usleep(200_000) }
@@ -423,7 +427,7 @@ enum Interrupter {
         seen.status = process.terminationStatus
         seen.output = output()
         seen.containersLeft = seen.name.isEmpty ? ""
-            : try docker(["ps", "--all", "--filter", "name=\(seen.name)", "--format", "{{.Names}}"])
+            : try engine(kind, ["ps", "--all", "--filter", "name=\(seen.name)", "--format", "{{.Names}}"])
         return seen
     }
 }
@@ -437,6 +441,10 @@ enum Interrupter {
         }
         try await TreeCompare.checkAgainstHostBuild(tree)
         try TreeCompare.checkBuildDirectoryOwnership(FS.parent(tree.directory), skipping: tree.directory)
+    }
+
+    @Test func ctrlCRemovesThePodmanContainerAndLeavesNoOutput() async throws {
+        try await checkInterrupt(.podman)
     }
 }
 

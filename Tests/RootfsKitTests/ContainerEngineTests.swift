@@ -144,6 +144,7 @@ import Testing
         #expect(d.importCommand(tarball: "/t/r.tar", tag: "debian:trixie").arguments == ["import", "/t/r.tar", "debian:trixie"])
         #expect(d.imageInspectCommand("x:y").arguments == ["image", "inspect", "--format", "{{.Id}}", "x:y"])
         #expect(d.removeContainerCommand("c").arguments == ["rm", "--force", "c"])
+        #expect(d.containerInspectCommand("c").arguments == ["container", "inspect", "--format", "{{.State.Status}}", "c"])
         let b = d.buildCommand(tag: "t:1", dockerfile: "/w/Dockerfile", context: "/d/debian", labels: ["k": "v"])
         #expect(Array(b.arguments.suffix(5)) == ["--tag", "t:1", "--file", "/w/Dockerfile", "/d/debian"])
         #expect(values(of: "--label", in: b.arguments) == ["k=v"])

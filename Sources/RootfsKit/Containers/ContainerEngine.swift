@@ -188,6 +188,27 @@ public struct ContainerEngine: Sendable, Equatable {
         ToolCommand(binary, ["rm", "--force", name])
     }
 
+    /// Succeeds while a container of that name exists (running or not).
+    public func containerInspectCommand(_ name: String) -> ToolCommand {
+        ToolCommand(binary, ["container", "inspect", "--format", "{{.State.Status}}", name])
+    }
+
+    /// Removes the container and waits until the engine no longer knows it (a concurrent
+    /// `rm` may return while another is still stopping it). Runs outside the caller's
+    /// task, so that it completes after a cancellation too.
+    public func removeContainer(_ name: String, timeout: Duration = .seconds(60)) async {
+        let (remove, inspect) = (removeContainerCommand(name), containerInspectCommand(name))
+        await Task.detached {
+            let runner = ProcessRunner()
+            _ = try? await runner.capture(remove)
+            let clock = ContinuousClock(), deadline = clock.now + timeout
+            while clock.now < deadline, (try? await runner.capture(inspect)) != nil {
+                try? await Task.sleep(for: .milliseconds(200))
+                _ = try? await runner.capture(remove)
+            }
+        }.value
+    }
+
     /// Makes an image from a root file system tarball.
     public func importCommand(tarball: String, tag: String) -> ToolCommand {
         ToolCommand(binary, ["import", tarball, tag])
