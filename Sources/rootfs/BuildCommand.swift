@@ -9,7 +9,9 @@ struct BuildCommand: AsyncParsableCommand {
         discussion: """
         With no output option, writes build/<distro>/rootfs, build/<distro>/<distro>.initrd and \
         build/<distro>/<distro>.img. Environment: ROOTFS_DIR, OS_VERSION, EXTRA_PKG/EXTRA_PKGS, \
-        AGENT_SOURCE_BIN, AGENT_BIN, AGENT_INIT=yes, DEBUG, SOURCE_DATE_EPOCH, ROOTFS_DISTROS_PATH.
+        AGENT_SOURCE_BIN, AGENT_BIN, AGENT_INIT=yes, DEBUG, SOURCE_DATE_EPOCH, ROOTFS_DISTROS_PATH. \
+        Container builds (docs/CONTAINERS.md): USE_DOCKER=true, USE_PODMAN=true, BUILDER_BASE, \
+        IMAGE_REGISTRY, PODMAN_RUNTIME, DOCKER_RUNTIME, http_proxy/https_proxy/no_proxy.
         """)
 
     @OptionGroup var global: GlobalOptions
@@ -26,6 +28,12 @@ struct BuildCommand: AsyncParsableCommand {
     @Flag(name: .customLong("agent-init"), help: "Make the agent /sbin/init (no systemd).") var agentInit = false
     @Flag(help: "Replace an existing, non-empty rootfs directory.") var force = false
     @Option(help: "Initrd compression.") var compression: Compression = .zstd
+    @Option(help: ArgumentHelp("Where the hook runs: host (default), docker, podman, or auto (the host when it has the distro's tools, else an engine that answers).", valueName: "ENGINE"))
+    var engine: EngineChoice?
+    @Flag(help: "Run the hook in a Docker builder container (same as --engine docker; USE_DOCKER=true).") var docker = false
+    @Flag(help: "Run the hook in a Podman builder container (same as --engine podman; USE_PODMAN=true).") var podman = false
+    @Option(name: .customLong("builder-base"), help: ArgumentHelp("The builder image's FROM image (BUILDER_BASE; default: Dockerfile.in's, IMAGE_REGISTRY-prefixed).", valueName: "IMAGE"))
+    var builderBase: String?
     @Option(name: .customLong("format"), help: ArgumentHelp(
         "Write this format (repeatable): \(OutputFormat.names). Replaces the default outputs.", valueName: "F"))
     var formats: [String] = []
@@ -40,6 +48,10 @@ struct BuildCommand: AsyncParsableCommand {
 
     func validate() throws {
         if sbom && noManifest { throw ValidationError("--sbom is written from the manifest's data: drop --no-manifest") }
+        let chosen = Set([engine, docker ? .docker : nil, podman ? .podman : nil].compactMap { $0 })
+        if chosen.count > 1 {
+            throw ValidationError("--engine, --docker and --podman disagree: choose one engine")
+        }
     }
 
     /// `--json` output of a build.
@@ -63,6 +75,9 @@ struct BuildCommand: AsyncParsableCommand {
         var problems: [JSONError.Body]
     }
 
+    /// The engine the flags name (nil: USE_DOCKER / USE_PODMAN, else the host).
+    var engineChoice: EngineChoice? { docker ? .docker : podman ? .podman : engine }
+
     func run() async throws {
         var options = BuildOptions(distro: distro)
         options.distrosDirs = global.distrosDirs
@@ -79,6 +94,8 @@ struct BuildCommand: AsyncParsableCommand {
         options.outputDirectory = outputDirectory
         let (formatTexts, compose, flags) = (formats, compose, imageFlags)
         options.dryRun = dryRun
+        options.engine = engineChoice
+        options.builderBase = builderBase
         options.manifest = !noManifest
         options.sbom = sbom
         let console = global.makeConsole(json: json)

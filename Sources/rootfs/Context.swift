@@ -100,3 +100,4 @@ enum CommandRunner {
 }
 
 extension Compression: ExpressibleByArgument {}
+extension EngineChoice: ExpressibleByArgument {}

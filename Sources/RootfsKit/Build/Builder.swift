@@ -30,6 +30,10 @@ public struct BuildOptions: Sendable {
     /// Write `<name>.manifest.json` next to the outputs (and `<name>.spdx.json` with `sbom`).
     public var manifest = true
     public var sbom = false
+    /// Where the hook runs (nil: USE_DOCKER / USE_PODMAN, else the host).
+    public var engine: EngineChoice?
+    /// The builder image's FROM (--builder-base; nil: BUILDER_BASE, IMAGE_REGISTRY, Dockerfile.in).
+    public var builderBase: String?
     public var environment: [String: String]
 
     public init(distro: String, environment: [String: String] = ProcessInfo.processInfo.environment) {
@@ -73,6 +77,8 @@ public struct BuildPlan: Sendable {
     /// The manifest and SPDX SBOM written next to the outputs (nil: not written).
     public var manifestPath: String?
     public var sbomPath: String?
+    /// Runs the hook: on this host, or in a builder container.
+    public var hookExecutor: HookExecutor = .host
 
     /// The hook invocation for a given tree directory and helper file.
     public func hookInvocation(rootfs: String, helperPath: String) -> HookInvocation {
@@ -115,7 +121,13 @@ public struct BuildPlan: Sendable {
         invocation.append("RUNNER (bash -c script):")
         invocation += HookLibrary.runnerScript.split(separator: "\n").map { "  " + $0 }
         invocation.append("hook-helpers.sh: written at build time (info, warn, die, OK, check_program, require_program...)")
-        result.append(PlanSection("hook invocation (host)", invocation))
+        result.append(PlanSection("hook invocation (bash, as run on the host or in the container)", invocation))
+        var engineLines = ["runs: \(hookExecutor.description)"]
+        if case .container(let build) = hookExecutor {
+            let hook = hookInvocation(rootfs: hookTreePlaceholder, helperPath: buildDirectory + "/hook-helpers.sh")
+            if let run = try? build.runCommand(for: hook) { engineLines.append(run.displayString) }
+        }
+        result.append(PlanSection("engine", engineLines))
         if let hookPlan {
             result.append(PlanSection("build_rootfs will run (from plan_rootfs)", hookPlan + hookWarnings.map { "warning: " + $0 }))
         } else {
@@ -291,6 +303,12 @@ public struct Builder: Sendable {
                              logPath: buildDir + "/build.log", hookEnvironment: hookEnv, epoch: try sourceDateEpoch(env),
                              formatOutputs: formatOutputs, overlays: options.overlays, imageOptions: options.imageOptions)
         plan.missingHostTools = missingTools
+        // Host or builder container; a host without the distro's tools is refused with the flag that would work.
+        do {
+            plan.hookExecutor = try await hookExecutor(options, distro: distro, config: config, architecture: arch)
+        } catch let error as RootfsError {
+            try problem(error)
+        }
         if options.manifest || options.sbom {
             // Next to the first file output, named after it; else next to the rootfs directory.
             let base = (initrd ?? image).map { FS.parent($0) + "/" + Self.stem(FS.basename($0)) } ?? rootfsDir
@@ -329,6 +347,39 @@ public struct Builder: Sendable {
         }
     }
 
+    /// Host or container: --engine / --docker / --podman, else USE_DOCKER / USE_PODMAN, else the host.
+    /// A host that lacks the distro's HOST_TOOLS is refused with the flag that would work.
+    func hookExecutor(_ options: BuildOptions, distro: Distro, config: DistroConfig,
+                      architecture: String) async throws -> HookExecutor {
+        let env = options.environment
+        let choice = options.engine ?? EngineChoice.fromEnvironment(env) ?? .host
+        let missing = config.missingHostTools(path: env["PATH"])
+        let kind: ContainerEngine.Kind
+        switch choice {
+        case .docker: kind = .docker
+        case .podman: kind = .podman
+        case .host, .auto:
+            if missing.isEmpty { return .host }
+            let answering = await ContainerEngine.firstAnswering(environment: env, runner: runner)
+            if choice == .auto, let answering {
+                kind = answering.kind
+                break
+            }
+            let what = "distro '\(distro.name)' needs \(missing.joined(separator: ", ")) on this host (HOST_TOOLS in \(distro.configPath))"
+            if let answering {
+                throw RootfsError(what + ", which lacks it",
+                                  hint: "\(answering.kind.displayName) answers here: add \(answering.kind.flag) to build inside a builder container, "
+                                      + "or install the tools on this host")
+            }
+            throw RootfsError(what + ", which lacks it, and no container engine answers",
+                              hint: "install the tools on this host, or install Docker or Podman and add --docker or --podman")
+        }
+        let engine = ContainerEngine.forHost(kind, environment: env)
+        return .container(try await ContainerBuild.make(engine: engine, distro: distro, config: config,
+                                                        architecture: architecture, builderBase: options.builderBase,
+                                                        environment: env, runner: runner))
+    }
+
     /// Runs the plan. Outputs appear only when complete; on any failure (or
     /// cancellation) temporary trees and files are removed and earlier outputs stay.
     public func run(_ plan: BuildPlan) async throws -> [BuildOutput] {
@@ -346,23 +397,7 @@ public struct Builder: Sendable {
 
         func done() { console.endPhase() }
 
-        console.phase("build_rootfs: \(plan.distro.name) \(plan.config.osVersion ?? "") (\(plan.distro.directory))")
-        let invocation = plan.hookInvocation(rootfs: tree, helperPath: helper)
-        console.detail("running: \(invocation.hostCommand.environment.count) variables, bash build_rootfs \(tree)")
-        do {
-            try await runner.stream(invocation.hostCommand) { line in console.toolLine(line) }
-        } catch let failure as ToolFailure {
-            // A hook's own `die` message says best what went wrong: it leads the error.
-            let died = failure.outputTail.last(where: { $0.hasPrefix("ERROR: ") }).map { ": " + $0.dropFirst("ERROR: ".count) } ?? ""
-            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' failed (\(failure.status))\(died)",
-                              hint: "the hook is build_rootfs() in \(plan.distro.libraryPath); the full output is in \(plan.logPath)",
-                              details: failure.outputTail)
-        }
-        try Task.checkCancellation()
-        if FS.isMissingOrEmptyDirectory(tree) {
-            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' left the rootfs directory empty",
-                              hint: "the hook must populate the directory it receives as $1 (\(plan.distro.libraryPath))")
-        }
+        try await runHook(plan, tree: tree, helper: helper)
         done()
 
         console.phase("agent: \(plan.agent.guestPath)\(plan.agent.isInit ? " as /sbin/init" : " started by systemd")")
@@ -460,6 +495,29 @@ public struct Builder: Sendable {
     static func stem(_ name: String) -> String {
         guard let dot = name.lastIndex(of: "."), dot != name.startIndex else { return name }
         return String(name[..<dot])
+    }
+
+    /// Runs build_rootfs into `tree` (empty) through the plan's executor.
+    public func runHook(_ plan: BuildPlan, tree: String, helper: String) async throws {
+        try await plan.hookExecutor.prepare(console: console, runner: runner, scratchDirectory: FS.parent(tree))
+        console.phase("build_rootfs: \(plan.distro.name) \(plan.config.osVersion ?? "") (\(plan.distro.directory))"
+                      + (plan.hookExecutor.isHost ? "" : " in \(plan.hookExecutor.description)"))
+        let invocation = plan.hookInvocation(rootfs: tree, helperPath: helper)
+        console.detail("running: \(invocation.hostCommand.environment.count) variables, bash build_rootfs \(tree)")
+        do {
+            try await plan.hookExecutor.run(invocation, runner: runner) { line in console.toolLine(line) }
+        } catch let failure as ToolFailure {
+            // A hook's own `die` message says best what went wrong: it leads the error.
+            let died = failure.outputTail.last(where: { $0.hasPrefix("ERROR: ") }).map { ": " + $0.dropFirst("ERROR: ".count) } ?? ""
+            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' failed (\(failure.status))\(died)",
+                              hint: "the hook is build_rootfs() in \(plan.distro.libraryPath); the full output is in \(plan.logPath)",
+                              details: failure.outputTail)
+        }
+        try Task.checkCancellation()
+        if FS.isMissingOrEmptyDirectory(tree) {
+            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' left the rootfs directory empty",
+                              hint: "the hook must populate the directory it receives as $1 (\(plan.distro.libraryPath))")
+        }
     }
 
     private func words(_ s: String?) -> [String] {
