@@ -8,6 +8,6 @@ struct Rootfs: AsyncParsableCommand {
         abstract: "Build minimal Linux guest root filesystems and boot images.",
         version: RootfsVersion.version,
         subcommands: [ListCommand.self, BuildCommand.self, InitrdCommand.self, ImageCommand.self, ExtendCommand.self,
-                      CheckCommand.self, BootCommand.self, NewCommand.self]
+                      CheckCommand.self, BootCommand.self, NewCommand.self, DiffCommand.self]
     )
 }

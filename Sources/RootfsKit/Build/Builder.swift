@@ -27,6 +27,8 @@ public struct BuildOptions: Sendable {
     public var overlays: [OverlaySpec] = []
     /// Options of the format writers (partition table, file system, kernel, ...).
     public var imageOptions = ImageOptions()
+    /// How the tree travels from the hook to the writers (default: directory as root, tar otherwise).
+    public var transport: TreeTransport = .current
     public var environment: [String: String]
 
     public init(distro: String, environment: [String: String] = ProcessInfo.processInfo.environment) {
@@ -67,6 +69,8 @@ public struct BuildPlan: Sendable {
     public var formatOutputs: [FormatOutput] = []
     public var overlays: [OverlaySpec] = []
     public var imageOptions = ImageOptions()
+    /// Directory (root) or tar (rootless): see TreeTransport.
+    public var transport: TreeTransport = .directory
 
     /// The hook invocation for a given tree directory and helper file.
     public func hookInvocation(rootfs: String, helperPath: String) -> HookInvocation {
@@ -126,7 +130,9 @@ public struct BuildPlan: Sendable {
         if let initrd { outputs.append("initrd: \(initrd) (cpio, \(compression.rawValue))") }
         if let image { outputs.append("image: \(image) (raw, MBR, ext4, \(freeSpaceMiB) MiB free)") }
         for o in formatOutputs { outputs.append("\(o.format.rawValue): \(o.path)") }
-        outputs.append("log: \(logPath)")
+        outputs.append("log: \(logPath) (build-<pid>.log when another build holds it)")
+        outputs.append("tree: " + (transport == .directory ? "a directory (root: owners kept on disk)"
+            : "a tar (rootless: build_rootfs may write ROOTFS_TAR; owners kept in the tar; every writer reads the tar)"))
         if let epoch { outputs.append("SOURCE_DATE_EPOCH: \(epoch)") }
         if !overlays.isEmpty {
             result.append(PlanSection("compose (after the hook and the agent, in order)", overlays.map(\.description)))
@@ -260,6 +266,17 @@ public struct Builder: Sendable {
         if FS.exists(rootfsDir) && !FS.isDirectory(rootfsDir) {
             throw RootfsError("\(rootfsDir) exists and is not a directory")
         }
+        var keepRootfs = !anyOutput || rootfsOption != nil || wantsRootfs
+        if options.transport == .tar && keepRootfs {
+            if rootfsOption != nil || wantsRootfs {
+                try problem(RootfsError("a rootfs directory with its real owners (root:shadow, setuid root...) needs root: an ordinary user cannot chown files",
+                                        hint: "as an ordinary user write --format tar (the tar keeps the owners), initrd or raw; or run as root for --rootfs-dir / --format rootfs"))
+            } else {
+                // Default outputs, rootless: the tree is kept as a tar instead of a directory.
+                keepRootfs = false
+                formatOutputs.insert(FormatOutput(format: .tar, path: buildDir + "/\(distro.name).tar"), at: 0)
+            }
+        }
 
         var hookEnv = overrides
         for (key, value) in config.values where hookEnv[key] == nil { hookEnv[key] = value }
@@ -275,12 +292,13 @@ public struct Builder: Sendable {
         if let debug = env["DEBUG"], !debug.isEmpty { hookEnv["DEBUG"] = debug }
 
         var plan = BuildPlan(distro: distro, config: config, architecture: arch, agent: agent, extraPackages: extra,
-                             rootfsDirectory: rootfsDir, keepRootfs: !anyOutput || rootfsOption != nil || wantsRootfs, force: options.force,
+                             rootfsDirectory: rootfsDir, keepRootfs: keepRootfs, force: options.force,
                              initrd: initrd, image: image, compression: options.compression,
                              freeSpaceMiB: options.freeSpaceMiB, buildDirectory: buildDir,
                              logPath: buildDir + "/build.log", hookEnvironment: hookEnv, epoch: try sourceDateEpoch(env),
                              formatOutputs: formatOutputs, overlays: options.overlays, imageOptions: options.imageOptions)
         plan.missingHostTools = missingTools
+        plan.transport = options.transport
         // plan_rootfs() checks the hook's settings (a missing REPO_URL...) before anything is written.
         do {
             (plan.hookPlan, plan.hookWarnings) = try await hookPlan(plan)
@@ -318,7 +336,20 @@ public struct Builder: Sendable {
     public func run(_ plan: BuildPlan) async throws -> [BuildOutput] {
         if let first = plan.problems.first { throw first }
         try FS.makeDirectories(plan.buildDirectory)
-        try console.openLog(at: plan.logPath)
+        // One build per output at a time; a concurrent build of other outputs gets its own log.
+        var outputPaths = (plan.keepRootfs ? [plan.rootfsDirectory] : []) + [plan.initrd, plan.image].compactMap { $0 }
+        outputPaths += plan.formatOutputs.map(\.path)
+        let locks = try outputPaths.sorted().map { try OutputLock(output: $0) }
+        let logPath: String
+        let logLock: OutputLock?
+        if let lock = OutputLock.attempt(output: plan.logPath) {
+            (logPath, logLock) = (plan.logPath, lock)
+        } else {
+            logPath = FS.parent(plan.logPath) + "/build-\(getpid()).log"
+            logLock = nil
+        }
+        defer { withExtendedLifetime((locks, logLock)) {} }
+        try console.openLog(at: logPath)
         defer { console.closeLog() }
         let work = try FS.makeSiblingTemporaryDirectory(for: plan.keepRootfs ? plan.rootfsDirectory
                                                          : plan.buildDirectory + "/rootfs")
@@ -332,18 +363,33 @@ public struct Builder: Sendable {
         func done() { console.info(String(format: "    done in %.1f s", Date().timeIntervalSince(phaseStart))); phaseStart = Date() }
 
         console.phase("build_rootfs: \(plan.distro.name) \(plan.config.osVersion ?? "") (\(plan.distro.directory))")
-        let invocation = plan.hookInvocation(rootfs: tree, helperPath: helper)
+        var invocation = plan.hookInvocation(rootfs: tree, helperPath: helper)
+        let hookTar = work + "/rootfs.tar"
+        if plan.transport == .tar { invocation.environment["ROOTFS_TAR"] = hookTar }
         console.detail("running: \(invocation.hostCommand.environment.count) variables, bash build_rootfs \(tree)")
+        let watch = HookConfinement(work: work, allowed: ["rootfs", "hook-helpers.sh", "rootfs.tar"])
         do {
             try await runner.stream(invocation.hostCommand) { line in console.toolLine(line) }
         } catch let failure as ToolFailure {
             // A hook's own `die` message says best what went wrong: it leads the error.
             let died = failure.outputTail.last(where: { $0.hasPrefix("ERROR: ") }).map { ": " + $0.dropFirst("ERROR: ".count) } ?? ""
             throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' failed (\(failure.status))\(died)",
-                              hint: "the hook is build_rootfs() in \(plan.distro.libraryPath); the full output is in \(plan.logPath)",
+                              hint: "the hook is build_rootfs() in \(plan.distro.libraryPath); the full output is in \(logPath)",
                               details: failure.outputTail)
         }
         try Task.checkCancellation()
+        try watch.check(distro: plan.distro)
+        var rootless: RootlessTree?
+        if plan.transport == .tar {
+            let staged = RootlessTree(root: tree)
+            if FS.isRegularFile(hookTar) && FS.isMissingOrEmptyDirectory(tree) {
+                console.detail("build_rootfs wrote a tar (\(formatBytes(FS.fileSize(hookTar)))): extracting it, owners kept aside")
+                rmdir(tree)
+                try staged.extract(hookTar)
+                unlink(hookTar)
+            }
+            rootless = staged
+        }
         if FS.isMissingOrEmptyDirectory(tree) {
             throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' left the rootfs directory empty",
                               hint: "the hook must populate the directory it receives as $1 (\(plan.distro.libraryPath))")
@@ -366,13 +412,20 @@ public struct Builder: Sendable {
             try OverlayApplier(tree: guest).apply(plan.overlays)
         }
         try RootfsChecker(tree: guest).require(agentInit: plan.agent.isInit, agentNames: [plan.agent.guestName])
+        // Rootless: the finished tree travels as a tar with the owners restored; every writer reads it.
+        var source = TreeSource.directory(tree)
+        if let rootless {
+            let staged = work + "/tree.tar"
+            try rootless.writeTar(to: staged, epoch: plan.epoch)
+            source = .archive(staged)
+        }
         done()
 
         var outputs: [BuildOutput] = []
         if let initrd = plan.initrd {
             try Task.checkCancellation()
             console.phase("initrd: \(initrd)")
-            let stats = try InitrdWriter(compression: plan.compression, epoch: plan.epoch).write(tree: tree, to: initrd)
+            let stats = try InitrdWriter(compression: plan.compression, epoch: plan.epoch).write(source: source, to: initrd)
             outputs.append(BuildOutput(kind: "initrd", path: initrd, bytes: stats.outputBytes))
             console.info("    \(stats.entries) entries, \(formatBytes(stats.inputBytes)) in, \(formatBytes(stats.outputBytes)) out")
             done()
@@ -381,7 +434,7 @@ public struct Builder: Sendable {
             try Task.checkCancellation()
             console.phase("image: \(image)")
             let (stats, uuid) = try await DiskImageWriter(freeSpaceMiB: plan.freeSpaceMiB, epoch: plan.epoch)
-                .write(tree: tree, to: image)
+                .write(source: source, to: image)
             outputs.append(BuildOutput(kind: "image", path: image, bytes: stats.outputBytes))
             console.info("    ext4 \(uuid), \(formatBytes(stats.outputBytes))")
             done()
@@ -395,7 +448,7 @@ public struct Builder: Sendable {
                 try Task.checkCancellation()
                 console.phase("\(o.format.rawValue): \(o.path)")
                 try FS.makeDirectories(FS.parent(o.path))
-                outputs += try await writer.write(o.format, source: .directory(tree), to: o.path)
+                outputs += try await writer.write(o.format, source: source, to: o.path)
                 done()
             }
         }

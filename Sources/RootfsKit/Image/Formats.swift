@@ -116,6 +116,7 @@ public struct ImageWriter: Sendable {
                 .convert(raw: raw, to: output, format: format, uuid: uuid)
             return [BuildOutput(kind: format.rawValue, path: output, bytes: bytes)]
         case .erofs, .squashfs:
+            try DiskImageWriter.refuseLosingOwnership(source, format: "a \(format.rawValue) image", diskWriter().ownershipFromSource(source))
             let (root, cleanup) = try source.materialized(near: output)
             defer { cleanup() }
             let temporary = FS.siblingTemporaryPath(for: output)

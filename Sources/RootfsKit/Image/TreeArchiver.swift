@@ -19,6 +19,8 @@ struct TreeArchiver {
     /// Entries added to the archive when the tree lacks them (guest path without
     /// leading slash -> link target), e.g. the initrd's `init -> /sbin/init`.
     var syntheticLinks: [(path: String, target: String)] = []
+    /// Changes each item before it is written (rootless builds: owners and modes from the hook's tar).
+    var transform: ((inout TreeItem) throws -> Void)? = nil
 
     func write(tree root: String, to output: String) throws -> WriteStats {
         try write(source: .directory(root), to: output)
@@ -82,7 +84,9 @@ struct TreeArchiver {
             }
         }
 
-        try source.walk { item in
+        try source.walk { original in
+            var item = original
+            try transform?(&item)
             if item.isRoot { rootTime = clamp(item.mtime) } else { try writeSynthetic(before: item.path) }
             entry.clear()
             entry.setPath(item.path)

@@ -93,7 +93,9 @@ public enum TreeSource: Sendable, CustomStringConvertible {
         case .archive:
             let work = try FS.makeSiblingTemporaryDirectory(for: near)
             do {
-                try TreeExtractor(destination: work + "/tree").extract(self)
+                var extractor = TreeExtractor(destination: work + "/tree")
+                extractor.ownerAccess = !extractor.keepOwnership
+                try extractor.extract(self)
             } catch {
                 FS.remove(work)
                 throw error
