@@ -354,6 +354,9 @@ public struct Builder: Sendable {
         let work = try FS.makeSiblingTemporaryDirectory(for: plan.keepRootfs ? plan.rootfsDirectory
                                                          : plan.buildDirectory + "/rootfs")
         defer { FS.remove(work) }
+        // mkdtemp makes it 0700: apt's _apt sandbox user could not reach the tree below it, and
+        // a root build would then own apt's partial directories differently from a rootless one.
+        chmod(work, 0o755)
         let tree = work + "/rootfs"
         try FS.makeDirectories(tree)
         let helper = work + "/hook-helpers.sh"

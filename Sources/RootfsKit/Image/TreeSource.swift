@@ -95,6 +95,7 @@ public enum TreeSource: Sendable, CustomStringConvertible {
             do {
                 var extractor = TreeExtractor(destination: work + "/tree")
                 extractor.ownerAccess = !extractor.keepOwnership
+                extractor.devicePlaceholders = !extractor.keepOwnership
                 try extractor.extract(self)
             } catch {
                 FS.remove(work)
