@@ -109,6 +109,7 @@ private func listing(_ dir: String) -> [String] {
         // A tree whose gzip initrd takes seconds: random data does not compress.
         let dir = work + "/writer"
         let tree = dir + "/tree"
+        try FS.makeDirectories(dir)
         let built = try await Fixtures.rootfs(build(["-r", tree]), workingDirectory: work)
         #expect(built.status == 0, "\(built.stderr)")
         try await ProcessRunner().capture(ToolCommand("dd", ["if=/dev/urandom", "of=\(tree)/big", "bs=1M", "count=600", "status=none"]))

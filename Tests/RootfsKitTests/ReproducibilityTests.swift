@@ -21,12 +21,12 @@ private func makeTree(_ root: String, reversed: Bool) throws {
             chmod(root + "/" + path, mode)
         }
     }
-    steps.append { link(root + "/usr/lib/x/a", root + "/usr/lib/x/hard") }
     steps.append { symlink("../lib/x/a", root + "/usr/bin/rel") }
     steps.append { symlink("/etc/os-release", root + "/usr/bin/abs") }
     // Directories first either way; within, creation order differs (and so inode numbers).
     let ordered = Array(steps.prefix(dirs.count)) + (reversed ? steps.dropFirst(dirs.count).reversed() : Array(steps.dropFirst(dirs.count)))
     for s in ordered { try s() }
+    link(root + "/usr/lib/x/a", root + "/usr/lib/x/hard")
 }
 
 /// The writers give the same bytes whatever the host's file times and inode

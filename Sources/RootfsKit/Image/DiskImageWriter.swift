@@ -198,6 +198,7 @@ public struct DiskImageWriter: Sendable {
             break
         }
         guard fsync(fd) == 0 else { throw RootfsError("cannot write \(output): \(FS.errnoText())") }
+        try Task.checkCancellation()
         try FS.rename(temporary, to: output)
         keep = true
         stats.outputBytes = base + filesystemBytes + tail

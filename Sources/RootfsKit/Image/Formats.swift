@@ -124,6 +124,7 @@ public struct ImageWriter: Sendable {
             let writer = FilesystemImageWriter(kind: format == .erofs ? .erofs : .squashfs, epoch: o.epoch,
                                                uuid: diskWriter().filesystemUUID(), label: o.label, runner: runner)
             try await writer.run(directory: root, output: temporary)
+            try Task.checkCancellation()
             try FS.rename(temporary, to: output)
             return [BuildOutput(kind: format.rawValue, path: output, bytes: FS.fileSize(output))]
         case .kernelInitrd:

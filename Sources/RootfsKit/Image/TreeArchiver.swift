@@ -40,6 +40,7 @@ struct TreeArchiver {
         var st = stat()
         fstat(fd, &st)
         stats.outputBytes = Int64(st.st_size)
+        try Task.checkCancellation()
         try FS.rename(temporary, to: output)
         keep = true
         return stats
@@ -85,6 +86,7 @@ struct TreeArchiver {
         }
 
         try source.walk { original in
+            try Task.checkCancellation()
             var item = original
             try transform?(&item)
             if item.isRoot { rootTime = clamp(item.mtime) } else { try writeSynthetic(before: item.path) }
