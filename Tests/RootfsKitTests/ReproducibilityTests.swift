@@ -106,4 +106,28 @@ private func makeTree(_ root: String, reversed: Bool) throws {
         let missing = try await Fixtures.rootfs(["diff", dir + "/a.tar", dir + "/nope"])
         #expect(missing.status == 2 && missing.stderr.contains("B \(dir)/nope does not exist"))
     }
+
+    @Test func rootlessPlanKeepsTheTreeAsATarAndRefusesADirectory() async throws {
+        let distros = try TestDistros.make(["bb": (TestDistros.busyboxConfig, TestDistros.busyboxLib)])
+        defer { FS.remove(distros) }
+        let dir = try Fixtures.temporaryDirectory("rootless-plan")
+        defer { FS.remove(dir) }
+        var options = BuildOptions(distro: "bb")
+        options.distrosDirs = [distros]
+        options.buildDirectory = dir + "/build"
+        options.agentPath = Fixtures.agentBinary
+        options.transport = .tar
+        let builder = Builder(console: Console(level: .quiet))
+        let plan = try await builder.plan(options)
+        #expect(!plan.keepRootfs)
+        #expect(plan.formatOutputs.first == FormatOutput(format: .tar, path: dir + "/build/bb.tar"))
+        #expect(plan.summary.contains { $0.contains("tree: a tar (rootless") })
+        options.rootfsDir = dir + "/rootfs"
+        await #expect { _ = try await builder.plan(options) } throws: { error in
+            "\(error)".contains("needs root") && "\(error)".contains("--format tar")
+        }
+        options.dryRun = true
+        let dry = try await builder.plan(options)
+        #expect(dry.problems.contains { $0.message.contains("needs root") })
+    }
 }
