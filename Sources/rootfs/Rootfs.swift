@@ -8,7 +8,8 @@ struct Rootfs: AsyncParsableCommand {
         abstract: "Build minimal Linux guest root filesystems and boot images.",
         discussion: "Shell completions: rootfs --generate-completion-script bash|zsh|fish (docs/CLI.md).",
         subcommands: [ListCommand.self, BuildCommand.self, InitrdCommand.self, ImageCommand.self, ExtendCommand.self,
-                      CheckCommand.self, BootCommand.self, NewCommand.self, SizeCommand.self, BuilderCommand.self]
+                      CheckCommand.self, BootCommand.self, NewCommand.self, SizeCommand.self, BuilderCommand.self,
+                      DiffCommand.self]
     )
 
     @Flag(help: "Print the version and the commit rootfs was built from.")

@@ -34,6 +34,8 @@ public struct BuildOptions: Sendable {
     public var engine: EngineChoice?
     /// The builder image's FROM (--builder-base; nil: BUILDER_BASE, IMAGE_REGISTRY, Dockerfile.in).
     public var builderBase: String?
+    /// How the tree travels from the hook to the writers (default: directory as root, tar otherwise).
+    public var transport: TreeTransport = .current
     public var environment: [String: String]
 
     public init(distro: String, environment: [String: String] = ProcessInfo.processInfo.environment) {
@@ -79,6 +81,8 @@ public struct BuildPlan: Sendable {
     public var sbomPath: String?
     /// Runs the hook: on this host, or in a builder container.
     public var hookExecutor: HookExecutor = .host
+    /// Directory (root) or tar (rootless): see TreeTransport.
+    public var transport: TreeTransport = .directory
 
     /// The hook invocation for a given tree directory and helper file.
     public func hookInvocation(rootfs: String, helperPath: String) -> HookInvocation {
@@ -146,7 +150,9 @@ public struct BuildPlan: Sendable {
         for o in formatOutputs { outputs.append("\(o.format.rawValue): \(o.path)") }
         if let manifestPath { outputs.append("manifest: \(manifestPath) (packages, agent, options, output digests)") }
         if let sbomPath { outputs.append("sbom: \(sbomPath) (SPDX 2.3 JSON)") }
-        outputs.append("log: \(logPath)")
+        outputs.append("log: \(logPath) (build-<pid>.log when another build holds it)")
+        outputs.append("tree: " + (transport == .directory ? "a directory (root: owners kept on disk)"
+            : "a tar (rootless: build_rootfs may write ROOTFS_TAR; owners kept in the tar; every writer reads the tar)"))
         if let epoch { outputs.append("SOURCE_DATE_EPOCH: \(epoch)") }
         if !overlays.isEmpty {
             result.append(PlanSection("compose (after the hook and the agent, in order)", overlays.map(\.description)))
@@ -282,6 +288,17 @@ public struct Builder: Sendable {
         if FS.exists(rootfsDir) && !FS.isDirectory(rootfsDir) {
             throw RootfsError("\(rootfsDir) exists and is not a directory")
         }
+        var keepRootfs = !anyOutput || rootfsOption != nil || wantsRootfs
+        if options.transport == .tar && keepRootfs {
+            if rootfsOption != nil || wantsRootfs {
+                try problem(RootfsError("a rootfs directory with its real owners (root:shadow, setuid root...) needs root: an ordinary user cannot chown files",
+                                        hint: "as an ordinary user write --format tar (the tar keeps the owners), initrd or raw; or run as root for --rootfs-dir / --format rootfs"))
+            } else {
+                // Default outputs, rootless: the tree is kept as a tar instead of a directory.
+                keepRootfs = false
+                formatOutputs.insert(FormatOutput(format: .tar, path: buildDir + "/\(distro.name).tar"), at: 0)
+            }
+        }
 
         var hookEnv = overrides
         for (key, value) in config.values where hookEnv[key] == nil { hookEnv[key] = value }
@@ -297,7 +314,7 @@ public struct Builder: Sendable {
         if let debug = env["DEBUG"], !debug.isEmpty { hookEnv["DEBUG"] = debug }
 
         var plan = BuildPlan(distro: distro, config: config, architecture: arch, agent: agent, extraPackages: extra,
-                             rootfsDirectory: rootfsDir, keepRootfs: !anyOutput || rootfsOption != nil || wantsRootfs, force: options.force,
+                             rootfsDirectory: rootfsDir, keepRootfs: keepRootfs, force: options.force,
                              initrd: initrd, image: image, compression: options.compression,
                              freeSpaceMiB: options.freeSpaceMiB, buildDirectory: buildDir,
                              logPath: buildDir + "/build.log", hookEnvironment: hookEnv, epoch: try sourceDateEpoch(env),
@@ -315,6 +332,7 @@ public struct Builder: Sendable {
             plan.manifestPath = base + ".manifest.json"
             if options.sbom { plan.sbomPath = base + ".spdx.json" }
         }
+        plan.transport = options.transport
         // plan_rootfs() checks the hook's settings (a missing REPO_URL...) before anything is written.
         do {
             (plan.hookPlan, plan.hookWarnings) = try await hookPlan(plan)
@@ -385,11 +403,27 @@ public struct Builder: Sendable {
     public func run(_ plan: BuildPlan) async throws -> [BuildOutput] {
         if let first = plan.problems.first { throw first }
         try FS.makeDirectories(plan.buildDirectory)
-        try console.openLog(at: plan.logPath)
+        // One build per output at a time; a concurrent build of other outputs gets its own log.
+        var outputPaths = (plan.keepRootfs ? [plan.rootfsDirectory] : []) + [plan.initrd, plan.image].compactMap { $0 }
+        outputPaths += plan.formatOutputs.map(\.path)
+        let locks = try outputPaths.sorted().map { try OutputLock(output: $0) }
+        let logPath: String
+        let logLock: OutputLock?
+        if let lock = OutputLock.attempt(output: plan.logPath) {
+            (logPath, logLock) = (plan.logPath, lock)
+        } else {
+            logPath = FS.parent(plan.logPath) + "/build-\(getpid()).log"
+            logLock = nil
+        }
+        defer { withExtendedLifetime((locks, logLock)) {} }
+        try console.openLog(at: logPath)
         defer { console.closeLog() }
         let work = try FS.makeSiblingTemporaryDirectory(for: plan.keepRootfs ? plan.rootfsDirectory
                                                          : plan.buildDirectory + "/rootfs")
         defer { FS.remove(work) }
+        // mkdtemp makes it 0700: apt's _apt sandbox user could not reach the tree below it, and
+        // a root build would then own apt's partial directories differently from a rootless one.
+        chmod(work, 0o755)
         let tree = work + "/rootfs"
         try FS.makeDirectories(tree)
         let helper = work + "/hook-helpers.sh"
@@ -397,7 +431,27 @@ public struct Builder: Sendable {
 
         func done() { console.endPhase() }
 
-        try await runHook(plan, tree: tree, helper: helper)
+        var invocation = plan.hookInvocation(rootfs: tree, helperPath: helper)
+        let hookTar = work + "/rootfs.tar"
+        if plan.transport == .tar { invocation.environment["ROOTFS_TAR"] = hookTar }
+        let watch = HookConfinement(work: work, allowed: ["rootfs", "hook-helpers.sh", "rootfs.tar"])
+        try await runHook(plan, invocation: invocation, logPath: logPath)
+        try watch.check(distro: plan.distro)
+        var rootless: RootlessTree?
+        if plan.transport == .tar {
+            let staged = RootlessTree(root: tree)
+            if FS.isRegularFile(hookTar) && FS.isMissingOrEmptyDirectory(tree) {
+                console.detail("build_rootfs wrote a tar (\(formatBytes(FS.fileSize(hookTar)))): extracting it, owners kept aside")
+                rmdir(tree)
+                try staged.extract(hookTar)
+                unlink(hookTar)
+            }
+            rootless = staged
+        }
+        if FS.isMissingOrEmptyDirectory(tree) {
+            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' left the rootfs directory empty",
+                              hint: "the hook must populate the directory it receives as $1 (\(plan.distro.libraryPath))")
+        }
         done()
 
         console.phase("agent: \(plan.agent.guestPath)\(plan.agent.isInit ? " as /sbin/init" : " started by systemd")")
@@ -417,6 +471,13 @@ public struct Builder: Sendable {
             try OverlayApplier(tree: guest).apply(plan.overlays)
         }
         try RootfsChecker(tree: guest).require(agentInit: plan.agent.isInit, agentNames: [plan.agent.guestName])
+        // Rootless: the finished tree travels as a tar with the owners restored; every writer reads it.
+        var source = TreeSource.directory(tree)
+        if let rootless {
+            let staged = work + "/tree.tar"
+            try rootless.writeTar(to: staged, epoch: plan.epoch)
+            source = .archive(staged)
+        }
         done()
 
         var outputs: [BuildOutput] = []
@@ -426,7 +487,7 @@ public struct Builder: Sendable {
             var writer = InitrdWriter(compression: plan.compression, epoch: plan.epoch)
             let started = Date()
             writer.progress = { [console] stats in console.progress(Self.rate(stats, since: started)) }
-            let stats = try writer.write(tree: tree, to: initrd)
+            let stats = try writer.write(source: source, to: initrd)
             console.progress(Self.rate(stats, since: started), final: true)
             outputs.append(BuildOutput(kind: "initrd", path: initrd, bytes: stats.outputBytes, sha256: try SHA256.hexDigest(ofFile: initrd)))
             done()
@@ -435,7 +496,7 @@ public struct Builder: Sendable {
             try Task.checkCancellation()
             console.phase("image: \(image)")
             let (stats, uuid) = try await DiskImageWriter(freeSpaceMiB: plan.freeSpaceMiB, epoch: plan.epoch)
-                .write(tree: tree, to: image)
+                .write(source: source, to: image)
             outputs.append(BuildOutput(kind: "image", path: image, bytes: stats.outputBytes, sha256: try SHA256.hexDigest(ofFile: image)))
             console.info("    ext4 \(uuid), \(formatBytes(stats.outputBytes))")
             done()
@@ -449,7 +510,7 @@ public struct Builder: Sendable {
                 try Task.checkCancellation()
                 console.phase("\(o.format.rawValue): \(o.path)")
                 try FS.makeDirectories(FS.parent(o.path))
-                outputs += try await writer.write(o.format, source: .directory(tree), to: o.path)
+                outputs += try await writer.write(o.format, source: source, to: o.path)
                 done()
             }
         }
@@ -497,27 +558,22 @@ public struct Builder: Sendable {
         return String(name[..<dot])
     }
 
-    /// Runs build_rootfs into `tree` (empty) through the plan's executor.
-    public func runHook(_ plan: BuildPlan, tree: String, helper: String) async throws {
-        try await plan.hookExecutor.prepare(console: console, runner: runner, scratchDirectory: FS.parent(tree))
+    /// Runs build_rootfs (its tree given by `invocation`) through the plan's executor.
+    public func runHook(_ plan: BuildPlan, invocation: HookInvocation, logPath: String) async throws {
+        try await plan.hookExecutor.prepare(console: console, runner: runner, scratchDirectory: FS.parent(invocation.rootfsDirectory))
         console.phase("build_rootfs: \(plan.distro.name) \(plan.config.osVersion ?? "") (\(plan.distro.directory))"
                       + (plan.hookExecutor.isHost ? "" : " in \(plan.hookExecutor.description)"))
-        let invocation = plan.hookInvocation(rootfs: tree, helperPath: helper)
-        console.detail("running: \(invocation.hostCommand.environment.count) variables, bash build_rootfs \(tree)")
+        console.detail("running: \(invocation.hostCommand.environment.count) variables, bash build_rootfs \(invocation.rootfsDirectory)")
         do {
             try await plan.hookExecutor.run(invocation, runner: runner) { line in console.toolLine(line) }
         } catch let failure as ToolFailure {
             // A hook's own `die` message says best what went wrong: it leads the error.
             let died = failure.outputTail.last(where: { $0.hasPrefix("ERROR: ") }).map { ": " + $0.dropFirst("ERROR: ".count) } ?? ""
             throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' failed (\(failure.status))\(died)",
-                              hint: "the hook is build_rootfs() in \(plan.distro.libraryPath); the full output is in \(plan.logPath)",
+                              hint: "the hook is build_rootfs() in \(plan.distro.libraryPath); the full output is in \(logPath)",
                               details: failure.outputTail)
         }
         try Task.checkCancellation()
-        if FS.isMissingOrEmptyDirectory(tree) {
-            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' left the rootfs directory empty",
-                              hint: "the hook must populate the directory it receives as $1 (\(plan.distro.libraryPath))")
-        }
     }
 
     private func words(_ s: String?) -> [String] {

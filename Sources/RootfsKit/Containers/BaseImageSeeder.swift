@@ -73,7 +73,10 @@ public struct BaseImageSeeder: Sendable {
         try FS.makeDirectories(tree)
         let helper = work + "/hook-helpers.sh"
         try HookLibrary.text.write(toFile: helper, atomically: false, encoding: .utf8)
-        try await builder.runHook(plan, tree: tree, helper: helper)
+        try await builder.runHook(plan, invocation: plan.hookInvocation(rootfs: tree, helperPath: helper), logPath: plan.logPath)
+        if FS.isMissingOrEmptyDirectory(tree) {
+            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' left the rootfs directory empty")
+        }
 
         try Task.checkCancellation()
         console.phase("tar: \(plan.distro.name) \(plan.config.osVersion ?? "") rootfs")

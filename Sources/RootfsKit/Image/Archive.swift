@@ -81,7 +81,11 @@ final class ArchiveWriteHandle {
 
     private func error(_ what: String) -> RootfsError {
         let text = archive_error_string(pointer).map { String(cString: $0) } ?? "unknown error"
-        return RootfsError("cannot \(what): \(text)")
+        let code = archive_errno(pointer)
+        // libarchive says only "Write error": the system's reason (a full disk...) is in errno.
+        let reason = code > 0 && !text.contains(FS.errnoText(code)) ? " (\(FS.errnoText(code)))" : ""
+        return RootfsError("cannot \(what): \(text)\(reason)",
+                           hint: code == ENOSPC ? "the disk holding the output is full: free space there or write elsewhere" : nil)
     }
 }
 

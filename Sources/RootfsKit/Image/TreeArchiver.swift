@@ -25,6 +25,8 @@ struct TreeArchiver {
     var syntheticLinks: [(path: String, target: String)] = []
     /// Called as the archive grows (entries, input bytes, bytes written so far).
     var progress: WriteProgress?
+    /// Changes each item before it is written (rootless builds: owners and modes from the hook's tar).
+    var transform: ((inout TreeItem) throws -> Void)? = nil
 
     func write(tree root: String, to output: String) throws -> WriteStats {
         try write(source: .directory(root), to: output)
@@ -43,6 +45,7 @@ struct TreeArchiver {
         var st = stat()
         fstat(fd, &st)
         stats.outputBytes = Int64(st.st_size)
+        try Task.checkCancellation()
         try FS.rename(temporary, to: output)
         keep = true
         return stats
@@ -87,7 +90,10 @@ struct TreeArchiver {
             }
         }
 
-        try source.walk { item in
+        try source.walk { original in
+            try Task.checkCancellation()
+            var item = original
+            try transform?(&item)
             if item.isRoot { rootTime = clamp(item.mtime) } else { try writeSynthetic(before: item.path) }
             entry.clear()
             entry.setPath(item.path)
