@@ -68,6 +68,8 @@ private func listing(_ dir: String) -> [String] {
                     wait
                 fi
                 if [ -n "${SLOW:-}" ]; then sleep "$SLOW"; fi
+                # GATE: wait (at most 120 s) until the test creates this file.
+                if [ -n "${GATE:-}" ]; then for _ in $(seq 1 1200); do [ -e "$GATE" ] && break; sleep 0.1; done; fi
                 for p in ${EXTRA_PKGS:-}
             """)
         distros = try TestDistros.make([
@@ -139,9 +141,12 @@ private func listing(_ dir: String) -> [String] {
     @Test func concurrentBuildsOfTheSameOutputOneWinsOneGetsALockError() async throws {
         let dir = work + "/same"
         try FS.makeDirectories(dir)
-        let first = try RunningCLI(build(["--initrd", dir + "/x.initrd"]), environment: ["SLOW": "3"], in: dir, label: "first")
+        // The first build holds its hook until the second one has run.
+        let gate = dir + "/gate"
+        let first = try RunningCLI(build(["--initrd", dir + "/x.initrd"]), environment: ["GATE": gate], in: dir, label: "first")
         try await waitFor("the first build's lock") { FS.exists(dir + "/.x.initrd.lock") }
         let second = try await Fixtures.rootfs(build(["--initrd", dir + "/x.initrd"]), workingDirectory: dir)
+        FileManager.default.createFile(atPath: gate, contents: nil)
         #expect(second.status == 1)
         #expect(second.stderr.contains("another rootfs process (pid \(first.process.processIdentifier)) is writing the output \(dir)/x.initrd"), "\(second.stderr)")
         #expect(await first.finish() == 0, "\(first.stderr)")

@@ -126,12 +126,12 @@ public struct BuildPlan: Sendable {
         invocation += HookLibrary.runnerScript.split(separator: "\n").map { "  " + $0 }
         invocation.append("hook-helpers.sh: written at build time (info, warn, die, OK, check_program, require_program...)")
         result.append(PlanSection("hook invocation (bash, as run on the host or in the container)", invocation))
-        var engineLines = ["runs: \(hookExecutor.description)"]
+        var engineLines: [String] = []
         if case .container(let build) = hookExecutor {
             let hook = hookInvocation(rootfs: hookTreePlaceholder, helperPath: buildDirectory + "/hook-helpers.sh")
             if let run = try? build.runCommand(for: hook) { engineLines.append(run.displayString) }
         }
-        result.append(PlanSection("engine", engineLines))
+        result.append(PlanSection("engine: \(hookExecutor.description)", engineLines))
         if let hookPlan {
             result.append(PlanSection("build_rootfs will run (from plan_rootfs)", hookPlan + hookWarnings.map { "warning: " + $0 }))
         } else {
@@ -168,7 +168,7 @@ public struct BuildPlan: Sendable {
 
     /// The sections as plain lines.
     public var summary: [String] {
-        sections.flatMap { section in ["\(section.title):"] + section.lines.map { "  " + $0 } }
+        sections.flatMap { section in section.lines.isEmpty ? [section.title] : ["\(section.title):"] + section.lines.map { "  " + $0 } }
     }
 }
 
@@ -251,12 +251,9 @@ public struct Builder: Sendable {
                               ?? (options.agentPath == nil && env["AGENT_SOURCE_BIN"] == nil ? "rootfs-agent" : "kata-agent"),
                               isInit: agentInit, isReferenceAgent: options.agentPath == nil)
         }
-        // A build on this host needs HOST_TOOLS (a build in a container engine would not).
+        // A build on this host needs HOST_TOOLS; a build in a container engine does not. The
+        // executor (chosen below) refuses a host build without them, naming the flag that would work.
         let missingTools = config.missingHostTools(path: env["PATH"])
-        if !missingTools.isEmpty {
-            try problem(RootfsError("distro '\(distro.name)' needs \(missingTools.joined(separator: ", ")) on this host, which is missing (HOST_TOOLS in \(distro.configPath))",
-                                    hint: "install \(missingTools.count == 1 ? "it" : "them") (see docs/DISTROS.md), or build in a container"))
-        }
 
         let buildDir = FS.absolute(options.buildDirectory ?? "build/\(distro.name)")
         let rootfsOption = options.rootfsDir ?? env["ROOTFS_DIR"].flatMap { $0.isEmpty ? nil : $0 }
