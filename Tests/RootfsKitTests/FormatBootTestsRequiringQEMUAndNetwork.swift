@@ -16,7 +16,7 @@ import Testing
         /// Boot with the test kernel (no: an ISO brings its own, a bundle finds NAME-kernel).
         var passKernel = true
         var erofs = false
-        /// What /proc/mounts says about / in the guest: device and type.
+        /// The guest's root: its block device (from /sys/dev/block, "none" for an initramfs), type and rw/ro.
         var root: String?
         var testDescription: String { name }
     }
@@ -24,16 +24,16 @@ import Testing
     static let cases: [Case] = [
         Case(name: "iso-bios", write: ["-o", "DIR/debian.iso", "--kernel", "KERNEL"], boot: "DIR/debian.iso", passKernel: false),
         Case(name: "raw bare ext4", write: ["-o", "DIR/bare.img", "--no-partition-table"], boot: "DIR/bare.img",
-             root: "/dev/nvme0n1 / ext4 rw"),
+             root: "root: nvme0n1 ext4 rw"),
         Case(name: "raw GPT", write: ["-o", "DIR/gpt.img", "--partition-table", "gpt"], boot: "DIR/gpt.img",
-             root: "/dev/nvme0n1p1 / ext4 rw"),
-        Case(name: "vhd", write: ["-o", "DIR/debian.vhd"], boot: "DIR/debian.vhd", root: "/dev/nvme0n1p1 / ext4 rw"),
-        Case(name: "qcow2", write: ["-o", "DIR/debian.qcow2"], boot: "DIR/debian.qcow2", root: "/dev/nvme0n1p1 / ext4 rw"),
-        Case(name: "vmdk", write: ["-o", "DIR/debian.vmdk"], boot: "DIR/debian.vmdk", root: "/dev/nvme0n1p1 / ext4 rw"),
+             root: "root: nvme0n1p1 ext4 rw"),
+        Case(name: "vhd", write: ["-o", "DIR/debian.vhd"], boot: "DIR/debian.vhd", root: "root: nvme0n1p1 ext4 rw"),
+        Case(name: "qcow2", write: ["-o", "DIR/debian.qcow2"], boot: "DIR/debian.qcow2", root: "root: nvme0n1p1 ext4 rw"),
+        Case(name: "vmdk", write: ["-o", "DIR/debian.vmdk"], boot: "DIR/debian.vmdk", root: "root: nvme0n1p1 ext4 rw"),
         Case(name: "erofs (bare)", write: ["-o", "DIR/debian.erofs"], boot: "DIR/debian.erofs", erofs: true,
-             root: "/dev/nvme0n1 / erofs ro"),
+             root: "root: nvme0n1 erofs ro"),
         Case(name: "kernel+initrd", write: ["-o", "DIR/debian", "--format", "kernel+initrd", "--kernel", "KERNEL"],
-             boot: "DIR/debian-initrd.img", passKernel: false, root: "rootfs / rootfs"),
+             boot: "DIR/debian-initrd.img", passKernel: false, root: "root: none rootfs rw"),
     ]
 
     @Test(arguments: cases) func bootsWithRootfsBoot(_ c: Case) async throws {
@@ -59,7 +59,14 @@ import Testing
             #expect(refused.status != 0 && refused.stderr.contains("command line it was written with"), "\(refused.stderr)")
             return
         }
-        let r = try await Fixtures.rootfs(args + ["--", "sh", "-c", "grep '^ID=' /etc/os-release; grep ' / ' /proc/mounts; exit 3"])
+        let script = """
+            grep '^ID=' /etc/os-release
+            set -- $(grep ' / ' /proc/mounts)
+            dev=$(readlink /sys/dev/block/$(stat -c %Hd:%Ld /) || echo none)
+            echo "root: ${dev##*/} $3 ${4%%,*}"
+            exit 3
+            """
+        let r = try await Fixtures.rootfs(args + ["--", "sh", "-c", script])
         #expect(r.status == 3, "\(c.name): \(r.stderr)")
         #expect(r.stdout.contains("ID=debian"), "\(c.name): \(r.stdout) \(r.stderr)")
         if let root = c.root { #expect(r.stdout.contains(root), "\(c.name): \(r.stdout)") }
