@@ -244,6 +244,20 @@ import Testing
             == ["dd", "-f", "qcow2", "-O", "raw", "bs=1M", "count=4", "if=/i.qcow2", "of=/o"])
     }
 
+    @Test func bootCommandRefusesWhatItCannotBoot() async throws {
+        let dir = try Fixtures.temporaryDirectory("bootcli"); defer { FS.remove(dir) }
+        var ext4 = [UInt8](repeating: 0, count: 4096)
+        ext4[1080] = 0x53; ext4[1081] = 0xef
+        try Data(ext4).write(to: URL(fileURLWithPath: dir + "/bare.img"))
+        let noKernel = try await Fixtures.rootfs(["boot", dir + "/bare.img", "--", "true"])
+        #expect(noKernel.status == 1)
+        #expect(noKernel.stderr.contains("no kernel to boot") && noKernel.stderr.contains("--kernel"), "\(noKernel.stderr)")
+        try Data("not an image at all".utf8).write(to: URL(fileURLWithPath: dir + "/junk"))
+        let junk = try await Fixtures.rootfs(["boot", dir + "/junk", "--kernel", dir + "/bare.img"])
+        #expect(junk.status == 1)
+        #expect(junk.stderr.contains("is neither an initrd, an ISO nor a disk image"), "\(junk.stderr)")
+    }
+
     @Test func consoleLinesArePrintable() {
         let line = ConsoleWatcher.printable(ArraySlice(Array("\u{1b}[?7l\u{1b}[2J[ 0.0] Linux\r".utf8)))
         #expect(line == "[ 0.0] Linux")

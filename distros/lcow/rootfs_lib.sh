@@ -1,7 +1,9 @@
 # build_rootfs ROOTFS_DIR: extracts Debian's busybox-static, runc, iproute2 and
 # e2fsprogs (with their libraries) into ROOTFS_DIR and lays out LCOW's
 # user-mode tree around them. Environment: OS_VERSION, PACKAGES, EXTRA_PKGS, REPO_URL.
-build_rootfs() {
+# _lcow_command ROOTFS_DIR: fills lcow_cmd with the mmdebstrap command line
+# (used by build_rootfs and plan_rootfs: the plan is the command that runs).
+_lcow_command() {
     local rootfs_dir=$1
     local -a packages=()
     # read -a splits on blanks without globbing: package names stay literal words.
@@ -9,17 +11,28 @@ build_rootfs() {
     [ "${#packages[@]}" -gt 0 ] || die "lcow: PACKAGES is empty (it needs at least busybox-static)"
     local include
     include=$(IFS=,; printf '%s' "${packages[*]}")
-    local -a mirror=()
-    [ -n "${REPO_URL:-}" ] && mirror=("$REPO_URL")
-
-    require_program mmdebstrap
-    info "mmdebstrap --variant=extract ${OS_VERSION}: ${packages[*]}"
     # extract: the packages and their dependencies are unpacked, no maintainer
     # script runs and nothing (not even Essential: yes) is added.
-    mmdebstrap --variant=extract --include="$include" \
-        --aptopt='Acquire::Languages "none"' \
-        "$OS_VERSION" "$rootfs_dir" "${mirror[@]}"
-    lcow_layout "$rootfs_dir"
+    lcow_cmd=(mmdebstrap --variant=extract "--include=$include"
+        '--aptopt=Acquire::Languages "none"' "$OS_VERSION" "$rootfs_dir")
+    [ -n "${REPO_URL:-}" ] && lcow_cmd+=("$REPO_URL")
+    return 0
+}
+
+build_rootfs() {
+    local -a lcow_cmd=()
+    _lcow_command "$1"
+    require_program mmdebstrap
+    info "mmdebstrap --variant=extract ${OS_VERSION}: ${PACKAGES:-} ${EXTRA_PKGS:-}"
+    "${lcow_cmd[@]}"
+    lcow_layout "$1"
+}
+
+plan_rootfs() {
+    local -a lcow_cmd=()
+    _lcow_command "$1"
+    print_command "${lcow_cmd[@]}"
+    print_command lcow_layout "$1"
 }
 
 # lcow_layout ROOTFS_DIR: prunes what a utility VM never uses and adds the layout.
