@@ -88,7 +88,7 @@ import Testing
         #expect(command.arguments == [
             "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-nic", "none",
             "-kernel", "/k/vmlinuz", "-initrd", "/img/x.initrd",
-            "-append", "console=ttyS0 panic=-1 rootfs.out=ttyS1 rootfs.cmd=\(encoded)",
+            "-append", "console=ttyS0 panic=-1 no_timer_check rootfs.out=ttyS1 rootfs.cmd=\(encoded)",
             "-monitor", "none", "-serial", "file:/t/console.log", "-serial", "stdio",
         ])
     }
@@ -109,7 +109,7 @@ import Testing
         #expect(arguments[drive + 3] == "nvme,drive=d0,serial=rootfs")
         let append = try #require(arguments.firstIndex(of: "-append"))
         #expect(arguments[append + 1]
-            == "console=ttyS0 panic=-1 root=/dev/nvme0n1p1 rootfstype=ext4 rw rootfs.out=ttyS1 loglevel=3")
+            == "console=ttyS0 panic=-1 no_timer_check root=/dev/nvme0n1p1 rootfstype=ext4 rw rootfs.out=ttyS1 loglevel=3")
     }
 
     @Test func interactiveArguments() throws {
@@ -182,7 +182,7 @@ import Testing
             let initrd = try #require(a.firstIndex(of: "-initrd"))
             #expect(a[initrd + 1] == "/img/stage1")
             let append = try #require(a.firstIndex(of: "-append"))
-            #expect(a[append + 1] == "console=ttyS0 panic=-1 \(root) rootfs.out=ttyS1", "\(layout)")
+            #expect(a[append + 1] == "console=ttyS0 panic=-1 no_timer_check \(root) rootfs.out=ttyS1", "\(layout)")
         }
     }
 
@@ -195,7 +195,7 @@ import Testing
         #expect(resolved.kernel == dir + "/vm-kernel")
         let command = try QEMUBoot(options: resolved).qemuCommand(kind: .initrd, accelerator: .tcg, consoleLog: "/t/c", statusLog: "/t/s")
         let append = try #require(command.arguments.firstIndex(of: "-append"))
-        #expect(command.arguments[append + 1].hasPrefix("console=ttyS0 quiet console=ttyS0 panic=-1 "))
+        #expect(command.arguments[append + 1].hasPrefix("console=ttyS0 quiet console=ttyS0 panic=-1 no_timer_check "))
         // --kernel wins; another name has no companions; without a kernel the error says what to pass.
         #expect(QEMUBoot.resolve(BootOptions(image: dir + "/vm-initrd.img", kernel: "/k", command: []), kind: .initrd).kernel == "/k")
         #expect(QEMUBoot.resolve(BootOptions(image: dir + "/vm.initrd", kernel: nil, command: []), kind: .initrd).kernel == nil)
@@ -256,6 +256,10 @@ import Testing
         let junk = try await Fixtures.rootfs(["boot", dir + "/junk", "--kernel", dir + "/bare.img"])
         #expect(junk.status == 1)
         #expect(junk.stderr.contains("is neither an initrd, an ISO nor a disk image"), "\(junk.stderr)")
+        try Data([0x1f, 0x8b, 8, 0]).write(to: URL(fileURLWithPath: dir + "/x.initrd"))
+        let twoInitrds = try await Fixtures.rootfs(["boot", dir + "/x.initrd", "--kernel", dir + "/bare.img", "--initrd", dir + "/x.initrd"])
+        #expect(twoInitrds.status == 1)
+        #expect(twoInitrds.stderr.contains("--initrd boots a disk image"), "\(twoInitrds.stderr)")
     }
 
     @Test func consoleLinesArePrintable() {

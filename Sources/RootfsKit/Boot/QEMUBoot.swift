@@ -88,7 +88,9 @@ public struct QEMUBoot: Sendable {
         var parameters: [String] = []
         let fromImage = options.imageCommandLine.trimmingCharacters(in: .whitespaces)
         if !fromImage.isEmpty { parameters.append(fromImage) }
-        parameters += ["console=ttyS0", "panic=-1"]
+        // no_timer_check: a guest slowed down by TCG on a busy host can fail the IO-APIC
+        // timer check and panic ("IO-APIC + timer doesn't work"); a virtual timer needs no check.
+        parameters += ["console=ttyS0", "panic=-1", "no_timer_check"]
         if let disk = kind.disk {
             parameters.append("root=\(disk.rootDevice)")
             if disk.filesystem != .unknown { parameters.append("rootfstype=\(disk.filesystem.rawValue)") }
@@ -196,8 +198,13 @@ public struct QEMUBoot: Sendable {
 
     func run(kind: BootImageKind, onOutput: @escaping @Sendable ([UInt8]) -> Void,
              onNote: @escaping @Sendable (String) -> Void) async throws -> BootResult {
-        if kind == .iso && !options.command.isEmpty {
+        if kind == .iso && (!options.command.isEmpty || options.interactive) {
             _ = try kernelCommandLine(kind: kind)  // throws: an ISO's command line is fixed
+        }
+        if kind == .iso && options.kernel != nil { onNote("ignoring --kernel: the ISO boots its own kernel") }
+        if options.initrd != nil && kind.disk == nil {
+            throw RootfsError("--initrd boots a disk image with an initramfs; \(options.image) is \(kind == .iso ? "an ISO" : "an initrd itself")",
+                              hint: "drop --initrd")
         }
         if kind != .iso {
             let kernel = try kernelPath()
