@@ -261,7 +261,11 @@ public struct QEMUBoot: Sendable {
                 try? await Task.sleep(for: .milliseconds(50))
             }
         }
-        _ = watcher.poll()
+        // What QEMU wrote last: a guest that became ready, ran its command and powered
+        // off between two polls (or after the loop stopped with QEMU) still counts.
+        for status in watcher.poll() where status == .ready {
+            watcher.markReady(after: Self.seconds(ContinuousClock.now - started))
+        }
         let state = watcher.snapshot
         if state.stoppedWhenReady, let readySeconds = state.readySeconds {
             var result = BootResult(status: .exited(0), readySeconds: readySeconds, accelerator: accelerator)
