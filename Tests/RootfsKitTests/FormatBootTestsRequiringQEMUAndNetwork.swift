@@ -183,7 +183,11 @@ actor BootEnvironment {
                 throw RootfsError("/bin/busybox is missing", hint: "apt-get install busybox-static")
             }
             let kernel = try await BootFixture.kernel(packageRoot: URL(fileURLWithPath: Fixtures.repositoryRoot))
-            return Prepared(kernel: kernel, work: try Fixtures.temporaryDirectory("bootenv"))
+            // Under the (git-ignored) .build-tests/ of the package; each run replaces the last one's.
+            let work = Fixtures.repositoryRoot + "/.build-tests/format-boot"
+            FS.remove(work)
+            try FS.makeDirectories(work)
+            return Prepared(kernel: kernel, work: work)
         }
         prepared = task
         return try await task.value
