@@ -5,19 +5,25 @@ import RootfsKit
 struct BootCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "boot",
-        abstract: "Boot an initrd or disk image in QEMU and run a command in it.",
+        abstract: "Boot an initrd, ISO or disk image in QEMU and run a command in it.",
         discussion: """
         The image's init must be rootfs-agent (see docs/AGENT.md). The command's \
         output goes to stdout and rootfs exits with the command's exit status. \
-        Disk images are booted with -snapshot: they are never modified.
+        Without a command, the guest is stopped as soon as the agent is ready \
+        (the time to ready is printed). The kind is read from the content: initrd, \
+        ISO (BIOS), raw (MBR, GPT or bare ext4/erofs), VHD, qcow2, vmdk. Disk images \
+        are booted with -snapshot: they are never modified.
         """
     )
 
-    @Argument(help: "An initrd (cpio, plain or compressed) or a raw disk image.")
+    @Argument(help: "An initrd (cpio, plain or compressed), an ISO, or a disk image (raw, VHD, qcow2, vmdk).")
     var image: String
 
-    @Option(help: ArgumentHelp("The kernel to boot.", valueName: "file"))
-    var kernel: String
+    @Option(help: ArgumentHelp("The kernel to boot (not for an ISO; NAME-initrd.img defaults to NAME-kernel next to it).", valueName: "file"))
+    var kernel: String?
+
+    @Option(help: ArgumentHelp("An initramfs to boot a disk image with (e.g. one that loads the root file system's module).", valueName: "file"))
+    var initrd: String?
 
     @Option(help: ArgumentHelp("Seconds until the guest must have finished.", valueName: "s"))
     var timeout: Double = 120
@@ -52,6 +58,7 @@ struct BootCommand: AsyncParsableCommand {
 
     func run() async throws {
         var options = BootOptions(image: image, kernel: kernel, command: command)
+        options.initrd = initrd
         options.timeout = timeout
         options.memoryMB = memory
         options.append = append
@@ -66,6 +73,10 @@ struct BootCommand: AsyncParsableCommand {
                 onOutput: { bytes in FileHandle.standardOutput.write(Data(bytes)) },
                 onNote: { note in FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8)) }
             )
+            if result.stoppedWhenReady {
+                FileHandle.standardError.write(Data(String(format: "rootfs: booted: ready in %.1f s (%@), guest stopped\n",
+                                                           result.readySeconds, result.accelerator.rawValue).utf8))
+            }
             if result.exitStatus != 0 { throw ExitCode(result.exitStatus) }
             return
         }
