@@ -61,3 +61,22 @@ import Testing
         #expect(FS.isRegularFile(root + outside + "/marker"))
     }
 }
+
+@Suite struct RemoveTestsRequiringRoot {
+    @Test func removeDetachesMountsInsideATreeInsteadOfDeletingThroughThem() throws {
+        let outside = try Fixtures.temporaryDirectory("host-side")
+        let tree = try Fixtures.temporaryDirectory("tree-with-mount")
+        defer { FS.remove(outside) }
+        try "keep".write(toFile: outside + "/precious", atomically: true, encoding: .utf8)
+        try FS.makeDirectories(tree + "/dev")
+        try ToolCommandSync.run(["mount", "--bind", outside, tree + "/dev"])
+        #expect(FS.mountPoints(under: tree) == [tree + "/dev"])
+        FS.remove(tree)
+        #expect(!FS.exists(tree))
+        #expect(try String(contentsOfFile: outside + "/precious", encoding: .utf8) == "keep")
+    }
+
+    @Test func mountinfoEscapesAreDecoded() {
+        #expect(FS.unescapeMountField(#"/tmp/a\040b\011c\134d"#) == "/tmp/a b\tc\\d")
+    }
+}

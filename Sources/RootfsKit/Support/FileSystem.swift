@@ -76,6 +76,16 @@ public enum FS {
     /// Removes a file or a whole tree without following symbolic links.
     public static func remove(_ path: String) {
         guard exists(path) else { return }
+        // Never delete through a mount left inside a tree (a bootstrap killed while
+        // /proc or /dev was mounted in its chroot): detach those first, deepest first.
+        let mounts = mountPoints(under: path)
+        if !mounts.isEmpty {
+            for mount in mounts.reversed() { _ = try? ProcessRunnerSync.run(["umount", "--lazy", mount]) }
+            guard mountPoints(under: path).isEmpty else {
+                FileHandle.standardError.write(Data("warning: not removing \(path): file systems are still mounted inside it\n".utf8))
+                return
+            }
+        }
         // Directories left read-only by a package manager would stop removeItem.
         _ = try? FileManager.default.removeItem(atPath: path)
         if exists(path) {
@@ -90,6 +100,34 @@ public enum FS {
             usleep(250_000)
             _ = try? ProcessRunnerSync.run(["rm", "-rf", "--one-file-system", path])
         }
+    }
+
+    /// Mount points strictly below `path`, in mount order (from /proc/self/mountinfo).
+    static func mountPoints(under path: String) -> [String] {
+        guard let info = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        let prefix = (realpath(path) ?? path) + "/"
+        return info.split(separator: "\n").compactMap { line -> String? in
+            let fields = line.split(separator: " ")
+            guard fields.count > 4 else { return nil }
+            let point = unescapeMountField(String(fields[4]))
+            return point.hasPrefix(prefix) ? point : nil
+        }
+    }
+
+    /// mountinfo writes space, tab, newline and backslash as \ooo octal escapes.
+    static func unescapeMountField(_ field: String) -> String {
+        var bytes: [UInt8] = []
+        var chars = Array(field.utf8)[...]
+        while let c = chars.popFirst() {
+            if c == UInt8(ascii: "\\"), chars.count >= 3,
+               let value = UInt8(String(decoding: chars.prefix(3), as: UTF8.self), radix: 8) {
+                bytes.append(value)
+                chars = chars.dropFirst(3)
+            } else {
+                bytes.append(c)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// Moves `source` to `destination` atomically (same file system).
