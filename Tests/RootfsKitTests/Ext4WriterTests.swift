@@ -149,7 +149,7 @@ import Testing
         let dump = work + "/dump"
         try FS.makeDirectories(dump)
         _ = try await ProcessRunner().capture(ToolCommand("debugfs", ["-R", "rdump / \(dump)", fs]))
-        var files = 0, links = 0
+        var files = 0, links = 0, special = 0
         var mismatches: [String] = []
         try TreeSource.directory(tree.directory).walk { item in
             guard !item.isRoot else { return }
@@ -159,7 +159,8 @@ import Testing
             case FileType.reg:
                 files += 1
                 guard lstat(copy, &st) == 0 else { mismatches.append("missing \(item.pathString)"); return }
-                if UInt32(st.st_mode) != item.mode || st.st_uid != item.uid || st.st_gid != item.gid
+                // rdump drops setuid/setgid/sticky (chown after chmod): those are checked with stat below.
+                if UInt32(st.st_mode) & 0o170777 != item.mode & 0o170777 || st.st_uid != item.uid || st.st_gid != item.gid
                     || st.st_mtim.tv_sec != min(item.mtime, 1_700_000_000) {
                     mismatches.append("metadata of \(item.pathString)")
                 }
@@ -171,15 +172,21 @@ import Testing
                 let target = try? FileManager.default.destinationOfSymbolicLink(atPath: copy)
                 if target.map({ Array($0.utf8) }) != item.linkTarget { mismatches.append("link \(item.pathString)") }
             case FileType.dir:
-                guard lstat(copy, &st) == 0, UInt32(st.st_mode) == item.mode else {
+                guard lstat(copy, &st) == 0, UInt32(st.st_mode) & 0o170777 == item.mode & 0o170777 else {
                     mismatches.append("directory \(item.pathString)")
                     return
                 }
             default:
-                let stat = try await_debugfs_stat(fs, item.pathString)
+                let stat = try debugfsStat(fs, item.pathString)
                 if !stat.contains("User:     \(item.uid)") { mismatches.append("special \(item.pathString)") }
             }
+            if item.mode & 0o7000 != 0 {
+                special += 1
+                let stat = try debugfsStat(fs, item.pathString)
+                if !stat.contains("Mode:  0" + String(item.mode & 0o7777, radix: 8)) { mismatches.append("mode of \(item.pathString)") }
+            }
         }
+        #expect(special > 5, "setuid/setgid/sticky entries: \(special)")
         #expect(files > 1000 && links > 100, "files \(files), links \(links)")
         #expect(mismatches.isEmpty, "\(mismatches.prefix(20))")
 
@@ -191,7 +198,7 @@ import Testing
 }
 
 /// debugfs stat from a synchronous walk callback.
-private func await_debugfs_stat(_ image: String, _ path: String) throws -> String {
+private func debugfsStat(_ image: String, _ path: String) throws -> String {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/sbin/debugfs")
     p.arguments = ["-R", "stat /\(path)", image]

@@ -178,7 +178,11 @@ public struct Ext4Plan {
                 return
             }
             let ino: UInt32
-            if parent == 2 && name == Array("lost+found".utf8) && item.fileType == FileType.dir {
+            if parent == 2 && name == Array("lost+found".utf8) && item.fileType != FileType.dir {
+                throw RootfsError("\(source): /lost+found is not a directory; ext4 keeps that name for e2fsck's directory",
+                                  hint: "remove or rename /lost+found in the tree")
+            }
+            if parent == 2 && name == Array("lost+found".utf8) {
                 ino = Self.lostFound
             } else {
                 ino = next
