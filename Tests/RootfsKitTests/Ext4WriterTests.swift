@@ -108,6 +108,8 @@ import Testing
         #expect(many.components(separatedBy: "entry-with-a-longer-name-").count - 1 == 5000)
         #expect(try await Self.debugfs(image, "cat /many/entry-with-a-longer-name-4999") == "4999")
         #expect(try await Self.debugfs(image, "stat /a/b/c/d/e/f/g/h").contains("Type: directory"))
+        let stats = try await Self.debugfs(image, "stats")
+        #expect(stats.contains("has_journal") && stats.contains("Journal start:            0"), "\(stats)")
     }
 
     @Test func theSameTreeGivesTheSameBytesTwiceAndFromATar() async throws {
@@ -194,6 +196,12 @@ import Testing
         let boot = try await Fixtures.rootfs(["boot", image, "--kernel", kernel, "--timeout", "300", "--", "cat", "/etc/os-release"])
         #expect(boot.status == 0, "\(boot.stderr.suffix(3000))")
         #expect(boot.stdout.contains("ID=debian"), "\(boot.stdout)")
+        // The guest writes through the journal; the file system stays clean.
+        let write = try await Fixtures.rootfs(["boot", image, "--kernel", kernel, "--timeout", "300", "--",
+                                               "sh", "-c", "echo written > /root/probe && sync && cat /root/probe"])
+        #expect(write.status == 0 && write.stdout == "written\n", "\(write.stdout) \(write.stderr.suffix(2000))")
+        try await Ext4WriterTestsRequiringRoot.fsck(fs)
+        #expect(try await Ext4WriterTestsRequiringRoot.debugfs(fs, "cat /root/probe") == "written\n")
     }
 }
 

@@ -28,6 +28,8 @@ public struct Ext4Writer {
     public var uuid: [UInt8]
     public var epoch: Int?
     public var freeSpaceMiB: Int
+    /// Write an empty jbd2 journal (inode 8): 8 MiB under 512 MiB of data and free space, else 32 MiB.
+    public var journal = true
 
     static let blockSize = 4096
     static let blocksPerGroup = 32768
@@ -58,7 +60,9 @@ public struct Ext4Writer {
     public func plan(source: TreeSource) throws -> Ext4Plan {
         var p = Ext4Plan()
         try p.read(source: source, epoch: epoch)
-        try p.layout(freeBlocks: Int64(freeSpaceMiB) * 256)
+        let free = Int64(freeSpaceMiB) * 256
+        let data = p.nodes.reduce(Int64(0)) { $0 + $1.dataBlocks }
+        try p.layout(freeBlocks: free, journalBlocks: journal ? (data + free < 131072 ? 2048 : 8192) : 0)
         return p
     }
 
@@ -277,7 +281,11 @@ public struct Ext4Plan {
         return false
     }
 
-    mutating func layout(freeBlocks: Int64) throws {
+    mutating func layout(freeBlocks: Int64, journalBlocks: Int64 = 0) throws {
+        if journalBlocks > 0 {
+            nodes[7] = Ext4Node(mode: FileType.reg | 0o600, uid: 0, gid: 0, time: nodes[1].time,
+                                size: journalBlocks * 4096, links: 1, dataBlocks: journalBlocks)
+        }
         let usedInodes = nodes.count
         let wantInodes = max(4096, usedInodes + usedInodes / 5 + Int(freeBlocks * 4096 / 16384))
         let data = nodes.reduce(Int64(0)) { $0 + $1.dataBlocks }
@@ -384,9 +392,10 @@ public struct Ext4Plan {
         for t in inodeTable { markUsed(Int64(t), Int64(itableBlocks)) }
         for (start, count) in reservedRegions { markUsed(start, count) }
         for b in blockBitmap + inodeBitmap { markUsed(Int64(b), 1) }
-        // Directories, then long symlinks, then file data, each in inode (walk) order.
+        // The journal, directories, long symlinks, then file data, each in inode (walk) order.
+        if nodes[7].inUse { nodes[7].runs = allocate(nodes[7].dataBlocks) }
         for pass in [FileType.dir, FileType.lnk, FileType.reg] {
-            for i in nodes.indices where nodes[i].fileType == pass && nodes[i].dataBlocks > 0 {
+            for i in nodes.indices where (i == 1 || i >= 10) && nodes[i].fileType == pass && nodes[i].dataBlocks > 0 {
                 nodes[i].runs = allocate(nodes[i].dataBlocks)
             }
         }
@@ -451,7 +460,7 @@ public struct Ext4Plan {
                 }
             }
         }
-        let expected = nodes.filter { $0.fileType == FileType.reg }.count
+        let expected = nodes[10...].filter { $0.fileType == FileType.reg }.count
         guard seen == expected else {
             throw RootfsError("\(source) changed while the ext4 image was written (\(seen) files, \(expected) before)",
                               hint: "write the image from a tree nothing else modifies")
@@ -477,6 +486,20 @@ public struct Ext4Plan {
             } else if node.fileType == FileType.lnk {
                 var block = [UInt8](repeating: 0, count: 4096)
                 block.replaceSubrange(0..<node.linkTarget!.count, with: node.linkTarget!)
+                try out.write(block[...], at: Int64(node.runs[0].physical) * 4096)
+            }
+            if i == 7 {
+                // An empty jbd2 journal: the superblock (big-endian) in its first block.
+                var block = [UInt8](repeating: 0, count: 4096)
+                func be32(_ o: Int, _ v: UInt32) { for k in 0..<4 { block[o + k] = UInt8(truncatingIfNeeded: v >> (24 - 8 * UInt32(k))) } }
+                be32(0x00, 0xC03B3998)
+                be32(0x04, 4)                       // superblock v2
+                be32(0x0C, 4096)
+                be32(0x10, UInt32(node.dataBlocks))
+                be32(0x14, 1)                       // first log block
+                be32(0x18, 1)                       // first expected sequence
+                block.replaceSubrange(0x30..<0x40, with: uuid.prefix(16))
+                be32(0x40, 1)                       // users
                 try out.write(block[...], at: Int64(node.runs[0].physical) * 4096)
             }
             for (l, leaf) in node.leaves.enumerated() {
@@ -556,7 +579,8 @@ public struct Ext4Plan {
             put32(&sb, 0x54, 11)                // first inode
             put16(&sb, 0x58, 256)
             put16(&sb, 0x5A, UInt16(g))
-            put32(&sb, 0x5C, 0)                 // compat
+            let journal = nodes[7].inUse
+            put32(&sb, 0x5C, journal ? 0x4 : 0) // compat: has_journal
             put32(&sb, 0x60, 0x2 | 0x40 | 0x200)        // filetype, extents, flex_bg
             put32(&sb, 0x64, 0x1 | 0x2 | 0x20 | 0x40)   // sparse_super, large_file, dir_nlink, extra_isize
             sb.replaceSubrange(0x68..<0x78, with: uuid.prefix(16))
@@ -564,6 +588,15 @@ public struct Ext4Plan {
             sb.replaceSubrange(0x78..<0x78 + name.count, with: name)
             sb.replaceSubrange(0xEC..<0xFC, with: uuid.prefix(16))  // hash seed
             sb[0xFC] = 1                        // half_md4
+            if journal {
+                put32(&sb, 0xE0, 8)             // journal inode
+                sb[0xFD] = 1                    // s_jnl_blocks holds a copy of the journal's i_block
+                var inode = [UInt8](repeating: 0, count: 256)
+                Self.putInode(&inode, 0, nodes[7])
+                sb.replaceSubrange(0x10C..<0x10C + 60, with: inode[0x28..<0x64])
+                put32(&sb, 0x10C + 60, UInt32(truncatingIfNeeded: nodes[7].size >> 32))
+                put32(&sb, 0x10C + 64, UInt32(truncatingIfNeeded: nodes[7].size))
+            }
             put32(&sb, 0x100, 0x0C)             // default mount options: user_xattr, acl
             put32(&sb, 0x108, UInt32(truncatingIfNeeded: time))  // mkfs time
             put16(&sb, 0x15C, 32)               // min extra isize
