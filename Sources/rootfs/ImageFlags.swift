@@ -29,8 +29,8 @@ struct ImageFlags: ParsableArguments {
     var noPartitionTable = false
     @Option(name: .customLong("fs"), help: "File system of disk images: ext4 or erofs.")
     var filesystem: FilesystemType = .ext4
-    @Option(name: .customLong("ext4-writer"), help: "What writes ext4: native (rootfs's own writer) or mke2fs.")
-    var ext4Writer: Ext4WriterKind = .mke2fs
+    @Option(name: .customLong("ext4-writer"), help: "What writes ext4 file systems: native (rootfs's own writer: fast, reproducible, from a tar without root) or mke2fs (mke2fs -d).")
+    var ext4Writer: Ext4WriterKind = .native
     @Flag(help: "Prepend Kata's 2 MiB NVDIMM/DAX header to the disk image (MBR only).")
     var dax = false
     @Option(help: ArgumentHelp("Kernel for kernel+initrd and iso-bios (default: the tree's /boot/vmlinuz*).", valueName: "FILE"))

@@ -109,7 +109,9 @@ import Testing
         #expect(try await Self.debugfs(image, "cat /many/entry-with-a-longer-name-4999") == "4999")
         #expect(try await Self.debugfs(image, "stat /a/b/c/d/e/f/g/h").contains("Type: directory"))
         let stats = try await Self.debugfs(image, "stats")
-        #expect(stats.contains("has_journal") && stats.contains("Journal start:            0"), "\(stats)")
+        #expect(stats.contains("has_journal") && stats.contains("Journal inode:            8"), "\(stats)")
+        let journal = try await ProcessRunner().capture(ToolCommand("dumpe2fs", ["-h", image])).standardOutput
+        #expect(journal.contains("Total journal size:       8M") && journal.contains("Journal start:            0"), "\(journal)")
     }
 
     @Test func theSameTreeGivesTheSameBytesTwiceAndFromATar() async throws {
@@ -127,6 +129,38 @@ import Testing
         mke2fs.ext4Writer = .mke2fs
         try await mke2fs.write(source: .directory(tree), to: work + "/mke2fs.img")
         #expect(!FileManager.default.contentsEqual(atPath: work + "/one.img", andPath: work + "/mke2fs.img"))
+        try await Self.fsck(work + "/mke2fs.img?offset=1048576")
+    }
+
+    @Test func theCLIChoosesTheWriterAndRefusesAnUnknownOne() async throws {
+        let tree = try Self.makeTree()
+        let work = tree + "/.."
+        try TarWriter(compression: .none, epoch: Self.epoch).write(source: .directory(tree), to: work + "/tree.tar")
+        let env = ["SOURCE_DATE_EPOCH": String(Self.epoch)]
+        let bad = try await Fixtures.rootfs(["image", work + "/tree.tar", "-o", work + "/bad.img", "--ext4-writer", "fast"], environment: env)
+        #expect(bad.status != 0)
+        #expect(bad.stderr.contains("native") && bad.stderr.contains("mke2fs"), "\(bad.stderr)")
+        #expect(!FS.exists(work + "/bad.img"))
+        let byDefault = try await Fixtures.rootfs(["image", work + "/tree.tar", "-o", work + "/default.img"], environment: env)
+        #expect(byDefault.status == 0, "\(byDefault.stderr)")
+        let native = try await Fixtures.rootfs(["image", work + "/tree.tar", "-o", work + "/native.img", "--ext4-writer", "native"], environment: env)
+        #expect(native.status == 0, "\(native.stderr)")
+        #expect(FileManager.default.contentsEqual(atPath: work + "/default.img", andPath: work + "/native.img"), "native is the default")
+        let viaMke2fs = try await Fixtures.rootfs(["image", work + "/tree.tar", "-o", work + "/mke2fs.img", "--ext4-writer", "mke2fs"], environment: env)
+        #expect(viaMke2fs.status == 0, "\(viaMke2fs.stderr)")
+        try await Self.fsck(work + "/mke2fs.img?offset=1048576")
+        #expect(try await Self.debugfs(work + "/mke2fs.img?offset=1048576", "stats").contains("has_journal"))
+        #expect(!FileManager.default.contentsEqual(atPath: work + "/default.img", andPath: work + "/mke2fs.img"))
+    }
+
+    @Test func aTreeWhoseLostAndFoundIsAFileIsRefused() async throws {
+        let root = try Fixtures.temporaryDirectory("ext4-lpf") + "/tree"
+        try FS.makeDirectories(root)
+        _ = FileManager.default.createFile(atPath: root + "/lost+found", contents: Data("x".utf8))
+        await #expect(throws: RootfsError.self) {
+            try await Self.writeImage(.directory(root), to: root + "/../x.img")
+        }
+        #expect(!FS.exists(root + "/../x.img"))
     }
 }
 

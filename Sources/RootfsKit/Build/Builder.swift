@@ -380,8 +380,9 @@ public struct Builder: Sendable {
         if let image = plan.image {
             try Task.checkCancellation()
             console.phase("image: \(image)")
-            let (stats, uuid) = try await DiskImageWriter(freeSpaceMiB: plan.freeSpaceMiB, epoch: plan.epoch)
-                .write(tree: tree, to: image)
+            var disk = DiskImageWriter(freeSpaceMiB: plan.freeSpaceMiB, epoch: plan.epoch)
+            disk.ext4Writer = plan.imageOptions.ext4Writer
+            let (stats, uuid) = try await disk.write(tree: tree, to: image)
             outputs.append(BuildOutput(kind: "image", path: image, bytes: stats.outputBytes))
             console.info("    ext4 \(uuid), \(formatBytes(stats.outputBytes))")
             done()

@@ -25,8 +25,8 @@ public struct MBR: Sendable, Equatable {
 }
 
 /// Kata's image_builder.sh without root, loop devices or retries: a raw disk
-/// with an MBR and one ext4 partition at 1 MiB, filled by `mke2fs -d` straight
-/// into the image file, sized in one pass from the tree.
+/// with an MBR and one ext4 partition at 1 MiB, written straight into the image
+/// file by the native Ext4Writer (or `mke2fs -d`), sized from the tree.
 public struct DiskImageWriter: Sendable {
     public static let partitionOffset: Int64 = 1 << 20
     public var freeSpaceMiB: Int
@@ -37,8 +37,8 @@ public struct DiskImageWriter: Sendable {
     public var filesystem: FilesystemType = .ext4
     /// Prepend Kata's 2 MiB NVDIMM/DAX header.
     public var dax = false
-    /// Which program writes ext4: rootfs's own writer or `mke2fs -d`.
-    public var ext4Writer: Ext4WriterKind = .mke2fs
+    /// Which program writes ext4: rootfs's own writer (default) or `mke2fs -d`.
+    public var ext4Writer: Ext4WriterKind = .native
 
     public init(freeSpaceMiB: Int = 64, label: String = "rootfs", epoch: Int? = nil) {
         self.freeSpaceMiB = freeSpaceMiB

@@ -67,7 +67,7 @@ public struct ImageOptions: Sendable {
     public var filesystem: FilesystemType = .ext4
     public var dax = false
     /// Which program writes ext4 file systems (`--ext4-writer`).
-    public var ext4Writer: Ext4WriterKind = .mke2fs
+    public var ext4Writer: Ext4WriterKind = .native
     /// The kernel for kernel+initrd and ISO outputs (default: the tree's /boot/vmlinuz*).
     public var kernel: String?
     public var cmdline = "console=ttyS0"
