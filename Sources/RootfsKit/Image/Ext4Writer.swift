@@ -178,6 +178,9 @@ public struct Ext4Plan {
                     throw RootfsError("\(source): the hard link \(item.pathString) points to \(String(decoding: target, as: UTF8.self)), which is not a regular file before it")
                 }
                 nodes[Int(ino) - 1].links += 1
+                guard nodes[Int(ino) - 1].links <= 65000 else {
+                    throw RootfsError("\(source): \(String(decoding: target, as: UTF8.self)) has more than 65000 hard links, the ext4 limit")
+                }
                 nodes[Int(parent) - 1].entries.append(Ext4Entry(name: name, ino: ino, type: 1))
                 return
             }
