@@ -230,12 +230,11 @@ import Testing
         let boot = try await Fixtures.rootfs(["boot", image, "--kernel", kernel, "--timeout", "300", "--", "cat", "/etc/os-release"])
         #expect(boot.status == 0, "\(boot.stderr.suffix(3000))")
         #expect(boot.stdout.contains("ID=debian"), "\(boot.stdout)")
-        // The guest writes through the journal; the file system stays clean.
-        let write = try await Fixtures.rootfs(["boot", image, "--kernel", kernel, "--timeout", "300", "--",
-                                               "sh", "-c", "echo written > /root/probe && sync && cat /root/probe"])
-        #expect(write.status == 0 && write.stdout == "written\n", "\(write.stdout) \(write.stderr.suffix(2000))")
-        try await Ext4WriterTestsRequiringRoot.fsck(fs)
-        #expect(try await Ext4WriterTestsRequiringRoot.debugfs(fs, "cat /root/probe") == "written\n")
+        // The guest mounts it read-write with the journal (ordered data mode) and
+        // writes (to QEMU's -snapshot overlay: the image itself stays as written).
+        let write = try await Fixtures.rootfs(["boot", image, "--kernel", kernel, "--timeout", "300", "--", "sh", "-c",
+                                               "echo written > /root/probe && sync && cat /root/probe && dmesg | grep -c 'EXT4-fs.*mounted filesystem with ordered data mode'"])
+        #expect(write.status == 0 && write.stdout == "written\n1\n", "\(write.stdout) \(write.stderr.suffix(2000))")
     }
 }
 
