@@ -153,6 +153,34 @@ import Testing
         #expect(!FileManager.default.contentsEqual(atPath: work + "/default.img", andPath: work + "/mke2fs.img"))
     }
 
+    /// A 2100 MiB file spans backup groups and more than four extents: an extent
+    /// leaf block (depth 1). Its zeros are skipped, so the image stays sparse.
+    @Test func aLargeFileGetsAnExtentTreeAndKeepsItsContent() async throws {
+        let root = try Fixtures.temporaryDirectory("ext4-large") + "/tree"
+        try FS.makeDirectories(root)
+        let fd = open(root + "/huge", O_CREAT | O_WRONLY, 0o644)
+        #expect(ftruncate(fd, 2100 << 20) == 0)
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        for i in chunk.indices { chunk[i] = UInt8(truncatingIfNeeded: i * 7 + 1) }
+        #expect(pwrite(fd, chunk, 4096, off_t(1500) << 20) == 4096)
+        close(fd)
+        let image = root + "/../large.img"
+        try await Self.writeImage(.directory(root), to: image)
+        try await Self.fsck(image)
+        let info = try await Self.debugfs(image, "stat /huge")
+        #expect(info.contains("(ETB0)") && info.contains("Size: 2202009600"), "\(info)")
+        let logical = (1500 << 20) / 4096
+        let bmap = try await Self.debugfs(image, "bmap /huge \(logical)").trimmingCharacters(in: .whitespacesAndNewlines)
+        let physical = try #require(Int64(bmap), "\(bmap)")
+        let img = open(image, O_RDONLY)
+        defer { close(img) }
+        var back = [UInt8](repeating: 0, count: 4096)
+        #expect(pread(img, &back, 4096, off_t(physical * 4096)) == 4096)
+        #expect(back == chunk)
+        var st = stat()
+        #expect(lstat(image, &st) == 0 && st.st_blocks * 512 < 64 << 20, "allocated \(st.st_blocks * 512) bytes")
+    }
+
     @Test func aTreeWhoseLostAndFoundIsAFileIsRefused() async throws {
         let root = try Fixtures.temporaryDirectory("ext4-lpf") + "/tree"
         try FS.makeDirectories(root)
