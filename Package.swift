@@ -50,6 +50,17 @@ let package = Package(
             dependencies: ["AgentProtocol", "CAgentSupport"],
             linkerSettings: [.unsafeFlags(["-static-executable"])]
         ),
+        // `swift package --allow-writing-to-package-directory rootfs ARGS`: the package's
+        // own rootfs, from a checkout, with its output and exit status (docs/CLI.md).
+        .plugin(
+            name: "RootfsPlugin",
+            capability: .command(
+                intent: .custom(verb: "rootfs", description: "Run this checkout's rootfs (build, list, new, boot...) with the given arguments."),
+                permissions: [
+                    .writeToPackageDirectory(reason: "rootfs writes its outputs under build/ and new distros under distros/ in the package directory.")
+                ]
+            )
+        ),
         .testTarget(
             name: "RootfsKitTests",
             dependencies: ["RootfsKit", "CArchive", "AgentProtocol"]

@@ -6,5 +6,5 @@ here=$(cd "$(dirname "$0")" && pwd)
 export DEBIAN_FRONTEND=noninteractive
 mapfile -t packages < <(grep -v -e '^#' -e '^[[:space:]]*$' "$here/packages.txt")
 apt-get update
-apt-get install -y --no-install-recommends "${packages[@]}"
+apt-get install -y "${packages[@]}"
 "$here/start-docker.sh"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts dockerd in the background when no engine answers (machines without
-# systemd-managed services, CI). Flags: see docs/ARCHITECTURE.md (containers).
+# systemd-managed services, CI). Flags: see docs/CONTAINERS.md.
 set -euo pipefail
 command -v dockerd >/dev/null || { echo "dockerd is not installed" >&2; exit 1; }
 if docker info >/dev/null 2>&1; then exit 0; fi

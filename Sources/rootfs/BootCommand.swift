@@ -5,19 +5,25 @@ import RootfsKit
 struct BootCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "boot",
-        abstract: "Boot an initrd or disk image in QEMU and run a command in it.",
+        abstract: "Boot an initrd, ISO or disk image in QEMU and run a command in it.",
         discussion: """
         The image's init must be rootfs-agent (see docs/AGENT.md). The command's \
         output goes to stdout and rootfs exits with the command's exit status. \
-        Disk images are booted with -snapshot: they are never modified.
+        Without a command, the guest is stopped as soon as the agent is ready \
+        (the time to ready is printed). The kind is read from the content: initrd, \
+        ISO (BIOS), raw (MBR, GPT or bare ext4/erofs), VHD, qcow2, vmdk. Disk images \
+        are booted with -snapshot: they are never modified.
         """
     )
 
-    @Argument(help: "An initrd (cpio, plain or compressed) or a raw disk image.")
+    @Argument(help: "An initrd (cpio, plain or compressed), an ISO, or a disk image (raw, VHD, qcow2, vmdk).")
     var image: String
 
-    @Option(help: ArgumentHelp("The kernel to boot.", valueName: "file"))
-    var kernel: String
+    @Option(help: ArgumentHelp("The kernel to boot (not for an ISO; NAME-initrd.img defaults to NAME-kernel next to it).", valueName: "file"))
+    var kernel: String?
+
+    @Option(help: ArgumentHelp("An initramfs to boot a disk image with (e.g. one that loads the root file system's module).", valueName: "file"))
+    var initrd: String?
 
     @Option(help: ArgumentHelp("Seconds until the guest must have finished.", valueName: "s"))
     var timeout: Double = 120
@@ -34,6 +40,9 @@ struct BootCommand: AsyncParsableCommand {
     @Flag(help: "Attach the terminal to the guest console (default command: /bin/sh).")
     var interactive = false
 
+    @Flag(help: "Print one JSON document (exit status, accelerator, ready time, the command's output) instead of streaming the output.")
+    var json = false
+
     @Argument(parsing: .postTerminator, help: "The command to run in the guest, after --.")
     var command: [String] = []
 
@@ -44,10 +53,12 @@ struct BootCommand: AsyncParsableCommand {
         guard timeout > 0, memory >= 64 else {
             throw ValidationError("--timeout must be positive and --memory at least 64")
         }
+        if json && interactive { throw ValidationError("--json captures the output: it cannot be combined with --interactive") }
     }
 
     func run() async throws {
         var options = BootOptions(image: image, kernel: kernel, command: command)
+        options.initrd = initrd
         options.timeout = timeout
         options.memoryMB = memory
         options.append = append
@@ -57,13 +68,72 @@ struct BootCommand: AsyncParsableCommand {
         let boot = QEMUBoot(options: options)
         let signalSources = Self.stopQEMUOnSignals(interactive: interactive)
         defer { signalSources.forEach { $0.cancel() } }
-        let result = try await boot.run(
-            onOutput: { bytes in FileHandle.standardOutput.write(Data(bytes)) },
-            onNote: { note in FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8)) }
-        )
+        guard json else {
+            let result = try await boot.run(
+                onOutput: { bytes in FileHandle.standardOutput.write(Data(bytes)) },
+                onNote: { note in FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8)) }
+            )
+            if result.stoppedWhenReady {
+                FileHandle.standardError.write(Data(String(format: "rootfs: booted: ready in %.1f s (%@), guest stopped\n",
+                                                           result.readySeconds, result.accelerator.rawValue).utf8))
+            }
+            if result.exitStatus != 0 { throw ExitCode(result.exitStatus) }
+            return
+        }
+        let captured = CapturedOutput()
+        let notes = CapturedOutput()
+        let result: BootResult
+        do {
+            result = try await boot.run(
+                onOutput: { bytes in captured.append(bytes) },
+                onNote: { note in
+                    notes.append(Array((note + "\n").utf8))
+                    FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8))
+                })
+        } catch {
+            FileHandle.standardError.write(Data("\(Console(level: .quiet).colored("error:", "1;31")) \(error)\n".utf8))
+            try printJSON(JSONError(error))
+            throw ExitCode.failure
+        }
+        try printJSON(Report(result: result, command: command, output: captured.bytes,
+                             notes: notes.text.split(separator: "\n").map(String.init)))
         if result.exitStatus != 0 {
             throw ExitCode(result.exitStatus)
         }
+    }
+
+    /// `--json` output of a boot.
+    struct Report: Encodable {
+        var command: [String]
+        var exitStatus: Int32
+        var signal: Int32?
+        var readySeconds: Double
+        var accelerator: String
+        /// The command's output (stdout and stderr as the guest wrote them), as UTF-8 text.
+        var output: String
+        /// The same bytes, base64, for output that is not UTF-8.
+        var outputBase64: String
+        var notes: [String]
+
+        init(result: BootResult, command: [String], output: [UInt8], notes: [String]) {
+            self.command = command
+            exitStatus = result.exitStatus
+            if case .signaled(let number) = result.status { signal = number }
+            readySeconds = (result.readySeconds * 1000).rounded() / 1000
+            accelerator = result.accelerator.rawValue
+            self.output = String(decoding: output, as: UTF8.self)
+            outputBase64 = Data(output).base64EncodedString()
+            self.notes = notes
+        }
+    }
+
+    /// Bytes collected from the boot's callbacks.
+    final class CapturedOutput: @unchecked Sendable {
+        private let lock = NSLock()
+        private var data: [UInt8] = []
+        func append(_ bytes: [UInt8]) { lock.lock(); data += bytes; lock.unlock() }
+        var bytes: [UInt8] { lock.lock(); defer { lock.unlock() }; return data }
+        var text: String { String(decoding: bytes, as: UTF8.self) }
     }
 
     /// On SIGTERM, SIGHUP and (unless the guest owns the terminal) SIGINT:

@@ -9,7 +9,9 @@ struct BuildCommand: AsyncParsableCommand {
         discussion: """
         With no output option, writes build/<distro>/rootfs, build/<distro>/<distro>.initrd and \
         build/<distro>/<distro>.img. Environment: ROOTFS_DIR, OS_VERSION, EXTRA_PKG/EXTRA_PKGS, \
-        AGENT_SOURCE_BIN, AGENT_BIN, AGENT_INIT=yes, DEBUG, SOURCE_DATE_EPOCH, ROOTFS_DISTROS_PATH.
+        AGENT_SOURCE_BIN, AGENT_BIN, AGENT_INIT=yes, DEBUG, SOURCE_DATE_EPOCH, ROOTFS_DISTROS_PATH. \
+        Container builds (docs/CONTAINERS.md): USE_DOCKER=true, USE_PODMAN=true, BUILDER_BASE, \
+        IMAGE_REGISTRY, PODMAN_RUNTIME, DOCKER_RUNTIME, http_proxy/https_proxy/no_proxy.
         """)
 
     @OptionGroup var global: GlobalOptions
@@ -26,6 +28,12 @@ struct BuildCommand: AsyncParsableCommand {
     @Flag(name: .customLong("agent-init"), help: "Make the agent /sbin/init (no systemd).") var agentInit = false
     @Flag(help: "Replace an existing, non-empty rootfs directory.") var force = false
     @Option(help: "Initrd compression.") var compression: Compression = .zstd
+    @Option(help: ArgumentHelp("Where the hook runs: host (default), docker, podman, or auto (the host when it has the distro's tools, else an engine that answers).", valueName: "ENGINE"))
+    var engine: EngineChoice?
+    @Flag(help: "Run the hook in a Docker builder container (same as --engine docker; USE_DOCKER=true).") var docker = false
+    @Flag(help: "Run the hook in a Podman builder container (same as --engine podman; USE_PODMAN=true).") var podman = false
+    @Option(name: .customLong("builder-base"), help: ArgumentHelp("The builder image's FROM image (BUILDER_BASE; default: Dockerfile.in's, IMAGE_REGISTRY-prefixed).", valueName: "IMAGE"))
+    var builderBase: String?
     @Option(name: .customLong("format"), help: ArgumentHelp(
         "Write this format (repeatable): \(OutputFormat.names). Replaces the default outputs.", valueName: "F"))
     var formats: [String] = []
@@ -34,7 +42,41 @@ struct BuildCommand: AsyncParsableCommand {
     @OptionGroup var imageFlags: ImageFlags
     @OptionGroup var compose: ComposeFlags
     @Flag(name: .customLong("dry-run"), help: "Print the plan (distro, config, hook command, agent, outputs) and write nothing.") var dryRun = false
+    @Flag(help: "Also write an SPDX 2.3 SBOM (<name>.spdx.json) next to the outputs.") var sbom = false
+    @Flag(name: .customLong("no-manifest"), help: "Do not write <name>.manifest.json next to the outputs.") var noManifest = false
+    @Flag(help: "Print one JSON document on stdout (outputs, digests, phase times); progress stays on stderr.") var json = false
 
+    func validate() throws {
+        if sbom && noManifest { throw ValidationError("--sbom is written from the manifest's data: drop --no-manifest") }
+        let chosen = Set([engine, docker ? .docker : nil, podman ? .podman : nil].compactMap { $0 })
+        if chosen.count > 1 {
+            throw ValidationError("--engine, --docker and --podman disagree: choose one engine")
+        }
+    }
+
+    /// `--json` output of a build.
+    struct Report: Encodable {
+        var distro: String
+        var osVersion: String
+        var architecture: String
+        var outputs: [BuildOutput]
+        var phases: [Console.PhaseTime]
+        var slowestPhase: Console.PhaseTime?
+        var seconds: Double
+        var log: String
+    }
+
+    /// `--json` output of a dry run.
+    struct DryRunReport: Encodable {
+        struct Section: Encodable { var title: String; var lines: [String] }
+        var dryRun = true
+        var distro: String
+        var sections: [Section]
+        var problems: [JSONError.Body]
+    }
+
+    /// The engine the flags name (nil: USE_DOCKER / USE_PODMAN, else the host).
+    var engineChoice: EngineChoice? { docker ? .docker : podman ? .podman : engine }
 
     func run() async throws {
         var options = BuildOptions(distro: distro)
@@ -52,10 +94,14 @@ struct BuildCommand: AsyncParsableCommand {
         options.outputDirectory = outputDirectory
         let (formatTexts, compose, flags) = (formats, compose, imageFlags)
         options.dryRun = dryRun
-        let console = global.makeConsole()
-        let dryRun = dryRun
+        options.engine = engineChoice
+        options.builderBase = builderBase
+        options.manifest = !noManifest
+        options.sbom = sbom
+        let console = global.makeConsole(json: json)
+        let (dryRun, json) = (dryRun, json)
         let base = options
-        try await CommandRunner.run {
+        try await CommandRunner.run(json: json) {
             var opts = base
             opts.formats = try formatTexts.map(OutputFormat.parse)
             opts.overlays = try compose.specs()
@@ -63,7 +109,13 @@ struct BuildCommand: AsyncParsableCommand {
             let builder = Builder(console: console)
             let plan = try await builder.plan(opts)
             if dryRun {
-                plan.summary.forEach { console.result($0) }
+                if json {
+                    try printJSON(DryRunReport(distro: plan.distro.name,
+                                               sections: plan.sections.map { .init(title: $0.title, lines: $0.lines) },
+                                               problems: plan.problems.map { JSONError($0).error }))
+                } else {
+                    plan.summary.forEach { console.result($0) }
+                }
                 if !plan.problems.isEmpty {
                     console.warning("dry run: a build would stop on \(plan.problems.count) problem(s), listed above")
                 }
@@ -71,12 +123,19 @@ struct BuildCommand: AsyncParsableCommand {
             }
             let started = Date()
             let outputs = try await builder.run(plan)
+            let seconds = Date().timeIntervalSince(started)
+            let slowest = console.phases.max { $0.seconds < $1.seconds }
+            if json {
+                try printJSON(Report(distro: plan.distro.name, osVersion: plan.config.osVersion ?? "",
+                                     architecture: plan.architecture, outputs: outputs, phases: console.phases,
+                                     slowestPhase: slowest, seconds: seconds, log: plan.logPath))
+            }
             for output in outputs {
                 let size = output.kind == "rootfs" ? "" : "  " + formatBytes(output.bytes)
-                console.result("\(output.kind): \(output.path)\(size)")
+                console.result("\(output.kind): \(output.path)\(size)\(output.sha256.map { "  sha256:" + $0 } ?? "")")
             }
-            console.info(String(format: "built %@ in %.1f s (log: %@)", plan.distro.name,
-                                Date().timeIntervalSince(started), plan.logPath))
+            let slowText = slowest.map { String(format: "; slowest: %@ %.1f s", String($0.name.prefix { $0 != ":" }), $0.seconds) } ?? ""
+            console.info(String(format: "built %@ in %.1f s%@ (log: %@)", plan.distro.name, seconds, slowText, plan.logPath))
         }
     }
 }

@@ -15,16 +15,59 @@ struct GlobalOptions: ParsableArguments {
     @Flag(name: .shortAndLong, help: "Print only warnings, errors and results.")
     var quiet = false
 
-    func makeConsole() -> Console {
-        Console(level: quiet ? .quiet : verbose ? .verbose : .normal)
+    @Option(name: .customLong("log-file"), help: ArgumentHelp(
+        "Also write every line (whatever -q/-v say) to FILE.", valueName: "FILE"))
+    var logFile: String?
+
+    func validate() throws {
+        if quiet && verbose { throw ValidationError("--quiet and --verbose exclude each other") }
+        if let logFile, !FS.isDirectory(FS.parent(FS.absolute(logFile))) {
+            throw ValidationError("--log-file: the directory of \(logFile) does not exist")
+        }
     }
+
+    /// The console for a command; `json`: stdout is kept for the JSON document.
+    func makeConsole(json: Bool = false) -> Console {
+        let console = Console(level: quiet ? .quiet : verbose ? .verbose : .normal)
+        console.resultsToStandardError = json
+        if let logFile {
+            do { try console.openUserLog(at: logFile) } catch { console.warning("\(error)") }
+        }
+        return console
+    }
+}
+
+/// What `--json` prints when a command fails: `{"error": {...}}`.
+struct JSONError: Encodable {
+    struct Body: Encodable {
+        var message: String
+        var hint: String?
+        var details: [String]
+    }
+    var error: Body
+
+    init(_ error: any Error) {
+        if let e = error as? RootfsError {
+            self.error = Body(message: e.message, hint: e.hint, details: e.details)
+        } else if let e = error as? ToolFailure {
+            self.error = Body(message: "\(e.command.toolName) failed (\(e.status))", hint: nil, details: e.outputTail)
+        } else {
+            self.error = Body(message: "\(error)", hint: nil, details: [])
+        }
+    }
+}
+
+/// Prints one JSON document on stdout.
+func printJSON<T: Encodable>(_ value: T) throws {
+    FileHandle.standardOutput.write(try jsonDocument(value))
 }
 
 /// Runs a subcommand's work: Ctrl-C and SIGTERM cancel it (child processes
 /// are stopped, temporary files removed), and errors become one clear message
 /// and a non-zero exit status.
 enum CommandRunner {
-    static func run(_ body: @escaping @Sendable () async throws -> Void) async throws {
+    /// `json`: a failure also prints `{"error": ...}` on stdout (the message still goes to stderr).
+    static func run(json: Bool = false, _ body: @escaping @Sendable () async throws -> Void) async throws {
         let task = Task { try await body() }
         let sources = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
             signal(sig, SIG_IGN)
@@ -49,10 +92,12 @@ enum CommandRunner {
                 FileHandle.standardError.write(Data("rootfs: interrupted\n".utf8))
                 throw ExitCode(130)
             }
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            FileHandle.standardError.write(Data("\(Console(level: .quiet).colored("error:", "1;31")) \(error)\n".utf8))
+            if json { try? printJSON(JSONError(error)) }
             throw ExitCode.failure
         }
     }
 }
 
 extension Compression: ExpressibleByArgument {}
+extension EngineChoice: ExpressibleByArgument {}

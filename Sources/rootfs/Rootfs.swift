@@ -6,8 +6,17 @@ struct Rootfs: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rootfs",
         abstract: "Build minimal Linux guest root filesystems and boot images.",
-        version: RootfsVersion.version,
+        discussion: "Shell completions: rootfs --generate-completion-script bash|zsh|fish (docs/CLI.md).",
         subcommands: [ListCommand.self, BuildCommand.self, InitrdCommand.self, ImageCommand.self, ExtendCommand.self,
-                      CheckCommand.self, BootCommand.self, NewCommand.self]
+                      CheckCommand.self, BootCommand.self, NewCommand.self, SizeCommand.self, BuilderCommand.self,
+                      DiffCommand.self]
     )
+
+    @Flag(help: "Print the version and the commit rootfs was built from.")
+    var version = false
+
+    func run() async throws {
+        guard version else { throw CleanExit.helpRequest(self) }
+        print(await RootfsVersion.describe())
+    }
 }

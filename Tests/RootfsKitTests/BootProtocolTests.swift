@@ -88,7 +88,7 @@ import Testing
         #expect(command.arguments == [
             "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-nic", "none",
             "-kernel", "/k/vmlinuz", "-initrd", "/img/x.initrd",
-            "-append", "console=ttyS0 panic=-1 rootfs.out=ttyS1 rootfs.cmd=\(encoded)",
+            "-append", "console=ttyS0 panic=-1 no_timer_check rootfs.out=ttyS1 rootfs.cmd=\(encoded)",
             "-monitor", "none", "-serial", "file:/t/console.log", "-serial", "stdio",
         ])
     }
@@ -109,7 +109,7 @@ import Testing
         #expect(arguments[drive + 3] == "nvme,drive=d0,serial=rootfs")
         let append = try #require(arguments.firstIndex(of: "-append"))
         #expect(arguments[append + 1]
-            == "console=ttyS0 panic=-1 root=/dev/nvme0n1p1 rootfstype=ext4 rw rootfs.out=ttyS1 loglevel=3")
+            == "console=ttyS0 panic=-1 no_timer_check root=/dev/nvme0n1p1 rootfstype=ext4 rw rootfs.out=ttyS1 loglevel=3")
     }
 
     @Test func interactiveArguments() throws {
@@ -137,7 +137,7 @@ import Testing
         mbr[510] = 0x55; mbr[511] = 0xaa
         var ext4 = [UInt8](repeating: 0, count: 2048)
         ext4[1080] = 0x53; ext4[1081] = 0xef
-        #expect(BootImageKind.detect(head: mbr) == .partitionedDisk)
+        #expect(BootImageKind.detect(head: mbr) == .disk(DiskLayout(table: .mbr, filesystem: .unknown)))
         #expect(BootImageKind.detect(head: ext4) == .filesystemImage)
         #expect(BootImageKind.detect(head: Array("070701000000".utf8)) == .initrd)
         #expect(BootImageKind.detect(head: [0x1f, 0x8b, 8, 0] + mbr.dropFirst(4)) == .initrd)
@@ -145,6 +145,121 @@ import Testing
         #expect(BootImageKind.detect(head: Array("hello world".utf8)) == nil)
         #expect(BootImageKind.partitionedDisk.rootDevice == "/dev/nvme0n1p1")
         #expect(BootImageKind.initrd.rootDevice == nil)
+    }
+
+    @Test func isoArguments() throws {
+        let command = try boot {
+            $0.image = "/img/x.iso"
+            $0.kernel = nil
+            $0.command = []
+        }.qemuCommand(kind: .iso, accelerator: .tcg, consoleLog: "/t/c", statusLog: "/t/s")
+        #expect(command.arguments == [
+            "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-nic", "none",
+            "-cdrom", "/img/x.iso", "-boot", "d",
+            "-monitor", "none", "-serial", "file:/t/c", "-serial", "stdio",
+        ])
+        // The ISO's command line was fixed when it was written: a command cannot be passed.
+        #expect(throws: RootfsError.self) { try boot().kernelCommandLine(kind: .iso) }
+    }
+
+    @Test func containerDiskArguments() throws {
+        let cases: [(DiskLayout, String, String)] = [
+            (DiskLayout(container: .vpc, table: .mbr, filesystem: .ext4), "format=vpc", "root=/dev/nvme0n1p1 rootfstype=ext4 rw"),
+            (DiskLayout(container: .qcow2, table: .gpt, filesystem: .ext4), "format=qcow2", "root=/dev/nvme0n1p1 rootfstype=ext4 rw"),
+            (DiskLayout(container: .vmdk, table: .mbr, filesystem: .unknown), "format=vmdk", "root=/dev/nvme0n1p1 rw"),
+            (DiskLayout(container: .raw, table: .none, filesystem: .erofs), "format=raw", "root=/dev/nvme0n1 rootfstype=erofs ro"),
+            (DiskLayout(container: .raw, table: .mbr, filesystem: .erofs), "format=raw", "root=/dev/nvme0n1p1 rootfstype=erofs ro"),
+        ]
+        for (layout, format, root) in cases {
+            let command = try boot {
+                $0.image = "/img/d"
+                $0.initrd = "/img/stage1"
+                $0.command = []
+            }.qemuCommand(kind: .disk(layout), accelerator: .tcg, consoleLog: "/t/c", statusLog: "/t/s")
+            let a = command.arguments
+            let drive = try #require(a.firstIndex(of: "-drive"))
+            #expect(a[drive + 1] == "file=/img/d,if=none,id=d0,\(format)")
+            let initrd = try #require(a.firstIndex(of: "-initrd"))
+            #expect(a[initrd + 1] == "/img/stage1")
+            let append = try #require(a.firstIndex(of: "-append"))
+            #expect(a[append + 1] == "console=ttyS0 panic=-1 no_timer_check \(root) rootfs.out=ttyS1", "\(layout)")
+        }
+    }
+
+    @Test func bundleFindsKernelAndCmdlineNextToTheInitrd() throws {
+        let dir = try Fixtures.temporaryDirectory("bundle"); defer { FS.remove(dir) }
+        try Data("x".utf8).write(to: URL(fileURLWithPath: dir + "/vm-initrd.img"))
+        try Data("k".utf8).write(to: URL(fileURLWithPath: dir + "/vm-kernel"))
+        try Data("console=ttyS0 quiet\n".utf8).write(to: URL(fileURLWithPath: dir + "/vm-cmdline"))
+        let resolved = QEMUBoot.resolve(BootOptions(image: dir + "/vm-initrd.img", kernel: nil, command: ["true"]), kind: .initrd)
+        #expect(resolved.kernel == dir + "/vm-kernel")
+        let command = try QEMUBoot(options: resolved).qemuCommand(kind: .initrd, accelerator: .tcg, consoleLog: "/t/c", statusLog: "/t/s")
+        let append = try #require(command.arguments.firstIndex(of: "-append"))
+        #expect(command.arguments[append + 1].hasPrefix("console=ttyS0 quiet console=ttyS0 panic=-1 no_timer_check "))
+        // --kernel wins; another name has no companions; without a kernel the error says what to pass.
+        #expect(QEMUBoot.resolve(BootOptions(image: dir + "/vm-initrd.img", kernel: "/k", command: []), kind: .initrd).kernel == "/k")
+        #expect(QEMUBoot.resolve(BootOptions(image: dir + "/vm.initrd", kernel: nil, command: []), kind: .initrd).kernel == nil)
+        #expect(throws: RootfsError.self) {
+            try QEMUBoot(options: BootOptions(image: dir + "/vm.initrd", kernel: nil, command: []))
+                .qemuCommand(kind: .initrd, accelerator: .tcg, consoleLog: "/t/c", statusLog: "/t/s")
+        }
+    }
+
+    @Test func diskLayoutsByContent() {
+        func image(_ size: Int = BootImageKind.headBytes) -> [UInt8] { [UInt8](repeating: 0, count: size) }
+        func put(_ v: UInt64, _ n: Int, at o: Int, in b: inout [UInt8]) { for i in 0..<n { b[o + i] = UInt8((v >> (8 * UInt64(i))) & 0xff) } }
+        // ISO 9660 (hybrid: an MBR too) -> iso.
+        var iso = image()
+        iso[510] = 0x55; iso[511] = 0xaa
+        iso.replaceSubrange(0x8001..<0x8006, with: Array("CD001".utf8))
+        #expect(BootImageKind.detect(head: iso) == .iso)
+        // GPT: protective MBR (type 0xEE), header at LBA 1, entries at LBA 2, partition 1 at LBA 34 holding erofs.
+        var gpt = image(34 * 512 + 2048)
+        gpt[510] = 0x55; gpt[511] = 0xaa; gpt[446 + 4] = 0xee
+        gpt.replaceSubrange(512..<520, with: Array("EFI PART".utf8))
+        put(2, 8, at: 512 + 72, in: &gpt)
+        put(34, 8, at: 1024 + 32, in: &gpt)
+        put(0xE0F5_E1E2, 4, at: 34 * 512 + 1024, in: &gpt)
+        #expect(BootImageKind.detect(head: gpt) == .disk(DiskLayout(table: .gpt, filesystem: .erofs)))
+        // MBR with partition 1 at LBA 4 holding ext4.
+        var mbr = image()
+        mbr[510] = 0x55; mbr[511] = 0xaa
+        put(4, 4, at: 446 + 8, in: &mbr)
+        put(0xEF53, 2, at: 4 * 512 + 1024 + 56, in: &mbr)
+        #expect(BootImageKind.detect(head: mbr) == .partitionedDisk)
+        // A bare erofs; a fixed VHD (footer "conectix" in the last 512 bytes) around a bare ext4.
+        var erofs = image()
+        put(0xE0F5_E1E2, 4, at: 1024, in: &erofs)
+        #expect(BootImageKind.detect(head: erofs) == .disk(DiskLayout(table: .none, filesystem: .erofs)))
+        var ext4 = image()
+        ext4[1080] = 0x53; ext4[1081] = 0xef
+        let footer = Array("conectix".utf8) + [UInt8](repeating: 0, count: 504)
+        #expect(BootImageKind.detect(head: ext4, tail: footer) == .disk(DiskLayout(container: .vpc, table: .none, filesystem: .ext4)))
+        // Containers read through qemu-img: their magic decides the driver.
+        #expect(BootImageKind.detect(head: [0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3])?.disk?.container == .qcow2)
+        #expect(BootImageKind.detect(head: Array("KDMV\u{1}".utf8))?.disk?.container == .vmdk)
+        #expect(BootImageKind.detect(head: Array("conectix".utf8))?.disk?.container == .vpc)
+        #expect(BootImageKind.detect(head: image()) == nil)
+        #expect(BootImageKind.probeCommand(image: "/i.qcow2", container: .qcow2, output: "/o").arguments
+            == ["dd", "-f", "qcow2", "-O", "raw", "bs=1M", "count=4", "if=/i.qcow2", "of=/o"])
+    }
+
+    @Test func bootCommandRefusesWhatItCannotBoot() async throws {
+        let dir = try Fixtures.temporaryDirectory("bootcli"); defer { FS.remove(dir) }
+        var ext4 = [UInt8](repeating: 0, count: 4096)
+        ext4[1080] = 0x53; ext4[1081] = 0xef
+        try Data(ext4).write(to: URL(fileURLWithPath: dir + "/bare.img"))
+        let noKernel = try await Fixtures.rootfs(["boot", dir + "/bare.img", "--", "true"])
+        #expect(noKernel.status == 1)
+        #expect(noKernel.stderr.contains("no kernel to boot") && noKernel.stderr.contains("--kernel"), "\(noKernel.stderr)")
+        try Data("not an image at all".utf8).write(to: URL(fileURLWithPath: dir + "/junk"))
+        let junk = try await Fixtures.rootfs(["boot", dir + "/junk", "--kernel", dir + "/bare.img"])
+        #expect(junk.status == 1)
+        #expect(junk.stderr.contains("is neither an initrd, an ISO nor a disk image"), "\(junk.stderr)")
+        try Data([0x1f, 0x8b, 8, 0]).write(to: URL(fileURLWithPath: dir + "/x.initrd"))
+        let twoInitrds = try await Fixtures.rootfs(["boot", dir + "/x.initrd", "--kernel", dir + "/bare.img", "--initrd", dir + "/x.initrd"])
+        #expect(twoInitrds.status == 1)
+        #expect(twoInitrds.stderr.contains("--initrd boots a disk image"), "\(twoInitrds.stderr)")
     }
 
     @Test func consoleLinesArePrintable() {

@@ -131,10 +131,17 @@ actor BootFixture {
         }
     }
 
-    private var prepared: Prepared?
+    private var preparing: Task<Prepared, any Error>?
 
+    /// Prepared once per test process; suites that call it concurrently share one preparation.
     func prepare() async throws -> Prepared {
-        if let prepared { return prepared }
+        if let preparing { return try await preparing.value }
+        let task = Task { try await Self.makePrepared() }
+        preparing = task
+        return try await task.value
+    }
+
+    private static func makePrepared() async throws -> Prepared {
         let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let kernel = try await Self.kernel(packageRoot: packageRoot)
         let agent = try Self.agentBinary()
@@ -149,9 +156,7 @@ actor BootFixture {
         let broken = try await Self.makeInitrd(at: work.appendingPathComponent("broken"), busybox: busybox, agent: nil, init: .agent)
         let service = try await Self.makeInitrd(at: work.appendingPathComponent("service"), busybox: busybox, agent: agent, init: .script)
         let disk = try await Self.makeDisk(at: work.appendingPathComponent("disk"), busybox: busybox, agent: agent)
-        let result = Prepared(kernel: kernel, initrd: good, brokenInitrd: broken, serviceInitrd: service, disk: disk)
-        prepared = result
-        return result
+        return Prepared(kernel: kernel, initrd: good, brokenInitrd: broken, serviceInitrd: service, disk: disk)
     }
 
     static func kernel(packageRoot: URL) async throws -> String {

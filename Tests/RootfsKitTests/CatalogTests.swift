@@ -51,6 +51,22 @@ enum Catalog {
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty, "a dry run wrote something")
     }
 
+    @Test func lcowPlanExtractsDebianPackagesAndTheAgentIsInit() async throws {
+        let dir = try Fixtures.temporaryDirectory("lcow-plan")
+        defer { FS.remove(dir) }
+        let r = try await Fixtures.rootfs(["build", "lcow", "--dry-run", "--extra-pkg", "kmod", "--format", "vhd"],
+                                          environment: ["REPO_URL": ""], workingDirectory: dir)
+        #expect(r.status == 0, "\(r.stderr)")
+        let cmd = try #require(Catalog.commandLine(r.stdout, tool: "mmdebstrap"), "no mmdebstrap line in:\n\(r.stdout)")
+        #expect(cmd.contains("--variant=extract"))
+        #expect(cmd.contains("--include=base-files,busybox-static,runc,iproute2,e2fsprogs,kmod"))
+        #expect(cmd.hasSuffix(" trixie \(dir)/build/lcow/.rootfs.tmp-XXXXXX/rootfs"))
+        #expect(Catalog.commandLine(r.stdout, tool: "lcow_layout") != nil)
+        #expect(r.stdout.contains("INIT_PROCESS=agent"))
+        #expect(r.stdout.contains("lcow.vhd"))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty, "a dry run wrote something")
+    }
+
     @Test func ubuntuWithoutAMirrorIsRefusedBeforeAnythingIsWritten() async throws {
         let dir = try Fixtures.temporaryDirectory("ubuntu-nomirror")
         defer { FS.remove(dir) }

@@ -21,9 +21,20 @@ build_rootfs() {
             --dpkgopt='path-exclude=/usr/share/locale/*'
             --dpkgopt='path-exclude=/usr/share/info/*')
         [ -n "$include" ] && args+=("--include=$include")
+        # Reproducible: mmdebstrap copies the host's /etc/hostname and /etc/resolv.conf; drop them
+        # and any cache or log that would carry times (mmdebstrap removes most with SOURCE_DATE_EPOCH).
+        args+=(--customize-hook='rm -f "$1"/etc/hostname "$1"/etc/resolv.conf "$1"/var/cache/ldconfig/aux-cache "$1"/var/log/dpkg.log "$1"/var/log/alternatives.log "$1"/var/log/apt/history.log "$1"/var/log/apt/term.log "$1"/var/log/apt/eipp.log.xz')
+        local target=$rootfs_dir
+        if [ "$(id -u)" != 0 ]; then
+            # Rootless: mmdebstrap's unshare mode (subuids from /etc/subuid) writes a tar with real owners.
+            [ -n "${ROOTFS_TAR:-}" ] || die "building Debian as an ordinary user needs ROOTFS_TAR (rootfs sets it): run it through rootfs build"
+            args+=(--mode=unshare)
+            target=$ROOTFS_TAR
+        fi
         info "mmdebstrap ${OS_VERSION} (${#packages[@]} packages on top of minbase)"
-        mmdebstrap "${args[@]}" "$OS_VERSION" "$rootfs_dir" "${mirror[@]}"
+        mmdebstrap "${args[@]}" "$OS_VERSION" "$target" "${mirror[@]}"
     elif check_program debootstrap; then
+        [ "$(id -u)" = 0 ] || die "debootstrap needs root; install mmdebstrap to build Debian as an ordinary user (unshare mode)"
         local -a args=(--variant=minbase)
         [ -n "$include" ] && args+=("--include=$include")
         info "debootstrap ${OS_VERSION} (mmdebstrap not found)"

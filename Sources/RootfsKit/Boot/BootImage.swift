@@ -1,32 +1,118 @@
 import Foundation
 
+/// How a disk image holds the root file system: the file's container format
+/// (what QEMU's `format=` says), the partition table inside it and the root
+/// file system (in the first partition, or the whole disk without a table).
+public struct DiskLayout: Sendable, Equatable, CustomStringConvertible {
+    /// QEMU's block driver names.
+    public enum Container: String, Sendable, Equatable { case raw, vpc, qcow2, vmdk }
+    public enum Table: String, Sendable, Equatable { case mbr, gpt, none }
+    /// `unknown`: no rootfstype is passed and the kernel tries what it knows.
+    public enum Filesystem: String, Sendable, Equatable { case ext4, erofs, unknown }
+
+    public var container: Container
+    public var table: Table
+    public var filesystem: Filesystem
+
+    public init(container: Container = .raw, table: Table, filesystem: Filesystem) {
+        self.container = container
+        self.table = table
+        self.filesystem = filesystem
+    }
+
+    /// The guest's root device for a disk on the NVMe controller QEMU gets.
+    public var rootDevice: String { table == .none ? "/dev/nvme0n1" : "/dev/nvme0n1p1" }
+    /// erofs cannot be written: mount it read-only.
+    public var readOnly: Bool { filesystem == .erofs }
+
+    public var description: String {
+        let fs = filesystem == .unknown ? "an unknown file system" : filesystem.rawValue
+        let where_ = table == .none ? "bare \(fs) image" : "disk with \(table == .mbr ? "an MBR" : "a GPT") (\(fs))"
+        return container == .raw ? where_ : "\(container == .vpc ? "VHD" : container.rawValue) holding a \(where_)"
+    }
+}
+
 /// What `rootfs boot` was given, told apart by content rather than by name.
 public enum BootImageKind: Sendable, Equatable {
     /// An initramfs: a cpio archive, plain or compressed.
     case initrd
-    /// A raw disk with an MBR partition table; the root is its first partition.
-    case partitionedDisk
-    /// A raw ext2/3/4 file system without a partition table.
-    case filesystemImage
+    /// A bootable ISO 9660 image (BIOS, El Torito): QEMU's firmware boots it, no -kernel.
+    case iso
+    /// A disk image (raw, VHD, qcow2, vmdk) with the root file system on it.
+    case disk(DiskLayout)
 
-    /// Looks at the first bytes of `path`.
-    public static func detect(path: String) throws -> BootImageKind {
-        guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw RootfsError("cannot read \(path)", hint: "pass an initrd or a raw disk image made by rootfs")
-        }
-        defer { try? handle.close() }
-        let head = [UInt8]((try? handle.read(upToCount: 2048)) ?? Data())
-        guard let kind = detect(head: head) else {
-            throw RootfsError("\(path) is neither an initrd nor a disk image",
-                              hint: "expected a cpio archive (plain, gzip, zstd, xz, lz4 or bzip2) or a raw disk image with an MBR",
-                              details: ["first bytes: " + head.prefix(8).map { String(format: "%02x", $0) }.joined(separator: " ")])
-        }
-        return kind
+    /// A raw disk with an MBR partition table; the root (ext4) is its first partition.
+    public static let partitionedDisk = BootImageKind.disk(DiskLayout(table: .mbr, filesystem: .ext4))
+    /// A raw ext2/3/4 file system without a partition table.
+    public static let filesystemImage = BootImageKind.disk(DiskLayout(table: .none, filesystem: .ext4))
+
+    /// The guest's root device; nil when the root is not a disk.
+    public var rootDevice: String? {
+        if case .disk(let layout) = self { return layout.rootDevice }
+        return nil
     }
 
-    /// Classifies the first (up to 2048) bytes of an image.
-    public static func detect(head: [UInt8]) -> BootImageKind? {
-        func starts(_ magic: [UInt8]) -> Bool { head.count >= magic.count && Array(head.prefix(magic.count)) == magic }
+    public var disk: DiskLayout? {
+        if case .disk(let layout) = self { return layout }
+        return nil
+    }
+
+    /// How many bytes of the head `detect(head:)` wants (an ISO's volume descriptor is at 32 KiB).
+    public static let headBytes = 0x8800
+    /// How much of a qcow2/vmdk/dynamic VHD is converted to raw to look at its partitions.
+    static let probeBytes = 4 << 20
+
+    // MARK: Detection
+
+    /// Looks at the content of `path`: its first bytes, its last 512 (a fixed
+    /// VHD's footer) and, for a disk, the partition table and the first
+    /// partition's superblock. qcow2, vmdk and dynamic VHD images are read
+    /// through `qemu-img dd` (their first 4 MiB as raw).
+    public static func detect(path: String, runner: ProcessRunner = ProcessRunner()) async throws -> BootImageKind {
+        guard let file = ImageFile(path: path) else {
+            throw RootfsError("cannot read \(path)", hint: "pass an initrd, an ISO or a disk image made by rootfs")
+        }
+        defer { file.close() }
+        let head = file.read(at: 0, count: headBytes)
+        let tail = file.size >= 512 ? file.read(at: file.size - 512, count: 512) : []
+        let unknown = RootfsError("\(path) is neither an initrd, an ISO nor a disk image",
+                                  hint: "expected a cpio archive (plain or compressed), an ISO 9660 image, or a raw, VHD, qcow2 or vmdk disk image",
+                                  details: ["first bytes: " + head.prefix(8).map { String(format: "%02x", $0) }.joined(separator: " ")])
+        guard let first = detect(head: head, tail: tail) else { throw unknown }
+        guard case .disk(let guess) = first else { return first }
+        let container = guess.container
+        // A fixed VHD is raw data followed by its footer: read it as raw.
+        let isFixedVHD = container == .vpc && Array(head.prefix(8)) != Array("conectix".utf8)
+        if container == .raw || isFixedVHD {
+            return .disk(layout(container: container, read: file.read))
+        }
+        let work = try FS.makeSiblingTemporaryDirectory(for: FileManager.default.temporaryDirectory.path + "/rootfs-probe")
+        defer { FS.remove(work) }
+        let raw = work + "/head.raw"
+        do {
+            try await runner.capture(probeCommand(image: path, container: container, output: raw))
+        } catch let failure as ToolFailure {
+            throw RootfsError("qemu-img could not read \(path) as \(container.rawValue) (\(failure.status))",
+                              hint: "is qemu-utils installed and the image complete? `qemu-img check \(path)` says more",
+                              details: failure.outputTail)
+        }
+        guard let converted = ImageFile(path: raw) else { throw RootfsError("qemu-img wrote no \(raw)") }
+        defer { converted.close() }
+        return .disk(layout(container: container, read: converted.read))
+    }
+
+    /// `qemu-img dd` of the first 4 MiB of a container image into a raw file.
+    public static func probeCommand(image: String, container: DiskLayout.Container, output: String) -> ToolCommand {
+        ToolCommand("qemu-img", ["dd", "-f", container.rawValue, "-O", "raw", "bs=1M",
+                                 "count=\(probeBytes >> 20)", "if=\(image)", "of=\(output)"])
+    }
+
+    /// Classifies an image from its first bytes (up to `headBytes`) and its last 512.
+    /// A raw disk's table and file system are read from `head`; containers get a placeholder layout.
+    public static func detect(head: [UInt8], tail: [UInt8] = []) -> BootImageKind? {
+        func has(_ magic: [UInt8], at offset: Int) -> Bool {
+            head.count >= offset + magic.count && Array(head[offset..<offset + magic.count]) == magic
+        }
         // Archive and compression magics first: they are checked at offset 0.
         let initrdMagics: [[UInt8]] = [
             Array("070701".utf8), Array("070702".utf8), Array("070707".utf8),  // cpio newc, crc, odc
@@ -38,19 +124,98 @@ public enum BootImageKind: Sendable, Equatable {
             [0x42, 0x5a, 0x68],                                                // bzip2
             [0x5d, 0x00, 0x00],                                                // lzma
         ]
-        if initrdMagics.contains(where: starts) { return .initrd }
-        if head.count >= 512 && head[510] == 0x55 && head[511] == 0xaa { return .partitionedDisk }
-        // ext2/3/4 superblock at 1024, magic 0xEF53 at offset 56 within it.
-        if head.count >= 1082 && head[1080] == 0x53 && head[1081] == 0xef { return .filesystemImage }
-        return nil
+        if initrdMagics.contains(where: { has($0, at: 0) }) { return .initrd }
+        // ISO 9660: the primary volume descriptor at 32 KiB ("\u{1}CD001"). Before
+        // the MBR check: a hybrid ISO carries an MBR too.
+        if has(Array("CD001".utf8), at: 0x8001) { return .iso }
+        if has([0x51, 0x46, 0x49, 0xfb], at: 0) { return .disk(DiskLayout(container: .qcow2, table: .mbr, filesystem: .unknown)) }
+        if has(Array("KDMV".utf8), at: 0) { return .disk(DiskLayout(container: .vmdk, table: .mbr, filesystem: .unknown)) }
+        if has(Array("conectix".utf8), at: 0) { return .disk(DiskLayout(container: .vpc, table: .mbr, filesystem: .unknown)) }
+        let container: DiskLayout.Container = tail.count == 512 && Array(tail.prefix(8)) == Array("conectix".utf8) ? .vpc : .raw
+        let found = layout(container: container) { offset, count in
+            offset < head.count ? Array(head[offset..<min(head.count, offset + count)]) : []
+        }
+        if container == .raw && found.table == .none && found.filesystem == .unknown { return nil }
+        return .disk(found)
     }
 
-    /// The guest's root device for a disk on the NVMe controller QEMU gets.
-    public var rootDevice: String? {
-        switch self {
-        case .initrd: return nil
-        case .partitionedDisk: return "/dev/nvme0n1p1"
-        case .filesystemImage: return "/dev/nvme0n1"
+    /// The partition table and the root file system of a raw disk, read through `read(offset, count)`.
+    static func layout(container: DiskLayout.Container, read: (Int, Int) -> [UInt8]) -> DiskLayout {
+        let mbr = read(0, 512)
+        guard mbr.count == 512, mbr[510] == 0x55, mbr[511] == 0xaa else {
+            return DiskLayout(container: container, table: .none, filesystem: filesystem(at: 0, read: read))
         }
+        if mbr[446 + 4] == 0xee {
+            // GPT: the header at LBA 1 names the LBA of the entry array; entry 1's first LBA at +32.
+            let header = read(512, 92)
+            var start = 0
+            if header.count == 92, Array(header.prefix(8)) == Array("EFI PART".utf8) {
+                let entries = Int(littleEndian(header, 72, 8))
+                let entry = read(entries * 512, 48)
+                if entry.count == 48 { start = Int(littleEndian(entry, 32, 8)) * 512 }
+            }
+            return DiskLayout(container: container, table: .gpt, filesystem: start > 0 ? filesystem(at: start, read: read) : .unknown)
+        }
+        let start = Int(littleEndian(mbr, 446 + 8, 4)) * 512
+        return DiskLayout(container: container, table: .mbr, filesystem: start > 0 ? filesystem(at: start, read: read) : .unknown)
     }
+
+    /// ext2/3/4: 0xEF53 at 56 in the superblock at 1024; erofs: 0xE0F5E1E2 at 1024.
+    static func filesystem(at start: Int, read: (Int, Int) -> [UInt8]) -> DiskLayout.Filesystem {
+        let superblock = read(start + 1024, 64)
+        guard superblock.count == 64 else { return .unknown }
+        if littleEndian(superblock, 0, 4) == 0xE0F5_E1E2 { return .erofs }
+        if littleEndian(superblock, 56, 2) == 0xEF53 { return .ext4 }
+        return .unknown
+    }
+
+    static func littleEndian(_ bytes: [UInt8], _ offset: Int, _ count: Int) -> UInt64 {
+        var value: UInt64 = 0
+        for i in (0..<count).reversed() { value = value << 8 | UInt64(bytes[offset + i]) }
+        return value
+    }
+
+    // MARK: Kernel+initrd bundles
+
+    /// LinuxKit's bundle next to `NAME-initrd.img`: `NAME-kernel` (when it
+    /// exists) and the content of `NAME-cmdline` (when it exists).
+    public static func bundleCompanions(ofInitrd image: String) -> (kernel: String?, cmdline: String?) {
+        let suffix = "-initrd.img"
+        guard image.hasSuffix(suffix) else { return (nil, nil) }
+        let prefix = String(image.dropLast(suffix.count))
+        let kernel = FS.isRegularFile(prefix + "-kernel") ? prefix + "-kernel" : nil
+        let cmdline = (try? String(contentsOfFile: prefix + "-cmdline", encoding: .utf8))?
+            .split(whereSeparator: { $0 == "\n" || $0 == "\r" }).joined(separator: " ")
+            .trimmingCharacters(in: .whitespaces)
+        return (kernel, cmdline)
+    }
+}
+
+/// pread on an image file.
+final class ImageFile {
+    let fd: Int32
+    let size: Int
+
+    init?(path: String) {
+        fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { Glibc.close(fd); return nil }
+        size = Int(st.st_size)
+    }
+
+    func read(at offset: Int, count: Int) -> [UInt8] {
+        guard offset >= 0, count > 0, offset < size else { return [] }
+        var buffer = [UInt8](repeating: 0, count: min(count, size - offset))
+        var done = 0
+        while done < buffer.count {
+            let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(offset + done)) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            done += n
+        }
+        return Array(buffer.prefix(done))
+    }
+
+    func close() { Glibc.close(fd) }
 }

@@ -13,9 +13,17 @@ public enum Accelerator: String, Sendable, CaseIterable {
 
 /// What to boot and how.
 public struct BootOptions: Sendable {
-    /// An initrd or a raw disk image.
+    /// An initrd, an ISO or a disk image (raw, VHD, qcow2, vmdk).
     public var image: String
-    public var kernel: String
+    /// The kernel; nil for an ISO (its own) and for a kernel+initrd bundle
+    /// (`NAME-kernel` next to `NAME-initrd.img`).
+    public var kernel: String?
+    /// An initramfs booted with a disk image (e.g. one that loads the root
+    /// file system's module before mounting `root=`).
+    public var initrd: String?
+    /// Kernel parameters that come with the image (a bundle's `NAME-cmdline`),
+    /// put before rootfs's own so that those win.
+    public var imageCommandLine: String = ""
     /// The command the agent runs; empty for none (interactive: a shell).
     public var command: [String] = []
     /// Seconds until the guest must have finished.
@@ -34,7 +42,7 @@ public struct BootOptions: Sendable {
     /// How long a KVM guest may stay silent before KVM counts as broken.
     public var kvmProbeSeconds: Double = 10
 
-    public init(image: String, kernel: String, command: [String] = []) {
+    public init(image: String, kernel: String?, command: [String] = []) {
         self.image = image
         self.kernel = kernel
         self.command = command
@@ -46,6 +54,8 @@ public struct BootResult: Sendable, Equatable {
     public var status: AgentProtocol.Status
     /// Seconds from starting QEMU to the agent's ready line.
     public var readySeconds: Double
+    /// No command was given: the guest was stopped once ready.
+    public var stoppedWhenReady = false
     /// The accelerator that ran the guest (`.kvm` or `.tcg`).
     public var accelerator: Accelerator
 
@@ -71,9 +81,20 @@ public struct QEMUBoot: Sendable {
 
     /// The guest kernel's command line.
     public func kernelCommandLine(kind: BootImageKind) throws -> String {
-        var parameters = ["console=ttyS0", "panic=-1"]
-        if let root = kind.rootDevice {
-            parameters += ["root=\(root)", "rootfstype=ext4", "rw"]
+        if kind == .iso {
+            throw RootfsError("an ISO boots with the kernel command line it was written with",
+                              hint: "boot it without a command (rootfs boot waits for the agent to be ready), or boot the kernel+initrd format")
+        }
+        var parameters: [String] = []
+        let fromImage = options.imageCommandLine.trimmingCharacters(in: .whitespaces)
+        if !fromImage.isEmpty { parameters.append(fromImage) }
+        // no_timer_check: a guest slowed down by TCG on a busy host can fail the IO-APIC
+        // timer check and panic ("IO-APIC + timer doesn't work"); a virtual timer needs no check.
+        parameters += ["console=ttyS0", "panic=-1", "no_timer_check"]
+        if let disk = kind.disk {
+            parameters.append("root=\(disk.rootDevice)")
+            if disk.filesystem != .unknown { parameters.append("rootfstype=\(disk.filesystem.rawValue)") }
+            parameters.append(disk.readOnly ? "ro" : "rw")
         }
         var command = options.command
         if options.interactive {
@@ -114,16 +135,20 @@ public struct QEMUBoot: Sendable {
         case .tcg, .auto: arguments += ["-accel", "tcg"]
         }
         arguments += ["-m", String(options.memoryMB), "-nographic", "-no-reboot", "-nic", "none"]
-        arguments += ["-kernel", options.kernel]
         switch kind {
+        case .iso:
+            // The firmware (SeaBIOS) boots the CD: isolinux loads the ISO's own kernel and initrd.
+            arguments += ["-cdrom", options.image, "-boot", "d"]
         case .initrd:
-            arguments += ["-initrd", options.image]
-        case .partitionedDisk, .filesystemImage:
+            arguments += ["-kernel", try kernelPath(), "-initrd", options.image]
+        case .disk(let disk):
+            arguments += ["-kernel", try kernelPath()]
+            if let initrd = options.initrd { arguments += ["-initrd", initrd] }
             // -snapshot: writes go to a temporary overlay, the image stays as it is.
-            arguments += ["-drive", "file=\(options.image),if=none,id=d0,format=raw",
+            arguments += ["-drive", "file=\(options.image),if=none,id=d0,format=\(disk.container.rawValue)",
                           "-device", "nvme,drive=d0,serial=rootfs", "-snapshot"]
         }
-        arguments += ["-append", try kernelCommandLine(kind: kind)]
+        if kind != .iso { arguments += ["-append", try kernelCommandLine(kind: kind)] }
         if options.interactive {
             // ttyS0 (console and the command) on the terminal, ttyS1 (status) to a file.
             arguments += ["-serial", "mon:stdio", "-serial", "file:\(statusLog)"]
@@ -134,20 +159,66 @@ public struct QEMUBoot: Sendable {
         return ToolCommand(options.qemu, arguments)
     }
 
+    func kernelPath() throws -> String {
+        guard let kernel = options.kernel else {
+            throw RootfsError("no kernel to boot \(options.image) with",
+                              hint: "pass --kernel FILE (an initrd NAME-initrd.img finds NAME-kernel next to it)")
+        }
+        return kernel
+    }
+
+    /// Whether the run stops at the ready line (no command, not interactive).
+    var stopsWhenReady: Bool { options.command.isEmpty && !options.interactive }
+
+    /// The options completed for an image: a bundle's kernel and cmdline next to its initrd.
+    public static func resolve(_ options: BootOptions, kind: BootImageKind) -> BootOptions {
+        var resolved = options
+        if kind == .initrd {
+            let companions = BootImageKind.bundleCompanions(ofInitrd: options.image)
+            if resolved.kernel == nil { resolved.kernel = companions.kernel }
+            if resolved.imageCommandLine.isEmpty, let cmdline = companions.cmdline { resolved.imageCommandLine = cmdline }
+        }
+        return resolved
+    }
+
     // MARK: Running
 
     /// Boots, runs the command and returns the agent's status. Output of the
     /// command goes to `onOutput` unchanged; progress notes to `onNote`.
     public func run(onOutput: @escaping @Sendable ([UInt8]) -> Void,
                     onNote: @escaping @Sendable (String) -> Void) async throws -> BootResult {
-        for (what, path) in [("kernel", options.kernel), ("image", options.image)] where !FileManager.default.isReadableFile(atPath: path) {
-            throw RootfsError("cannot read the \(what) \(path)",
-                              hint: what == "kernel" ? "scripts/fetch-test-kernel.sh fetches a Debian cloud kernel" : nil)
+        guard FileManager.default.isReadableFile(atPath: options.image) else {
+            throw RootfsError("cannot read the image \(options.image)")
+        }
+        let kind = try await BootImageKind.detect(path: options.image, runner: runner)
+        var boot = QEMUBoot(options: Self.resolve(options, kind: kind))
+        boot.runner = runner
+        return try await boot.run(kind: kind, onOutput: onOutput, onNote: onNote)
+    }
+
+    func run(kind: BootImageKind, onOutput: @escaping @Sendable ([UInt8]) -> Void,
+             onNote: @escaping @Sendable (String) -> Void) async throws -> BootResult {
+        if kind == .iso && (!options.command.isEmpty || options.interactive) {
+            _ = try kernelCommandLine(kind: kind)  // throws: an ISO's command line is fixed
+        }
+        if kind == .iso && options.kernel != nil { onNote("ignoring --kernel: the ISO boots its own kernel") }
+        if options.initrd != nil && kind.disk == nil {
+            throw RootfsError("--initrd boots a disk image with an initramfs; \(options.image) is \(kind == .iso ? "an ISO" : "an initrd itself")",
+                              hint: "drop --initrd")
+        }
+        if kind != .iso {
+            let kernel = try kernelPath()
+            if !FileManager.default.isReadableFile(atPath: kernel) {
+                throw RootfsError("cannot read the kernel \(kernel)", hint: "scripts/fetch-test-kernel.sh fetches a Debian cloud kernel")
+            }
+        }
+        if let initrd = options.initrd, !FileManager.default.isReadableFile(atPath: initrd) {
+            throw RootfsError("cannot read the initrd \(initrd)")
         }
         guard ProcessRunner.which(options.qemu) != nil else {
             throw RootfsError("\(options.qemu) not found", hint: "apt-get install qemu-system-x86")
         }
-        let kind = try BootImageKind.detect(path: options.image)
+        if let disk = kind.disk { onNote("booting a \(disk)") } else if kind == .iso { onNote("booting the ISO with the BIOS") }
         let accelerator = await chooseAccelerator(onNote: onNote)
         return try await attempt(kind: kind, accelerator: accelerator, onOutput: onOutput, onNote: onNote)
     }
@@ -165,6 +236,7 @@ public struct QEMUBoot: Sendable {
 
         let watcher = ConsoleWatcher(path: options.interactive ? statusLog : consoleLog, tailLimit: Self.tailLines)
         let timeout = options.timeout
+        let stopsWhenReady = stopsWhenReady
         let started = ContinuousClock.now
         let outcome = try await runner.supervise(command, io: options.interactive ? .terminal : .pipes,
                                                  onOutput: onOutput) { control in
@@ -173,6 +245,12 @@ public struct QEMUBoot: Sendable {
                 for status in watcher.poll() where status == .ready {
                     watcher.markReady(after: elapsed)
                     onNote(String(format: "ready in %.1f s", elapsed))
+                    if stopsWhenReady {
+                        // Nothing to run: the guest has proven it boots; stop it (it is a snapshot).
+                        watcher.markStopped()
+                        control.kill()
+                        return
+                    }
                 }
                 if control.hasExited { return }
                 if elapsed > timeout {
@@ -183,11 +261,17 @@ public struct QEMUBoot: Sendable {
                 try? await Task.sleep(for: .milliseconds(50))
             }
         }
-        // QEMU may exit between two polls: the last read can hold the ready line too.
+        // What QEMU wrote last: a guest that became ready, ran its command and powered
+        // off between two polls (or after the loop stopped with QEMU) still counts.
         for status in watcher.poll() where status == .ready {
             watcher.markReady(after: Self.seconds(ContinuousClock.now - started))
         }
         let state = watcher.snapshot
+        if state.stoppedWhenReady, let readySeconds = state.readySeconds {
+            var result = BootResult(status: .exited(0), readySeconds: readySeconds, accelerator: accelerator)
+            result.stoppedWhenReady = true
+            return result
+        }
         if let status = state.final, let readySeconds = state.readySeconds {
             return BootResult(status: status, readySeconds: readySeconds, accelerator: accelerator)
         }
@@ -208,8 +292,9 @@ public struct QEMUBoot: Sendable {
         let timeoutText = String(format: "%g", timeout)
         if state.timedOut {
             if state.readySeconds == nil {
-                throw RootfsError("the guest did not become ready within \(timeoutText) s", hint:
-                    "is rootfs-agent the guest's init? A slow machine may need a longer --timeout", details: details)
+                throw RootfsError("the guest did not become ready within \(timeoutText) s", hint: kind == .iso
+                    ? "the ISO's kernel command line needs console=ttyS0 (rootfs image --cmdline) and the agent as init; a slow machine may need a longer --timeout"
+                    : "is rootfs-agent the guest's init? A slow machine may need a longer --timeout", details: details)
             }
             throw RootfsError("the command did not finish within \(timeoutText) s", hint: "raise --timeout", details: details)
         }
@@ -246,6 +331,11 @@ public struct QEMUBoot: Sendable {
         case .kvm, .tcg: return options.accelerator
         case .auto: break
         }
+        guard options.kernel != nil else {
+            // The probe boots a kernel; an ISO brings its own, inside.
+            if let known = KVMProbeCache().load(), known.usable { return .kvm }
+            return .tcg
+        }
         let fd = open("/dev/kvm", O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { return .tcg }  // no KVM here: TCG without fuss
         close(fd)
@@ -265,7 +355,7 @@ public struct QEMUBoot: Sendable {
     func probeKVM() async -> (Bool, String) {
         let command = ToolCommand(options.qemu, [
             "-accel", "kvm", "-cpu", "host", "-m", "128", "-nographic", "-no-reboot", "-nic", "none",
-            "-monitor", "none", "-serial", "stdio", "-kernel", options.kernel, "-append", "console=ttyS0 panic=-1",
+            "-monitor", "none", "-serial", "stdio", "-kernel", options.kernel ?? "", "-append", "console=ttyS0 panic=-1",
         ])
         let sawOutput = Flag()
         let limit = options.kvmProbeSeconds
@@ -326,6 +416,7 @@ final class ConsoleWatcher: @unchecked Sendable {
         var final: AgentProtocol.Status?
         var panicked = false
         var timedOut = false
+        var stoppedWhenReady = false
         var tail: [String] = []
         /// The console's last lines up to the kernel's panic message.
         var panicTail: [String] = []
@@ -347,6 +438,7 @@ final class ConsoleWatcher: @unchecked Sendable {
     var snapshot: State { lock.lock(); defer { lock.unlock() }; return state }
     func markReady(after seconds: Double) { lock.lock(); if state.readySeconds == nil { state.readySeconds = seconds }; lock.unlock() }
     func markTimedOut() { lock.lock(); state.timedOut = true; lock.unlock() }
+    func markStopped() { lock.lock(); state.stoppedWhenReady = true; lock.unlock() }
 
     /// Reads what is new and returns the status lines in it.
     func poll() -> [AgentProtocol.Status] {

@@ -84,3 +84,35 @@ public func hostArchitecture() -> String {
     uname(&u)
     return withUnsafeBytes(of: &u.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
 }
+
+extension RootfsVersion {
+    /// The checkout this executable was built in: the nearest directory above
+    /// it holding Package.swift and .git (nil for an installed copy).
+    public static func checkout(executableDirectory: String? = FS.executableDirectory()) -> String? {
+        guard var dir = executableDirectory else { return nil }
+        while dir != "/" && !dir.isEmpty {
+            if FS.isRegularFile(dir + "/Package.swift") && FS.exists(dir + "/.git") { return dir }
+            dir = FS.parent(dir)
+        }
+        return nil
+    }
+
+    /// The commit of the checkout (`abc123def456`, `+dirty` when tracked files
+    /// changed), or "unknown" outside a checkout or without git.
+    public static func commit(checkout: String? = checkout(), runner: ProcessRunner = ProcessRunner()) async -> String {
+        guard let checkout, ProcessRunner.which("git") != nil else { return "unknown" }
+        guard let head = try? await runner.capture(ToolCommand("git", ["-C", checkout, "rev-parse", "--short=12", "HEAD"])) else {
+            return "unknown"
+        }
+        let commit = head.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !commit.isEmpty else { return "unknown" }
+        let status = try? await runner.capture(ToolCommand("git", ["-C", checkout, "status", "--porcelain", "--untracked-files=no"]))
+        let dirty = !(status?.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty ?? true)
+        return commit + (dirty ? "+dirty" : "")
+    }
+
+    /// `rootfs 0.1.0 (commit abc123def456)`.
+    public static func describe() async -> String {
+        "rootfs \(version) (commit \(await commit()))"
+    }
+}

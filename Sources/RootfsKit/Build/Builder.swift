@@ -27,6 +27,15 @@ public struct BuildOptions: Sendable {
     public var overlays: [OverlaySpec] = []
     /// Options of the format writers (partition table, file system, kernel, ...).
     public var imageOptions = ImageOptions()
+    /// Write `<name>.manifest.json` next to the outputs (and `<name>.spdx.json` with `sbom`).
+    public var manifest = true
+    public var sbom = false
+    /// Where the hook runs (nil: USE_DOCKER / USE_PODMAN, else the host).
+    public var engine: EngineChoice?
+    /// The builder image's FROM (--builder-base; nil: BUILDER_BASE, IMAGE_REGISTRY, Dockerfile.in).
+    public var builderBase: String?
+    /// How the tree travels from the hook to the writers (default: directory as root, tar otherwise).
+    public var transport: TreeTransport = .current
     public var environment: [String: String]
 
     public init(distro: String, environment: [String: String] = ProcessInfo.processInfo.environment) {
@@ -67,6 +76,13 @@ public struct BuildPlan: Sendable {
     public var formatOutputs: [FormatOutput] = []
     public var overlays: [OverlaySpec] = []
     public var imageOptions = ImageOptions()
+    /// The manifest and SPDX SBOM written next to the outputs (nil: not written).
+    public var manifestPath: String?
+    public var sbomPath: String?
+    /// Runs the hook: on this host, or in a builder container.
+    public var hookExecutor: HookExecutor = .host
+    /// Directory (root) or tar (rootless): see TreeTransport.
+    public var transport: TreeTransport = .directory
 
     /// The hook invocation for a given tree directory and helper file.
     public func hookInvocation(rootfs: String, helperPath: String) -> HookInvocation {
@@ -109,7 +125,13 @@ public struct BuildPlan: Sendable {
         invocation.append("RUNNER (bash -c script):")
         invocation += HookLibrary.runnerScript.split(separator: "\n").map { "  " + $0 }
         invocation.append("hook-helpers.sh: written at build time (info, warn, die, OK, check_program, require_program...)")
-        result.append(PlanSection("hook invocation (host)", invocation))
+        result.append(PlanSection("hook invocation (bash, as run on the host or in the container)", invocation))
+        var engineLines: [String] = []
+        if case .container(let build) = hookExecutor {
+            let hook = hookInvocation(rootfs: hookTreePlaceholder, helperPath: buildDirectory + "/hook-helpers.sh")
+            if let run = try? build.runCommand(for: hook) { engineLines.append(run.displayString) }
+        }
+        result.append(PlanSection("engine: \(hookExecutor.description)", engineLines))
         if let hookPlan {
             result.append(PlanSection("build_rootfs will run (from plan_rootfs)", hookPlan + hookWarnings.map { "warning: " + $0 }))
         } else {
@@ -126,7 +148,11 @@ public struct BuildPlan: Sendable {
         if let initrd { outputs.append("initrd: \(initrd) (cpio, \(compression.rawValue))") }
         if let image { outputs.append("image: \(image) (raw, MBR, ext4, \(freeSpaceMiB) MiB free)") }
         for o in formatOutputs { outputs.append("\(o.format.rawValue): \(o.path)") }
-        outputs.append("log: \(logPath)")
+        if let manifestPath { outputs.append("manifest: \(manifestPath) (packages, agent, options, output digests)") }
+        if let sbomPath { outputs.append("sbom: \(sbomPath) (SPDX 2.3 JSON)") }
+        outputs.append("log: \(logPath) (build-<pid>.log when another build holds it)")
+        outputs.append("tree: " + (transport == .directory ? "a directory (root: owners kept on disk)"
+            : "a tar (rootless: build_rootfs may write ROOTFS_TAR; owners kept in the tar; every writer reads the tar)"))
         if let epoch { outputs.append("SOURCE_DATE_EPOCH: \(epoch)") }
         if !overlays.isEmpty {
             result.append(PlanSection("compose (after the hook and the agent, in order)", overlays.map(\.description)))
@@ -142,7 +168,7 @@ public struct BuildPlan: Sendable {
 
     /// The sections as plain lines.
     public var summary: [String] {
-        sections.flatMap { section in ["\(section.title):"] + section.lines.map { "  " + $0 } }
+        sections.flatMap { section in section.lines.isEmpty ? [section.title] : ["\(section.title):"] + section.lines.map { "  " + $0 } }
     }
 }
 
@@ -163,10 +189,12 @@ public struct FormatOutput: Sendable, Equatable {
 }
 
 /// One written output.
-public struct BuildOutput: Sendable, Equatable {
+public struct BuildOutput: Sendable, Equatable, Codable {
     public var kind: String
     public var path: String
     public var bytes: Int64
+    /// The SHA-256 of a file output (nil for the rootfs directory).
+    public var sha256: String? = nil
 }
 
 /// Runs builds: plan, hook, agent, checks, image writer.
@@ -223,12 +251,9 @@ public struct Builder: Sendable {
                               ?? (options.agentPath == nil && env["AGENT_SOURCE_BIN"] == nil ? "rootfs-agent" : "kata-agent"),
                               isInit: agentInit, isReferenceAgent: options.agentPath == nil)
         }
-        // A build on this host needs HOST_TOOLS (a build in a container engine would not).
+        // A build on this host needs HOST_TOOLS; a build in a container engine does not. The
+        // executor (chosen below) refuses a host build without them, naming the flag that would work.
         let missingTools = config.missingHostTools(path: env["PATH"])
-        if !missingTools.isEmpty {
-            try problem(RootfsError("distro '\(distro.name)' needs \(missingTools.joined(separator: ", ")) on this host, which is missing (HOST_TOOLS in \(distro.configPath))",
-                                    hint: "install \(missingTools.count == 1 ? "it" : "them") (see docs/DISTROS.md), or build in a container"))
-        }
 
         let buildDir = FS.absolute(options.buildDirectory ?? "build/\(distro.name)")
         let rootfsOption = options.rootfsDir ?? env["ROOTFS_DIR"].flatMap { $0.isEmpty ? nil : $0 }
@@ -260,6 +285,17 @@ public struct Builder: Sendable {
         if FS.exists(rootfsDir) && !FS.isDirectory(rootfsDir) {
             throw RootfsError("\(rootfsDir) exists and is not a directory")
         }
+        var keepRootfs = !anyOutput || rootfsOption != nil || wantsRootfs
+        if options.transport == .tar && keepRootfs {
+            if rootfsOption != nil || wantsRootfs {
+                try problem(RootfsError("a rootfs directory with its real owners (root:shadow, setuid root...) needs root: an ordinary user cannot chown files",
+                                        hint: "as an ordinary user write --format tar (the tar keeps the owners), initrd or raw; or run as root for --rootfs-dir / --format rootfs"))
+            } else {
+                // Default outputs, rootless: the tree is kept as a tar instead of a directory.
+                keepRootfs = false
+                formatOutputs.insert(FormatOutput(format: .tar, path: buildDir + "/\(distro.name).tar"), at: 0)
+            }
+        }
 
         var hookEnv = overrides
         for (key, value) in config.values where hookEnv[key] == nil { hookEnv[key] = value }
@@ -275,12 +311,25 @@ public struct Builder: Sendable {
         if let debug = env["DEBUG"], !debug.isEmpty { hookEnv["DEBUG"] = debug }
 
         var plan = BuildPlan(distro: distro, config: config, architecture: arch, agent: agent, extraPackages: extra,
-                             rootfsDirectory: rootfsDir, keepRootfs: !anyOutput || rootfsOption != nil || wantsRootfs, force: options.force,
+                             rootfsDirectory: rootfsDir, keepRootfs: keepRootfs, force: options.force,
                              initrd: initrd, image: image, compression: options.compression,
                              freeSpaceMiB: options.freeSpaceMiB, buildDirectory: buildDir,
                              logPath: buildDir + "/build.log", hookEnvironment: hookEnv, epoch: try sourceDateEpoch(env),
                              formatOutputs: formatOutputs, overlays: options.overlays, imageOptions: options.imageOptions)
         plan.missingHostTools = missingTools
+        // Host or builder container; a host without the distro's tools is refused with the flag that would work.
+        do {
+            plan.hookExecutor = try await hookExecutor(options, distro: distro, config: config, architecture: arch)
+        } catch let error as RootfsError {
+            try problem(error)
+        }
+        if options.manifest || options.sbom {
+            // Next to the first file output, named after it; else next to the rootfs directory.
+            let base = (initrd ?? image).map { FS.parent($0) + "/" + Self.stem(FS.basename($0)) } ?? rootfsDir
+            plan.manifestPath = base + ".manifest.json"
+            if options.sbom { plan.sbomPath = base + ".spdx.json" }
+        }
+        plan.transport = options.transport
         // plan_rootfs() checks the hook's settings (a missing REPO_URL...) before anything is written.
         do {
             (plan.hookPlan, plan.hookWarnings) = try await hookPlan(plan)
@@ -313,37 +362,89 @@ public struct Builder: Sendable {
         }
     }
 
+    /// Host or container: --engine / --docker / --podman, else USE_DOCKER / USE_PODMAN, else the host.
+    /// A host that lacks the distro's HOST_TOOLS is refused with the flag that would work.
+    func hookExecutor(_ options: BuildOptions, distro: Distro, config: DistroConfig,
+                      architecture: String) async throws -> HookExecutor {
+        let env = options.environment
+        let choice = options.engine ?? EngineChoice.fromEnvironment(env) ?? .host
+        let missing = config.missingHostTools(path: env["PATH"])
+        let kind: ContainerEngine.Kind
+        switch choice {
+        case .docker: kind = .docker
+        case .podman: kind = .podman
+        case .host, .auto:
+            if missing.isEmpty { return .host }
+            let answering = await ContainerEngine.firstAnswering(environment: env, runner: runner)
+            if choice == .auto, let answering {
+                kind = answering.kind
+                break
+            }
+            let what = "distro '\(distro.name)' needs \(missing.joined(separator: ", ")) on this host (HOST_TOOLS in \(distro.configPath))"
+            if let answering {
+                throw RootfsError(what + ", which lacks it",
+                                  hint: "\(answering.kind.displayName) answers here: add \(answering.kind.flag) to build inside a builder container, "
+                                      + "or install the tools on this host")
+            }
+            throw RootfsError(what + ", which lacks it, and no container engine answers",
+                              hint: "install the tools on this host, or install Docker or Podman and add --docker or --podman")
+        }
+        let engine = ContainerEngine.forHost(kind, environment: env)
+        return .container(try await ContainerBuild.make(engine: engine, distro: distro, config: config,
+                                                        architecture: architecture, builderBase: options.builderBase,
+                                                        environment: env, runner: runner))
+    }
+
     /// Runs the plan. Outputs appear only when complete; on any failure (or
     /// cancellation) temporary trees and files are removed and earlier outputs stay.
     public func run(_ plan: BuildPlan) async throws -> [BuildOutput] {
         if let first = plan.problems.first { throw first }
         try FS.makeDirectories(plan.buildDirectory)
-        try console.openLog(at: plan.logPath)
+        // One build per output at a time; a concurrent build of other outputs gets its own log.
+        var outputPaths = (plan.keepRootfs ? [plan.rootfsDirectory] : []) + [plan.initrd, plan.image].compactMap { $0 }
+        outputPaths += plan.formatOutputs.map(\.path)
+        let locks = try outputPaths.sorted().map { try OutputLock(output: $0) }
+        let logPath: String
+        let logLock: OutputLock?
+        if let lock = OutputLock.attempt(output: plan.logPath) {
+            (logPath, logLock) = (plan.logPath, lock)
+        } else {
+            logPath = FS.parent(plan.logPath) + "/build-\(getpid()).log"
+            logLock = nil
+        }
+        defer { withExtendedLifetime((locks, logLock)) {} }
+        try console.openLog(at: logPath)
         defer { console.closeLog() }
         let work = try FS.makeSiblingTemporaryDirectory(for: plan.keepRootfs ? plan.rootfsDirectory
                                                          : plan.buildDirectory + "/rootfs")
         defer { FS.remove(work) }
+        // mkdtemp makes it 0700: apt's _apt sandbox user could not reach the tree below it, and
+        // a root build would then own apt's partial directories differently from a rootless one.
+        chmod(work, 0o755)
         let tree = work + "/rootfs"
         try FS.makeDirectories(tree)
         let helper = work + "/hook-helpers.sh"
         try HookLibrary.text.write(toFile: helper, atomically: false, encoding: .utf8)
 
-        var phaseStart = Date()
-        func done() { console.info(String(format: "    done in %.1f s", Date().timeIntervalSince(phaseStart))); phaseStart = Date() }
+        func done() { console.endPhase() }
 
-        console.phase("build_rootfs: \(plan.distro.name) \(plan.config.osVersion ?? "") (\(plan.distro.directory))")
-        let invocation = plan.hookInvocation(rootfs: tree, helperPath: helper)
-        console.detail("running: \(invocation.hostCommand.environment.count) variables, bash build_rootfs \(tree)")
-        do {
-            try await runner.stream(invocation.hostCommand) { line in console.toolLine(line) }
-        } catch let failure as ToolFailure {
-            // A hook's own `die` message says best what went wrong: it leads the error.
-            let died = failure.outputTail.last(where: { $0.hasPrefix("ERROR: ") }).map { ": " + $0.dropFirst("ERROR: ".count) } ?? ""
-            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' failed (\(failure.status))\(died)",
-                              hint: "the hook is build_rootfs() in \(plan.distro.libraryPath); the full output is in \(plan.logPath)",
-                              details: failure.outputTail)
+        var invocation = plan.hookInvocation(rootfs: tree, helperPath: helper)
+        let hookTar = work + "/rootfs.tar"
+        if plan.transport == .tar { invocation.environment["ROOTFS_TAR"] = hookTar }
+        let watch = HookConfinement(work: work, allowed: ["rootfs", "hook-helpers.sh", "rootfs.tar"])
+        try await runHook(plan, invocation: invocation, logPath: logPath)
+        try watch.check(distro: plan.distro)
+        var rootless: RootlessTree?
+        if plan.transport == .tar {
+            let staged = RootlessTree(root: tree)
+            if FS.isRegularFile(hookTar) && FS.isMissingOrEmptyDirectory(tree) {
+                console.detail("build_rootfs wrote a tar (\(formatBytes(FS.fileSize(hookTar)))): extracting it, owners kept aside")
+                rmdir(tree)
+                try staged.extract(hookTar)
+                unlink(hookTar)
+            }
+            rootless = staged
         }
-        try Task.checkCancellation()
         if FS.isMissingOrEmptyDirectory(tree) {
             throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' left the rootfs directory empty",
                               hint: "the hook must populate the directory it receives as $1 (\(plan.distro.libraryPath))")
@@ -354,11 +455,12 @@ public struct Builder: Sendable {
         let guest = GuestTree(root: tree)
         let installer = AgentInstaller(tree: guest)
         try installer.install(plan.agent)
+        let agentSHA256 = try SHA256.hexDigest(ofFile: plan.agent.sourcePath)
         let record = BuildRecord(
             toolVersion: RootfsVersion.version, distro: plan.distro.name, osName: plan.config.osName ?? plan.distro.name,
             osVersion: plan.config.osVersion ?? "", architecture: plan.architecture, packages: plan.config.packages,
             extraPackages: plan.extraPackages, agentPath: plan.agent.guestPath,
-            agentSHA256: try SHA256.hexDigest(ofFile: plan.agent.sourcePath), agentInit: plan.agent.isInit,
+            agentSHA256: agentSHA256, agentInit: plan.agent.isInit,
             buildTime: plan.epoch ?? Int(Date().timeIntervalSince1970))
         try installer.writeFile(BuildRecord.guestPath, contents: Array(record.yaml.utf8), mode: 0o644)
         if !plan.overlays.isEmpty {
@@ -366,15 +468,25 @@ public struct Builder: Sendable {
             try OverlayApplier(tree: guest).apply(plan.overlays)
         }
         try RootfsChecker(tree: guest).require(agentInit: plan.agent.isInit, agentNames: [plan.agent.guestName])
+        // Rootless: the finished tree travels as a tar with the owners restored; every writer reads it.
+        var source = TreeSource.directory(tree)
+        if let rootless {
+            let staged = work + "/tree.tar"
+            try rootless.writeTar(to: staged, epoch: plan.epoch)
+            source = .archive(staged)
+        }
         done()
 
         var outputs: [BuildOutput] = []
         if let initrd = plan.initrd {
             try Task.checkCancellation()
             console.phase("initrd: \(initrd)")
-            let stats = try InitrdWriter(compression: plan.compression, epoch: plan.epoch).write(tree: tree, to: initrd)
-            outputs.append(BuildOutput(kind: "initrd", path: initrd, bytes: stats.outputBytes))
-            console.info("    \(stats.entries) entries, \(formatBytes(stats.inputBytes)) in, \(formatBytes(stats.outputBytes)) out")
+            var writer = InitrdWriter(compression: plan.compression, epoch: plan.epoch)
+            let started = Date()
+            writer.progress = { [console] stats in console.progress(Self.rate(stats, since: started)) }
+            let stats = try writer.write(source: source, to: initrd)
+            console.progress(Self.rate(stats, since: started), final: true)
+            outputs.append(BuildOutput(kind: "initrd", path: initrd, bytes: stats.outputBytes, sha256: try SHA256.hexDigest(ofFile: initrd)))
             done()
         }
         if let image = plan.image {
@@ -382,8 +494,8 @@ public struct Builder: Sendable {
             console.phase("image: \(image)")
             var disk = DiskImageWriter(freeSpaceMiB: plan.freeSpaceMiB, epoch: plan.epoch)
             disk.ext4Writer = plan.imageOptions.ext4Writer
-            let (stats, uuid) = try await disk.write(tree: tree, to: image)
-            outputs.append(BuildOutput(kind: "image", path: image, bytes: stats.outputBytes))
+            let (stats, uuid) = try await disk.write(source: source, to: image)
+            outputs.append(BuildOutput(kind: "image", path: image, bytes: stats.outputBytes, sha256: try SHA256.hexDigest(ofFile: image)))
             console.info("    ext4 \(uuid), \(formatBytes(stats.outputBytes))")
             done()
         }
@@ -396,16 +508,70 @@ public struct Builder: Sendable {
                 try Task.checkCancellation()
                 console.phase("\(o.format.rawValue): \(o.path)")
                 try FS.makeDirectories(FS.parent(o.path))
-                outputs += try await writer.write(o.format, source: .directory(tree), to: o.path)
+                outputs += try await writer.write(o.format, source: source, to: o.path)
                 done()
             }
         }
         if plan.keepRootfs {
-            try Task.checkCancellation()
-            try FS.replaceDirectory(plan.rootfsDirectory, with: tree)
             outputs.insert(BuildOutput(kind: "rootfs", path: plan.rootfsDirectory, bytes: 0), at: 0)
         }
+        if let manifestPath = plan.manifestPath {
+            try Task.checkCancellation()
+            console.phase("manifest: \(manifestPath)")
+            let inventory = try await PackageInventory.read(tree: tree, runner: runner)
+            if let note = inventory.note { console.warning("manifest: \(note)") }
+            console.info("    \(inventory.packages.count) packages (\(inventory.database.rawValue))")
+            let manifest = BuildManifest.make(plan: plan, inventory: inventory, agentSHA256: agentSHA256, outputs: outputs,
+                                              buildTime: plan.epoch ?? Int(Date().timeIntervalSince1970))
+            var documents = [("manifest", manifestPath, try manifest.json())]
+            if let sbomPath = plan.sbomPath { documents.append(("sbom", sbomPath, try manifest.spdx())) }
+            for (kind, path, data) in documents {
+                let temporary = FS.siblingTemporaryPath(for: path)
+                guard FileManager.default.createFile(atPath: temporary, contents: data) else {
+                    throw RootfsError("cannot write \(path): \(FS.errnoText())")
+                }
+                do { try FS.rename(temporary, to: path) } catch { FS.remove(temporary); throw error }
+                outputs.append(BuildOutput(kind: kind, path: path, bytes: Int64(data.count),
+                                           sha256: SHA256.hexDigest(of: [UInt8](data))))
+            }
+            done()
+        }
+        if plan.keepRootfs {
+            try Task.checkCancellation()
+            try FS.replaceDirectory(plan.rootfsDirectory, with: tree)
+        }
         return outputs
+    }
+
+    /// `1234 entries, 56.0 MiB in, 20.1 MiB out, 80.2 MiB/s`
+    static func rate(_ stats: WriteStats, since start: Date) -> String {
+        let seconds = max(Date().timeIntervalSince(start), 0.001)
+        return "\(stats.entries) entries, \(formatBytes(stats.inputBytes)) in, \(formatBytes(stats.outputBytes)) out, "
+            + "\(formatBytes(Int64(Double(stats.inputBytes) / seconds)))/s"
+    }
+
+    /// A file name without its last extension.
+    static func stem(_ name: String) -> String {
+        guard let dot = name.lastIndex(of: "."), dot != name.startIndex else { return name }
+        return String(name[..<dot])
+    }
+
+    /// Runs build_rootfs (its tree given by `invocation`) through the plan's executor.
+    public func runHook(_ plan: BuildPlan, invocation: HookInvocation, logPath: String) async throws {
+        try await plan.hookExecutor.prepare(console: console, runner: runner, scratchDirectory: FS.parent(invocation.rootfsDirectory))
+        console.phase("build_rootfs: \(plan.distro.name) \(plan.config.osVersion ?? "") (\(plan.distro.directory))"
+                      + (plan.hookExecutor.isHost ? "" : " in \(plan.hookExecutor.description)"))
+        console.detail("running: \(invocation.hostCommand.environment.count) variables, bash build_rootfs \(invocation.rootfsDirectory)")
+        do {
+            try await plan.hookExecutor.run(invocation, runner: runner) { line in console.toolLine(line) }
+        } catch let failure as ToolFailure {
+            // A hook's own `die` message says best what went wrong: it leads the error.
+            let died = failure.outputTail.last(where: { $0.hasPrefix("ERROR: ") }).map { ": " + $0.dropFirst("ERROR: ".count) } ?? ""
+            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' failed (\(failure.status))\(died)",
+                              hint: "the hook is build_rootfs() in \(plan.distro.libraryPath); the full output is in \(logPath)",
+                              details: failure.outputTail)
+        }
+        try Task.checkCancellation()
     }
 
     private func words(_ s: String?) -> [String] {

@@ -40,7 +40,8 @@ public struct ConfigEvaluator: Sendable {
     /// The hook helpers (info, die...) come first: config.sh may call them, and
     /// a `die` in config.sh (a missing REPO_URL...) is reported with its message.
     static let script = HookLibrary.text + "\n" + #"""
-    __rootfs_before=" $(compgen -v | tr '\n' ' ') "
+    mapfile -t __rootfs_names < <(compgen -v)
+    __rootfs_before=" ${__rootfs_names[*]} "
     source "$1"
     __rootfs_status=$?
     if [ -n "$2" ]; then

@@ -67,6 +67,9 @@ final class ArchiveWriteHandle {
         try check(archive_write_finish_entry(pointer), "finish an entry")
     }
 
+    /// Bytes written to the output so far (after compression).
+    var bytesWritten: Int64 { archive_filter_bytes(pointer, -1) }
+
     func close() throws {
         closed = true
         try check(archive_write_close(pointer), "finish the archive")
@@ -78,7 +81,11 @@ final class ArchiveWriteHandle {
 
     private func error(_ what: String) -> RootfsError {
         let text = archive_error_string(pointer).map { String(cString: $0) } ?? "unknown error"
-        return RootfsError("cannot \(what): \(text)")
+        let code = archive_errno(pointer)
+        // libarchive says only "Write error": the system's reason (a full disk...) is in errno.
+        let reason = code > 0 && !text.contains(FS.errnoText(code)) ? " (\(FS.errnoText(code)))" : ""
+        return RootfsError("cannot \(what): \(text)\(reason)",
+                           hint: code == ENOSPC ? "the disk holding the output is full: free space there or write elsewhere" : nil)
     }
 }
 
@@ -149,17 +156,20 @@ public final class ArchiveReader {
             hardlink: archive_entry_hardlink(e).map { String(cString: $0) },
             rdevMajor: UInt32(archive_entry_rdevmajor(e)), rdevMinor: UInt32(archive_entry_rdevminor(e)),
             ino: archive_entry_ino64(e), nlink: UInt32(archive_entry_nlink(e)))
+        return (entry, withData ? try readData(of: entry.path) : [])
+    }
+
+    /// The content of the entry `next()` just returned.
+    public func readData(of path: String = "the entry") throws -> [UInt8] {
         var data: [UInt8] = []
-        if withData {
-            var buffer = [UInt8](repeating: 0, count: 1 << 16)
-            while true {
-                let n = buffer.withUnsafeMutableBytes { archive_read_data(pointer, $0.baseAddress, $0.count) }
-                if n < 0 { throw RootfsError("cannot read data of \(entry.path)") }
-                if n == 0 { break }
-                data += buffer.prefix(n)
-            }
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { archive_read_data(pointer, $0.baseAddress, $0.count) }
+            if n < 0 { throw RootfsError("cannot read data of \(path)") }
+            if n == 0 { break }
+            data += buffer.prefix(n)
         }
-        return (entry, data)
+        return data
     }
 
     /// Every entry of an archive file.

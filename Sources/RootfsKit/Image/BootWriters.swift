@@ -135,6 +135,7 @@ public struct ISOWriter: Sendable {
         } catch let failure as ToolFailure {
             throw RootfsError("xorriso could not write \(output) (\(failure.status))", details: failure.outputTail)
         }
+        try Task.checkCancellation()
         try FS.rename(temporary, to: output)
         return [BuildOutput(kind: "iso-bios", path: output, bytes: FS.fileSize(output))]
     }

@@ -169,10 +169,16 @@ public struct DiskImageWriter: Sendable {
             } catch let failure as ToolFailure {
                 throw RootfsError("mke2fs could not write the file system of \(output) (\(failure.status))",
                                   hint: failure.outputTail.contains { $0.contains("No space") || $0.contains("Could not allocate") }
-                                    ? "the tree did not fit in the computed size; add room with --free-space MB" : nil,
+                                    ? "the tree did not fit in the computed size, or the disk holding \(FS.parent(output)) is full; free space there or add room with --free-space MB" : nil,
                                   details: failure.outputTail)
             }
+            // Times from the epoch (mke2fs copies atime/ctime from the temporary tree) and,
+            // when an ordinary user extracted a tar, owners, modes and devices from the tar.
+            let fixup = Ext4Fixup(epoch: epoch, ownership: ownershipFromSource(source))
+            try await fixup.apply(source: source, image: temporary, offset: base,
+                                  materializedDevices: !fixup.ownership, scratch: output)
         case .erofs:
+            try Self.refuseLosingOwnership(source, format: "an erofs file system", ownershipFromSource(source))
             let fsFile = FS.siblingTemporaryPath(for: output) + ".erofs"
             defer { unlink(fsFile) }
             try await FilesystemImageWriter(kind: .erofs, epoch: epoch, uuid: uuid, label: label, runner: runner)
@@ -209,10 +215,26 @@ public struct DiskImageWriter: Sendable {
         case .none:
             break
         }
+        try Task.checkCancellation()
         try FS.rename(temporary, to: output)
         keep = true
         stats.outputBytes = base + filesystemBytes + tail
         return (stats, uuid)
+    }
+
+    /// Formats whose tools read only a directory cannot keep a tar's owners
+    /// when an ordinary user extracted it: refused, with the way around.
+    static func refuseLosingOwnership(_ source: TreeSource, format: String, _ loses: Bool) throws {
+        guard loses else { return }
+        throw RootfsError("\(format) from \(source) needs root: an ordinary user cannot give the extracted files their owners (root:shadow, setuid root...), so the image would be wrong",
+                          hint: "run this step as root (sudo rootfs image ...), or write a format that keeps the tar's owners without root: tar, initrd, raw/qcow2/vhd/vmdk with --fs ext4")
+    }
+
+    /// Whether owners and modes must be set from the source after mke2fs: an
+    /// archive extracted by an ordinary user lost them (and its device nodes).
+    func ownershipFromSource(_ source: TreeSource) -> Bool {
+        if case .archive = source { return geteuid() != 0 }
+        return false
     }
 
     private func derivedGUID(_ what: String, _ uuid: String) -> String {

@@ -71,6 +71,7 @@ public struct QemuImgConverter: Sendable {
             throw RootfsError("qemu-img could not write \(output) (\(failure.status))", details: failure.outputTail)
         }
         if format == .vhd, let epoch { try Self.fixVHDFooter(temporary, epoch: epoch, uuid: uuid) }
+        try Task.checkCancellation()
         try FS.rename(temporary, to: output)
         return FS.fileSize(output)
     }

@@ -118,6 +118,7 @@ public struct ImageWriter: Sendable {
                 .convert(raw: raw, to: output, format: format, uuid: uuid)
             return [BuildOutput(kind: format.rawValue, path: output, bytes: bytes)]
         case .erofs, .squashfs:
+            try DiskImageWriter.refuseLosingOwnership(source, format: "a \(format.rawValue) image", diskWriter().ownershipFromSource(source))
             let (root, cleanup) = try source.materialized(near: output)
             defer { cleanup() }
             let temporary = FS.siblingTemporaryPath(for: output)
@@ -125,6 +126,7 @@ public struct ImageWriter: Sendable {
             let writer = FilesystemImageWriter(kind: format == .erofs ? .erofs : .squashfs, epoch: o.epoch,
                                                uuid: diskWriter().filesystemUUID(), label: o.label, runner: runner)
             try await writer.run(directory: root, output: temporary)
+            try Task.checkCancellation()
             try FS.rename(temporary, to: output)
             return [BuildOutput(kind: format.rawValue, path: output, bytes: FS.fileSize(output))]
         case .kernelInitrd:

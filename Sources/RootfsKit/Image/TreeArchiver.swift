@@ -8,6 +8,10 @@ public struct WriteStats: Sendable, Equatable {
     public var outputBytes: Int64 = 0
 }
 
+/// A writer's progress callback: the statistics so far (`outputBytes`: written
+/// so far, after compression). Called often; rate-limit what you show.
+public typealias WriteProgress = @Sendable (WriteStats) -> Void
+
 /// Streams a tree into a cpio or tar archive through libarchive: entries in
 /// the walker's stable order, inode numbers assigned in that order, hard links
 /// stored once (data with the first name), mtimes clamped to SOURCE_DATE_EPOCH.
@@ -19,6 +23,10 @@ struct TreeArchiver {
     /// Entries added to the archive when the tree lacks them (guest path without
     /// leading slash -> link target), e.g. the initrd's `init -> /sbin/init`.
     var syntheticLinks: [(path: String, target: String)] = []
+    /// Called as the archive grows (entries, input bytes, bytes written so far).
+    var progress: WriteProgress?
+    /// Changes each item before it is written (rootless builds: owners and modes from the hook's tar).
+    var transform: ((inout TreeItem) throws -> Void)? = nil
 
     func write(tree root: String, to output: String) throws -> WriteStats {
         try write(source: .directory(root), to: output)
@@ -37,6 +45,7 @@ struct TreeArchiver {
         var st = stat()
         fstat(fd, &st)
         stats.outputBytes = Int64(st.st_size)
+        try Task.checkCancellation()
         try FS.rename(temporary, to: output)
         keep = true
         return stats
@@ -81,7 +90,10 @@ struct TreeArchiver {
             }
         }
 
-        try source.walk { item in
+        try source.walk { original in
+            try Task.checkCancellation()
+            var item = original
+            try transform?(&item)
             if item.isRoot { rootTime = clamp(item.mtime) } else { try writeSynthetic(before: item.path) }
             entry.clear()
             entry.setPath(item.path)
@@ -116,9 +128,14 @@ struct TreeArchiver {
             }
             try archive.finishEntry()
             stats.entries += 1
+            if let progress, stats.entries % 64 == 0 || item.size > 1 << 20 {
+                stats.outputBytes = archive.bytesWritten
+                progress(stats)
+            }
         }
         try writeSynthetic(before: nil)
         try archive.close()
+        stats.outputBytes = archive.bytesWritten
         return stats
     }
 
@@ -150,6 +167,8 @@ public struct InitrdWriter: Sendable {
     public var compression: Compression
     public var level: Int?
     public var epoch: Int?
+    /// Called as the initrd grows (see `WriteProgress`).
+    public var progress: WriteProgress?
 
     public init(compression: Compression = .zstd, level: Int? = nil, epoch: Int? = nil) {
         self.compression = compression
@@ -165,6 +184,6 @@ public struct InitrdWriter: Sendable {
     @discardableResult
     public func write(source: TreeSource, to output: String) throws -> WriteStats {
         try TreeArchiver(format: .cpioNewc, compression: compression, level: level, epoch: epoch,
-                         syntheticLinks: [("init", "/sbin/init")]).write(source: source, to: output)
+                         syntheticLinks: [("init", "/sbin/init")], progress: progress).write(source: source, to: output)
     }
 }

@@ -9,6 +9,15 @@ public struct TreeExtractor {
     public var destination: String
     /// Whether to set owners (only root can); off otherwise.
     public var keepOwnership: Bool = geteuid() == 0
+    /// Give the owner read/write (and search) access on disk whatever the source
+    /// mode says, so a tool run by the same ordinary user can read every file
+    /// (the real modes are set in the output afterwards, e.g. by Ext4Fixup).
+    public var ownerAccess = false
+    /// Device nodes an ordinary user cannot create become empty placeholder
+    /// files (mode 0600), reported to `onItem` like every other item.
+    public var devicePlaceholders = false
+    /// Called for every item written (not hard links), with its host path.
+    public var onItem: ((TreeItem, String) -> Void)?
 
     public init(destination: String) { self.destination = destination }
 
@@ -77,25 +86,33 @@ public struct TreeExtractor {
                 if mknod(path, mode_t(item.mode & ~0o7777) | 0o600, dev_t(item.rdev)) != 0 {
                     if errno == EPERM && !keepOwnership {
                         result.skippedDevices += 1
+                        guard devicePlaceholders else { return }
+                        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+                        guard fd >= 0 else { throw RootfsError("cannot create \(path): \(FS.errnoText())") }
+                        close(fd)
+                        onItem?(item, path)
                         return
                     }
                     throw RootfsError("cannot create the special file \(path): \(FS.errnoText())")
                 }
             }
-            try Self.setMetadata(path, item, keepOwnership: keepOwnership)
+            try Self.setMetadata(path, item, keepOwnership: keepOwnership, ownerAccess: ownerAccess)
+            onItem?(item, path)
         }
         for item in directoryItems.reversed() {
-            try Self.setMetadata(host(item.path), item, keepOwnership: keepOwnership)
+            try Self.setMetadata(host(item.path), item, keepOwnership: keepOwnership, ownerAccess: ownerAccess)
+            onItem?(item, host(item.path))
         }
         return result
     }
 
     /// Owner (when allowed), mode (not for links) and time, never following a link.
-    static func setMetadata(_ path: String, _ item: TreeItem, keepOwnership: Bool, mtime: Int? = nil) throws {
+    static func setMetadata(_ path: String, _ item: TreeItem, keepOwnership: Bool, ownerAccess: Bool = false, mtime: Int? = nil) throws {
         if keepOwnership && fchownat(AT_FDCWD, path, item.uid, item.gid, AT_SYMLINK_NOFOLLOW) != 0 {
             throw RootfsError("cannot set the owner of \(path): \(FS.errnoText())")
         }
-        if item.fileType != FileType.lnk && chmod(path, mode_t(item.permissions)) != 0 {
+        let access: UInt32 = ownerAccess ? (item.fileType == FileType.dir ? 0o700 : 0o600) : 0
+        if item.fileType != FileType.lnk && chmod(path, mode_t(item.permissions | access)) != 0 {
             throw RootfsError("cannot set the mode of \(path): \(FS.errnoText())")
         }
         var times = [timespec(tv_sec: mtime ?? item.mtime, tv_nsec: 0), timespec(tv_sec: mtime ?? item.mtime, tv_nsec: 0)]

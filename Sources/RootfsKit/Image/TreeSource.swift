@@ -31,6 +31,8 @@ public struct TreeItem {
         guard size > 0 else { return }
         var remaining = size
         while remaining > 0 {
+            // Ctrl-C / SIGTERM cancel the task: stop between chunks of a big file.
+            try Task.checkCancellation()
             let want = Int(min(Int64(buffer.count), remaining))
             var n = try readContent?(UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want])) ?? 0
             if n == 0 {
@@ -93,7 +95,10 @@ public enum TreeSource: Sendable, CustomStringConvertible {
         case .archive:
             let work = try FS.makeSiblingTemporaryDirectory(for: near)
             do {
-                try TreeExtractor(destination: work + "/tree").extract(self)
+                var extractor = TreeExtractor(destination: work + "/tree")
+                extractor.ownerAccess = !extractor.keepOwnership
+                extractor.devicePlaceholders = !extractor.keepOwnership
+                try extractor.extract(self)
             } catch {
                 FS.remove(work)
                 throw error

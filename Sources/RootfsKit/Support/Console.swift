@@ -1,24 +1,45 @@
 import Foundation
 
 /// Where the build talks to the user: progress and notes on stderr, results
-/// on stdout, and everything into an optional log file.
+/// on stdout, and everything into the log files (the build's build.log and
+/// the user's --log-file). Colours and the live progress line appear only
+/// when stderr is a terminal, never with NO_COLOR set.
 public final class Console: @unchecked Sendable {
     public enum Level: Int, Sendable { case quiet = 0, normal = 1, verbose = 2 }
     public var level: Level
+    /// Results (`result`) go to stderr instead of stdout: `--json` keeps stdout for the document.
+    public var resultsToStandardError = false
+    /// Whether stderr is a terminal (live progress line) and may be coloured.
+    public let interactive: Bool
+    public let colors: Bool
     private let lock = NSLock()
     private var log: FileHandle?
+    private var userLog: FileHandle?
     public private(set) var logPath: String?
     private let start = Date()
+    private var currentPhase: (name: String, start: Date)?
+    private var finishedPhases: [PhaseTime] = []
+    private var progressShown = false
+    private var lastProgress = Date.distantPast
+    private var spinner = 0
 
-    public init(level: Level = .normal) { self.level = level }
+    /// How long one phase took.
+    public struct PhaseTime: Sendable, Equatable, Codable {
+        public var name: String
+        public var seconds: Double
+    }
 
-    /// Sends every following line to `path` as well (appending).
+    public init(level: Level = .normal, environment: [String: String] = ProcessInfo.processInfo.environment,
+                interactive: Bool = isatty(2) == 1) {
+        self.level = level
+        self.interactive = interactive && environment["TERM"] != "dumb"
+        self.colors = self.interactive && (environment["NO_COLOR"] ?? "").isEmpty
+    }
+
+    /// Sends every following line to `path` as well (the build's log; replaced at each build).
     public func openLog(at path: String) throws {
         lock.lock(); defer { lock.unlock() }
-        if !FileManager.default.createFile(atPath: path, contents: nil) {
-            throw RootfsError("cannot create the log file \(path)")
-        }
-        log = FileHandle(forWritingAtPath: path)
+        log = try Self.create(path)
         logPath = path
     }
 
@@ -28,30 +49,117 @@ public final class Console: @unchecked Sendable {
         log = nil
     }
 
-    /// A phase starts: `==> name`.
-    public func phase(_ name: String) { emit("==> \(name)", minimum: .normal) }
+    /// `--log-file`: every line, whatever the level, also goes to `path` (created or truncated).
+    public func openUserLog(at path: String) throws {
+        lock.lock(); defer { lock.unlock() }
+        userLog = try Self.create(path)
+    }
+
+    private static func create(_ path: String) throws -> FileHandle {
+        guard FileManager.default.createFile(atPath: path, contents: nil), let handle = FileHandle(forWritingAtPath: path) else {
+            throw RootfsError("cannot create the log file \(path): \(FS.errnoText())",
+                              hint: "check that its directory exists and is writable")
+        }
+        return handle
+    }
+
+    /// A phase starts: `==> name`. The previous phase, if still open, ends.
+    public func phase(_ name: String) {
+        endPhase(quietly: true)
+        lock.lock()
+        currentPhase = (name, Date())
+        lastProgress = Date()
+        lock.unlock()
+        emit("==> \(name)", minimum: .normal, color: "1;34")
+    }
+
+    /// The current phase ends: `    done in 1.2 s`, and its time is kept for the summary.
+    public func endPhase(quietly: Bool = false) {
+        lock.lock()
+        guard let phase = currentPhase else { lock.unlock(); return }
+        currentPhase = nil
+        let seconds = Date().timeIntervalSince(phase.start)
+        finishedPhases.append(PhaseTime(name: phase.name, seconds: seconds))
+        lock.unlock()
+        if !quietly { info(String(format: "    done in %.1f s", seconds)) }
+    }
+
+    /// The phases finished so far, in order.
+    public var phases: [PhaseTime] {
+        lock.lock(); defer { lock.unlock() }
+        return finishedPhases
+    }
+
     public func info(_ text: String) { emit(text, minimum: .normal) }
     public func detail(_ text: String) { emit(text, minimum: .verbose) }
-    public func warning(_ text: String) { emit("warning: \(text)", minimum: .quiet) }
+    public func warning(_ text: String) { emit("warning: \(text)", minimum: .quiet, color: "1;33") }
+    /// An error message (`error: ...`), always shown.
+    public func error(_ text: String) { emit("error: \(text)", minimum: .quiet, color: "1;31") }
 
     /// A line of a tool's output, indented under its phase.
-    public func toolLine(_ text: String) { emit("  | " + text, minimum: .verbose, alwaysLog: true, normalToo: true) }
+    public func toolLine(_ text: String) { emit("  | " + text, minimum: .verbose, normalToo: true) }
 
-    /// A result line on stdout (paths, sizes): printed whatever the level.
+    /// A result line (paths, sizes): printed whatever the level, on stdout
+    /// (stderr with `resultsToStandardError`).
     public func result(_ text: String) {
         lock.lock(); defer { lock.unlock() }
-        FileHandle.standardOutput.write(Data((text + "\n").utf8))
-        log?.write(Data((text + "\n").utf8))
+        clearProgressLocked()
+        let data = Data((text + "\n").utf8)
+        (resultsToStandardError ? FileHandle.standardError : FileHandle.standardOutput).write(data)
+        log?.write(data)
+        userLog?.write(data)
+    }
+
+    /// Progress of a long step. On a terminal: one line redrawn in place with a
+    /// spinner (at most 10 times a second). Otherwise: a plain line every
+    /// `plainInterval` seconds, so CI logs stay readable. `final` always prints.
+    public func progress(_ text: String, final: Bool = false, plainInterval: TimeInterval = 5) {
+        guard level != .quiet else { return }
+        lock.lock(); defer { lock.unlock() }
+        let now = Date()
+        if interactive {
+            if final {
+                clearProgressLocked()
+                FileHandle.standardError.write(Data("    \(text)\n".utf8))
+            } else if now.timeIntervalSince(lastProgress) >= 0.1 {
+                let frames = ["|", "/", "-", "\\"]
+                spinner = (spinner + 1) % frames.count
+                FileHandle.standardError.write(Data("\r\u{1b}[K    \(frames[spinner]) \(text)".utf8))
+                progressShown = true
+                lastProgress = now
+            }
+        } else if final || now.timeIntervalSince(lastProgress) >= plainInterval {
+            FileHandle.standardError.write(Data("    \(text)\n".utf8))
+            lastProgress = now
+        }
+        if final { userLog?.write(Data("    \(text)\n".utf8)); log?.write(Data("    \(text)\n".utf8)) }
     }
 
     public var elapsed: TimeInterval { Date().timeIntervalSince(start) }
 
-    private func emit(_ text: String, minimum: Level, alwaysLog: Bool = true, normalToo: Bool = false) {
+    /// `text` in an SGR colour when colours are on.
+    public func colored(_ text: String, _ sgr: String) -> String {
+        colors ? "\u{1b}[\(sgr)m\(text)\u{1b}[0m" : text
+    }
+
+    private func clearProgressLocked() {
+        if progressShown {
+            FileHandle.standardError.write(Data("\r\u{1b}[K".utf8))
+            progressShown = false
+        }
+    }
+
+    private func emit(_ text: String, minimum: Level, normalToo: Bool = false, color: String? = nil) {
         lock.lock(); defer { lock.unlock() }
         let show = level.rawValue >= minimum.rawValue || (normalToo && level != .quiet)
         let data = Data((text + "\n").utf8)
-        if show { FileHandle.standardError.write(data) }
-        if alwaysLog { log?.write(data) }
+        if show {
+            clearProgressLocked()
+            let shown = color.map { colored(text, $0) + "\n" }.map { Data($0.utf8) } ?? data
+            FileHandle.standardError.write(shown)
+        }
+        log?.write(data)
+        userLog?.write(data)
     }
 }
 

@@ -82,6 +82,14 @@ public enum FS {
             _ = try? ProcessRunnerSync.run(["chmod", "-R", "u+rwX", path])
             _ = try? FileManager.default.removeItem(atPath: path)
         }
+        // A process that was just stopped (a package manager in a container being
+        // torn down) may still be creating files: try again for a few seconds.
+        var attempts = 0
+        while exists(path) && attempts < 20 {
+            attempts += 1
+            usleep(250_000)
+            _ = try? ProcessRunnerSync.run(["rm", "-rf", "--one-file-system", path])
+        }
     }
 
     /// Moves `source` to `destination` atomically (same file system).

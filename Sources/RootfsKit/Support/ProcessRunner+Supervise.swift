@@ -65,7 +65,7 @@ extension ProcessRunner {
     public func supervise(_ command: ToolCommand, io: SupervisedIO,
                           onOutput: @escaping @Sendable ([UInt8]) -> Void = { _ in },
                           supervisor: @escaping @Sendable (ProcessControl) async -> Void) async throws -> SupervisedOutcome {
-        let config = try configuration(for: command)
+        let config = try configuration(for: command, ownSession: io == .pipes)
         let status: TerminationStatus
         var standardError = ""
         do {

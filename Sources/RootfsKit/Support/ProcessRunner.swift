@@ -80,7 +80,11 @@ public struct ProcessRunner: Sendable {
         return nil
     }
 
-    func configuration(for command: ToolCommand) throws -> Configuration {
+    /// `ownSession`: the tool runs in a session (and process group) of its own, so
+    /// a cancellation stops it and everything it started (a hook's mmdebstrap,
+    /// apt, dpkg...), and a Ctrl-C at the terminal reaches rootfs only, which
+    /// then cleans up in order. Off for tools that share the user's terminal.
+    func configuration(for command: ToolCommand, ownSession: Bool = true) throws -> Configuration {
         let executable: Executable = command.tool.contains("/") ? .path(FilePath(command.tool)) : .name(command.tool)
         var environment: Environment
         if command.cleanEnvironment {
@@ -94,7 +98,8 @@ public struct ProcessRunner: Sendable {
         }
         var options = PlatformOptions()
         // On cancellation (Ctrl-C), ask politely, then kill.
-        options.teardownSequence = [.gracefulShutDown(allowedDurationToNextStep: .seconds(5))]
+        options.createSession = ownSession
+        options.teardownSequence = [.gracefulShutDown(toProcessGroup: ownSession, allowedDurationToNextStep: .seconds(5))]
         return Configuration(executable: executable, arguments: Arguments(command.arguments), environment: environment,
                              workingDirectory: command.workingDirectory.map { FilePath($0) },
                              platformOptions: options)

@@ -1,0 +1,141 @@
+import Foundation
+
+/// One package installed in a guest tree, as its package manager's database records it.
+public struct InstalledPackage: Sendable, Codable, Equatable, Comparable {
+    public var name: String
+    public var version: String
+    public var architecture: String
+    /// The installed size the database records, in bytes (dpkg records KiB; nil when unknown).
+    public var installedBytes: Int64?
+
+    public init(name: String, version: String, architecture: String, installedBytes: Int64? = nil) {
+        self.name = name
+        self.version = version
+        self.architecture = architecture
+        self.installedBytes = installedBytes
+    }
+
+    public static func < (a: Self, b: Self) -> Bool {
+        (a.name, a.architecture, a.version) < (b.name, b.architecture, b.version)
+    }
+}
+
+/// The packages of a guest tree, read from dpkg's, rpm's or apk's database inside it.
+public struct PackageInventory: Sendable, Codable, Equatable {
+    public enum Database: String, Sendable, Codable { case dpkg, rpm, apk, none }
+    public var database: Database
+    /// Sorted by name, then architecture.
+    public var packages: [InstalledPackage]
+    /// Why the list may be incomplete (e.g. an rpm database but no rpm on this host).
+    public var note: String?
+
+    public static let dpkgStatus = "/var/lib/dpkg/status"
+    public static let apkInstalled = "/lib/apk/db/installed"
+    /// Where RPM databases live in a guest (docs/DISTROS.md: the fedora hook uses the first).
+    public static let rpmDatabases = ["/usr/lib/sysimage/rpm", "/var/lib/rpm"]
+
+    public init(database: Database, packages: [InstalledPackage], note: String? = nil) {
+        self.database = database
+        self.packages = packages.sorted()
+        self.note = note
+    }
+
+    /// Reads the tree's package database; paths are resolved inside the tree.
+    public static func read(tree root: String, runner: ProcessRunner = ProcessRunner()) async throws -> PackageInventory {
+        let guest = GuestTree(root: root)
+        if let status = guest.hostPath(resolving: dpkgStatus), FS.isRegularFile(status) {
+            return PackageInventory(database: .dpkg, packages: parseDpkgStatus(try readText(status)))
+        }
+        if let installed = guest.hostPath(resolving: apkInstalled), FS.isRegularFile(installed) {
+            return PackageInventory(database: .apk, packages: parseApkInstalled(try readText(installed)))
+        }
+        for dbpath in rpmDatabases {
+            guard let host = guest.hostPath(resolving: dbpath), FS.isDirectory(host),
+                  !FS.isMissingOrEmptyDirectory(host) else { continue }
+            guard ProcessRunner.which("rpm") != nil else {
+                return PackageInventory(database: .rpm, packages: [],
+                                        note: "the tree has an RPM database at \(dbpath) but this host has no rpm to read it (apt-get install rpm)")
+            }
+            let output = try await runner.capture(rpmQuery(tree: root, dbpath: dbpath))
+            return PackageInventory(database: .rpm, packages: parseRpmQuery(output.standardOutput))
+        }
+        return PackageInventory(database: .none, packages: [], note: "no dpkg, apk or rpm database in the tree")
+    }
+
+    /// The rpm query listing every package: name, [epoch:]version-release, arch, size (tab-separated).
+    public static func rpmQuery(tree: String, dbpath: String) -> ToolCommand {
+        ToolCommand("rpm", ["--root", tree, "--dbpath", dbpath, "-qa", "--qf",
+                            "%{NAME}\\t%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\\t%{ARCH}\\t%{SIZE}\\n"])
+    }
+
+    static func readText(_ path: String) throws -> String {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw RootfsError("cannot read \(path): \(FS.errnoText())")
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// Paragraphs of `Key: value` fields (dpkg's status file); continuation lines are dropped.
+    static func paragraphs(_ text: String, separator: Character = ":") -> [[String: String]] {
+        var result: [[String: String]] = []
+        var current: [String: String] = [:]
+        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            let line = String(raw)
+            if line.trimmingCharacters(in: .whitespaces).isEmpty {
+                if !current.isEmpty { result.append(current); current = [:] }
+                continue
+            }
+            if line.first == " " || line.first == "\t" { continue }
+            guard let colon = line.firstIndex(of: separator) else { continue }
+            let key = String(line[..<colon])
+            let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            if current[key] == nil { current[key] = value }
+        }
+        if !current.isEmpty { result.append(current) }
+        return result
+    }
+
+    /// Installed packages of a dpkg status file (every state but not-installed and config-files).
+    public static func parseDpkgStatus(_ text: String) -> [InstalledPackage] {
+        paragraphs(text).compactMap { fields in
+            guard let name = fields["Package"], let status = fields["Status"] else { return nil }
+            let state = status.split(separator: " ").last.map(String.init) ?? ""
+            guard !["not-installed", "config-files"].contains(state) else { return nil }
+            return InstalledPackage(name: name, version: fields["Version"] ?? "", architecture: fields["Architecture"] ?? "",
+                                    installedBytes: fields["Installed-Size"].flatMap { Int64($0) }.map { $0 * 1024 })
+        }.sorted()
+    }
+
+    /// apk's installed database: paragraphs of one-letter fields (P name, V version, A arch, I size).
+    public static func parseApkInstalled(_ text: String) -> [InstalledPackage] {
+        paragraphs(text).compactMap { fields in
+            guard let name = fields["P"] else { return nil }
+            return InstalledPackage(name: name, version: fields["V"] ?? "", architecture: fields["A"] ?? "",
+                                    installedBytes: fields["I"].flatMap { Int64($0) })
+        }.sorted()
+    }
+
+    /// The files apk's installed database lists per package (F: directory, R: file in it).
+    static func apkFiles(_ text: String) -> [String: [String]] {
+        var files: [String: [String]] = [:]
+        var package: String?
+        var directory = ""
+        for raw in text.split(separator: "\n") {
+            let line = String(raw)
+            if line.hasPrefix("P:") { package = String(line.dropFirst(2)); directory = "" }
+            else if line.hasPrefix("F:") { directory = String(line.dropFirst(2)) }
+            else if line.hasPrefix("R:"), let package {
+                files[package, default: []].append("/" + (directory.isEmpty ? "" : directory + "/") + line.dropFirst(2))
+            }
+        }
+        return files
+    }
+
+    public static func parseRpmQuery(_ text: String) -> [InstalledPackage] {
+        text.split(separator: "\n").compactMap { line in
+            let f = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+            guard f.count >= 4, !f[0].isEmpty, f[0] != "gpg-pubkey" else { return nil }
+            return InstalledPackage(name: f[0], version: f[1], architecture: f[2], installedBytes: Int64(f[3]))
+        }.sorted()
+    }
+}

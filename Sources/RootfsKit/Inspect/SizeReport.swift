@@ -1,0 +1,236 @@
+import Foundation
+
+/// Where the bytes of a rootfs go: the largest directories and packages
+/// (`rootfs size`), from a rootfs directory or a tar/cpio archive of one.
+public struct SizeReport: Sendable, Codable, Equatable {
+    public struct Directory: Sendable, Codable, Equatable {
+        public var path: String
+        /// Regular files below it, each hard-linked file counted once.
+        public var bytes: Int64
+        public var files: Int
+    }
+    public struct Package: Sendable, Codable, Equatable {
+        public var name: String
+        public var version: String
+        public var bytes: Int64
+        public var files: Int?
+    }
+
+    public var source: String
+    public var totalBytes: Int64
+    public var files: Int
+    public var depth: Int
+    public var directories: [Directory]
+    public var packageDatabase: String
+    /// How package sizes were found: "files" (the package's file list summed in the tree) or "database".
+    public var packageSizes: String?
+    public var packages: [Package]
+    public var note: String?
+
+    /// Builds the report for a rootfs directory or an archive; `top` limits both lists.
+    public static func make(path: String, top: Int = 15, depth: Int = 3,
+                            runner: ProcessRunner = ProcessRunner()) async throws -> SizeReport {
+        let index: TreeIndex
+        var inventory: PackageInventory
+        if FS.isDirectory(path) {
+            index = try TreeIndex(directory: path)
+            inventory = try await PackageInventory.read(tree: path, runner: runner)
+        } else if FS.isRegularFile(path) {
+            index = try TreeIndex(archive: path)
+            if let status = index.content(of: PackageInventory.dpkgStatus) {
+                inventory = PackageInventory(database: .dpkg, packages: PackageInventory.parseDpkgStatus(status))
+            } else if let installed = index.content(of: PackageInventory.apkInstalled) {
+                inventory = PackageInventory(database: .apk, packages: PackageInventory.parseApkInstalled(installed))
+            } else if PackageInventory.rpmDatabases.contains(where: { index.isDirectory($0) }) {
+                inventory = PackageInventory(database: .rpm, packages: [],
+                                             note: "an RPM database cannot be read inside an archive: extract it and run `rootfs size DIR`")
+            } else {
+                inventory = PackageInventory(database: .none, packages: [], note: "no dpkg, apk or rpm database found")
+            }
+        } else {
+            throw RootfsError("\(path) does not exist", hint: "give a rootfs directory or a tar/cpio archive of one")
+        }
+
+        // Directories: every regular file counts in each of its ancestors.
+        var totals: [String: (bytes: Int64, files: Int)] = [:]
+        for (file, size) in index.files {
+            var dir = file
+            repeat {
+                dir = dir == "/" ? "" : FS.parent(dir)
+                if dir.isEmpty { break }
+                totals[dir, default: (0, 0)].bytes += size
+                totals[dir, default: (0, 0)].files += 1
+            } while dir != "/"
+        }
+        let directories = totals.filter { $0.key != "/" && $0.key.split(separator: "/").count <= depth }
+            .map { Directory(path: $0.key, bytes: $0.value.bytes, files: $0.value.files) }
+            .sorted { ($0.bytes, $1.path) > ($1.bytes, $0.path) }
+
+        // Packages: the files each lists, summed in the tree; else the database's own figure.
+        var packages: [Package] = []
+        var method: String?
+        let lists = index.packageFileLists(database: inventory.database)
+        if !lists.isEmpty {
+            method = "files"
+            var counted = Set<String>()
+            for p in inventory.packages {
+                guard let list = lists[p.name] else { continue }
+                var bytes: Int64 = 0
+                var files = 0
+                for listed in list {
+                    guard let real = index.resolve(listed, followLast: false), let size = index.files[real],
+                          counted.insert(real).inserted else { continue }
+                    bytes += size
+                    files += 1
+                }
+                packages.append(Package(name: p.name, version: p.version, bytes: bytes, files: files))
+            }
+        } else if inventory.packages.contains(where: { $0.installedBytes != nil }) {
+            method = "database"
+            packages = inventory.packages.map { Package(name: $0.name, version: $0.version, bytes: $0.installedBytes ?? 0, files: nil) }
+        }
+        packages.sort { ($0.bytes, $1.name) > ($1.bytes, $0.name) }
+
+        return SizeReport(source: path, totalBytes: index.files.values.reduce(0, +), files: index.files.count, depth: depth,
+                          directories: Array(directories.prefix(top)), packageDatabase: inventory.database.rawValue,
+                          packageSizes: method, packages: Array(packages.prefix(top)), note: inventory.note)
+    }
+
+    /// The report for people.
+    public var text: String {
+        func size(_ b: Int64) -> String { formatBytes(b).leftPadded(to: 10) }
+        var lines = ["\(source): \(formatBytes(totalBytes)) in \(files) files"]
+        lines.append("")
+        lines.append("largest directories (everything below them, up to depth \(depth)):")
+        lines += directories.map { "  \(size($0.bytes))  \($0.path)  (\($0.files) files)" }
+        lines.append("")
+        switch packageSizes {
+        case "files": lines.append("largest packages (\(packageDatabase); their files as found in the tree):")
+        case "database": lines.append("largest packages (\(packageDatabase); installed size its database records):")
+        default: lines.append("packages: \(note ?? "no sizes known (\(packageDatabase))")")
+        }
+        lines += packages.map { "  \(size($0.bytes))  \($0.name) \($0.version)" }
+        return lines.joined(separator: "\n")
+    }
+}
+
+extension String {
+    func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: " ", count: width - count) + self
+    }
+}
+
+/// The files, links and directories of a tree (guest paths), from a directory or an archive.
+struct TreeIndex {
+    /// Regular files -> size; a hard-linked file's size is counted at its first name only.
+    var files: [String: Int64] = [:]
+    var symlinks: [String: String] = [:]
+    var directories: Set<String> = ["/"]
+    /// The contents of the package-database files, by guest path.
+    var contents: [String: String] = [:]
+    private var root: String?
+
+    static func isDatabaseFile(_ path: String) -> Bool {
+        path.hasSuffix("/dpkg/status") || (path.contains("/dpkg/info/") && path.hasSuffix(".list"))
+            || path.hasSuffix("/apk/db/installed")
+    }
+
+    init(directory: String) throws {
+        root = FS.absolute(directory)
+        var seen = Set<HardLinkKey>()
+        try TreeWalker(root: directory).walk { item in
+            let path = item.path == [46] ? "/" : "/" + item.pathString
+            switch item.fileType {
+            case S_IFDIR: directories.insert(path)
+            case S_IFLNK: symlinks[path] = String(decoding: item.linkTarget ?? [], as: UTF8.self)
+            case S_IFREG:
+                let st = item.stat
+                let first = st.st_nlink < 2 || seen.insert(HardLinkKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))).inserted
+                files[path] = first ? Int64(st.st_size) : 0
+            default: break
+            }
+        }
+    }
+
+    init(archive: String) throws {
+        let reader = try ArchiveReader(path: archive)
+        while true {
+            guard let (peek, _) = try reader.next() else { break }
+            var path = peek.path
+            while path.hasPrefix("./") { path.removeFirst(2) }
+            path = "/" + path
+            while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
+            switch peek.fileType {
+            case 0o040000: directories.insert(path)
+            case 0o120000: symlinks[path] = peek.symlink ?? ""
+            case 0o100000:
+                files[path] = peek.hardlink == nil ? peek.size : 0
+                if Self.isDatabaseFile(path) {
+                    contents[path] = String(decoding: try reader.readData(of: path), as: UTF8.self)
+                }
+            default: break
+            }
+        }
+    }
+
+    func isDirectory(_ guestPath: String) -> Bool {
+        resolve(guestPath).map { directories.contains($0) } ?? false
+    }
+
+    /// A database file's text, the guest path resolved inside the tree.
+    func content(of guestPath: String) -> String? {
+        guard let real = resolve(guestPath) else { return nil }
+        if let root {
+            guard files[real] != nil else { return nil }
+            return (try? PackageInventory.readText(root + real))
+        }
+        return contents[real]
+    }
+
+    /// Resolves a guest path through the tree's own links (never the host's).
+    func resolve(_ path: String, followLast: Bool = true) -> String? {
+        var pending = path.split(separator: "/").map(String.init)
+        var resolved: [String] = []
+        var hops = 0
+        while !pending.isEmpty {
+            let name = pending.removeFirst()
+            if name == "." || name.isEmpty { continue }
+            if name == ".." { _ = resolved.popLast(); continue }
+            let candidate = "/" + (resolved + [name]).joined(separator: "/")
+            if let target = symlinks[candidate], followLast || !pending.isEmpty {
+                hops += 1
+                if hops > 40 { return nil }
+                if target.hasPrefix("/") { resolved = [] }
+                pending = target.split(separator: "/").map(String.init) + pending
+                continue
+            }
+            resolved.append(name)
+        }
+        return "/" + resolved.joined(separator: "/")
+    }
+
+    /// Package name -> the paths it installed (dpkg's info/*.list, apk's R: lines).
+    func packageFileLists(database: PackageInventory.Database) -> [String: [String]] {
+        switch database {
+        case .dpkg:
+            var lists: [String: [String]] = [:]
+            let infoDir = resolve("/var/lib/dpkg/info") ?? "/var/lib/dpkg/info"
+            let names: [String]
+            if let root {
+                names = ((try? FileManager.default.contentsOfDirectory(atPath: root + infoDir)) ?? []).filter { $0.hasSuffix(".list") }
+            } else {
+                names = contents.keys.filter { FS.parent($0) == infoDir && $0.hasSuffix(".list") }.map { FS.basename($0) }
+            }
+            for name in names {
+                guard let text = content(of: infoDir + "/" + name) else { continue }
+                let package = String(name.dropLast(5).prefix { $0 != ":" })
+                lists[package, default: []] += text.split(separator: "\n").map(String.init)
+            }
+            return lists
+        case .apk:
+            return content(of: PackageInventory.apkInstalled).map(PackageInventory.apkFiles) ?? [:]
+        case .rpm, .none:
+            return [:]
+        }
+    }
+}
