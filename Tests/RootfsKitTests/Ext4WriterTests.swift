@@ -134,6 +134,9 @@ import Testing
 
     @Test func theCLIChoosesTheWriterAndRefusesAnUnknownOne() async throws {
         let tree = try Self.makeTree()
+        // The mke2fs path fixes times with debugfs, which cannot address the non-UTF-8 name.
+        var badName = Array((tree + "/bad-").utf8) + [0xff, 0xfe, 0x41, 0]
+        _ = badName.withUnsafeMutableBufferPointer { $0.withMemoryRebound(to: CChar.self) { unlink($0.baseAddress!) } }
         let work = tree + "/.."
         try TarWriter(compression: .none, epoch: Self.epoch).write(source: .directory(tree), to: work + "/tree.tar")
         let env = ["SOURCE_DATE_EPOCH": String(Self.epoch)]
