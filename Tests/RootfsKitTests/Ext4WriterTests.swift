@@ -184,6 +184,27 @@ import Testing
         #expect(lstat(image, &st) == 0 && st.st_blocks * 512 < 64 << 20, "allocated \(st.st_blocks * 512) bytes")
     }
 
+    /// An ordinary user (nobody, via setpriv) writes the image from a tar: owners,
+    /// setuid bits and devices come from the tar, the bytes equal root's image.
+    @Test func anOrdinaryUserWritesTheSameImageFromATar() async throws {
+        let tree = try Self.makeTree()
+        let work = FS.parent(tree)
+        chmod(work, 0o777)
+        try TarWriter(compression: .none, epoch: Self.epoch).write(source: .directory(tree), to: work + "/tree.tar")
+        chmod(work + "/tree.tar", 0o644)
+        let env = ["SOURCE_DATE_EPOCH": String(Self.epoch)]
+        let asRoot = try await Fixtures.rootfs(["image", work + "/tree.tar", "-o", work + "/root.img"], environment: env)
+        #expect(asRoot.status == 0, "\(asRoot.stderr)")
+        try await ProcessRunner().capture(ToolCommand("setpriv", [
+            "--reuid=65534", "--regid=65534", "--clear-groups", "env", "SOURCE_DATE_EPOCH=\(Self.epoch)",
+            Fixtures.rootfsBinary, "image", work + "/tree.tar", "-o", work + "/nobody.img"]))
+        var st = stat()
+        #expect(lstat(work + "/nobody.img", &st) == 0 && st.st_uid == 65534)
+        #expect(FileManager.default.contentsEqual(atPath: work + "/root.img", andPath: work + "/nobody.img"))
+        let file = try await Self.debugfs(work + "/nobody.img?offset=1048576", "stat /a/file")
+        #expect(file.contains("Mode:  04755") && file.contains("User:  1234   Group:  5678"), "\(file)")
+    }
+
     @Test func aTreeWhoseLostAndFoundIsAFileIsRefused() async throws {
         let root = try Fixtures.temporaryDirectory("ext4-lpf") + "/tree"
         try FS.makeDirectories(root)
