@@ -160,6 +160,7 @@ import Testing
     /// leaf block (depth 1). Its zeros are skipped, so the image stays sparse.
     @Test func aLargeFileGetsAnExtentTreeAndKeepsItsContent() async throws {
         let root = try Fixtures.temporaryDirectory("ext4-large") + "/tree"
+        defer { FS.remove(FS.parent(root)) }
         try FS.makeDirectories(root)
         let fd = open(root + "/huge", O_CREAT | O_WRONLY, 0o644)
         #expect(ftruncate(fd, 2100 << 20) == 0)
@@ -222,6 +223,7 @@ import Testing
     @Test func debianTreeIsCleanReadsBackAndBoots() async throws {
         let tree = try await Fixtures.debian.tree(agentInit: true)
         let work = try Fixtures.temporaryDirectory("ext4-debian")
+        defer { FS.remove(work) }
         let image = work + "/debian-native.img"
         let r = try await Fixtures.rootfs(["image", tree.directory, "-o", image, "--ext4-writer", "native"],
                                          environment: ["SOURCE_DATE_EPOCH": "1700000000"])
