@@ -29,6 +29,8 @@ struct ImageFlags: ParsableArguments {
     var noPartitionTable = false
     @Option(name: .customLong("fs"), help: "File system of disk images: ext4 or erofs.")
     var filesystem: FilesystemType = .ext4
+    @Option(name: .customLong("ext4-writer"), help: "What writes ext4 file systems: native (rootfs's own writer: fast, reproducible, from a tar without root) or mke2fs (mke2fs -d).")
+    var ext4Writer: Ext4WriterKind = .native
     @Flag(help: "Prepend Kata's 2 MiB NVDIMM/DAX header to the disk image (MBR only).")
     var dax = false
     @Option(help: ArgumentHelp("Kernel for kernel+initrd and iso-bios (default: the tree's /boot/vmlinuz*).", valueName: "FILE"))
@@ -49,6 +51,7 @@ struct ImageFlags: ParsableArguments {
         o.partitionTable = noPartitionTable ? .none : partitionTable
         o.filesystem = filesystem
         o.dax = dax
+        o.ext4Writer = ext4Writer
         o.kernel = kernel.map(FS.absolute)
         o.cmdline = cmdline
         o.epoch = epoch
@@ -59,6 +62,7 @@ struct ImageFlags: ParsableArguments {
 
 extension PartitionTable: ExpressibleByArgument {}
 extension FilesystemType: ExpressibleByArgument {}
+extension Ext4WriterKind: ExpressibleByArgument {}
 extension OutputFormat: ExpressibleByArgument {
     public init?(argument: String) { try? self.init(OutputFormat.parse(argument)) }
     public static var allValueStrings: [String] { allCases.map(\.rawValue) }

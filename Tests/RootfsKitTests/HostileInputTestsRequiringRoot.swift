@@ -94,8 +94,15 @@ private func contains(_ path: String, _ needle: String) throws -> Bool {
         #expect(sparse.contains("Size: 2147483648"))
         try await runner.capture(ToolCommand("e2fsck", ["-fn", part]))
 
-        // ext4 with SOURCE_DATE_EPOCH: every name is addressed by debugfs; a newline cannot be, and is refused by name.
+        // ext4 with SOURCE_DATE_EPOCH, native writer: no name goes through debugfs, so a newline is kept.
         options.epoch = 1_700_000_000
+        _ = try await ImageWriter(options: options).write(.raw, source: .directory(tree), to: dir + "/native-epoch.img")
+        try await runner.capture(ToolCommand("e2fsck", ["-fn", dir + "/native-epoch.img?offset=1048576"]))
+        let names = try await runner.capture(ToolCommand("debugfs", ["-R", "ls -l /a", dir + "/native-epoch.img?offset=1048576"])).standardOutput
+        #expect(names.contains("new\\x0aline"), "\(names)")  // debugfs prints the byte as \x0a
+
+        // ext4 with SOURCE_DATE_EPOCH, mke2fs writer: every name is addressed by debugfs; a newline cannot be, and is refused by name.
+        options.ext4Writer = .mke2fs
         await #expect {
             _ = try await ImageWriter(options: options).write(.raw, source: .directory(tree), to: dir + "/epoch.img")
         } throws: { error in

@@ -492,8 +492,9 @@ public struct Builder: Sendable {
         if let image = plan.image {
             try Task.checkCancellation()
             console.phase("image: \(image)")
-            let (stats, uuid) = try await DiskImageWriter(freeSpaceMiB: plan.freeSpaceMiB, epoch: plan.epoch)
-                .write(source: source, to: image)
+            var disk = DiskImageWriter(freeSpaceMiB: plan.freeSpaceMiB, epoch: plan.epoch)
+            disk.ext4Writer = plan.imageOptions.ext4Writer
+            let (stats, uuid) = try await disk.write(source: source, to: image)
             outputs.append(BuildOutput(kind: "image", path: image, bytes: stats.outputBytes, sha256: try SHA256.hexDigest(ofFile: image)))
             console.info("    ext4 \(uuid), \(formatBytes(stats.outputBytes))")
             done()

@@ -25,8 +25,8 @@ public struct MBR: Sendable, Equatable {
 }
 
 /// Kata's image_builder.sh without root, loop devices or retries: a raw disk
-/// with an MBR and one ext4 partition at 1 MiB, filled by `mke2fs -d` straight
-/// into the image file, sized in one pass from the tree.
+/// with an MBR and one ext4 partition at 1 MiB, written straight into the image
+/// file by the native Ext4Writer (or `mke2fs -d`), sized from the tree.
 public struct DiskImageWriter: Sendable {
     public static let partitionOffset: Int64 = 1 << 20
     public var freeSpaceMiB: Int
@@ -37,6 +37,8 @@ public struct DiskImageWriter: Sendable {
     public var filesystem: FilesystemType = .ext4
     /// Prepend Kata's 2 MiB NVDIMM/DAX header.
     public var dax = false
+    /// Which program writes ext4: rootfs's own writer (default) or `mke2fs -d`.
+    public var ext4Writer: Ext4WriterKind = .native
 
     public init(freeSpaceMiB: Int = 64, label: String = "rootfs", epoch: Int? = nil) {
         self.freeSpaceMiB = freeSpaceMiB
@@ -125,7 +127,14 @@ public struct DiskImageWriter: Sendable {
             throw RootfsError("--dax needs an MBR partition table (Kata's NVDIMM layout)",
                               hint: "drop --partition-table gpt / --no-partition-table, or drop --dax")
         }
-        let (root, cleanup) = try source.materialized(near: output)
+        let native = filesystem == .ext4 && ext4Writer == .native
+        let root: String
+        let cleanup: @Sendable () -> Void
+        if native {
+            (root, cleanup) = (source.path, {})
+        } else {
+            (root, cleanup) = try source.materialized(near: output)
+        }
         defer { cleanup() }
         let uuid = filesystemUUID()
         let temporary = FS.siblingTemporaryPath(for: output)
@@ -139,6 +148,15 @@ public struct DiskImageWriter: Sendable {
         var stats = WriteStats()
         let filesystemBytes: Int64
         switch filesystem {
+        case .ext4 where native:
+            let writer = Ext4Writer(label: label, uuid: Ext4Writer.uuidBytes(uuid), epoch: epoch, freeSpaceMiB: freeSpaceMiB)
+            let plan = try writer.plan(source: source)
+            filesystemBytes = plan.filesystemBytes
+            stats.inputBytes = plan.dataBytes
+            guard ftruncate(fd, off_t(base + filesystemBytes + tail)) == 0 else {
+                throw RootfsError("cannot size \(output): \(FS.errnoText())")
+            }
+            try writer.write(plan: plan, source: source, fd: fd, offset: base, name: output)
         case .ext4:
             let sizing = try sizing(tree: root)
             filesystemBytes = sizing.filesystemBytes

@@ -66,6 +66,8 @@ public struct ImageOptions: Sendable {
     public var partitionTable: PartitionTable = .mbr
     public var filesystem: FilesystemType = .ext4
     public var dax = false
+    /// Which program writes ext4 file systems (`--ext4-writer`).
+    public var ext4Writer: Ext4WriterKind = .native
     /// The kernel for kernel+initrd and ISO outputs (default: the tree's /boot/vmlinuz*).
     public var kernel: String?
     public var cmdline = "console=ttyS0"
@@ -139,6 +141,7 @@ public struct ImageWriter: Sendable {
         w.partitionTable = options.partitionTable
         w.filesystem = options.filesystem
         w.dax = options.dax
+        w.ext4Writer = options.ext4Writer
         w.runner = runner
         return w
     }
