@@ -71,7 +71,9 @@ import Testing
         let error = await #expect(throws: RootfsError.self) {
             _ = try await fixture.boot(fixture.initrd, ["sleep", "600"], timeout: 15)
         }
-        #expect(error?.message.contains("did not finish within 15 s") == true)
+        // On a loaded machine the guest may not even be ready by then: either way it is the timeout that ends it.
+        #expect(error?.message.contains("did not finish within 15 s") == true
+                || error?.message.contains("did not become ready within 15 s") == true, "\(String(describing: error))")
         #expect(try processesNamed("qemu-system-x86_64", childrenOf: getpid()).isEmpty)
     }
 
