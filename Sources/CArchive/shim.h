@@ -2,4 +2,6 @@
 #define ROOTFS_CARCHIVE_SHIM_H
 #include <archive.h>
 #include <archive_entry.h>
+/* zstd directly, for multi-threaded compression with small jobs (bounded memory). */
+#include <zstd.h>
 #endif

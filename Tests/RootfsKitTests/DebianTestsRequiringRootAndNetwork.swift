@@ -82,6 +82,12 @@ import Testing
         print("DebianBootTests: initrd: \(r.stderr.split(separator: "\n").filter { $0.contains("ready in") }.joined())")
         let seven = try await Fixtures.rootfs(["boot", tree.initrd, "--kernel", kernel, "--", "sh", "-c", "exit 7"])
         #expect(seven.status == 7, "\(seven.stderr.suffix(2000))")
+        // The default compression (zstd, written by libzstd with two workers) boots too.
+        let dir = try Fixtures.temporaryDirectory("zstd-initrd")
+        defer { FS.remove(dir) }
+        try InitrdWriter(compression: .zstd).write(tree: tree.directory, to: dir + "/x.initrd")
+        let zstd = try await Fixtures.rootfs(["boot", dir + "/x.initrd", "--kernel", kernel, "--", "cat", "/etc/os-release"])
+        #expect(zstd.status == 0 && zstd.stdout.contains("ID=debian"), "\(zstd.stderr.suffix(2000))")
     }
 
     @Test func debianDiskWithSystemdStartsTheAgentFromItsUnit() async throws {
