@@ -11,6 +11,10 @@ dest=${1:-.build-kernel}
 mkdir -p "$dest"
 dest=$(cd "$dest" && pwd)
 
+# Several test suites may ask at once: one fetches, the others wait and reuse it.
+exec 9>"$dest/.lock"
+flock 9
+
 existing=$(ls "$dest"/root/boot/vmlinuz-* 2>/dev/null | head -n 1 || true)
 if [ -n "$existing" ]; then
     echo "$existing"
@@ -32,10 +36,12 @@ trap 'rm -rf "$work"' EXIT
 chmod 0777 "$work"
 (cd "$work" && apt-get download "$pkg" >&2)
 deb=$(ls "$work"/*.deb | head -n 1)
-rm -rf "$dest/root.tmp"
-dpkg -x "$deb" "$dest/root.tmp"
+unpacked=$(mktemp -d "$dest/.root.XXXXXX")
+trap 'rm -rf "$work" "$unpacked"' EXIT
+chmod 0755 "$unpacked"
+dpkg -x "$deb" "$unpacked"
 rm -rf "$dest/root"
-mv "$dest/root.tmp" "$dest/root"
+mv "$unpacked" "$dest/root"
 
 kernel=$(ls "$dest"/root/boot/vmlinuz-* | head -n 1)
 # Kernel images are installed 0600; the tests (and qemu) only need to read it.

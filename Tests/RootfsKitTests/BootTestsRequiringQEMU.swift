@@ -161,7 +161,12 @@ actor BootFixture {
         return Prepared(kernel: kernel, initrd: good, brokenInitrd: broken, serviceInitrd: service, disk: disk)
     }
 
+    /// The test kernel, fetched at most once per test process (suites ask concurrently).
     static func kernel(packageRoot: URL) async throws -> String {
+        try await KernelCache.shared.path { try await fetchKernel(packageRoot: packageRoot) }
+    }
+
+    static func fetchKernel(packageRoot: URL) async throws -> String {
         if let path = ProcessInfo.processInfo.environment["ROOTFS_TEST_KERNEL"], !path.isEmpty { return path }
         let script = packageRoot.appendingPathComponent("scripts/fetch-test-kernel.sh").path
         let dest = packageRoot.appendingPathComponent(".build-kernel").path
@@ -252,4 +257,17 @@ final class Collected: @unchecked Sendable {
     private var bytes: [UInt8] = []
     func append(_ more: [UInt8]) { lock.lock(); bytes += more; lock.unlock() }
     var text: String { lock.lock(); defer { lock.unlock() }; return String(decoding: bytes, as: UTF8.self) }
+}
+
+/// One kernel fetch per test process.
+actor KernelCache {
+    static let shared = KernelCache()
+    private var task: Task<String, any Error>?
+
+    func path(_ fetch: @escaping @Sendable () async throws -> String) async throws -> String {
+        if let task { return try await task.value }
+        let started = Task { try await fetch() }
+        task = started
+        return try await started.value
+    }
 }
