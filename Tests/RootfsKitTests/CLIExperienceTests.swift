@@ -236,22 +236,10 @@ func sha256sum(_ path: String) async throws -> String {
 /// its first invocation builds the package (a few minutes on 2 cores).
 @Suite(.serialized, .timeLimit(.minutes(20))) struct PluginTestsRequiringSwiftPM {
     static func swiftPackage(_ arguments: [String]) async throws -> Fixtures.CLIResult {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try #require(ProcessRunner.which("swift")))
-        process.arguments = ["package", "--scratch-path", Fixtures.repositoryRoot + "/.build-plugin-test",
-                             "--allow-writing-to-package-directory", "rootfs"] + arguments
-        process.currentDirectoryURL = URL(fileURLWithPath: Fixtures.repositoryRoot)
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        async let o = Task.detached { out.fileHandleForReading.readDataToEndOfFile() }.value
-        async let e = Task.detached { err.fileHandleForReading.readDataToEndOfFile() }.value
-        let (od, ed) = await (o, e)
-        process.waitUntilExit()
-        return .init(status: process.terminationStatus, stdout: String(decoding: od, as: UTF8.self),
-                     stderr: String(decoding: ed, as: UTF8.self))
+        try await Fixtures.run(try #require(ProcessRunner.which("swift")),
+                               ["package", "--scratch-path", Fixtures.repositoryRoot + "/.build-plugin-test",
+                                "--allow-writing-to-package-directory", "rootfs"] + arguments,
+                               workingDirectory: Fixtures.repositoryRoot)
     }
 
     @Test func pluginRunsTheCheckoutsRootfs() async throws {

@@ -133,14 +133,7 @@ public struct OverlayApplier {
                 let fd = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
                 guard fd >= 0 else { throw RootfsError("cannot create \(guest) in the rootfs: \(FS.errnoText())") }
                 defer { close(fd) }
-                try item.copyContent(buffer: buffer) { chunk in
-                    var off = 0
-                    while off < chunk.count {
-                        let n = write(fd, chunk.baseAddress! + off, chunk.count - off)
-                        guard n > 0 else { throw RootfsError("cannot write \(guest) in the rootfs: \(FS.errnoText())") }
-                        off += n
-                    }
-                }
+                try item.copyContent(buffer: buffer) { chunk in try FS.writeAll(chunk, to: fd, name: "\(guest) in the rootfs") }
                 placed[item.path] = destination
             case FileType.lnk:
                 guard (item.linkTarget ?? []).withCString({ symlink($0, destination) }) == 0 else {

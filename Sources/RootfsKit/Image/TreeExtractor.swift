@@ -70,14 +70,7 @@ public struct TreeExtractor {
                 let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
                 guard fd >= 0 else { throw RootfsError("cannot create \(path): \(FS.errnoText())") }
                 defer { close(fd) }
-                try item.copyContent(buffer: buffer) { chunk in
-                    var off = 0
-                    while off < chunk.count {
-                        let n = write(fd, chunk.baseAddress! + off, chunk.count - off)
-                        guard n > 0 else { throw RootfsError("cannot write \(path): \(FS.errnoText())") }
-                        off += n
-                    }
-                }
+                try item.copyContent(buffer: buffer) { chunk in try FS.writeAll(chunk, to: fd, name: path) }
                 files.insert(item.path)
             case FileType.lnk:
                 let ok = (item.linkTarget ?? []).withCString { symlink($0, path) } == 0

@@ -130,6 +130,17 @@ public enum FS {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// Writes all of `chunk` to `fd` (retrying short writes and EINTR); `name` is for the error.
+    public static func writeAll(_ chunk: UnsafeRawBufferPointer, to fd: Int32, name: String) throws {
+        var offset = 0
+        while offset < chunk.count {
+            let n = Glibc.write(fd, chunk.baseAddress! + offset, chunk.count - offset)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw RootfsError("cannot write \(name): \(FS.errnoText())") }
+            offset += n
+        }
+    }
+
     /// Moves `source` to `destination` atomically (same file system).
     public static func rename(_ source: String, to destination: String) throws {
         if Foundation.rename(source, destination) != 0 {

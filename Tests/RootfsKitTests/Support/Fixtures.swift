@@ -39,8 +39,14 @@ enum Fixtures {
     /// Runs the real `rootfs` executable.
     static func rootfs(_ arguments: [String], environment: [String: String] = [:],
                        workingDirectory: String? = nil) async throws -> CLIResult {
+        try await run(rootfsBinary, arguments, environment: environment, workingDirectory: workingDirectory)
+    }
+
+    /// Runs a program with no standard input and collects its output and exit status.
+    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
+                    workingDirectory: String? = nil) async throws -> CLIResult {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: rootfsBinary)
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         env.merge(environment) { $1 }
