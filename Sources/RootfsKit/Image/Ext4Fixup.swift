@@ -23,20 +23,9 @@ public struct Ext4Fixup: Sendable {
 
     public var isNeeded: Bool { epoch != nil || ownership }
 
-    /// debugfs reads one command a line and splits words at blanks outside double
-    /// quotes (a quote inside is doubled). A newline cannot be expressed.
+    /// A guest path as one debugfs word (see `DebugfsCommand`: quoted, NUL/LF/CR refused).
     static func quote(_ path: [UInt8]) throws -> [UInt8] {
-        if path.contains(10) || path.contains(0) {
-            throw RootfsError("the ext4 writer cannot normalise the entry \(String(decoding: path, as: UTF8.self).debugDescription): its name holds a newline, which debugfs cannot address",
-                              hint: "rename it, write a tar/initrd (which keep such names), or write the image without SOURCE_DATE_EPOCH as root")
-        }
-        var out: [UInt8] = [34]
-        for b in path {
-            out.append(b)
-            if b == 34 { out.append(34) }
-        }
-        out.append(34)
-        return out
+        try DebugfsCommand.quote(path, what: "the entry \(debugName(path))")
     }
 
     /// The debugfs commands, one per line, in the source's canonical order.
@@ -44,8 +33,15 @@ public struct Ext4Fixup: Sendable {
     /// otherwise it holds empty placeholder files in their place.
     public func script(for source: TreeSource, materializedDevices: Bool, deviceInodes: [[UInt8]: Int] = [:]) throws -> [UInt8] {
         var out: [UInt8] = []
-        func line(_ words: [UInt8]...) {
-            out += words.joined(separator: [32])
+        // Every line starts with a command word of ours; guest paths are quoted words.
+        // A line fgets would split is refused (DebugfsCommand.maximumLineLength).
+        func line(_ words: [UInt8]...) throws {
+            let text = Array(words.joined(separator: [32]))
+            guard text.count < DebugfsCommand.maximumLineLength else {
+                throw RootfsError("a path of \(text.count) bytes is too long to be passed to debugfs",
+                                  hint: "use the native ext4 writer (the default), which takes any name")
+            }
+            out += text
             out.append(10)
         }
         try source.walk { item in
@@ -63,35 +59,35 @@ public struct Ext4Fixup: Sendable {
                 let blocks: [UInt64] = major < 256 && minor < 256
                     ? [major * 256 + minor, 0, 0]
                     : [0, (minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12), 0]
-                line(Array("sif".utf8), q, Array("flags".utf8), Array("0".utf8))
+                try line(Array("sif".utf8), q, Array("flags".utf8), Array("0".utf8))
                 for (i, b) in blocks.enumerated() {
-                    line(Array("sif".utf8), q, Array("block[\(i)]".utf8), Array(String(b).utf8))
+                    try line(Array("sif".utf8), q, Array("block[\(i)]".utf8), Array(String(b).utf8))
                 }
-                line(Array("sif".utf8), q, Array("mode".utf8), Array(("0" + String(item.mode, radix: 8)).utf8))
+                try line(Array("sif".utf8), q, Array("mode".utf8), Array(("0" + String(item.mode, radix: 8)).utf8))
                 // The directory entry still says "regular file": unlinking and linking the same
                 // inode again rewrites it in place with the device's type.
                 if let inode = deviceInodes[item.path] {
                     let parent = parentPath(item.path)
-                    line(Array("cd".utf8), try Self.quote([47] + (parent == [46] ? [] : parent)))
+                    try line(Array("cd".utf8), try Self.quote([47] + (parent == [46] ? [] : parent)))
                     let name = try Self.quote(Array(item.path.split(separator: 47).last ?? []))
-                    line(Array("unlink".utf8), name)
-                    line(Array("link".utf8), Array("<\(inode)>".utf8), name)
-                    line(Array("cd".utf8), [47])
+                    try line(Array("unlink".utf8), name)
+                    try line(Array("link".utf8), Array("<\(inode)>".utf8), name)
+                    try line(Array("cd".utf8), [47])
                 }
             }
             let sif = Array("sif".utf8)
             if ownership {
-                line(sif, q, Array("uid".utf8), Array(String(item.uid).utf8))
-                line(sif, q, Array("gid".utf8), Array(String(item.gid).utf8))
+                try line(sif, q, Array("uid".utf8), Array(String(item.uid).utf8))
+                try line(sif, q, Array("gid".utf8), Array(String(item.gid).utf8))
                 if item.fileType != FileType.lnk {
-                    line(sif, q, Array("mode".utf8), Array(("0" + String(item.mode, radix: 8)).utf8))
+                    try line(sif, q, Array("mode".utf8), Array(("0" + String(item.mode, radix: 8)).utf8))
                 }
             }
             if let epoch {
                 let mtime = min(item.mtime, epoch)
                 for (field, value) in [("atime", epoch), ("ctime", epoch), ("crtime", epoch), ("mtime", mtime)] {
-                    line(sif, q, Array(field.utf8), Array("@\(value)".utf8))
-                    line(sif, q, Array((field + "_extra").utf8), Array("0".utf8))
+                    try line(sif, q, Array(field.utf8), Array("@\(value)".utf8))
+                    try line(sif, q, Array((field + "_extra").utf8), Array("0".utf8))
                 }
             }
         }
@@ -142,7 +138,10 @@ public struct Ext4Fixup: Sendable {
     func inodes(of paths: [[UInt8]], image: String, offset: Int64) async throws -> [[UInt8]: Int] {
         guard !paths.isEmpty else { return [:] }
         var script: [UInt8] = []
-        for p in paths { script += Array("stat ".utf8) + (try Self.quote([47] + p)) + [10] }
+        for p in paths {
+            let what = "the device node \(debugName([47] + p))"
+            script += try DebugfsCommand("stat").quoted([47] + p, what: what).line(what: what)
+        }
         let cmdFile = FS.siblingTemporaryPath(for: image) + ".stat"
         defer { unlink(cmdFile) }
         FileManager.default.createFile(atPath: cmdFile, contents: Data(script))

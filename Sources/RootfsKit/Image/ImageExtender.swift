@@ -90,7 +90,9 @@ public struct ImageExtender: Sendable {
             try FS.makeDirectories(work + "/overlay")
             try OverlayApplier(tree: GuestTree(root: work + "/overlay")).apply(overlays)
             let commands = try DebugfsScript.commands(for: work + "/overlay", epoch: epoch)
-            try commands.joined(separator: "\n").appending("\n").write(toFile: work + "/cmds", atomically: false, encoding: .utf8)
+            guard FileManager.default.createFile(atPath: work + "/cmds", contents: Data(commands)) else {
+                throw RootfsError("cannot write \(work)/cmds: \(FS.errnoText())")
+            }
             let copy = work + "/image"
             try FS.copyFile(FS.absolute(image), to: copy)
             let out = try await runner.capture(ToolCommand("debugfs", ["-w", "-f", work + "/cmds", "\(copy)?offset=\(offset)"]))
@@ -107,32 +109,40 @@ public struct ImageExtender: Sendable {
 }
 
 /// debugfs commands that lay a directory over an ext4 file system: directories
-/// made, files and links replaced, modes, owners and times set. Names debugfs
-/// cannot quote (spaces, quotes, newlines) are refused.
+/// made, files and links replaced, modes, owners and times set. Every guest
+/// path and link target is passed as one quoted word (`DebugfsCommand`), so no
+/// byte of it can end the line or start a command; names debugfs cannot
+/// express (NUL, LF, CR) are refused.
 enum DebugfsScript {
-    static func commands(for root: String, epoch: Int?) throws -> [String] {
-        var out: [String] = []
+    static func commands(for root: String, epoch: Int?) throws -> [UInt8] {
+        var out: [UInt8] = []
         try TreeWalker(root: root).walk { entry in
             guard entry.path != [46] else { return }
-            let path = "/" + entry.pathString
-            if path.contains(where: { $0 == " " || $0 == "\"" || $0 == "\n" || $0 == "\t" }) {
-                throw RootfsError("overlay path \(path) holds a space or quote, which extend cannot pass to debugfs")
-            }
+            let path: [UInt8] = [47] + entry.path
+            let what = "overlay path \(debugName(path))"
             let st = entry.stat
-            let host = root + "/" + entry.pathString
+            let host: [UInt8] = Array(root.utf8) + [47] + entry.path
+            func emit(_ c: DebugfsCommand) throws { out += try c.line(what: what) }
             switch entry.fileType {
             case S_IFDIR:
-                out.append("mkdir \(path)")
+                try emit(DebugfsCommand("mkdir").quoted(path, what: what))
             case S_IFREG:
-                out += ["rm \(path)", "write \(host) \(path)"]
+                try emit(DebugfsCommand("rm").quoted(path, what: what))
+                try emit(DebugfsCommand("write").quoted(host, what: what).quoted(path, what: what))
             case S_IFLNK:
-                out += ["rm \(path)", "symlink \(path) \(String(decoding: entry.linkTarget ?? [], as: UTF8.self))"]
+                let target = entry.linkTarget ?? []
+                try emit(DebugfsCommand("rm").quoted(path, what: what))
+                try emit(DebugfsCommand("symlink").quoted(path, what: what)
+                    .quoted(target, what: "the target of the link \(debugName(path))"))
             default:
-                throw RootfsError("overlay \(path): special files cannot be added to an ext4 image by extend")
+                throw RootfsError("overlay \(debugName(path)): special files cannot be added to an ext4 image by extend")
             }
             let mtime = epoch.map { min($0, st.st_mtim.tv_sec) } ?? st.st_mtim.tv_sec
-            out += ["sif \(path) mode 0\(String(st.st_mode, radix: 8))", "sif \(path) uid \(st.st_uid)",
-                    "sif \(path) gid \(st.st_gid)", "sif \(path) mtime \(mtime)"]
+            let sif = try DebugfsCommand("sif").quoted(path, what: what)
+            try emit(sif.literal("mode").literal("0" + String(st.st_mode, radix: 8)))
+            try emit(sif.literal("uid").literal(String(st.st_uid)))
+            try emit(sif.literal("gid").literal(String(st.st_gid)))
+            try emit(sif.literal("mtime").literal("@\(mtime)"))
         }
         return out
     }
