@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// The typed ext4 structures and the in-process reader, each checked against
 /// tools that did not write the image: dumpe2fs and debugfs read the same bytes

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 @Suite struct GuestTreeTests {
     func tree() throws -> String {
@@ -62,7 +64,7 @@ import Testing
     }
 }
 
-@Suite struct RemoveTestsRequiringRoot {
+@Suite(.requires(.root), .tags(.root)) struct RemoveTestsRequiringRoot {
     @Test func removeDetachesMountsInsideATreeInsteadOfDeletingThroughThem() throws {
         let outside = try Fixtures.temporaryDirectory("host-side")
         let tree = try Fixtures.temporaryDirectory("tree-with-mount")

@@ -1,4 +1,5 @@
 import Foundation
+import RootfsSupport
 
 /// Reads an ext4 file system in process — bare, or at a byte offset inside a
 /// disk image — and yields its tree as TreeItems in the canonical order of

@@ -1,3 +1,6 @@
+import Foundation
+import RootfsSupport
+
 /// The on-disk structures of ext4 that rootfs writes (Ext4Writer) and reads
 /// (Ext4Reader), each with one `encode()` and one `decode(from:)` built on
 /// BinaryEncoder/BinaryDecoder, so no other code knows a field's offset.
