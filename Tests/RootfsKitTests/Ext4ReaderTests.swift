@@ -9,7 +9,7 @@ import Testing
 /// the structures decode; e2fsck -fn judges every image; `mke2fs -d` (Debian's
 /// defaults: 64bit, metadata_csum...) writes the images the reader must read
 /// besides our own writer's. Root: the trees hold devices and foreign owners.
-@Suite(.serialized) struct Ext4ReaderTestsRequiringRoot {
+@Suite(.serialized, .requires(.root), .tags(.root)) struct Ext4ReaderTestsRequiringRoot {
     static let epoch = 1_700_000_000
     /// Every time in the tree, before the epoch, so clamping changes nothing and times must read back exactly.
     static let treeTime = 1_600_000_000
