@@ -99,4 +99,34 @@ import Testing
         let verify = try await Fixtures.run("/usr/sbin/sgdisk", ["-v", dir + "/new.img"])
         #expect(verify.status == 0 && !verify.stdout.contains("Problem"), "\(verify.stdout)")
     }
+
+    /// A bare file system too small for the overlays grows, with a warning; a
+    /// partitioned one is refused with a hint, its image untouched.
+    @Test func aFileSystemTooSmallGrowsWhenBareAndIsRefusedWhenPartitioned() async throws {
+        let dir = try Fixtures.temporaryDirectory("extend-grow")
+        defer { FS.remove(dir) }
+        let tree = try Self.base(dir)
+        let env = ["SOURCE_DATE_EPOCH": String(Self.epoch)]
+        for flags in [["--no-partition-table"], []] {
+            let made = try await Fixtures.rootfs(["image", tree, "-o", dir + "/small.img", "--free-space", "0"] + flags, environment: env)
+            #expect(made.status == 0, "\(made.stderr)")
+            let ov = dir + "/ov"
+            try FS.makeDirectories(ov)
+            let big = open(ov + "/big", O_CREAT | O_WRONLY, 0o644)
+            var chunk = [UInt8](repeating: 0x42, count: 1 << 20)
+            for _ in 0..<64 { _ = write(big, &chunk, chunk.count) }
+            close(big)
+            let r = try await Fixtures.rootfs(["extend", dir + "/small.img", "--overlay", ov, "-o", dir + "/grown.img"], environment: env)
+            if flags.isEmpty {
+                #expect(r.status != 0 && r.stderr.contains("--free-space"), "\(r.stderr)")
+                #expect(!FS.exists(dir + "/grown.img"))
+            } else {
+                #expect(r.status == 0 && r.stderr.contains("grew from"), "\(r.stderr)")
+                #expect(FS.fileSize(dir + "/grown.img") > FS.fileSize(dir + "/small.img"))
+                try await Self.fsck(dir + "/grown.img")
+                #expect(try await Self.debugfs(dir + "/grown.img", "stat /big").contains("Size: 67108864"))
+            }
+            FS.remove(dir + "/small.img"); FS.remove(dir + "/grown.img"); FS.remove(ov)
+        }
+    }
 }
