@@ -1,0 +1,103 @@
+import Glibc
+
+/// A raw disk (or bare file system) read once, in order, in 1 MiB chunks by
+/// the VHDX and dynamic VHD writers: each chunk comes with whether it is all
+/// zeros (a block of zero chunks is not stored), and the identity of the input
+/// (for the reproducible GUIDs) is computed on the way without a second pass.
+struct RawDiskInput: ~Copyable {
+    static let chunkSize = 1 << 20
+
+    let fd: OwnedFileDescriptor
+    /// The input's size in bytes.
+    let size: Int64
+    /// The virtual disk's size: `size` rounded up to whole 512-byte sectors
+    /// (the padding reads as zeros, as a file system would see past its end).
+    let virtualSize: UInt64
+    private var hasher = SHA256()
+    private var next: Int64 = 0
+
+    /// `maximum`: the largest virtual size the format holds, with its name for the error.
+    init(path: String, format: String, maximum: UInt64, maximumText: String) throws {
+        let file = try OwnedFileDescriptor(path: path, flags: O_RDONLY)
+        let size = try file.size()
+        guard size > 0 else { throw RootfsError("\(path) is empty: there is no disk to write as \(format)") }
+        let rounded = try Checked.add(UInt64(size), 511, "the size of \(path)") / 512 * 512
+        guard rounded <= maximum else {
+            throw RootfsError("\(path) is \(size) bytes; \(format) holds at most \(maximumText)",
+                              hint: "use a smaller disk or another format (raw, qcow2)")
+        }
+        self.size = size
+        virtualSize = rounded
+        fd = file
+    }
+
+    /// The bytes added to reach a whole sector (0 when the input is whole sectors).
+    var paddedBytes: Int64 { Int64(virtualSize) - size }
+
+    /// The chunk at `offset` (chunks must be asked for in order): at most 1 MiB and never past
+    /// the input's end (empty there); `zero` when every byte is 0.
+    mutating func chunk(at offset: Int64, count: Int) throws -> (bytes: [UInt8], zero: Bool) {
+        precondition(offset == next && count <= Self.chunkSize, "RawDiskInput: chunks are read in order")
+        let want = Int(max(0, min(Int64(count), size - offset)))
+        next = offset + Int64(count)
+        guard want > 0 else { return ([], true) }
+        let bytes = try fd.read(count: want, at: offset)
+        guard bytes.count == want else { throw RootfsError("\(fd.name) ended early (it changed while being read?)") }
+        let zero = bytes.withUnsafeBytes { Self.isZero($0) }
+        if !zero {
+            // Zero chunks are left out of the identity: their absence and the size stand for them,
+            // so a mostly empty disk is not hashed in full.
+            var position = BinaryEncoder(order: .little)
+            position.append(UInt64(offset))
+            hasher.update(position.bytes)
+            hasher.update(bytes)
+        }
+        return (bytes, zero)
+    }
+
+    /// The input's identity: sha256 of its size and of every non-zero chunk with its offset.
+    mutating func identity() -> [UInt8] {
+        var h = hasher
+        var length = BinaryEncoder(order: .little)
+        length.append(UInt64(size))
+        h.update(length.bytes)
+        return h.finalize()
+    }
+
+    static func isZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        var i = 0
+        let words = bytes.count / 8
+        while i < words {
+            if bytes.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self) != 0 { return false }
+            i += 1
+        }
+        for j in (words * 8)..<bytes.count where bytes[j] != 0 { return false }
+        return true
+    }
+}
+
+/// A GUID derived from a digest, laid out as Microsoft stores GUIDs (the first
+/// three fields little-endian), marked version 4 / RFC 4122 variant so tools
+/// that check the bits accept it.
+enum DerivedGUID {
+    static func make(_ purpose: String, identity: [UInt8], epoch: Int?) -> [UInt8] {
+        var hasher = SHA256()
+        hasher.update(Array("rootfs-guid:\(purpose):\(epoch.map(String.init) ?? "none"):".utf8))
+        hasher.update(identity)
+        var b = Array(hasher.finalize().prefix(16))
+        // Byte 7 holds the high byte of data3 (little-endian): the version nibble.
+        b[7] = (b[7] & 0x0f) | 0x40
+        b[8] = (b[8] & 0x3f) | 0x80
+        return b
+    }
+
+    /// The bytes of a GUID written as data1, data2, data3 and the eight bytes of data4.
+    static func constant(_ data1: UInt32, _ data2: UInt16, _ data3: UInt16, _ data4: [UInt8]) -> [UInt8] {
+        var e = BinaryEncoder(order: .little)
+        e.append(data1)
+        e.append(data2)
+        e.append(data3)
+        e.append(data4)
+        return e.bytes
+    }
+}
