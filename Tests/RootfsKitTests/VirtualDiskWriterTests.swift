@@ -70,6 +70,27 @@ private func makeDisk(_ path: String, size: Int, seed: UInt64) throws -> [UInt8]
         #expect(try fileBytes(dir + "/back.raw") == data + [UInt8](repeating: 0, count: 412))
     }
 
+    /// Past 4 GiB (4096 blocks of 1 MiB) the BAT holds a sector bitmap entry between payload
+    /// entries: data on both sides of it must come back where it was (sparse input, qemu-img compare).
+    @Test func vhdxPastTheFirstSectorBitmapChunk() async throws {
+        let dir = try Fixtures.temporaryDirectory("vhdx-big"); defer { FS.remove(dir) }
+        let size = Int64(5) << 30
+        var gen = TestBytes(seed: 21)
+        var disk = try OwnedFileDescriptor(path: dir + "/disk.raw", flags: O_CREAT | O_WRONLY, mode: 0o644)
+        #expect(ftruncate(disk.raw, off_t(size)) == 0)
+        let offsets: [Int64] = [0, (4095 << 20) + 5, 4096 << 20, (4097 << 20) + 77, size - 4096]
+        for offset in offsets {
+            try disk.writeAll(gen.bytes(4096), at: offset)
+        }
+        try disk.close()
+        let stats = try VHDXWriter(epoch: Self.epoch).write(rawDisk: dir + "/disk.raw", to: dir + "/d.vhdx")
+        #expect(stats.blocks == 5120 && stats.storedBlocks == 5)
+        let check = try await qemuImg(["check", "-f", "vhdx", dir + "/d.vhdx"])
+        #expect(check.status == 0, "\(check.stdout) \(check.stderr)")
+        let compare = try await qemuImg(["compare", "-f", "vhdx", "-F", "raw", dir + "/d.vhdx", dir + "/disk.raw"])
+        #expect(compare.status == 0 && compare.stdout.contains("Images are identical"), "\(compare.stdout) \(compare.stderr)")
+    }
+
     @Test func vhdxLayoutLimits() throws {
         // 64 TiB is the largest VHDX: the block size grows so the BAT stays at 2^20 blocks.
         let largest = try VHDXWriter.Layout(virtualSize: 64 << 40, blockSize: nil)

@@ -6,6 +6,8 @@ import Glibc
 /// (for the reproducible GUIDs) is computed on the way without a second pass.
 struct RawDiskInput: ~Copyable {
     static let chunkSize = 1 << 20
+    /// lseek's SEEK_DATA (Linux, <unistd.h> with _GNU_SOURCE, which Swift's Glibc module does not define).
+    static let seekData: Int32 = 3
 
     let fd: OwnedFileDescriptor
     /// The input's size in bytes.
@@ -15,6 +17,9 @@ struct RawDiskInput: ~Copyable {
     let virtualSize: UInt64
     private var hasher = SHA256()
     private var next: Int64 = 0
+    /// Where the input's next data starts (SEEK_DATA): chunks before it are holes, read as zeros
+    /// without reading them. Int64.max past the last data; -1 when not known yet.
+    private var nextData: Int64 = -1
 
     /// `maximum`: the largest virtual size the format holds, with its name for the error.
     init(path: String, format: String, maximum: UInt64, maximumText: String) throws {
@@ -41,6 +46,12 @@ struct RawDiskInput: ~Copyable {
         let want = Int(max(0, min(Int64(count), size - offset)))
         next = offset + Int64(count)
         guard want > 0 else { return ([], true) }
+        if nextData < offset {
+            // A sparse input (our own raw images leave free space as holes) is not read where it has none.
+            let found = lseek(fd.raw, off_t(offset), Self.seekData)
+            nextData = found >= 0 ? Int64(found) : errno == ENXIO ? Int64.max : offset
+        }
+        if nextData >= offset + Int64(want) { return ([], true) }
         let bytes = try fd.read(count: want, at: offset)
         guard bytes.count == want else { throw RootfsError("\(fd.name) ended early (it changed while being read?)") }
         let zero = bytes.withUnsafeBytes { Self.isZero($0) }
