@@ -145,6 +145,28 @@ private func field(_ name: String, _ text: String) -> String? {
         #expect(field("Root hash", format.stdout) == roots[0])
     }
 
+    /// Kata's measured rootfs layout: the tree goes into a second partition of the same disk
+    /// (library entry point); veritysetup reads it there with --hash-offset.
+    @Test func treeIntoAPartitionOfTheSameDisk() async throws {
+        let dir = try Fixtures.temporaryDirectory("verity-same"); defer { FS.remove(dir) }
+        var gen = TestBytes(seed: 23)
+        let partition = gen.bytes(300 * 4096)
+        let dataOffset: Int64 = 1 << 20, hashOffset: Int64 = 3 << 20
+        try writeFile(dir + "/disk", [UInt8](repeating: 0, count: 1 << 20) + partition + [UInt8](repeating: 0xAA, count: 2 << 20))
+        try writeFile(dir + "/part", partition)
+        let salt = try VerityHashTree.parseSalt(Self.salt)
+        let disk = try OwnedFileDescriptor(path: dir + "/disk", flags: O_RDWR)
+        let p = try VerityHashTree.write(data: disk, offset: dataOffset, length: Int64(partition.count), hash: disk, hashOffset: hashOffset, salt: salt)
+        #expect(p.dataBlocks == 300 && p.hashOffset == hashOffset && p.hashSize == 4 * 4096)
+        // The data partition is untouched; the bytes after the tree too.
+        let after = try fileBytes(dir + "/disk")
+        #expect(Array(after[Int(dataOffset)..<(Int(dataOffset) + partition.count)]) == partition)
+        #expect(after[Int(hashOffset + p.hashSize)] == 0xAA)
+        let verify = try await veritysetup(["verify", "--no-superblock", "--salt=" + Self.salt, "--hash-offset=\(hashOffset)",
+                                            dir + "/part", dir + "/disk", p.rootHash])
+        #expect(verify.status == 0, "\(verify.stderr)")
+    }
+
     @Test func layoutMatchesTheKernelsLevels() throws {
         #expect(try VerityHashTree.levels(dataBlocks: 1).isEmpty)
         #expect(try VerityHashTree.levels(dataBlocks: 128).map(\.count) == [1])

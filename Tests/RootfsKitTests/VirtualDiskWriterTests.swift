@@ -91,6 +91,16 @@ private func makeDisk(_ path: String, size: Int, seed: UInt64) throws -> [UInt8]
         #expect(compare.status == 0 && compare.stdout.contains("Images are identical"), "\(compare.stdout) \(compare.stderr)")
     }
 
+    /// The identity's fast hash is the real XXH64: values from xxhsum -H64 (Debian's xxhash 0.8).
+    @Test func xxh64MatchesXxhsum() {
+        let pattern = (0..<1_000_003).map { UInt8(truncatingIfNeeded: ($0 &* 31) ^ ($0 >> 8)) }
+        #expect(XXH64.hash([]) == 0xEF46_DB37_51D8_E999)
+        #expect(XXH64.hash(Array("abc".utf8)) == 0x44BC_2CF5_AD77_0999)
+        #expect(XXH64.hash(Array("abcdefghijklmnopqrstuvwxyz0123456789".utf8)) == 0x64F2_3ECF_1609_B766)
+        #expect(XXH64.hash(Array(pattern.prefix(37))) == 0xA769_A6BA_F5F8_C928)
+        #expect(XXH64.hash(pattern) == 0xFB15_A1AD_2BD9_A2DF)
+    }
+
     @Test func vhdxLayoutLimits() throws {
         // 64 TiB is the largest VHDX: the block size grows so the BAT stays at 2^20 blocks.
         let largest = try VHDXWriter.Layout(virtualSize: 64 << 40, blockSize: nil)
