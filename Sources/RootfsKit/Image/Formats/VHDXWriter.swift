@@ -28,8 +28,8 @@ public struct VirtualDiskStats: Sendable, Equatable {
 /// same, the file is sparse on the host.
 ///
 /// Reproducible: the file write, data write and page 83 GUIDs derive from
-/// the input's identity (sha256 of its non-zero chunks, their offsets and its
-/// size) and SOURCE_DATE_EPOCH; nothing is random and VHDX has no time stamp.
+/// the input's identity (its size, its non-zero chunks' offsets and XXH64s)
+/// and SOURCE_DATE_EPOCH; nothing is random and VHDX has no time stamp.
 public struct VHDXWriter: Sendable {
     public enum Kind: String, Sendable { case dynamic, fixed }
 
