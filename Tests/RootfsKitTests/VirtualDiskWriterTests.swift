@@ -68,6 +68,12 @@ private func makeDisk(_ path: String, size: Int, seed: UInt64) throws -> [UInt8]
         #expect(try await virtualSize(dir + "/fs.vhdx", format: "vhdx") == stats.virtualSize)
         _ = try await qemuImg(["convert", "-f", "vhdx", "-O", "raw", dir + "/fs.vhdx", dir + "/back.raw"])
         #expect(try fileBytes(dir + "/back.raw") == data + [UInt8](repeating: 0, count: 412))
+
+        let vhd = try DynamicVHDWriter(epoch: Self.epoch).write(rawDisk: dir + "/fs.img", to: dir + "/fs.vhd")
+        #expect(vhd.virtualSize == stats.virtualSize && vhd.paddedBytes == 412)
+        #expect(try await virtualSize(dir + "/fs.vhd", format: "vpc") == stats.virtualSize)
+        _ = try await qemuImg(["convert", "-f", "vpc", "-O", "raw", dir + "/fs.vhd", dir + "/back-vhd.raw"])
+        #expect(try fileBytes(dir + "/back-vhd.raw") == data + [UInt8](repeating: 0, count: 412))
     }
 
     /// Past 4 GiB (4096 blocks of 1 MiB) the BAT holds a sector bitmap entry between payload
