@@ -188,20 +188,38 @@ public enum VerityHashTree {
                                 hashAlgorithm: "sha256", hashOffset: hashOffset, hashSize: treeSize)
     }
 
+    /// Which SHA-256 hashes the data blocks: libnettle's when the process has it, else the Swift one.
+    enum Backend: Sendable { case nettle(NettleSHA256), swift }
+    static let backend: Backend = NettleSHA256.shared.map { .nettle($0) } ?? .swift
+
     /// sha256(salt ‖ block) of every 4 KiB block of `data`, into `digests` in order.
-    static func hashBlocks(_ data: UnsafeRawBufferPointer, into digests: UnsafeMutableRawBufferPointer, salt: [UInt8]) {
+    static func hashBlocks(_ data: UnsafeRawBufferPointer, into digests: UnsafeMutableRawBufferPointer, salt: [UInt8],
+                           backend: Backend = backend) {
         let count = data.count / blockSize
         let parts = min(workers, max(1, count / 64))
         let raw = (data: UInt(bitPattern: data.baseAddress), digests: UInt(bitPattern: digests.baseAddress))
         DispatchQueue.concurrentPerform(iterations: parts) { part in
             // Each worker takes a contiguous run of blocks and writes only its own digest slots.
             let data = UnsafeRawPointer(bitPattern: raw.data)!, digests = UnsafeMutableRawPointer(bitPattern: raw.digests)!
-            for b in (count * part / parts)..<(count * (part + 1) / parts) {
-                var h = SHA256()
-                h.update(salt)
-                h.update(UnsafeRawBufferPointer(start: data + b * blockSize, count: blockSize))
-                let digest = h.finalize()
-                digest.withUnsafeBytes { (digests + b * digestSize).copyMemory(from: $0.baseAddress!, byteCount: digestSize) }
+            let blocks = (count * part / parts)..<(count * (part + 1) / parts)
+            switch backend {
+            case .nettle(let nettle):
+                withUnsafeTemporaryAllocation(byteCount: NettleSHA256.contextSize, alignment: 16) { context in
+                    salt.withUnsafeBytes { prefix in
+                        for b in blocks {
+                            nettle.hash(prefix: prefix, UnsafeRawBufferPointer(start: data + b * blockSize, count: blockSize),
+                                        into: digests + b * digestSize, context: context.baseAddress!)
+                        }
+                    }
+                }
+            case .swift:
+                for b in blocks {
+                    var h = SHA256()
+                    h.update(salt)
+                    h.update(UnsafeRawBufferPointer(start: data + b * blockSize, count: blockSize))
+                    let digest = h.finalize()
+                    digest.withUnsafeBytes { (digests + b * digestSize).copyMemory(from: $0.baseAddress!, byteCount: digestSize) }
+                }
             }
         }
     }
