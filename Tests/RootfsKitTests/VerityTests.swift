@@ -165,6 +165,12 @@ private func field(_ name: String, _ text: String) -> String? {
         let verify = try await veritysetup(["verify", "--no-superblock", "--salt=" + Self.salt, "--hash-offset=\(hashOffset)",
                                             dir + "/part", dir + "/disk", p.rootHash])
         #expect(verify.status == 0, "\(verify.stderr)")
+        // A tree that would land on the data it protects is refused before anything is written.
+        #expect(throws: RootfsError.self) {
+            try VerityHashTree.write(data: disk, offset: dataOffset, length: Int64(partition.count), hash: disk,
+                                     hashOffset: dataOffset + 4096, salt: salt)
+        }
+        #expect(try fileBytes(dir + "/disk") == after)
     }
 
     /// libnettle's SHA-256 (found in the process through libarchive) and the Swift one agree on

@@ -158,7 +158,13 @@ public enum VerityHashTree {
         let dataBlocks = UInt64(length) / UInt64(blockSize)
         let layout = try levels(dataBlocks: dataBlocks)
         let treeSize = try hashSize(dataBlocks: dataBlocks)
-        _ = try Checked.add(hashOffset, treeSize, "the end of the dm-verity tree in \(output.name)")
+        let treeEnd = try Checked.add(hashOffset, treeSize, "the end of the dm-verity tree in \(output.name)")
+        var a = stat(), b = stat()
+        if fstat(input.raw, &a) == 0, fstat(output.raw, &b) == 0, a.st_dev == b.st_dev, a.st_ino == b.st_ino,
+           hashOffset < offset + length, offset < treeEnd {
+            throw RootfsError("dm-verity: the tree (bytes \(hashOffset)..<\(treeEnd)) would overwrite the data it protects (\(offset)..<\(offset + length))",
+                              hint: "put the tree after the data or in another partition or file")
+        }
 
         var salted = SHA256()
         salted.update(salt)
