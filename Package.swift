@@ -7,7 +7,7 @@ let package = Package(
     products: [
         .executable(name: "rootfs", targets: ["rootfs"]),
         .executable(name: "rootfs-agent", targets: ["rootfs-agent"]),
-        .library(name: "RootfsKit", targets: ["RootfsKit"]),
+        .library(name: "RootfsKit", targets: ["RootfsKit", "RootfsImage", "RootfsSupport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
@@ -25,14 +25,32 @@ let package = Package(
         .target(name: "AgentProtocol"),
         // reboot(2) for the agent: <sys/reboot.h> is not in Swift's Glibc module.
         .target(name: "CAgentSupport"),
+        // The floors, bottom up. Each target sees only the ones below it, so an
+        // arrow back up (a writer naming a build type) does not compile.
+        // Support: errors, processes, files and descriptors, bytes, digests, guest paths.
+        .target(
+            name: "RootfsSupport",
+            dependencies: [
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ],
+            // The digests are hot paths: optimized even in debug builds.
+            swiftSettings: [.unsafeFlags(["-O"])]
+        ),
+        // Trees and images: the libarchive wrapper, tree sources, ext4, partitions, every writer.
+        .target(
+            name: "RootfsImage",
+            dependencies: ["RootfsSupport", "CArchive"],
+            // The image writers are hot paths and the tests run them on real trees.
+            swiftSettings: [.unsafeFlags(["-O"])]
+        ),
+        // Distros, the build, containers, the manifest, boot: everything that decides what to write.
         .target(
             name: "RootfsKit",
             dependencies: [
                 "AgentProtocol",
-                "CArchive",
-                .product(name: "Subprocess", package: "swift-subprocess"),
+                "RootfsSupport",
+                "RootfsImage",
             ],
-            // The image writer and the digests are hot paths: optimized even in debug builds.
             swiftSettings: [.unsafeFlags(["-O"])]
         ),
         // The thin command-line front end: one file per subcommand.
@@ -63,7 +81,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RootfsKitTests",
-            dependencies: ["RootfsKit", "CArchive", "AgentProtocol"]
+            dependencies: ["RootfsKit", "RootfsImage", "RootfsSupport", "CArchive", "AgentProtocol"]
         ),
     ],
     swiftLanguageModes: [.v6]

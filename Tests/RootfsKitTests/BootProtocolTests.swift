@@ -2,6 +2,8 @@ import AgentProtocol
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 @Suite struct BootProtocolTests {
     static let commands: [[String]] = [

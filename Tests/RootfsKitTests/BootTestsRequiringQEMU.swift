@@ -2,6 +2,8 @@ import AgentProtocol
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// Real boots: qemu-system-x86_64, cpio and gzip on PATH, a static busybox at
 /// /bin/busybox (apt: qemu-system-x86 cpio busybox-static), the built

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// The build end to end with small real distros (bash hooks over busybox-static):
 /// success, and every kind of bad input, which must fail clearly and damage nothing.

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// Decodes a whole stdout as one JSON object (fails if anything else is on stdout).
 func jsonObject(_ text: String) throws -> [String: Any] {

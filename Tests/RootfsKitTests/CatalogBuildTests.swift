@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// A real `rootfs build fedora` on this Debian host: real rpmbuild, createrepo_c
 /// and dnf --installroot from a file:// repository (no Fedora mirror needed).

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// Real container builds: the base image is made with `rootfs builder seed` (no
 /// registry is needed), the builder image from distros/debian/Dockerfile.in, and

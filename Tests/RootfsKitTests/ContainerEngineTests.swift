@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// The engine interface as data: command lines, mounts, environment, rendering
 /// and tags. No engine runs here.

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// Real Debian builds (mmdebstrap from Debian's mirror, as root) and what the
 /// spine promises about them; then booting them with the real CLI under QEMU.

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// libss's word splitting as debugfs applies it to one command-file line: words
 /// split at blanks outside double quotes, `""` inside quotes is one quote. The

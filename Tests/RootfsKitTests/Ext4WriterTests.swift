@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// The native ext4 writer, checked only with tools that did not write the
 /// image: e2fsck (clean, exit 0) and debugfs (stat, cat, ls, rdump) of e2fsprogs.

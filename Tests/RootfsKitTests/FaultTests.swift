@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// Starts the real CLI without waiting; output goes to files.
 private final class RunningCLI: @unchecked Sendable {

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// Every bootable format, written from the real Debian tree (root, network:
 /// mmdebstrap) with `rootfs image` and booted with the real `rootfs boot`

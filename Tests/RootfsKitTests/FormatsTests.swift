@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// Runs a checking tool (not the one that wrote the image) and returns its output.
 private func check(_ tool: String, _ args: [String]) async throws -> String {

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 @Suite struct GuestTreeTests {
     func tree() throws -> String {

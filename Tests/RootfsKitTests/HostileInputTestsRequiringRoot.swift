@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 private let secret = "HOST-SECRET-\(UInt32.random(in: 0 ... .max))"
 

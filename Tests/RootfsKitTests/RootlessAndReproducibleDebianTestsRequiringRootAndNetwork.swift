@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 private let epochEnv = ["SOURCE_DATE_EPOCH": "1700000000"]
 

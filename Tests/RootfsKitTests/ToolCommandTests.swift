@@ -1,5 +1,7 @@
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 @Suite struct ToolCommandTests {
     @Test func quotesOnlyForDisplay() {

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// Deterministic test bytes (SplitMix64), so a failure can be reproduced.
 struct TestBytes {

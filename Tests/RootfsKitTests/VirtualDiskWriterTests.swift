@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// qemu-img, a second implementation, run on what our writers wrote.
 private func qemuImg(_ args: [String]) async throws -> Fixtures.CLIResult {

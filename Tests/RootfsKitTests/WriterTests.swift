@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// A small tree with every kind of entry the writers must keep.
 func makeSampleTree() throws -> String {

@@ -189,14 +189,6 @@ public struct FormatOutput: Sendable, Equatable {
 }
 
 /// One written output.
-public struct BuildOutput: Sendable, Equatable, Codable {
-    public var kind: String
-    public var path: String
-    public var bytes: Int64
-    /// The SHA-256 of a file output (nil for the rootfs directory).
-    public var sha256: String? = nil
-}
-
 /// Runs builds: plan, hook, agent, checks, image writer.
 public struct Builder: Sendable {
     public var console: Console

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// Locations and shared, expensive fixtures for the tests.
 enum Fixtures {

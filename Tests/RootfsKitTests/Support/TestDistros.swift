@@ -1,5 +1,7 @@
 import Foundation
 @testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
 
 /// Small distros written by tests into a temporary --distros-dir. Their hooks
 /// run for real (bash, busybox-static) and need no network.

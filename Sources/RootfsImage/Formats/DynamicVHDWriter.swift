@@ -1,3 +1,4 @@
+import RootfsSupport
 import Glibc
 
 /// Writes a dynamic VHD (Microsoft's VHD format 1.0, LinuxKit's `dynamic-vhd`)

@@ -1,3 +1,4 @@
+import RootfsSupport
 import Foundation
 
 /// Finds the kernel for kernel+initrd and ISO outputs: `--kernel FILE`, or the

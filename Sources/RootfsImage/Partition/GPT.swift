@@ -1,3 +1,4 @@
+import RootfsSupport
 import Foundation
 
 /// CRC-32 (IEEE 802.3, reflected), as GPT headers and entry arrays use it.

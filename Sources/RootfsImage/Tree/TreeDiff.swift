@@ -1,3 +1,4 @@
+import RootfsSupport
 import Foundation
 
 /// Compares two trees (directories, tars, initrds: anything TreeSource reads)

@@ -1,3 +1,4 @@
+import RootfsSupport
 import Foundation
 
 /// Every output rootfs writes, by the name users give to `--format`.

@@ -1,3 +1,4 @@
+import RootfsSupport
 import Foundation
 
 /// Writes a tree source into a new directory, safely: the source already

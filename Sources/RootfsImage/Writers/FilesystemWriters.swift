@@ -1,3 +1,4 @@
+import RootfsSupport
 import Foundation
 
 /// erofs and squashfs images of a tree directory, made by mkfs.erofs and

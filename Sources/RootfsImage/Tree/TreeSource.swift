@@ -1,3 +1,4 @@
+import RootfsSupport
 import CArchive
 import Foundation
 
@@ -18,7 +19,7 @@ public struct TreeItem {
     public var nlink: UInt32
     public var rdev: UInt64
     /// Reads the next bytes of a regular file's content (0 at the end); valid only during the visit.
-    var readContent: ((UnsafeMutableRawBufferPointer) throws -> Int)?
+    public var readContent: ((UnsafeMutableRawBufferPointer) throws -> Int)?
 
     public var fileType: UInt32 { mode & 0o170000 }
     public var permissions: UInt32 { mode & 0o7777 }
@@ -109,14 +110,14 @@ public enum TreeSource: Sendable, CustomStringConvertible {
 }
 
 /// File type bits of a mode, as UInt32 (Glibc's S_IF* are ambiguous in Swift).
-enum FileType {
-    static let reg: UInt32 = 0o100000
+public enum FileType {
+    public static let reg: UInt32 = 0o100000
     static let dir: UInt32 = 0o040000
     static let lnk: UInt32 = 0o120000
-    static let chr: UInt32 = 0o020000
-    static let blk: UInt32 = 0o060000
-    static let ifo: UInt32 = 0o010000
-    static let sock: UInt32 = 0o140000
+    public static let chr: UInt32 = 0o020000
+    public static let blk: UInt32 = 0o060000
+    public static let ifo: UInt32 = 0o010000
+    public static let sock: UInt32 = 0o140000
     static let all: [UInt32] = [reg, dir, lnk, chr, blk, ifo, sock]
 }
 

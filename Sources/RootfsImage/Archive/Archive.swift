@@ -1,3 +1,4 @@
+import RootfsSupport
 import CArchive
 import Foundation
 
@@ -7,8 +8,8 @@ public enum Compression: String, Sendable, CaseIterable, Codable {
 }
 
 /// A libarchive write handle: freed in deinit, every return code checked.
-final class ArchiveWriteHandle {
-    enum Format { case cpioNewc, paxRestricted }
+public final class ArchiveWriteHandle {
+    public enum Format { case cpioNewc, paxRestricted }
 
     let pointer: OpaquePointer
     private var closed = false

@@ -1,3 +1,4 @@
+import RootfsSupport
 import Foundation
 
 /// What `mke2fs -d` cannot get right by itself, set afterwards with one

@@ -1,3 +1,4 @@
+import RootfsSupport
 import Glibc
 
 /// A raw disk (or bare file system) read once, in order, in 1 MiB chunks by

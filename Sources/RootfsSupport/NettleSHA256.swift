@@ -10,7 +10,7 @@ import Glibc
 /// Only looked up, never loaded: `RTLD_NOLOAD` finds the library if the
 /// process already has it and nothing else. The soname pins the ABI (nettle 3:
 /// `sha256_digest(ctx, length, digest)`; nettle 4 changes it under another soname).
-struct NettleSHA256: @unchecked Sendable {
+public struct NettleSHA256: @unchecked Sendable {
     typealias Initialize = @convention(c) (UnsafeMutableRawPointer) -> Void
     typealias Update = @convention(c) (UnsafeMutableRawPointer, Int, UnsafeRawPointer) -> Void
     typealias Digest = @convention(c) (UnsafeMutableRawPointer, Int, UnsafeMutableRawPointer) -> Void
@@ -19,10 +19,10 @@ struct NettleSHA256: @unchecked Sendable {
     let update: Update
     let digest: Digest
     /// struct sha256_ctx is 112 bytes in nettle 3; room to spare.
-    static let contextSize = 256
+    public static let contextSize = 256
 
     /// nil when libnettle.so.8 is not in the process (then use `SHA256`).
-    static let shared: NettleSHA256? = {
+    public static let shared: NettleSHA256? = {
         guard let handle = dlopen("libnettle.so.8", RTLD_NOW | RTLD_NOLOAD),
               let i = dlsym(handle, "nettle_sha256_init"),
               let u = dlsym(handle, "nettle_sha256_update"),
@@ -32,7 +32,7 @@ struct NettleSHA256: @unchecked Sendable {
     }()
 
     /// sha256(prefix ‖ data) into `out` (32 bytes), with `context` as scratch (`contextSize` bytes).
-    func hash(prefix: UnsafeRawBufferPointer, _ data: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer,
+    public func hash(prefix: UnsafeRawBufferPointer, _ data: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer,
               context: UnsafeMutableRawPointer) {
         initialize(context)
         if prefix.count > 0 { update(context, prefix.count, prefix.baseAddress!) }

@@ -1,3 +1,4 @@
+import RootfsSupport
 import CArchive
 import Foundation
 

@@ -1,3 +1,4 @@
+import RootfsSupport
 import Foundation
 
 /// One object in a tree, as the writer sees it.

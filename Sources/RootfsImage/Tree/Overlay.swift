@@ -1,3 +1,4 @@
+import RootfsSupport
 import Foundation
 
 /// One composition step applied to a built tree before the writers run.

@@ -1,3 +1,5 @@
+import RootfsSupport
+
 /// One line of a `debugfs -f` command file, built from bytes.
 ///
 /// debugfs reads its command file with `fgets` into a BUFSIZ buffer, cuts the

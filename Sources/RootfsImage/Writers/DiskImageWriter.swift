@@ -1,3 +1,4 @@
+import RootfsSupport
 import Foundation
 
 /// A partition table entry of a raw disk image.

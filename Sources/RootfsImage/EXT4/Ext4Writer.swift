@@ -1,3 +1,4 @@
+import RootfsSupport
 import Foundation
 
 /// Which program writes the ext4 file system of disk images.

@@ -1,3 +1,4 @@
+import RootfsSupport
 import CArchive
 import Foundation
 
@@ -15,7 +16,7 @@ public typealias WriteProgress = @Sendable (WriteStats) -> Void
 /// Streams a tree into a cpio or tar archive through libarchive: entries in
 /// the walker's stable order, inode numbers assigned in that order, hard links
 /// stored once (data with the first name), mtimes clamped to SOURCE_DATE_EPOCH.
-struct TreeArchiver {
+public struct TreeArchiver {
     var format: ArchiveWriteHandle.Format
     var compression: Compression
     var level: Int?
@@ -26,13 +27,25 @@ struct TreeArchiver {
     /// Called as the archive grows (entries, input bytes, bytes written so far).
     var progress: WriteProgress?
     /// Changes each item before it is written (rootless builds: owners and modes from the hook's tar).
-    var transform: ((inout TreeItem) throws -> Void)? = nil
+    public var transform: ((inout TreeItem) throws -> Void)? = nil
+
+    public init(format: ArchiveWriteHandle.Format, compression: Compression, level: Int? = nil, epoch: Int? = nil,
+                syntheticLinks: [(path: String, target: String)] = [], progress: WriteProgress? = nil,
+                transform: ((inout TreeItem) throws -> Void)? = nil) {
+        self.format = format
+        self.compression = compression
+        self.level = level
+        self.epoch = epoch
+        self.syntheticLinks = syntheticLinks
+        self.progress = progress
+        self.transform = transform
+    }
 
     func write(tree root: String, to output: String) throws -> WriteStats {
         try write(source: .directory(root), to: output)
     }
 
-    func write(source: TreeSource, to output: String) throws -> WriteStats {
+    public func write(source: TreeSource, to output: String) throws -> WriteStats {
         let temporary = FS.siblingTemporaryPath(for: output)
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw RootfsError("cannot create \(output): \(FS.errnoText())") }
@@ -154,9 +167,14 @@ struct TreeArchiver {
     }
 }
 
-struct HardLinkKey: Hashable {
-    var dev: UInt64
-    var ino: UInt64
+public struct HardLinkKey: Hashable {
+    public var dev: UInt64
+    public var ino: UInt64
+
+    public init(dev: UInt64, ino: UInt64) {
+        self.dev = dev
+        self.ino = ino
+    }
 }
 
 /// Kata's initrd_builder.sh, in-process: a cpio newc archive of the tree with

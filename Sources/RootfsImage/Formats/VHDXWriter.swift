@@ -1,3 +1,4 @@
+import RootfsSupport
 import Glibc
 
 /// What a virtual disk writer wrote.
@@ -142,7 +143,7 @@ public struct VHDXWriter: Sendable {
             try out.writeAll(bytes, at: Int64(offset))
         }
         guard ftruncate(out.raw, off_t(next)) == 0 else {
-            throw RootfsError("cannot set the size of \(output): \(FS.errnoText())", hint: FS.writeFailureHint())
+            throw RootfsError("cannot set the size of \(output): \(FS.errnoText())")
         }
         try out.close()
         try FS.rename(temporary, to: output)
@@ -158,7 +159,7 @@ public struct VHDXWriter: Sendable {
         // File type identifier: signature and a UTF-16 creator name (diagnostic only).
         var identifier = BinaryEncoder(order: .little, capacity: 4096)
         identifier.append(Array("vhdxfile".utf8))
-        for unit in "rootfs \(RootfsVersion.version)".utf16 { identifier.append(unit) }
+        for unit in "rootfs".utf16 { identifier.append(unit) }
         identifier.append(UInt16(0))
         parts.append((0, identifier.bytes))
 

@@ -1,0 +1,17 @@
+/// One output a writer produced: what it is, where, how big, and its digest.
+/// It lives with the writers (not with the build) so that writers never
+/// refer to the layer above them.
+public struct BuildOutput: Sendable, Equatable, Codable {
+    public var kind: String
+    public var path: String
+    public var bytes: Int64
+    /// The SHA-256 of a file output (nil for the rootfs directory).
+    public var sha256: String? = nil
+
+    public init(kind: String, path: String, bytes: Int64, sha256: String? = nil) {
+        self.kind = kind
+        self.path = path
+        self.bytes = bytes
+        self.sha256 = sha256
+    }
+}
