@@ -43,7 +43,7 @@ private func field(_ name: String, _ text: String) -> String? {
 }
 
 /// `rootfs verity` against veritysetup: the same tree and root hash, and veritysetup verifies ours.
-@Suite struct VerityTests {
+@Suite(.requires(.veritysetup), .tags(.veritysetup)) struct VerityTests {
     static let salt = "5eed00112233445566778899aabbccddeeff00112233445566778899aabbccdd"
 
     @Test(arguments: [1, 2, 127, 128, 129, 1000, 16385])

@@ -28,7 +28,7 @@ private func makeDisk(_ path: String, size: Int, seed: UInt64) throws -> [UInt8]
     return disk
 }
 
-@Suite struct VirtualDiskWriterTests {
+@Suite(.requires(.qemuImg), .tags(.qemuImg)) struct VirtualDiskWriterTests {
     static let epoch = 1_700_000_000
 
     @Test(arguments: [VHDXWriter.Kind.dynamic, .fixed])
