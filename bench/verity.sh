@@ -64,12 +64,12 @@ measure() {
     sync
     local t0 t1
     t0=$(date +%s%N)
-    /usr/bin/time -v -o "$work/time.out" "$@" > "$work/cmd.out" 2>&1 || { cat "$work/cmd.out" >&2; exit 1; }
+    /usr/bin/time -v -o "$work/verity-time.out" "$@" > "$work/verity-cmd.out" 2>&1 || { cat "$work/verity-cmd.out" >&2; exit 1; }
     t1=$(date +%s%N)
     local rss user sys
-    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time.out")
-    user=$(awk -F': ' '/User time/ {print $2}' "$work/time.out")
-    sys=$(awk -F': ' '/System time/ {print $2}' "$work/time.out")
+    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/verity-time.out")
+    user=$(awk -F': ' '/User time/ {print $2}' "$work/verity-time.out")
+    sys=$(awk -F': ' '/System time/ {print $2}' "$work/verity-time.out")
     jq -nc --arg name "$name" --argjson run "$run" --argjson ns $((t1 - t0)) --argjson rss "$rss" \
         --argjson user "$user" --argjson sys "$sys" \
         '{name: $name, run: $run, seconds: ($ns / 1e9), cpu: ($user + $sys), rss_kb: $rss}' >> "$raw"
@@ -77,13 +77,13 @@ measure() {
 
 for run in $(seq 1 "$runs"); do
     echo "bench: run $run/$runs" >&2
-    measure veritysetup "$run" "$work/theirs.hash" veritysetup format --no-superblock --hash=sha256 \
-        --data-block-size=4096 --hash-block-size=4096 --salt="$salt" "$data" "$work/theirs.hash"
-    theirs=$(awk '/^Root hash:/ {print $3}' "$work/cmd.out")
-    measure rootfs "$run" "$work/ours.hash" "$rootfs_bin" verity -q "$data" -o "$work/ours.hash" --salt "$salt"
-    ours=$(tr -d '[:space:]' < "$work/cmd.out")
+    measure veritysetup "$run" "$work/verity-theirs.hash" veritysetup format --no-superblock --hash=sha256 \
+        --data-block-size=4096 --hash-block-size=4096 --salt="$salt" "$data" "$work/verity-theirs.hash"
+    theirs=$(awk '/^Root hash:/ {print $3}' "$work/verity-cmd.out")
+    measure rootfs "$run" "$work/verity-ours.hash" "$rootfs_bin" verity -q "$data" -o "$work/verity-ours.hash" --salt "$salt"
+    ours=$(tr -d '[:space:]' < "$work/verity-cmd.out")
     [ "$ours" = "$theirs" ] || { echo "bench: root hashes differ: ours $ours, veritysetup $theirs" >&2; exit 1; }
-    cmp -s "$work/ours.hash" "$work/theirs.hash" || { echo "bench: the hash trees differ" >&2; exit 1; }
+    cmp -s "$work/verity-ours.hash" "$work/verity-theirs.hash" || { echo "bench: the hash trees differ" >&2; exit 1; }
 done
 
 jq -s --argjson mib "$size_mib" --arg bin "$rootfs_bin" --arg cpus "$(nproc)" '
