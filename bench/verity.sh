@@ -95,6 +95,6 @@ jq -s --argjson mib "$size_mib" --arg bin "$rootfs_bin" --arg cpus "$(nproc)" '
      ratio_wall: ($f.rootfs.median_s / $f.veritysetup.median_s), runs: .}' "$raw" > "$out"
 
 jq -r '"data: \(.data_mib) MiB, \(.cpus) CPUs; same root hash and tree every run",
-       (.figures | to_entries[] | "\(.key): median \(.value.median_s | . * 100 | round / 100) s (min \(.value.min_s | . * 100 | round / 100) s), cpu \(.value.cpu_s) s, \(.value.mib_per_s | round) MiB/s, peak RSS \(.value.peak_rss_mb | round) MB"),
+       (.figures | to_entries[] | "\(.key): median \(.value.median_s | . * 100 | round / 100) s (min \(.value.min_s | . * 100 | round / 100) s), cpu \(.value.cpu_s | . * 100 | round / 100) s, \(.value.mib_per_s | round) MiB/s, peak RSS \(.value.peak_rss_mb | round) MB"),
        "ours / veritysetup (wall, median): \(.ratio_wall | . * 100 | round / 100)"' "$out"
 echo "bench: results in $out" >&2
