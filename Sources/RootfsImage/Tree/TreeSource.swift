@@ -28,7 +28,7 @@ public struct TreeItem {
 
     /// Copies the content into `body` chunk by chunk, exactly `size` bytes (a short
     /// source is padded with zeros so headers written before stay true).
-    func copyContent(buffer: UnsafeMutableRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+    public func copyContent(buffer: UnsafeMutableRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
         guard size > 0 else { return }
         var remaining = size
         while remaining > 0 {
