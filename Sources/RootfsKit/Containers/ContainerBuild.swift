@@ -7,6 +7,9 @@ public enum ContainerPaths {
     public static let distro = root + "/distro"
     /// A second directory when rootfs_lib.sh lives apart from config.sh, read-only.
     public static let library = root + "/lib"
+    /// Kata's script_dir (the directory holding the distro directories), read-only:
+    /// Kata's debian sources `${script_dir}/ubuntu/config.sh`.
+    public static let scriptDirectory = root + "/distros"
     /// The hook helpers file, read-only.
     public static let helpers = root + "/hook-helpers.sh"
     /// The tree the hook fills, read-write.
@@ -64,6 +67,9 @@ public struct ContainerBuild: Sendable, Equatable {
         var mounts = [ContainerMount(source: configDir, target: ContainerPaths.distro, readOnly: true)]
         if libraryDir != configDir {
             mounts.append(ContainerMount(source: libraryDir, target: ContainerPaths.library, readOnly: true))
+        }
+        if let scriptDir = invocation.environment["script_dir"], scriptDir != "/", scriptDir.hasPrefix("/") {
+            mounts.append(ContainerMount(source: scriptDir, target: ContainerPaths.scriptDirectory, readOnly: true))
         }
         mounts.append(ContainerMount(source: invocation.helperPath, target: ContainerPaths.helpers, readOnly: true))
         mounts.append(ContainerMount(source: invocation.rootfsDirectory, target: ContainerPaths.rootfs, readOnly: false))
