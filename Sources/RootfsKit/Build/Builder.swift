@@ -375,7 +375,7 @@ public struct Builder: Sendable {
                 kind = answering.kind
                 break
             }
-            let what = "distro '\(distro.name)' needs \(missing.joined(separator: ", ")) on this host (HOST_TOOLS in \(distro.configPath))"
+            let what = "distro '\(distro.name)' needs \(missing.joined(separator: ", ")) on this host (HOST_TOOLS in \(distro.configPath), or run by its hook)"
             if let answering {
                 throw RootfsError(what + ", which lacks it",
                                   hint: "\(answering.kind.displayName) answers here: add \(answering.kind.flag) to build inside a builder container, "

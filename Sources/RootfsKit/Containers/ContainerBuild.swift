@@ -116,6 +116,7 @@ public struct ContainerBuild: Sendable, Equatable {
             distro: distro, osName: config.osName ?? distro.name, osVersion: config.osVersion ?? "latest",
             architecture: architecture, configValues: config.values,
             builderBase: builderBase ?? nonEmpty(env["BUILDER_BASE"]), registry: nonEmpty(env["IMAGE_REGISTRY"]),
+            environment: env,
             baseImageID: { await engine.imageID($0, runner: runner) })
         return ContainerBuild(engine: engine, image: image, proxyEnvironment: proxies(from: env),
                               containerName: uniqueName(distro: distro.name))
@@ -142,7 +143,7 @@ public enum HookExecutor: Sendable {
         let steps = StepTracker()
         let command = engine.buildCommand(tag: image.tag, dockerfile: dockerfile, context: image.context,
                                           labels: [BuilderImage.inputsLabel: image.inputsHash],
-                                          buildArguments: build.proxyEnvironment)
+                                          buildArguments: build.proxyEnvironment.merging(image.buildArguments) { $1 })
         do {
             try await runner.stream(command) { line in
                 steps.note(line)
