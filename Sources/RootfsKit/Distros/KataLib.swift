@@ -119,7 +119,7 @@ public enum KataLib {
     __rootfs_kata_dnf_command() {
         local -a pm pkgs
         read -r -a pm <<< "$1"
-        read -r -a pkgs <<< "${EXTRA_PKGS:-} ${PACKAGES:-}"
+        read -r -a pkgs <<< "${EXTRA_PKGS:-} ${PACKAGES[*]:-}"
         printf '%s\n' "${pm[@]}" -y "--installroot=$2" --noplugins
         if [ -n "$3" ]; then printf '%s\n' "--config=$3"; else printf '%s\n' "--releasever=${OS_VERSION:-}"; fi
         printf '%s\n' install "${pkgs[@]}"
