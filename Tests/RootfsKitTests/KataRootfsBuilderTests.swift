@@ -280,8 +280,9 @@ enum KataShapes {
         #expect(FS.isRegularFile(rootfs + "/usr/share/rootfs-kata-seccomp/hello.txt"))
         #expect(!FS.exists(rootfs + "/usr/share/doc"))
         #expect(!FS.exists(rootfs + "/var/cache/dnf"))
-        // The RPM database lists them (dnf wrote it into the tree).
-        let q = try await Catalog.run("rpm", ["--root", rootfs, "-qa", "--qf", "%{NAME}\\n"])
+        // The RPM database lists them, where the guest's rpm looks (not Debian's ~/.rpmdb).
+        #expect(!FS.exists(rootfs + "/root/.rpmdb"))
+        let q = try await Catalog.run("rpm", ["--root", rootfs, "--dbpath", "/var/lib/rpm", "-qa", "--qf", "%{NAME}\\n"])
         #expect(Set(q.standardOutput.split(separator: "\n").map(String.init)) == ["rootfs-kata-hello", "rootfs-kata-seccomp"])
         // kata-agent: the agent is init; the generated dnf configuration was not left anywhere.
         let check = try await Fixtures.rootfs(["check", "--agent-init", rootfs])

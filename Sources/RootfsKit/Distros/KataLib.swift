@@ -136,22 +136,26 @@ public enum KataLib {
         local conf=${DNF_CONF:-} scratch="" pm
         local -a command
         pm=$(__rootfs_kata_pkg_manager) || exit 1
+        scratch=$(mktemp -d "${TMPDIR:-/tmp}/rootfs-dnf.XXXXXX")
         if { [ -z "$conf" ] || [ ! -f "$conf" ]; } && [ -z "${DISTRO_REPO:-}" ]; then
-            scratch=$(mktemp -d "${TMPDIR:-/tmp}/rootfs-dnf.XXXXXX")
             conf=$scratch/kata-${OS_NAME:-distro}-dnf.conf
             DNF_CONF=$conf generate_dnf_config
         fi
         [ -n "${DISTRO_REPO:-}" ] && conf=""
+        # The guest's RPM database where its rpm looks (RPM_DBPATH, default /var/lib/rpm),
+        # whatever this host's rpm defaults to (Debian's: ~/.rpmdb): dnf reads ~/.rpmmacros.
+        mkdir -p "$scratch/home"
+        printf '%%_dbpath %s\n' "${RPM_DBPATH:-/var/lib/rpm}" > "$scratch/home/.rpmmacros"
         mkdir -p "$root"
         mapfile -t command < <(__rootfs_kata_dnf_command "$pm" "$root" "$conf")
         info "install packages for rootfs: $(print_command "${command[@]}")"
         local status=0
-        "${command[@]}" || status=$?
-        [ -z "$scratch" ] || rm -rf -- "$scratch"
+        HOME="$scratch/home" "${command[@]}" || status=$?
+        rm -rf -- "$scratch"
         [ "$status" = 0 ] || die "${command[0]} install failed (exit status $status)"
         # Kata trims documentation; rootfs also drops the package cache the guest never needs.
         rm -rf "$root"/usr/share/{bash-completion,cracklib,doc,info,locale,man,misc,pixmaps,terminfo,zoneinfo,zsh}
-        rm -rf "$root"/var/cache/dnf "$root"/var/cache/yum
+        rm -rf "$root"/var/cache/dnf "$root"/var/cache/yum "$root"/var/log/dnf*.log "$root"/var/log/hawkey.log
     }
     # plan_rootfs ROOTFS_DIR: the default build's command, without running it.
     plan_rootfs() {
