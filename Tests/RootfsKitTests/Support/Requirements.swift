@@ -13,6 +13,8 @@ extension Tag {
     @Tag static var dnf: Self
     @Tag static var busybox: Self
     @Tag static var swiftpm: Self
+    @Tag static var qemuImg: Self
+    @Tag static var veritysetup: Self
 }
 
 /// One thing a test needs. On a laptop a missing one skips the test with the
@@ -20,7 +22,7 @@ extension Tag {
 /// skipped: the test runs and fails loudly if the machine lacks it, and
 /// `.ci/run` fails a run whose log shows a skipped test.
 enum Need: Sendable, CaseIterable, CustomStringConvertible {
-    case root, network, qemu, docker, podman, dnf, busybox, swiftpm
+    case root, network, qemu, docker, podman, dnf, busybox, swiftpm, qemuImg, veritysetup
 
     var description: String {
         switch self {
@@ -32,6 +34,8 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
         case .dnf: "dnf, rpmbuild and createrepo_c"
         case .busybox: "busybox-static (/bin/busybox)"
         case .swiftpm: "the swift package manager"
+        case .qemuImg: "qemu-img (qemu-utils)"
+        case .veritysetup: "veritysetup (cryptsetup-bin)"
         }
     }
 
@@ -45,6 +49,8 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
         case .dnf: .dnf
         case .busybox: .busybox
         case .swiftpm: .swiftpm
+        case .qemuImg: .qemuImg
+        case .veritysetup: .veritysetup
         }
     }
 
@@ -63,6 +69,8 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
         case .dnf: return Need.onPath("dnf") && Need.onPath("rpmbuild") && Need.onPath("createrepo_c")
         case .busybox: return FileManager.default.isExecutableFile(atPath: "/bin/busybox")
         case .swiftpm: return Need.onPath("swift")
+        case .qemuImg: return Need.onPath("qemu-img")
+        case .veritysetup: return Need.onPath("veritysetup") || FileManager.default.isExecutableFile(atPath: "/sbin/veritysetup")
         }
     }
 
