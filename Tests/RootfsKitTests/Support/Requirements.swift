@@ -88,10 +88,14 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
     /// reached with a TCP connection to port 80 within a few seconds.
     static func aptMirrorAnswers() -> Bool {
         var texts: [String] = []
-        for file in ["/etc/apt/sources.list"] + ((try? FileManager.default.contentsOfDirectory(atPath: "/etc/apt/sources.list.d")) ?? []).map({ "/etc/apt/sources.list.d/" + $0 }) {
+        for file in ["/etc/apt/sources.list"] + ((try? FileManager.default.contentsOfDirectory(atPath: "/etc/apt/sources.list.d")) ?? [])
+            .filter { $0.hasSuffix(".list") || $0.hasSuffix(".sources") }.map({ "/etc/apt/sources.list.d/" + $0 }) {
             if let t = try? String(contentsOfFile: file, encoding: .utf8) { texts.append(t) }
         }
-        let hosts = texts.joined(separator: "\n").split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" })
+        // One-line entries ("deb URL suite…") and deb822 entries ("URIs: URL…"); comments skipped.
+        let hosts = texts.joined(separator: "\n").split(separator: "\n")
+            .filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("#") }
+            .flatMap { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }) }
             .compactMap { word -> String? in
                 guard word.hasPrefix("http://") || word.hasPrefix("https://") else { return nil }
                 return word.split(separator: "/").dropFirst(1).first.map(String.init)
