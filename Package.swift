@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "rootfs", targets: ["rootfs"]),
         .executable(name: "rootfs-agent", targets: ["rootfs-agent"]),
+        .executable(name: "rootfs-fuzz", targets: ["rootfs-fuzz"]),
         .library(name: "RootfsKit", targets: ["RootfsKit", "RootfsImage", "RootfsSupport"]),
     ],
     dependencies: [
@@ -67,6 +68,13 @@ let package = Package(
             name: "rootfs-agent",
             dependencies: ["AgentProtocol", "CAgentSupport"],
             linkerSettings: [.unsafeFlags(["-static-executable"])]
+        ),
+        // The parsers that read strangers' bytes, as libFuzzer harnesses (built with
+        // --sanitize=fuzzer -Xswiftc -DFUZZING) or as a corpus replayer (a plain build):
+        // docs/FUZZING.md.
+        .executableTarget(
+            name: "rootfs-fuzz",
+            dependencies: ["RootfsKit", "AgentProtocol"]
         ),
         // `swift package --allow-writing-to-package-directory rootfs ARGS`: the package's
         // own rootfs, from a checkout, with its output and exit status (docs/CLI.md).

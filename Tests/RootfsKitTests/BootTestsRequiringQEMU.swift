@@ -10,7 +10,7 @@ import Testing
 /// rootfs-agent next to the test bundle, and a kernel: ROOTFS_TEST_KERNEL or
 /// the one scripts/fetch-test-kernel.sh puts into .build-kernel/ (fetched on
 /// first use). Guests run under TCG when KVM does not work.
-@Suite(.serialized) struct BootTestsRequiringQEMU {
+@Suite(.serialized, .requires(.root, .network, .qemu, .busybox), .tags(.root, .network, .qemu, .busybox)) struct BootTestsRequiringQEMU {
     @Test func runsACommandAndReturnsItsStatus() async throws {
         let fixture = try await BootFixture.shared.prepare()
         let command = ["sh", "-c", #"echo "a b" "c'd"; exit 7"#]

@@ -6,7 +6,7 @@ import Testing
 
 /// The build end to end with small real distros (bash hooks over busybox-static):
 /// success, and every kind of bad input, which must fail clearly and damage nothing.
-@Suite struct BuildWithTestDistrosTests {
+@Suite(.requires(.busybox), .tags(.busybox)) struct BuildWithTestDistrosTests {
     let distros: String
     let work: String
 

@@ -22,7 +22,7 @@ func sha256sum(_ path: String) async throws -> String {
     return String(output.standardOutput.prefix(64))
 }
 
-@Suite struct JSONOutputTestsRequiringBusybox {
+@Suite(.requires(.busybox), .tags(.busybox)) struct JSONOutputTestsRequiringBusybox {
     @Test func listJSONIsTheWholeStdout() async throws {
         let r = try await Fixtures.rootfs(["list", "--json"])
         #expect(r.status == 0)
@@ -113,7 +113,7 @@ func sha256sum(_ path: String) async throws -> String {
     }
 }
 
-@Suite struct TerminalOutputTests {
+@Suite(.requires(.busybox), .tags(.busybox)) struct TerminalOutputTests {
     static func escapes(_ text: String) -> Bool { text.utf8.contains(0x1b) }
 
     @Test func pipedOutputHasNoEscapeSequences() async throws {
@@ -236,7 +236,7 @@ func sha256sum(_ path: String) async throws -> String {
 /// `swift package rootfs ...` from the checkout. The nested SwiftPM uses its own
 /// scratch path (.build-plugin-test) so it never waits for the outer build's lock;
 /// its first invocation builds the package (a few minutes on 2 cores).
-@Suite(.serialized, .timeLimit(.minutes(20))) struct PluginTestsRequiringSwiftPM {
+@Suite(.serialized, .timeLimit(.minutes(20)), .requires(.swiftpm), .tags(.swiftpm)) struct PluginTestsRequiringSwiftPM {
     static func swiftPackage(_ arguments: [String]) async throws -> Fixtures.CLIResult {
         try await Fixtures.run(try #require(ProcessRunner.which("swift")),
                                ["package", "--scratch-path", Fixtures.repositoryRoot + "/.build-plugin-test",
@@ -271,7 +271,7 @@ func sha256sum(_ path: String) async throws -> String {
 }
 
 /// The manifest and the size report on the real Debian tree (mmdebstrap: root and Debian's mirror).
-@Suite struct ManifestTestsRequiringRootAndNetwork {
+@Suite(.requires(.root, .network), .tags(.root, .network)) struct ManifestTestsRequiringRootAndNetwork {
     @Test func manifestListsExactlyWhatDpkgLists() async throws {
         let tree = try await Fixtures.debian.tree(agentInit: true)
         let query = try await ProcessRunner().capture(ToolCommand("dpkg-query", [
@@ -331,7 +331,7 @@ func sha256sum(_ path: String) async throws -> String {
 }
 
 /// `rootfs boot --json` on the boot tests' busybox initrd (QEMU, the test kernel).
-@Suite struct BootJSONTestsRequiringQEMU {
+@Suite(.requires(.root, .network, .qemu, .busybox), .tags(.root, .network, .qemu, .busybox)) struct BootJSONTestsRequiringQEMU {
     @Test func bootJSONCapturesTheCommandsOutput() async throws {
         let fixture = try await BootFixture.shared.prepare()
         let r = try await Fixtures.rootfs(["boot", fixture.initrd, "--kernel", fixture.kernel, "--json", "--",

@@ -6,7 +6,7 @@ import Testing
 
 /// A real `rootfs build fedora` on this Debian host: real rpmbuild, createrepo_c
 /// and dnf --installroot from a file:// repository (no Fedora mirror needed).
-@Suite struct FedoraBuildTestsRequiringDNF {
+@Suite(.requires(.dnf, .busybox), .tags(.dnf, .busybox)) struct FedoraBuildTestsRequiringDNF {
     @Test func fedoraBuildInstallsTheRPMFromALocalRepositoryWithAnRPMDatabase() async throws {
         let dir = try Fixtures.temporaryDirectory("fedora-build")
         defer { FS.remove(dir) }
@@ -79,7 +79,7 @@ import Testing
 
 /// `rootfs new`, round trip: scaffold, list, the stub's clear failure, a filled-in
 /// build_rootfs() (a busybox-static tree), a real build writing an initrd.
-@Suite struct ScaffoldTestsRequiringBusybox {
+@Suite(.requires(.busybox), .tags(.busybox)) struct ScaffoldTestsRequiringBusybox {
     @Test func newDistroIsListedFailsClearlyAsAStubAndBuildsOnceImplemented() async throws {
         let dir = try Fixtures.temporaryDirectory("scaffold")
         defer { FS.remove(dir) }
@@ -177,7 +177,7 @@ import Testing
 }
 
 /// A distro directory written the way Kata's osbuilder expects builds unchanged.
-@Suite struct KataDropInTestsRequiringRootAndBusybox {
+@Suite(.requires(.root, .busybox), .tags(.root, .busybox)) struct KataDropInTestsRequiringRootAndBusybox {
     @Test func kataStyleDistroBuildsWithInfoDieOKAndExtraPkgs() async throws {
         let dir = try Fixtures.temporaryDirectory("kata")
         defer { FS.remove(dir) }
@@ -250,7 +250,7 @@ import Testing
 }
 
 /// The package manager's own refusal reaches the user (needs Debian's mirror).
-@Suite struct DebianBadSuiteTestsRequiringNetwork {
+@Suite(.requires(.root, .network), .tags(.root, .network)) struct DebianBadSuiteTestsRequiringNetwork {
     @Test func anUnknownSuiteShowsMmdebstrapsMessage() async throws {
         let dir = try Fixtures.temporaryDirectory("badsuite")
         defer { FS.remove(dir) }

@@ -171,7 +171,7 @@ func makeDistro(named name: String, dockerfile: String, library: String) throws 
     return root
 }
 
-@Suite struct ContainerBuildTestsRequiringDocker {
+@Suite(.requires(.root, .network, .docker), .tags(.root, .network, .docker)) struct ContainerBuildTestsRequiringDocker {
     @Test func dockerBuildWritesInitrdAndImageAndMatchesAHostBuild() async throws {
         let tree = try await ContainerTrees.shared.tree(.docker)
         for output in [tree.initrd, tree.image] {
@@ -434,7 +434,7 @@ enum Interrupter {
     }
 }
 
-@Suite struct ContainerBuildTestsRequiringPodman {
+@Suite(.requires(.root, .network, .podman), .tags(.root, .network, .podman)) struct ContainerBuildTestsRequiringPodman {
     @Test func podmanBuildWritesInitrdAndImageAndMatchesAHostBuild() async throws {
         let tree = try await ContainerTrees.shared.tree(.podman)
         for output in [tree.initrd, tree.image] {

@@ -6,7 +6,7 @@ import Testing
 
 /// Real Debian builds (mmdebstrap from Debian's mirror, as root) and what the
 /// spine promises about them; then booting them with the real CLI under QEMU.
-@Suite struct DebianTestsRequiringRootAndNetwork {
+@Suite(.requires(.root, .network), .tags(.root, .network)) struct DebianTestsRequiringRootAndNetwork {
     @Test func agentInitInitrdHasInitAndAgentAndImagePassesFsck() async throws {
         let tree = try await Fixtures.debian.tree(agentInit: true)
         let entries = try ArchiveReader.list(tree.initrd)
@@ -70,7 +70,7 @@ import Testing
     }
 }
 
-@Suite(.serialized) struct DebianBootTestsRequiringQEMUAndNetwork {
+@Suite(.serialized, .requires(.root, .network, .qemu), .tags(.root, .network, .qemu)) struct DebianBootTestsRequiringQEMUAndNetwork {
     func kernel() async throws -> String {
         try await BootFixture.kernel(packageRoot: URL(fileURLWithPath: Fixtures.repositoryRoot))
     }

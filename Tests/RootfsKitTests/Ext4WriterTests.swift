@@ -7,7 +7,7 @@ import Testing
 /// The native ext4 writer, checked only with tools that did not write the
 /// image: e2fsck (clean, exit 0) and debugfs (stat, cat, ls, rdump) of e2fsprogs.
 /// Root: the synthetic tree has device nodes and foreign owners.
-@Suite(.serialized) struct Ext4WriterTestsRequiringRoot {
+@Suite(.serialized, .requires(.root), .tags(.root)) struct Ext4WriterTestsRequiringRoot {
     static let epoch = 1_700_000_000
 
     /// Every entry type: files (empty, random, 200 MiB of zeros created sparse), deep
@@ -221,7 +221,7 @@ import Testing
 
 /// The native writer on the real Debian tree: e2fsck clean, every file, link and
 /// owner read back with debugfs rdump, and the image boots with `rootfs boot`.
-@Suite(.serialized) struct Ext4DebianTestsRequiringRootNetworkAndQEMU {
+@Suite(.serialized, .requires(.root, .network, .qemu), .tags(.root, .network, .qemu)) struct Ext4DebianTestsRequiringRootNetworkAndQEMU {
     @Test func debianTreeIsCleanReadsBackAndBoots() async throws {
         let tree = try await Fixtures.debian.tree(agentInit: true)
         let work = try Fixtures.temporaryDirectory("ext4-debian")

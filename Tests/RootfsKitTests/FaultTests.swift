@@ -56,7 +56,7 @@ private func listing(_ dir: String) -> [String] {
 }
 
 /// Faults during a build and hostile input (docs/FAULTS.md lists each case).
-@Suite struct FaultTests {
+@Suite(.requires(.root, .network, .busybox), .tags(.root, .network, .busybox)) struct FaultTests {
     let distros: String
     let work: String
 

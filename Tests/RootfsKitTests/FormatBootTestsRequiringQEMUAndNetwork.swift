@@ -8,7 +8,7 @@ import Testing
 /// mmdebstrap) with `rootfs image` and booted with the real `rootfs boot`
 /// under QEMU (TCG here), plus the lcow distro's kernel+initrd and VHD.
 /// Each test prints its time to readiness so that regressions show.
-@Suite(.serialized) struct FormatBootTestsRequiringQEMUAndNetwork {
+@Suite(.serialized, .requires(.root, .network, .qemu, .busybox), .tags(.root, .network, .qemu, .busybox)) struct FormatBootTestsRequiringQEMUAndNetwork {
     struct Case: Sendable, CustomTestStringConvertible {
         var name: String
         /// `rootfs image` arguments after TREE (DIR is the output directory, KERNEL the test kernel).

@@ -15,7 +15,7 @@ private func bytes(_ path: String) throws -> Data { try Data(contentsOf: URL(fil
 private let epochEnv = ["SOURCE_DATE_EPOCH": "1700000000"]
 
 /// Every format written from the real Debian tree (root, network: mmdebstrap) and checked by another tool.
-@Suite(.serialized) struct FormatsTests {
+@Suite(.serialized, .requires(.root, .network, .qemu), .tags(.root, .network, .qemu)) struct FormatsTests {
     @Test func tarFromDirectoryAndFromTarIsIdenticalAndReproducible() async throws {
         let tree = try await Fixtures.debian.tree(agentInit: true)
         let dir = try Fixtures.temporaryDirectory("fmt-tar"); defer { FS.remove(dir) }
@@ -143,7 +143,7 @@ private let epochEnv = ["SOURCE_DATE_EPOCH": "1700000000"]
 }
 
 /// Composition: overlays and files, and the escapes they must not make.
-@Suite(.serialized) struct OverlayTests {
+@Suite(.serialized, .requires(.root, .network), .tags(.root, .network)) struct OverlayTests {
     @Test func overlaysKeepArchiveOwnershipAndFilesGoInside() async throws {
         let tree = try await Fixtures.debian.tree(agentInit: true)
         let dir = try Fixtures.temporaryDirectory("ovl"); defer { FS.remove(dir) }

@@ -64,7 +64,7 @@ import Testing
     }
 }
 
-@Suite struct RemoveTestsRequiringRoot {
+@Suite(.requires(.root), .tags(.root)) struct RemoveTestsRequiringRoot {
     @Test func removeDetachesMountsInsideATreeInsteadOfDeletingThroughThem() throws {
         let outside = try Fixtures.temporaryDirectory("host-side")
         let tree = try Fixtures.temporaryDirectory("tree-with-mount")

@@ -14,7 +14,7 @@ private func contains(_ path: String, _ needle: String) throws -> Bool {
 
 /// Trees and archives built to break the writers, and a full disk. Root: device
 /// nodes (mknod) and a tmpfs mount.
-@Suite(.serialized) struct HostileInputTestsRequiringRoot {
+@Suite(.serialized, .requires(.root), .tags(.root)) struct HostileInputTestsRequiringRoot {
     /// Everything odd a tree can hold.
     func hostileTree(_ root: String, hostFile: String) throws {
         try FS.makeDirectories(root + "/etc")

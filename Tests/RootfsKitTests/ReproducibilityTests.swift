@@ -33,7 +33,7 @@ private func makeTree(_ root: String, reversed: Bool) throws {
 
 /// The writers give the same bytes whatever the host's file times and inode
 /// order; `rootfs diff` explains differences entry by entry.
-@Suite struct ReproducibilityTests {
+@Suite(.requires(.busybox), .tags(.busybox)) struct ReproducibilityTests {
     @Test func writersIgnoreHostTimesAndInodeOrder() async throws {
         let dir = try Fixtures.temporaryDirectory("repro-writers")
         defer { FS.remove(dir) }

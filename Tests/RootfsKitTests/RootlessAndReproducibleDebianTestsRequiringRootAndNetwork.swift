@@ -54,7 +54,7 @@ enum RootlessUser {
 
 /// Rootless and reproducible Debian builds: real mmdebstrap from Debian's
 /// mirror (root to create the user and for the reference build; network).
-@Suite(.serialized) struct RootlessAndReproducibleDebianTestsRequiringRootAndNetwork {
+@Suite(.serialized, .requires(.root, .network), .tags(.root, .network)) struct RootlessAndReproducibleDebianTestsRequiringRootAndNetwork {
     private func sha(_ path: String) throws -> String { try SHA256.hexDigest(ofFile: path) }
 
     /// owner and mode of every entry, by path.

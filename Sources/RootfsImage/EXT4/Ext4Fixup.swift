@@ -177,18 +177,3 @@ public struct Ext4Fixup: Sendable {
         try FS.write(sb, to: fd, at: offset + 1024, name: image)
     }
 }
-
-/// CRC-32C (Castagnoli) as ext4 uses it: initial ~0, no final inversion.
-enum CRC32C {
-    static let table: [UInt32] = (0..<256).map { i -> UInt32 in
-        var c = UInt32(i)
-        for _ in 0..<8 { c = c & 1 != 0 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
-        return c
-    }
-
-    static func checksum(_ bytes: ArraySlice<UInt8>, seed: UInt32 = 0xffff_ffff) -> UInt32 {
-        var c = seed
-        for b in bytes { c = table[Int((c ^ UInt32(b)) & 0xff)] ^ (c >> 8) }
-        return c
-    }
-}

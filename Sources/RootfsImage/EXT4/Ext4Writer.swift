@@ -61,15 +61,19 @@ public struct Ext4Writer {
     public func plan(source: TreeSource) throws -> Ext4Plan {
         var p = Ext4Plan()
         try p.read(source: source, epoch: epoch)
-        let free = Int64(freeSpaceMiB) * 256
-        let data = p.nodes.reduce(Int64(0)) { $0 + $1.dataBlocks }
-        try p.layout(freeBlocks: free, journalBlocks: journal ? (data + free < 131072 ? 2048 : 8192) : 0)
+        guard freeSpaceMiB >= 0 else { throw RootfsError("--free-space \(freeSpaceMiB) is negative", hint: "give the free space in MiB (0 or more)") }
+        let free = try Checked.multiply(Int64(freeSpaceMiB), 256, "--free-space \(freeSpaceMiB) MiB in 4 KiB blocks")
+        let data = try p.nodes.reduce(Int64(0)) { try Checked.add($0, $1.dataBlocks, "the blocks of the tree") }
+        let sized = try Checked.add(data, free, "the blocks of the tree and the free space")
+        try p.layout(freeBlocks: free, journalBlocks: journal ? (sized < 131072 ? 2048 : 8192) : 0)
         return p
     }
 
     /// Writes the planned file system into `fd` at `offset` (a second pass over the source for file data).
     public func write(plan: Ext4Plan, source: TreeSource, fd: Int32, offset: Int64, name: String) throws {
-        let out = try BlockStream(fd: fd, base: offset, name: name)
+        let copy = dup(fd)
+        guard copy >= 0 else { throw RootfsError("cannot write \(name): \(FS.errnoText())") }
+        let out = BlockStream(output: OwnedFileDescriptor(taking: copy, name: name), base: offset)
         defer { out.release() }
         try plan.writeData(source: source, to: out)
         try plan.writeMetadata(to: out, label: label, uuid: uuid, time: epoch ?? Int(time(nil)))
@@ -131,6 +135,8 @@ public struct Ext4Plan {
     public var inodeCount: Int { groups * inodesPerGroup }
 
     static let lostFound: UInt32 = 11
+    /// The largest file the layout holds: four extent leaves of full extents.
+    static let maxFileBytes = Int64(4 * Ext4Writer.extentsPerLeaf * Ext4Writer.maxExtentLength) * 4096
 
     private static func typeCode(_ fileType: UInt32) -> UInt8 {
         switch fileType {
@@ -198,9 +204,14 @@ public struct Ext4Plan {
             }
             switch item.fileType {
             case FileType.reg:
+                // Sizes come from the tree (a tar header can say anything): checked, never trapping.
+                guard item.size >= 0, item.size <= Ext4Plan.maxFileBytes else {
+                    throw RootfsError("\(source): \(item.pathString) has a size of \(item.size) bytes, more than the native ext4 writer holds (\(Ext4Plan.maxFileBytes >> 30) GiB)",
+                                      hint: "use --ext4-writer mke2fs for files this large, or check the tree")
+                }
                 node.size = item.size
-                node.dataBlocks = (item.size + 4095) / 4096
-                dataBytes += item.size
+                node.dataBlocks = try Checked.add(item.size, 4095, "the size of \(item.pathString)") / 4096
+                dataBytes = try Checked.add(dataBytes, item.size, "the total size of the files of \(source)")
                 pathIno[item.path] = ino
             case FileType.dir:
                 node.parent = parent
@@ -237,40 +248,50 @@ public struct Ext4Plan {
         for i in nodes.indices where nodes[i].fileType == FileType.dir {
             let links = 2 + nodes[i].subdirs
             nodes[i].links = links >= 65000 ? 1 : links
-            let blocks = Int64(Self.directoryBytes(nodes[i], ino: UInt32(i + 1), count: true).count / 4096)
+            let blocks = Int64(Self.directoryBlocks(nodes[i], ino: UInt32(i + 1)).count)
             nodes[i].dataBlocks = max(blocks, i == 10 ? 4 : 1)
             nodes[i].size = nodes[i].dataBlocks * 4096
         }
     }
 
-    /// The directory blocks (`count`: only the right number of 4 KiB blocks, content left zero).
-    static func directoryBytes(_ node: Ext4Node, ino: UInt32, count: Bool = false) -> [UInt8] {
-        var blocks = [UInt8](repeating: 0, count: 4096)
-        var blockStart = 0
-        var position = 0
-        var last = 0
+    /// The directory's entries laid out in 4 KiB blocks: `.` and `..`, then the
+    /// entries in walk order; the last record of a block reaches the block's end.
+    static func directoryBlocks(_ node: Ext4Node, ino: UInt32) -> [[Ext4DirectoryEntry]] {
+        var blocks: [[Ext4DirectoryEntry]] = [[]]
+        var used = 0
+        func closeBlock() {
+            let last = blocks.count - 1
+            blocks[last][blocks[last].count - 1].recordLength += UInt16(4096 - used)
+        }
         func add(_ ino: UInt32, _ type: UInt8, _ name: [UInt8]) {
-            let recLen = 8 + (name.count + 3) / 4 * 4
-            if position + recLen > blockStart + 4096 {
-                if !count { put16(&blocks, last + 4, UInt16(blockStart + 4096 - last)) }
-                blockStart += 4096
-                blocks.append(contentsOf: repeatElement(0, count: 4096))
-                position = blockStart
+            let length = Ext4DirectoryEntry.minimumLength(nameCount: name.count)
+            if used + length > 4096 {
+                closeBlock()
+                blocks.append([])
+                used = 0
             }
-            last = position
-            position += recLen
-            if count { return }
-            put32(&blocks, last, ino)
-            put16(&blocks, last + 4, UInt16(recLen))
-            blocks[last + 6] = UInt8(name.count)
-            blocks[last + 7] = type
-            blocks.replaceSubrange(last + 8..<last + 8 + name.count, with: name)
+            blocks[blocks.count - 1].append(Ext4DirectoryEntry(inode: ino, recordLength: UInt16(length), fileType: type, name: name))
+            used += length
         }
         add(ino, 2, [46])
         add(node.parent, 2, [46, 46])
         for e in node.entries { add(e.ino, e.type, e.name) }
-        if !count { put16(&blocks, last + 4, UInt16(blockStart + 4096 - last)) }
+        closeBlock()
         return blocks
+    }
+
+    /// The directory's blocks as bytes, `blockCount` of them (blocks past the entries are empty records).
+    static func directoryBytes(_ node: Ext4Node, ino: UInt32, blockCount: Int) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(blockCount * 4096)
+        let blocks = directoryBlocks(node, ino: ino)
+        for block in blocks {
+            for entry in block { bytes += entry.encode() }
+        }
+        for _ in blocks.count..<max(blocks.count, blockCount) {
+            bytes += Ext4DirectoryEntry(inode: 0, recordLength: 4096, fileType: 0, name: []).encode()
+        }
+        return bytes
     }
 
     // MARK: layout
@@ -291,8 +312,13 @@ public struct Ext4Plan {
                                 size: journalBlocks * 4096, links: 1, dataBlocks: journalBlocks)
         }
         let usedInodes = nodes.count
-        let wantInodes = max(4096, usedInodes + usedInodes / 5 + Int(freeBlocks * 4096 / 16384))
-        let data = nodes.reduce(Int64(0)) { $0 + $1.dataBlocks }
+        let data = try nodes.reduce(Int64(0)) { try Checked.add($0, $1.dataBlocks, "the blocks of the tree") }
+        // Over 2^32 blocks no layout exists: refuse before sizing groups from such numbers.
+        guard try Checked.add(data, freeBlocks, "the blocks of the tree and the free space") < Int64(UInt32.max) - (1 << 24) else {
+            throw RootfsError("the tree needs a file system over 16 TiB, more than the native ext4 writer handles",
+                              hint: "use --ext4-writer mke2fs, or less --free-space")
+        }
+        let wantInodes = max(4096, usedInodes + usedInodes / 5 + Int(freeBlocks / 4))
         // Leaf blocks for files of more than four extents: an upper bound.
         let leafAllowance = nodes.reduce(Int64(0)) { sum, n in
             n.dataBlocks > 4 * 16384 ? sum + (n.dataBlocks / 32768 * 2 + 2) / Int64(Ext4Writer.extentsPerLeaf) + 1 : sum
@@ -444,6 +470,8 @@ public struct Ext4Plan {
                 var position = Int64(run.physical) * 4096
                 var runBytes = Int64(run.length) * 4096
                 while runBytes > 0 {
+                    // Ctrl-C / SIGTERM cancel the task: stop between 8 MiB chunks of a big file.
+                    try Task.checkCancellation()
                     let want = Int(min(runBytes, Int64(BlockStream.capacity)))
                     let buffer = try out.space(at: position, count: want)
                     var filled = 0
@@ -474,43 +502,27 @@ public struct Ext4Plan {
     // MARK: metadata
 
     func writeMetadata(to out: BlockStream, label: String, uuid: [UInt8], time: Int) throws {
-        // Directory blocks, long symlink targets, extent leaves.
+        // Directory blocks, long symlink targets, the journal superblock, extent leaves.
         for (i, node) in nodes.enumerated() where !node.runs.isEmpty || !node.leaves.isEmpty {
             if node.fileType == FileType.dir {
-                var bytes = Self.directoryBytes(node, ino: UInt32(i + 1))
-                while bytes.count < Int(node.dataBlocks) * 4096 {
-                    var empty = [UInt8](repeating: 0, count: 4096)
-                    put16(&empty, 4, 4096)
-                    bytes += empty
-                }
+                let bytes = Self.directoryBytes(node, ino: UInt32(i + 1), blockCount: Int(node.dataBlocks))
                 for run in node.runs {
                     let from = Int(run.logical) * 4096
                     try out.write(bytes[from..<from + Int(run.length) * 4096], at: Int64(run.physical) * 4096)
                 }
             } else if node.fileType == FileType.lnk {
-                var block = [UInt8](repeating: 0, count: 4096)
-                block.replaceSubrange(0..<node.linkTarget!.count, with: node.linkTarget!)
-                try out.write(block[...], at: Int64(node.runs[0].physical) * 4096)
+                var block = BinaryEncoder(zeros: 4096)
+                block.put(node.linkTarget!, at: 0)
+                try out.write(block.bytes[...], at: Int64(node.runs[0].physical) * 4096)
             }
             if i == 7 {
-                // An empty jbd2 journal: the superblock (big-endian) in its first block.
-                var block = [UInt8](repeating: 0, count: 4096)
-                func be32(_ o: Int, _ v: UInt32) { for k in 0..<4 { block[o + k] = UInt8(truncatingIfNeeded: v >> (24 - 8 * UInt32(k))) } }
-                be32(0x00, 0xC03B3998)
-                be32(0x04, 4)                       // superblock v2
-                be32(0x0C, 4096)
-                be32(0x10, UInt32(node.dataBlocks))
-                be32(0x14, 1)                       // first log block
-                be32(0x18, 1)                       // first expected sequence
-                block.replaceSubrange(0x30..<0x40, with: uuid.prefix(16))
-                be32(0x40, 1)                       // users
-                try out.write(block[...], at: Int64(node.runs[0].physical) * 4096)
+                // An empty jbd2 journal: its superblock in the first block, nothing to replay.
+                let journal = Ext4JournalSuperblock(blockSize: 4096, maxLength: UInt32(node.dataBlocks), uuid: uuid)
+                try out.write(journal.encode(size: 4096)[...], at: Int64(node.runs[0].physical) * 4096)
             }
             for (l, leaf) in node.leaves.enumerated() {
                 let slice = node.runs[(l * Ext4Writer.extentsPerLeaf)..<min(node.runs.count, (l + 1) * Ext4Writer.extentsPerLeaf)]
-                var block = [UInt8](repeating: 0, count: 4096)
-                Self.putExtentHeader(&block, 0, entries: slice.count, max: Ext4Writer.extentsPerLeaf, depth: 0)
-                for (k, run) in slice.enumerated() { Self.putExtent(&block, 12 + 12 * k, run) }
+                let block = Ext4ExtentNode.leaves(slice.map(Self.extent)).encode(size: 4096)
                 try out.write(block[...], at: Int64(leaf) * 4096)
             }
         }
@@ -522,7 +534,7 @@ public struct Ext4Plan {
             let first = g * inodesPerGroup
             let count = max(0, min(inodesPerGroup, nodes.count - first))
             if count > 0 {
-                var table = [UInt8](repeating: 0, count: (count * 256 + 4095) / 4096 * 4096)
+                var table = BinaryEncoder(zeros: (count * 256 + 4095) / 4096 * 4096)
                 for k in 0..<count {
                     let index = first + k
                     let isReserved = index < 10
@@ -531,11 +543,11 @@ public struct Ext4Plan {
                         freeInodes[g] -= 1
                     }
                     if nodes[index].inUse {
-                        Self.putInode(&table, k * 256, nodes[index])
+                        table.put(Self.inode(nodes[index]).encode(size: 256), at: k * 256)
                         if nodes[index].fileType == FileType.dir { dirs[g] += 1 }
                     }
                 }
-                try out.write(table[...], at: Int64(inodeTable[g]) * 4096)
+                try out.write(table.bytes[...], at: Int64(inodeTable[g]) * 4096)
             }
             for k in inodesPerGroup..<32768 { ibitmap[g * 4096 + k / 8] |= UInt8(1 << (k % 8)) }
         }
@@ -549,161 +561,121 @@ public struct Ext4Plan {
             try out.write(ibitmap[(g * 4096)..<(g * 4096 + 4096)], at: Int64(inodeBitmap[g]) * 4096)
         }
         // Group descriptors.
-        var gdt = [UInt8](repeating: 0, count: gdtBlocks * 4096)
+        var gdt = BinaryEncoder(zeros: gdtBlocks * 4096)
         for g in 0..<groups {
-            let o = g * 32
-            put32(&gdt, o, blockBitmap[g])
-            put32(&gdt, o + 4, inodeBitmap[g])
-            put32(&gdt, o + 8, inodeTable[g])
-            put16(&gdt, o + 12, UInt16(freeBlocks[g]))
-            put16(&gdt, o + 14, UInt16(freeInodes[g]))
-            put16(&gdt, o + 16, UInt16(dirs[g]))
+            let descriptor = Ext4GroupDescriptor(blockBitmap: UInt64(blockBitmap[g]), inodeBitmap: UInt64(inodeBitmap[g]),
+                                                 inodeTable: UInt64(inodeTable[g]), freeBlocksCount: UInt32(freeBlocks[g]),
+                                                 freeInodesCount: UInt32(freeInodes[g]), usedDirsCount: UInt32(dirs[g]))
+            gdt.put(descriptor.encode(size: 32), at: g * 32)
         }
         // Superblock and its copies.
+        var sb = superblock(label: label, uuid: uuid, time: time)
+        sb.freeBlocksCount = UInt64(freeBlocks.reduce(0, +))
+        sb.freeInodesCount = UInt32(freeInodes.reduce(0, +))
         for g in 0..<groups where Self.hasBackup(g) {
-            var sb = [UInt8](repeating: 0, count: 1024)
-            put32(&sb, 0x00, UInt32(groups * inodesPerGroup))
-            put32(&sb, 0x04, UInt32(totalBlocks))
-            put32(&sb, 0x0C, UInt32(freeBlocks.reduce(0, +)))
-            put32(&sb, 0x10, UInt32(freeInodes.reduce(0, +)))
-            put32(&sb, 0x14, 0)                 // first data block
-            put32(&sb, 0x18, 2)                 // 4 KiB blocks
-            put32(&sb, 0x1C, 2)
-            put32(&sb, 0x20, 32768)
-            put32(&sb, 0x24, 32768)
-            put32(&sb, 0x28, UInt32(inodesPerGroup))
-            put32(&sb, 0x2C, UInt32(truncatingIfNeeded: time))  // mtime
-            put32(&sb, 0x30, UInt32(truncatingIfNeeded: time))  // wtime
-            put16(&sb, 0x36, 0xFFFF)            // max mount count: none
-            put16(&sb, 0x38, 0xEF53)
-            put16(&sb, 0x3A, 1)                 // clean
-            put16(&sb, 0x3C, 1)                 // errors: continue
-            put32(&sb, 0x40, UInt32(truncatingIfNeeded: time))  // last check
-            put32(&sb, 0x4C, 1)                 // dynamic revision
-            put32(&sb, 0x54, 11)                // first inode
-            put16(&sb, 0x58, 256)
-            put16(&sb, 0x5A, UInt16(g))
-            let journal = nodes[7].inUse
-            put32(&sb, 0x5C, journal ? 0x4 : 0) // compat: has_journal
-            put32(&sb, 0x60, 0x2 | 0x40 | 0x200)        // filetype, extents, flex_bg
-            put32(&sb, 0x64, 0x1 | 0x2 | 0x20 | 0x40)   // sparse_super, large_file, dir_nlink, extra_isize
-            sb.replaceSubrange(0x68..<0x78, with: uuid.prefix(16))
-            let name = Array(label.utf8.prefix(16))
-            sb.replaceSubrange(0x78..<0x78 + name.count, with: name)
-            sb.replaceSubrange(0xEC..<0xFC, with: uuid.prefix(16))  // hash seed
-            sb[0xFC] = 1                        // half_md4
-            if journal {
-                put32(&sb, 0xE0, 8)             // journal inode
-                sb[0xFD] = 1                    // s_jnl_blocks holds a copy of the journal's i_block
-                var inode = [UInt8](repeating: 0, count: 256)
-                Self.putInode(&inode, 0, nodes[7])
-                sb.replaceSubrange(0x10C..<0x10C + 60, with: inode[0x28..<0x64])
-                put32(&sb, 0x10C + 60, UInt32(truncatingIfNeeded: nodes[7].size >> 32))
-                put32(&sb, 0x10C + 64, UInt32(truncatingIfNeeded: nodes[7].size))
-            }
-            put32(&sb, 0x100, 0x0C)             // default mount options: user_xattr, acl
-            put32(&sb, 0x108, UInt32(truncatingIfNeeded: time))  // mkfs time
-            put16(&sb, 0x15C, 32)               // min extra isize
-            put16(&sb, 0x15E, 32)               // want extra isize
-            put32(&sb, 0x160, 1)                // signed directory hash
-            sb[0x174] = 4                       // 16 groups per flex group
-            if g == 0 {
-                var block = [UInt8](repeating: 0, count: 4096)
-                block.replaceSubrange(1024..<2048, with: sb)
-                try out.write(block[...], at: 0)
-            } else {
-                var block = [UInt8](repeating: 0, count: 4096)
-                block.replaceSubrange(0..<1024, with: sb)
-                try out.write(block[...], at: Int64(g) * 32768 * 4096)
-            }
-            try out.write(gdt[...], at: (Int64(g) * 32768 + 1) * 4096)
+            sb.blockGroupNumber = UInt16(truncatingIfNeeded: g)
+            var block = BinaryEncoder(zeros: 4096)
+            // Group 0 keeps its superblock at byte 1024 (the boot sector before it); copies start their group.
+            block.put(sb.encode(), at: g == 0 ? 1024 : 0)
+            try out.write(block.bytes[...], at: Int64(g) * 32768 * 4096)
+            try out.write(gdt.bytes[...], at: (Int64(g) * 32768 + 1) * 4096)
         }
     }
 
-    static func putExtentHeader(_ b: inout [UInt8], _ o: Int, entries: Int, max: Int, depth: Int) {
-        put16(&b, o, 0xF30A)
-        put16(&b, o + 2, UInt16(entries))
-        put16(&b, o + 4, UInt16(max))
-        put16(&b, o + 6, UInt16(depth))
+    /// The superblock of this layout (free counts and group number set by the caller).
+    func superblock(label: String, uuid: [UInt8], time: Int) -> Ext4Superblock {
+        let stamp = UInt32(truncatingIfNeeded: time)
+        var sb = Ext4Superblock()
+        sb.inodesCount = UInt32(groups * inodesPerGroup)
+        sb.blocksCount = UInt64(totalBlocks)
+        sb.logBlockSize = 2                 // 4 KiB blocks
+        sb.logClusterSize = 2
+        sb.blocksPerGroup = 32768
+        sb.clustersPerGroup = 32768
+        sb.inodesPerGroup = UInt32(inodesPerGroup)
+        sb.mountTime = stamp
+        sb.writeTime = stamp
+        sb.maxMountCount = 0xFFFF           // no forced check
+        sb.state = 1                        // clean
+        sb.errors = 1                       // continue
+        sb.lastCheck = stamp
+        sb.revisionLevel = 1                // dynamic
+        sb.firstInode = 11
+        sb.inodeSize = 256
+        let journal = nodes[7].inUse
+        sb.featureCompat = journal ? Ext4Feature.compatHasJournal : 0
+        sb.featureIncompat = Ext4Feature.incompatFiletype | Ext4Feature.incompatExtents | Ext4Feature.incompatFlexBG
+        sb.featureRoCompat = Ext4Feature.roCompatSparseSuper | Ext4Feature.roCompatLargeFile
+            | Ext4Feature.roCompatDirNlink | Ext4Feature.roCompatExtraIsize
+        sb.uuid = Array(uuid.prefix(16))
+        sb.volumeName = Array(label.utf8.prefix(16))
+        sb.hashSeed = Array(uuid.prefix(16))
+        sb.defaultHashVersion = 1           // half_md4
+        if journal {
+            sb.journalInode = 8
+            // s_jnl_blocks: a copy of the journal inode's i_block, then i_size_high and i_size.
+            sb.journalBackupType = 1
+            let block = BinaryDecoder(Self.inode(nodes[7]).block, what: "the journal inode's i_block")
+            sb.journalBlocks = (0..<15).map { (try? block.u32(4 * $0)) ?? 0 }
+                + [UInt32(truncatingIfNeeded: nodes[7].size >> 32), UInt32(truncatingIfNeeded: nodes[7].size)]
+        }
+        sb.defaultMountOptions = 0x0C       // user_xattr, acl
+        sb.mkfsTime = stamp
+        sb.minExtraIsize = 32
+        sb.wantExtraIsize = 32
+        sb.flags = 1                        // signed directory hash
+        sb.logGroupsPerFlex = 4             // 16 groups per flex group
+        return sb
     }
 
-    static func putExtent(_ b: inout [UInt8], _ o: Int, _ run: Ext4Run) {
-        put32(&b, o, run.logical)
-        put16(&b, o + 4, UInt16(run.length))
-        put16(&b, o + 6, 0)
-        put32(&b, o + 8, run.physical)
+    static func extent(_ run: Ext4Run) -> Ext4ExtentLeaf {
+        Ext4ExtentLeaf(block: run.logical, length: run.length, start: UInt64(run.physical))
     }
 
-    static func putInode(_ b: inout [UInt8], _ o: Int, _ n: Ext4Node) {
-        let t = n.time
-        let lo = UInt32(truncatingIfNeeded: t)
-        let extra = UInt32(truncatingIfNeeded: (Int64(t) - Int64(Int32(truncatingIfNeeded: t))) >> 32) & 3
-        put16(&b, o + 0x00, UInt16(truncatingIfNeeded: n.mode))
-        put16(&b, o + 0x02, UInt16(truncatingIfNeeded: n.uid))
-        put32(&b, o + 0x04, UInt32(truncatingIfNeeded: n.size))
-        put32(&b, o + 0x08, lo)   // atime
-        put32(&b, o + 0x0C, lo)   // ctime
-        put32(&b, o + 0x10, lo)   // mtime
-        put16(&b, o + 0x18, UInt16(truncatingIfNeeded: n.gid))
-        put16(&b, o + 0x1A, UInt16(truncatingIfNeeded: n.links))
-        let blocks = (n.dataBlocks + Int64(n.leaves.count)) * 8
-        put32(&b, o + 0x1C, UInt32(truncatingIfNeeded: blocks))
-        put32(&b, o + 0x6C, UInt32(truncatingIfNeeded: n.size >> 32))
-        put16(&b, o + 0x74, UInt16(truncatingIfNeeded: blocks >> 32))
-        put16(&b, o + 0x78, UInt16(truncatingIfNeeded: n.uid >> 16))
-        put16(&b, o + 0x7A, UInt16(truncatingIfNeeded: n.gid >> 16))
-        put16(&b, o + 0x80, 32)   // extra isize
-        put32(&b, o + 0x84, extra)
-        put32(&b, o + 0x88, extra)
-        put32(&b, o + 0x8C, extra)
-        put32(&b, o + 0x90, lo)   // crtime
-        put32(&b, o + 0x94, extra)
-        let iblock = o + 0x28
+    /// The inode of a planned node: every time the node's (clamped) mtime, extents for data.
+    static func inode(_ n: Ext4Node) -> Ext4Inode {
+        let t = Ext4Time(seconds: Int64(n.time))
+        var inode = Ext4Inode(mode: UInt16(truncatingIfNeeded: n.mode), uid: n.uid, size: UInt64(n.size),
+                              atime: t, ctime: t, mtime: t, crtime: t, gid: n.gid,
+                              linksCount: UInt16(truncatingIfNeeded: n.links),
+                              blocks: UInt64((n.dataBlocks + Int64(n.leaves.count)) * 8), extraIsize: 32)
         switch n.fileType {
         case FileType.chr, FileType.blk:
             let major = UInt32(truncatingIfNeeded: ((n.rdev >> 8) & 0xfff) | ((n.rdev >> 32) & ~UInt64(0xfff)))
             let minor = UInt32(truncatingIfNeeded: (n.rdev & 0xff) | ((n.rdev >> 12) & ~UInt64(0xff)))
-            if major < 256 && minor < 256 {
-                put32(&b, iblock, (major << 8) | minor)
-            } else {
-                put32(&b, iblock + 4, (minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12))
-            }
+            inode.block = Ext4Inode.deviceBlock(major: major, minor: minor)
         case FileType.lnk where n.isFastSymlink:
-            b.replaceSubrange(iblock..<iblock + n.linkTarget!.count, with: n.linkTarget!)
+            inode.block = Ext4Superblock.fixed(n.linkTarget!, 60)
         case FileType.reg, FileType.dir, FileType.lnk:
-            put32(&b, o + 0x20, 0x80000)   // extents
+            inode.flags = Ext4Inode.flagExtents
             if n.leaves.isEmpty {
-                putExtentHeader(&b, iblock, entries: n.runs.count, max: 4, depth: 0)
-                for (k, run) in n.runs.enumerated() { putExtent(&b, iblock + 12 + 12 * k, run) }
+                inode.block = Ext4ExtentNode.leaves(n.runs.map(extent)).encode(size: 60)
             } else {
-                putExtentHeader(&b, iblock, entries: n.leaves.count, max: 4, depth: 1)
-                for (k, leaf) in n.leaves.enumerated() {
-                    let e = iblock + 12 + 12 * k
-                    put32(&b, e, n.runs[k * Ext4Writer.extentsPerLeaf].logical)
-                    put32(&b, e + 4, leaf)
+                let indexes = n.leaves.enumerated().map { k, leaf in
+                    Ext4ExtentIndex(block: n.runs[k * Ext4Writer.extentsPerLeaf].logical, child: UInt64(leaf))
                 }
+                inode.block = Ext4ExtentNode.indexes(depth: 1, indexes).encode(size: 60)
             }
         default:
             break
         }
+        return inode
     }
 }
 
-/// Coalesces writes at increasing offsets into big pwrite calls; a buffer
-/// that is all zeros is not written (the target region reads as zeros).
+/// Coalesces writes at increasing offsets into big writes of up to 8 MiB; a
+/// buffer that is all zeros is not written (the target region reads as zeros).
 final class BlockStream {
     static let capacity = 8 << 20
-    let fd: Int32
+    let output: OwnedFileDescriptor
     let base: Int64
-    let name: String
     private let buffer: UnsafeMutableRawBufferPointer
     private var start: Int64 = 0
     private var length = 0
 
-    init(fd: Int32, base: Int64, name: String) throws {
-        self.fd = fd
+    init(output: consuming OwnedFileDescriptor, base: Int64) {
+        self.output = output
         self.base = base
-        self.name = name
         buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.capacity, alignment: 4096)
     }
 
@@ -741,14 +713,7 @@ final class BlockStream {
             let head = p.load(as: UInt64.self) | p.load(fromByteOffset: 8, as: UInt64.self)
             if head == 0 && memcmp(p, p + 16, length - 16) == 0 { return }
         }
-        var done = 0
-        while done < length {
-            let n = pwrite(fd, p + done, length - done, off_t(base + start + Int64(done)))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw RootfsError("cannot write \(name): \(FS.errnoText())", hint: "check free disk space")
-            }
-            done += n
-        }
+        try output.writeAll(UnsafeRawBufferPointer(start: p, count: length),
+                            at: try Checked.add(base, start, "the write offset in \(output.name)"))
     }
 }

@@ -28,7 +28,7 @@ public struct TreeItem {
 
     /// Copies the content into `body` chunk by chunk, exactly `size` bytes (a short
     /// source is padded with zeros so headers written before stay true).
-    func copyContent(buffer: UnsafeMutableRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+    public func copyContent(buffer: UnsafeMutableRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
         guard size > 0 else { return }
         var remaining = size
         while remaining > 0 {
@@ -46,28 +46,33 @@ public struct TreeItem {
     }
 }
 
-/// Where a rootfs is read from: a directory, or a tar archive (plain, gzip,
-/// zstd, xz: whatever libarchive reads). Every writer consumes it through
+/// Where a rootfs is read from: a directory, a tar archive (plain, gzip,
+/// zstd, xz: whatever libarchive reads), or an ext4 file system (bare, or the
+/// first partition of an MBR/GPT disk image, read in process by Ext4Reader).
+/// Every writer consumes it through
 /// `walk`, which yields items in one canonical order (parents first, names
 /// sorted bytewise), so a tree gives the same bytes from either source.
 public enum TreeSource: Sendable, CustomStringConvertible {
     case directory(String)
     case archive(String)
+    /// An ext4 file system starting at byte `offset` of the file (0: a bare file system).
+    case ext4(path: String, offset: Int64)
 
-    /// A directory or an archive file, detected from what `path` is.
+    /// A directory, an ext4 image (bare or partitioned) or an archive file, detected from what `path` is.
     public static func open(_ path: String, option: String = "TREE") throws -> TreeSource {
         let absolute = FS.absolute(path)
         if FS.isDirectory(absolute) { return .directory(absolute) }
         guard FS.isRegularFile(absolute) else {
             throw RootfsError("\(option) \(path) does not exist or is neither a directory nor an archive file",
-                              hint: "give a rootfs directory or a tar archive (.tar, .tar.gz, .tar.zst)")
+                              hint: "give a rootfs directory, a tar archive (.tar, .tar.gz, .tar.zst) or a raw ext4 image")
         }
+        if let offset = ImageExtender.ext4Offset(absolute) { return .ext4(path: absolute, offset: offset) }
         return .archive(absolute)
     }
 
     public var path: String {
         switch self {
-        case .directory(let p), .archive(let p): return p
+        case .directory(let p), .archive(let p), .ext4(let p, _): return p
         }
     }
 
@@ -75,6 +80,8 @@ public enum TreeSource: Sendable, CustomStringConvertible {
         switch self {
         case .directory(let p): return "directory \(p)"
         case .archive(let p): return "archive \(p)"
+        case .ext4(let p, 0): return "ext4 image \(p)"
+        case .ext4(let p, let offset): return "ext4 file system at byte \(offset) of \(p)"
         }
     }
 
@@ -83,6 +90,7 @@ public enum TreeSource: Sendable, CustomStringConvertible {
         switch self {
         case .directory(let root): try DirectoryTreeReader(root: root).walk(visit)
         case .archive(let file): try ArchiveTreeReader(path: file).walk(visit)
+        case .ext4(let file, let offset): try Ext4Reader(path: file, offset: offset).walk(visit)
         }
     }
 }

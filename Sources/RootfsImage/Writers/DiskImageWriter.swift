@@ -189,10 +189,12 @@ public struct DiskImageWriter: Sendable {
     }
 
     /// Whether owners and modes must be set from the source after mke2fs: an
-    /// archive extracted by an ordinary user lost them (and its device nodes).
+    /// archive or ext4 image extracted by an ordinary user lost them (and its device nodes).
     func ownershipFromSource(_ source: TreeSource) -> Bool {
-        if case .archive = source { return geteuid() != 0 }
-        return false
+        switch source {
+        case .archive, .ext4: return geteuid() != 0
+        case .directory: return false
+        }
     }
 
     private func derivedGUID(_ what: String, _ uuid: String) -> String {

@@ -67,6 +67,20 @@ enum Fixtures {
                          stderr: String(decoding: ed, as: UTF8.self))
     }
 
+    /// Runs a program synchronously with no input or output and returns its exit
+    /// status (nil when it cannot be started): for probes evaluated before tests run.
+    static func status(_ executable: String, _ arguments: [String]) -> Int32? {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return nil }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
     /// Real Debian trees, built once per test run with the real `rootfs build debian`.
     static let debian = DebianTrees()
 }
