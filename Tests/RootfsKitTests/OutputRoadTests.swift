@@ -6,7 +6,7 @@ import Testing
 
 /// One road for outputs (issue 12): `--initrd`, `--image` and `--format` are written,
 /// digested and listed the same way, through the real CLI on the busybox test distro.
-@Suite struct OutputRoadTestsRequiringBusybox {
+@Suite(.requires(.busybox, .root), .tags(.busybox, .root)) struct OutputRoadTestsRequiringBusybox {
     /// `--image --partition-table gpt` writes a GPT disk (it wrote an MBR one: only the free
     /// space, the epoch and the ext4 writer reached the disk writer), and the dry run says so.
     @Test func imageTakesEveryImageOption() async throws {

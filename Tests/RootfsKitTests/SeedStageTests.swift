@@ -6,7 +6,7 @@ import Testing
 
 /// `rootfs builder seed` runs the build's hook stage (issue 12): the same confinement as
 /// `rootfs build`, on the busybox test distro imported into the real Docker.
-@Suite(.serialized) struct SeedStageTestsRequiringDocker {
+@Suite(.serialized, .requires(.docker, .busybox), .tags(.docker, .busybox)) struct SeedStageTestsRequiringDocker {
     @Test func seedImportsTheHookTreeAndRefusesAHookThatWritesOutside() async throws {
         let escaping = TestDistros.busyboxLib.replacingOccurrences(
             of: "local root=$1", with: "local root=$1\n    touch \"$root/../escape\"")
