@@ -71,29 +71,3 @@ extension OutputFormat: ExpressibleByArgument {
 extension OutputFormat {
     init(_ other: OutputFormat) { self = other }
 }
-
-/// A tree source with overlays applied: the source itself when there are none,
-/// else a temporary copy (removed by the returned clean-up) with the overlays laid over it.
-func composedSource(_ tree: String, specs: [OverlaySpec], near output: String) throws -> (TreeSource, @Sendable () -> Void) {
-    let source = try TreeSource.open(tree)
-    if specs.isEmpty { return (source, {}) }
-    let work = try FS.makeSiblingTemporaryDirectory(for: output)
-    do {
-        try TreeExtractor(destination: work + "/tree").extract(source)
-        try OverlayApplier(tree: GuestTree(root: work + "/tree")).apply(specs)
-    } catch {
-        FS.remove(work)
-        throw error
-    }
-    return (.directory(work + "/tree"), { FS.remove(work) })
-}
-
-/// The checks shared by the writers for a directory tree: an init and an agent.
-/// (An archive is checked by its writer reading it; a directory is checked here.)
-func requireTreeSource(_ path: String, agentInit: Bool) throws {
-    if FS.isDirectory(path) { try requireTree(path, agentInit: agentInit) }
-    else if !FS.isRegularFile(path) {
-        throw RootfsError("\(path) is neither a rootfs directory nor a tar archive",
-                          hint: "give the rootfs directory `rootfs build` wrote, or a tar of it")
-    }
-}

@@ -93,28 +93,6 @@ public enum TreeSource: Sendable, CustomStringConvertible {
         case .ext4(let file, let offset): try Ext4Reader(path: file, offset: offset).walk(visit)
         }
     }
-
-    /// A directory holding the tree, for tools that only read directories
-    /// (mke2fs -d, mkfs.erofs, mksquashfs): the directory itself, or the archive
-    /// extracted safely into a temporary directory next to `near`, removed by `cleanup`.
-    public func materialized(near: String) throws -> (directory: String, cleanup: @Sendable () -> Void) {
-        switch self {
-        case .directory(let root):
-            return (root, {})
-        case .archive, .ext4:
-            let work = try FS.makeSiblingTemporaryDirectory(for: near)
-            do {
-                var extractor = TreeExtractor(destination: work + "/tree")
-                extractor.ownerAccess = !extractor.keepOwnership
-                extractor.devicePlaceholders = !extractor.keepOwnership
-                try extractor.extract(self)
-            } catch {
-                FS.remove(work)
-                throw error
-            }
-            return (work + "/tree", { FS.remove(work) })
-        }
-    }
 }
 
 /// File type bits of a mode, as UInt32 (Glibc's S_IF* are ambiguous in Swift).

@@ -48,6 +48,7 @@ public enum OutputFormat: String, Sendable, CaseIterable, Codable {
         return table.first { name.hasSuffix($0.0) }?.1
     }
 
+    /// The formats offered in `--help` and named in errors.
     public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
 
     /// Parses a `--format` value, with a clear error.
@@ -78,73 +79,59 @@ public struct ImageOptions: Sendable {
     public init() {}
 }
 
-/// Writes one format from a tree source. Every output is written under a
-/// temporary name next to it and renamed into place when complete.
+/// One output of a build or of `rootfs image`: a format and where it goes
+/// (a file, a directory for `rootfs`, a name prefix for kernel+initrd).
+/// `--initrd F` is `(initrd, F)` and `--image F` is `(raw, F)`: every output takes the same road.
+public struct FormatOutput: Sendable, Equatable {
+    public var format: OutputFormat
+    public var path: String
+    /// What the summary, `--json` and the manifest call it (`image` for `--image`; default: the format's name).
+    public var kind: String
+
+    public init(format: OutputFormat, path: String, kind: String? = nil) {
+        self.format = format
+        self.path = path
+        self.kind = kind ?? format.rawValue
+    }
+
+    /// Where the manifest of a build whose first file output is this one goes, without
+    /// `.manifest.json`: the path without the format's extension (`out/bb.tar.gz` -> `out/bb`),
+    /// else without its last extension.
+    public var documentBase: String {
+        let name = FS.basename(path)
+        let ext = format.fileExtension
+        if !ext.isEmpty, name.count > ext.count, name.lowercased().hasSuffix(ext) {
+            return FS.parent(path) + "/" + String(name.dropLast(ext.count))
+        }
+        guard let dot = name.lastIndex(of: "."), dot != name.startIndex else { return path }
+        return FS.parent(path) + "/" + String(name[..<dot])
+    }
+}
+
+/// Writes one format from a tree source, through the format's writer. Every
+/// output is written under a temporary name next to it and renamed into place when complete.
 public struct ImageWriter: Sendable {
     public var options: ImageOptions
     public var runner = ProcessRunner()
+    /// Called as an archive output grows (initrd, tar): see `WriteProgress`.
+    public var progress: WriteProgress?
+    /// A line about what was written (the file system UUID of a disk image...).
+    public var note: (@Sendable (String) -> Void)?
 
     public init(options: ImageOptions) { self.options = options }
 
     /// Writes `format` to `output` (a file, a directory for `rootfs`, a name prefix for kernel+initrd).
     public func write(_ format: OutputFormat, source: TreeSource, to output: String) async throws -> [BuildOutput] {
-        try Task.checkCancellation()
-        let o = options
-        switch format {
-        case .rootfs:
-            let work = try FS.makeSiblingTemporaryDirectory(for: output)
-            defer { FS.remove(work) }
-            try TreeExtractor(destination: work + "/tree").extract(source)
-            if FS.exists(output) && !FS.isMissingOrEmptyDirectory(output) {
-                throw RootfsError("\(output) exists and is not empty", hint: "remove it or choose another -o")
-            }
-            if FS.exists(output) { rmdir(output) }
-            try FS.rename(work + "/tree", to: output)
-            return [BuildOutput(kind: "rootfs", path: output, bytes: 0)]
-        case .tar, .tarGz, .tarZst:
-            let compression: Compression = format == .tar ? .none : format == .tarGz ? .gzip : .zstd
-            let stats = try TarWriter(compression: compression, epoch: o.epoch).write(source: source, to: output)
-            return [BuildOutput(kind: format.rawValue, path: output, bytes: stats.outputBytes)]
-        case .initrd:
-            let stats = try InitrdWriter(compression: o.compression, epoch: o.epoch).write(source: source, to: output)
-            return [BuildOutput(kind: "initrd", path: output, bytes: stats.outputBytes)]
-        case .raw:
-            let (stats, _) = try await diskWriter().write(source: source, to: output)
-            return [BuildOutput(kind: "raw", path: output, bytes: stats.outputBytes)]
-        case .qcow2, .vhd, .vmdk:
-            let raw = FS.siblingTemporaryPath(for: output) + ".raw"
-            defer { unlink(raw) }
-            let (_, uuid) = try await diskWriter().write(source: source, to: raw)
-            let bytes = try await QemuImgConverter(runner: runner, epoch: o.epoch)
-                .convert(raw: raw, to: output, format: format, uuid: uuid)
-            return [BuildOutput(kind: format.rawValue, path: output, bytes: bytes)]
-        case .erofs, .squashfs:
-            try DiskImageWriter.refuseLosingOwnership(source, format: "a \(format.rawValue) image", diskWriter().ownershipFromSource(source))
-            let (root, cleanup) = try source.materialized(near: output)
-            defer { cleanup() }
-            let temporary = FS.siblingTemporaryPath(for: output)
-            defer { unlink(temporary) }
-            let writer = FilesystemImageWriter(kind: format == .erofs ? .erofs : .squashfs, epoch: o.epoch,
-                                               uuid: diskWriter().filesystemUUID(), label: o.label, runner: runner)
-            try await writer.run(directory: root, output: temporary)
-            try Task.checkCancellation()
-            try FS.rename(temporary, to: output)
-            return [BuildOutput(kind: format.rawValue, path: output, bytes: FS.fileSize(output))]
-        case .kernelInitrd:
-            return try await KernelBundleWriter(options: o).write(source: source, prefix: output)
-        case .isoBios:
-            return try await ISOWriter(options: o, runner: runner).write(source: source, to: output)
-        }
+        try await write(FormatOutput(format: format, path: output), source: source)
     }
 
-    func diskWriter() -> DiskImageWriter {
-        var w = DiskImageWriter(freeSpaceMiB: options.freeSpaceMiB, label: options.label, epoch: options.epoch)
-        w.partitionTable = options.partitionTable
-        w.filesystem = options.filesystem
-        w.dax = options.dax
-        w.ext4Writer = options.ext4Writer
-        w.runner = runner
-        return w
+    /// Writes one output; the records are named after `output.kind` when the writer makes one file.
+    public func write(_ output: FormatOutput, source: TreeSource) async throws -> [BuildOutput] {
+        try Task.checkCancellation()
+        let context = FormatWriteContext(options: options, runner: runner, progress: progress, note: note)
+        var written = try await output.format.writer.write(source: source, to: output.path, context: context)
+        if written.count == 1 { written[0].kind = output.kind }
+        return written
     }
 }
 
