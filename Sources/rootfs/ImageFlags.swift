@@ -92,6 +92,7 @@ func composedSource(_ tree: String, specs: [OverlaySpec], near output: String) t
 /// (An archive is checked by its writer reading it; a directory is checked here.)
 func requireTreeSource(_ path: String, agentInit: Bool) throws {
     if FS.isDirectory(path) { try requireTree(path, agentInit: agentInit) }
+    else if try ImageReference.parse(path) != nil { return }
     else if !FS.isRegularFile(path) {
         throw RootfsError("\(path) is neither a rootfs directory nor a tar archive",
                           hint: "give the rootfs directory `rootfs build` wrote, or a tar of it")

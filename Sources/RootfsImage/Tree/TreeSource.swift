@@ -53,14 +53,18 @@ public struct TreeItem {
 public enum TreeSource: Sendable, CustomStringConvertible {
     case directory(String)
     case archive(String)
+    /// A container image's layers applied in order (OCI/ImageTreeReader.swift).
+    case image(ImageReference)
 
-    /// A directory or an archive file, detected from what `path` is.
+    /// A directory or an archive file, detected from what `path` is, or an image
+    /// named by its transport (`oci:DIR[:TAG]`, `docker-archive:FILE`).
     public static func open(_ path: String, option: String = "TREE") throws -> TreeSource {
+        if let image = try ImageReference.parse(path, option: option) { return .image(image) }
         let absolute = FS.absolute(path)
         if FS.isDirectory(absolute) { return .directory(absolute) }
         guard FS.isRegularFile(absolute) else {
             throw RootfsError("\(option) \(path) does not exist or is neither a directory nor an archive file",
-                              hint: "give a rootfs directory or a tar archive (.tar, .tar.gz, .tar.zst)")
+                              hint: "give a rootfs directory, a tar archive (.tar, .tar.gz, .tar.zst), or an image: \(ImageReference.transportList)")
         }
         return .archive(absolute)
     }
@@ -68,6 +72,7 @@ public enum TreeSource: Sendable, CustomStringConvertible {
     public var path: String {
         switch self {
         case .directory(let p), .archive(let p): return p
+        case .image(let image): return image.path
         }
     }
 
@@ -75,6 +80,7 @@ public enum TreeSource: Sendable, CustomStringConvertible {
         switch self {
         case .directory(let p): return "directory \(p)"
         case .archive(let p): return "archive \(p)"
+        case .image(let image): return image.description
         }
     }
 
@@ -83,6 +89,7 @@ public enum TreeSource: Sendable, CustomStringConvertible {
         switch self {
         case .directory(let root): try DirectoryTreeReader(root: root).walk(visit)
         case .archive(let file): try ArchiveTreeReader(path: file).walk(visit)
+        case .image(let image): try ImageTreeReader(reference: image).walk(visit)
         }
     }
 
@@ -93,7 +100,7 @@ public enum TreeSource: Sendable, CustomStringConvertible {
         switch self {
         case .directory(let root):
             return (root, {})
-        case .archive:
+        case .archive, .image:
             let work = try FS.makeSiblingTemporaryDirectory(for: near)
             do {
                 var extractor = TreeExtractor(destination: work + "/tree")

@@ -234,8 +234,10 @@ public struct DiskImageWriter: Sendable {
     /// Whether owners and modes must be set from the source after mke2fs: an
     /// archive extracted by an ordinary user lost them (and its device nodes).
     func ownershipFromSource(_ source: TreeSource) -> Bool {
-        if case .archive = source { return geteuid() != 0 }
-        return false
+        switch source {
+        case .archive, .image: return geteuid() != 0
+        default: return false
+        }
     }
 
     private func derivedGUID(_ what: String, _ uuid: String) -> String {
