@@ -35,7 +35,7 @@ public struct SizeReport: Sendable, Codable, Equatable {
         if FS.isDirectory(path) {
             index = try TreeIndex(directory: path)
             inventory = try await PackageInventory.read(tree: path, runner: runner)
-        } else if FS.isRegularFile(path) || (try ImageReference.parse(path)) != nil {
+        } else if try FS.isRegularFile(path) || ImageReference.parse(path) != nil {
             // An image (oci:, docker-archive:) is read as the tree its layers make.
             index = FS.isRegularFile(path) ? try TreeIndex(archive: path) : try TreeIndex(source: TreeSource.open(path))
             if let status = index.content(of: PackageInventory.dpkgStatus) {
