@@ -269,3 +269,28 @@ enum OCIFixtures {
         #expect(back.status == 0, "\(back.stdout)\(back.stderr)")
     }
 }
+
+/// KubeVirt's containerDisk: the disk under /disk/, checked by umoci and qemu-img.
+@Suite(.requires(.root, .qemuImg, .busybox), .tags(.root, .qemuImg, .busybox)) struct ContainerDiskTests {
+    @Test func theDiskIsUnderDiskOwnedByQemu() async throws {
+        let work = try Fixtures.temporaryDirectory("oci-containerdisk"); defer { FS.remove(work) }
+        try OCIFixtures.busyboxTree(at: work + "/tree")
+        // `rootfs image` wants a bootable tree: an init and an agent (busybox stands in for both).
+        for dir in ["sbin", "usr/bin"] { try FS.makeDirectories(work + "/tree/" + dir) }
+        try FileManager.default.createSymbolicLink(atPath: work + "/tree/sbin/init", withDestinationPath: "../bin/busybox")
+        try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: work + "/tree/usr/bin/rootfs-agent")
+        let image = try await Fixtures.rootfs(["image", work + "/tree", "--format", "qcow2", "-o", work + "/guest.qcow2"])
+        #expect(image.status == 0, "\(image.stderr)")
+        let first = try ContainerDiskWriter(epoch: 1_700_000_000, reference: "guest:disk").write(disk: work + "/guest.qcow2", to: work + "/layout")
+        let again = try ContainerDiskWriter(epoch: 1_700_000_000, reference: "guest:disk").write(disk: work + "/guest.qcow2", to: work + "/layout2")
+        #expect(first.manifestDigest == again.manifestDigest)
+        try await OCIFixtures.run("umoci", ["unpack", "--image", work + "/layout:disk", work + "/bundle"])
+        let disk = work + "/bundle/rootfs/disk/disk.qcow2"
+        try await OCIFixtures.run("qemu-img", ["check", "-f", "qcow2", disk])
+        try await OCIFixtures.run("cmp", [disk, work + "/guest.qcow2"])
+        var st = stat()
+        #expect(stat(disk, &st) == 0 && st.st_uid == 107 && st.st_gid == 107 && st.st_mode & 0o7777 == 0o440)
+        let names = try FileManager.default.contentsOfDirectory(atPath: work + "/bundle/rootfs")
+        #expect(names == ["disk"], "\(names)")
+    }
+}

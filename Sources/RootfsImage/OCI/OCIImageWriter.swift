@@ -26,6 +26,8 @@ public struct OCIImageWriter: Sendable {
     public var revision: String?
     /// The tag: `org.opencontainers.image.ref.name` in index.json, `NAME:TAG` in a docker archive.
     public var reference: String
+    /// Changes each item before it goes into the layer (a containerdisk's owners).
+    var transform: (@Sendable (inout TreeItem) throws -> Void)? = nil
 
     public init(layout: Layout, compression: Compression = .gzip, epoch: Int? = nil, architecture: String = OCIArchitecture.host,
                 version: String? = nil, revision: String? = nil, reference: String = "rootfs:latest") {
@@ -57,7 +59,7 @@ public struct OCIImageWriter: Sendable {
         try FS.makeDirectories(image + "/blobs/sha256")
         let layerCompression: Compression = layout == .dockerArchive ? .none : compression
         let layerFile = work + "/layer"
-        var stats = try TreeArchiver(format: .paxRestricted, compression: layerCompression, epoch: epoch)
+        var stats = try TreeArchiver(format: .paxRestricted, compression: layerCompression, epoch: epoch, transform: transform)
             .write(source: source, to: layerFile)
         try Task.checkCancellation()
         let layerHex = try SHA256.hexDigest(ofFile: layerFile)
