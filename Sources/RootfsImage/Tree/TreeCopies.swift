@@ -11,7 +11,7 @@ extension TreeSource {
         switch self {
         case .directory(let root):
             return (root, {})
-        case .archive, .ext4:
+        case .archive, .ext4, .image:
             let work = try FS.makeSiblingTemporaryDirectory(for: near)
             do {
                 var extractor = TreeExtractor(destination: work + "/tree")

@@ -57,14 +57,18 @@ public enum TreeSource: Sendable, CustomStringConvertible {
     case archive(String)
     /// An ext4 file system starting at byte `offset` of the file (0: a bare file system).
     case ext4(path: String, offset: Int64)
+    /// A container image's layers applied in order (OCI/ImageTreeReader.swift).
+    case image(ImageReference)
 
-    /// A directory, an ext4 image (bare or partitioned) or an archive file, detected from what `path` is.
+    /// A directory, an ext4 image (bare or partitioned) or an archive file, detected from
+    /// what `path` is, or an image named by its transport (`oci:DIR[:TAG]`, `docker-archive:FILE`).
     public static func open(_ path: String, option: String = "TREE") throws -> TreeSource {
+        if let image = try ImageReference.parse(path, option: option) { return .image(image) }
         let absolute = FS.absolute(path)
         if FS.isDirectory(absolute) { return .directory(absolute) }
         guard FS.isRegularFile(absolute) else {
             throw RootfsError("\(option) \(path) does not exist or is neither a directory nor an archive file",
-                              hint: "give a rootfs directory, a tar archive (.tar, .tar.gz, .tar.zst) or a raw ext4 image")
+                              hint: "give a rootfs directory, a tar archive (.tar, .tar.gz, .tar.zst), a raw ext4 image, or an image: \(ImageReference.transportList)")
         }
         if let offset = ImageExtender.ext4Offset(absolute) { return .ext4(path: absolute, offset: offset) }
         return .archive(absolute)
@@ -73,6 +77,7 @@ public enum TreeSource: Sendable, CustomStringConvertible {
     public var path: String {
         switch self {
         case .directory(let p), .archive(let p), .ext4(let p, _): return p
+        case .image(let image): return image.path
         }
     }
 
@@ -82,6 +87,7 @@ public enum TreeSource: Sendable, CustomStringConvertible {
         case .archive(let p): return "archive \(p)"
         case .ext4(let p, 0): return "ext4 image \(p)"
         case .ext4(let p, let offset): return "ext4 file system at byte \(offset) of \(p)"
+        case .image(let image): return image.description
         }
     }
 
@@ -91,6 +97,7 @@ public enum TreeSource: Sendable, CustomStringConvertible {
         case .directory(let root): try DirectoryTreeReader(root: root).walk(visit)
         case .archive(let file): try ArchiveTreeReader(path: file).walk(visit)
         case .ext4(let file, let offset): try Ext4Reader(path: file, offset: offset).walk(visit)
+        case .image(let image): try ImageTreeReader(reference: image).walk(visit)
         }
     }
 }

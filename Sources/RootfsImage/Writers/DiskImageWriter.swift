@@ -192,7 +192,7 @@ public struct DiskImageWriter: Sendable {
     /// archive or ext4 image extracted by an ordinary user lost them (and its device nodes).
     func ownershipFromSource(_ source: TreeSource) -> Bool {
         switch source {
-        case .archive, .ext4: return geteuid() != 0
+        case .archive, .ext4, .image: return geteuid() != 0
         case .directory: return false
         }
     }

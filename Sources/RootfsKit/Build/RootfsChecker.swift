@@ -86,6 +86,7 @@ extension RootfsChecker {
     /// its writer reading it; anything else is refused.
     public static func requireTreeSource(at path: String, agentInit: Bool) throws {
         if FS.isDirectory(path) { try requireTree(at: path, agentInit: agentInit) }
+        else if try ImageReference.parse(path) != nil { return }
         else if !FS.isRegularFile(path) {
             throw RootfsError("\(path) is neither a rootfs directory nor a tar archive",
                               hint: "give the rootfs directory `rootfs build` wrote, or a tar of it")
