@@ -8,9 +8,10 @@ import Glibc
 /// SOURCE_DATE_EPOCH (1980-01-01, FAT's first day, without it), files laid out
 /// contiguously in the order given, directories first.
 ///
-/// Names are 8.3 (what an ESP needs); an all-lowercase base or extension is
-/// stored uppercase with the lowercase flags Linux and Windows honour, so
-/// `loader.conf` reads back as `loader.conf`. Long names are refused.
+/// A name that fits 8.3 is stored short (an all-lowercase base or extension
+/// uppercase with the lowercase flags Linux and Windows honour); any other
+/// (`loader.conf`, `rootfs-6.1.efi`) gets VFAT long-name entries before a
+/// generated `LOADER~1.CON` short entry.
 public struct FATImage: Sendable {
     public enum Content: Sendable {
         case bytes([UInt8])
@@ -63,6 +64,7 @@ public struct FATImage: Sendable {
     final class Node {
         var name: [UInt8]          // 11 bytes, 8.3 padded
         var lowercaseFlags: UInt8
+        var longName: [UInt16]?    // VFAT long name, when the name is not 8.3
         var children: [Node] = []
         var content: Content?      // nil: a directory
         var size: Int64 = 0
@@ -75,6 +77,8 @@ public struct FATImage: Sendable {
             self.content = content
         }
         var isDirectory: Bool { content == nil }
+        /// Directory entries it takes: the long-name entries (13 UTF-16 units each) and the short one.
+        var entryCount: Int { 1 + ((longName?.count ?? 0) + 12) / 13 }
     }
 
     /// The geometry: where the FATs, the root directory and the data lie.
@@ -129,16 +133,27 @@ public struct FATImage: Sendable {
             guard !file.path.isEmpty else { throw RootfsError("an ESP file has an empty path") }
             var directory = root
             for (i, component) in file.path.enumerated() {
-                let (name, flags) = try Self.shortName(component)
                 let isLast = i == file.path.count - 1
-                if let existing = directory.children.first(where: { $0.name == name }) {
+                if let existing = directory.children.first(where: { $0.longName.map { String(decoding: $0, as: UTF16.self) } ?? Self.displayName($0) == component }) {
                     guard !isLast, existing.isDirectory else {
                         throw RootfsError("the ESP would hold \(file.path.joined(separator: "/")) twice (or a file where a directory goes)")
                     }
                     directory = existing
                     continue
                 }
-                let node = Node(name: name, lowercaseFlags: flags, content: isLast ? file.content : nil)
+                let node: Node
+                if let (name, flags) = try? Self.shortName(component) {
+                    node = Node(name: name, lowercaseFlags: flags, content: isLast ? file.content : nil)
+                } else {
+                    let utf16 = Array(component.utf16)
+                    guard !utf16.isEmpty, utf16.count <= 255, component != ".", component != "..",
+                          !utf16.contains(where: { $0 < 0x20 || "\\/:*?\"<>|".utf16.contains($0) }) else {
+                        throw RootfsError("\(component) cannot be a FAT file name", hint: "use letters, digits, dots and dashes")
+                    }
+                    node = Node(name: Self.generatedShortName(component, taken: Set(directory.children.map(\.name))),
+                                lowercaseFlags: 0, content: isLast ? file.content : nil)
+                    node.longName = utf16
+                }
                 node.parent = directory
                 directory.children.append(node)
                 if isLast {
@@ -163,7 +178,7 @@ public struct FATImage: Sendable {
             directories.append(d)
             queue += d.children.filter(\.isDirectory)
         }
-        guard root.children.count + 1 <= Self.rootEntries else { throw RootfsError("the ESP's root directory holds at most \(Self.rootEntries - 1) entries") }
+        guard root.children.reduce(1, { $0 + $1.entryCount }) <= Self.rootEntries else { throw RootfsError("the ESP's root directory holds at most \(Self.rootEntries - 1) entries") }
         var all: [Node] = []
         func collect(_ d: Node) { for c in d.children { if !c.isDirectory { all.append(c) } else { collect(c) } } }
         collect(root)
@@ -173,7 +188,7 @@ public struct FATImage: Sendable {
             let clusterBytes = Int64(sectorsPerCluster * Self.sectorSize)
             var needed: Int64 = 0
             for node in ordered {
-                let bytes = node.isDirectory ? Int64(node.children.count + 2) * 32 : node.size
+                let bytes = node.isDirectory ? Int64(node.children.reduce(2) { $0 + $1.entryCount }) * 32 : node.size
                 node.clusters = max(1, (bytes + clusterBytes - 1) / clusterBytes)
                 needed += node.clusters
             }
@@ -243,10 +258,61 @@ public struct FATImage: Sendable {
     func entries(of directory: Node) -> [UInt8] {
         var out: [UInt8] = []
         for child in directory.children {
+            if let long = child.longName { out += longNameEntries(long, shortName: child.name) }
             out += directoryEntry(name: child.name, attributes: child.isDirectory ? 0x10 : 0x20, flags: child.lowercaseFlags,
                                   cluster: child.firstCluster, size: child.isDirectory ? 0 : UInt32(child.size))
         }
         return out
+    }
+
+    /// VFAT long-name entries, last part first, each with the short name's checksum.
+    func longNameEntries(_ name: [UInt16], shortName: [UInt8]) -> [UInt8] {
+        var sum: UInt8 = 0
+        for b in shortName { sum = ((sum & 1) << 7) &+ (sum >> 1) &+ b }
+        let count = (name.count + 12) / 13
+        var units = name
+        if units.count % 13 != 0 { units.append(0) }
+        while units.count % 13 != 0 { units.append(0xffff) }
+        var out: [UInt8] = []
+        for ordinal in stride(from: count, through: 1, by: -1) {
+            let part = Array(units[(ordinal - 1) * 13..<ordinal * 13])
+            var e = BinaryEncoder(zeros: 32)
+            e.put(UInt8(ordinal) | (ordinal == count ? 0x40 : 0), at: 0)
+            for (i, u) in part.enumerated() {
+                let offset = i < 5 ? 1 + 2 * i : i < 11 ? 14 + 2 * (i - 5) : 28 + 2 * (i - 11)
+                e.put(u, at: offset)
+            }
+            e.put(UInt8(0x0f), at: 11)
+            e.put(sum, at: 13)
+            out += e.bytes
+        }
+        return out
+    }
+
+    /// "LOADER~1CON" for loader.conf: the short name Windows would generate, unique in its directory.
+    static func generatedShortName(_ name: String, taken: Set<[UInt8]>) -> [UInt8] {
+        let allowed = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789$%'-_@~`!(){}^#&".utf8)
+        func clean(_ s: Substring) -> [UInt8] { Array(s.uppercased().utf8).filter { allowed.contains($0) } }
+        let dot = name.lastIndex(of: ".")
+        let base = clean(dot.map { name[..<$0] } ?? name[...])
+        let ext = dot.map { clean(name[name.index(after: $0)...]) } ?? []
+        let extension3 = Array(ext.prefix(3)) + [UInt8](repeating: 0x20, count: 3 - min(3, ext.count))
+        for n in 1..<1_000_000 {
+            let tail = Array("~\(n)".utf8)
+            let stem = Array((base.isEmpty ? Array("FILE".utf8) : base).prefix(8 - tail.count)) + tail
+            let candidate = stem + [UInt8](repeating: 0x20, count: 8 - stem.count) + extension3
+            if !taken.contains(candidate) { return candidate }
+        }
+        return Array("RANDOM~1   ".utf8)
+    }
+
+    static func displayName(_ node: Node) -> String {
+        func trimmed(_ b: ArraySlice<UInt8>) -> String { String(decoding: b.reversed().drop { $0 == 0x20 }.reversed(), as: UTF8.self) }
+        let base = trimmed(node.name[0..<8])
+        let ext = trimmed(node.name[8..<11])
+        let b = node.lowercaseFlags & 0x08 != 0 ? base.lowercased() : base
+        let e = node.lowercaseFlags & 0x10 != 0 ? ext.lowercased() : ext
+        return e.isEmpty ? b : b + "." + e
     }
 
     var labelBytes: [UInt8] {
