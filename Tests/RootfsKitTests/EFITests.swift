@@ -126,11 +126,28 @@ struct EFIBootTestsRequiringQEMU {
     static let firmware = "/usr/share/ovmf/OVMF.fd"
 
     /// Boots `disk` with OVMF; the agent writes the command's output to ttyS1 (returned) and powers off.
-    static func bootWithOVMF(_ disk: String, console: String) async throws -> Fixtures.CLIResult {
-        try await Fixtures.run("/usr/bin/timeout", ["600", "qemu-system-x86_64", "-accel", "tcg", "-m", "768", "-nographic",
-            "-no-reboot", "-nic", "none", "-bios", firmware,
-            "-drive", "file=\(disk),if=none,id=d0,format=raw,snapshot=on", "-device", "nvme,drive=d0,serial=rootfs",
-            "-monitor", "none", "-serial", "file:\(console)", "-serial", "stdio"])
+    static func bootWithOVMF(_ disk: String, console: String, cdrom: Bool = false) async throws -> Fixtures.CLIResult {
+        let drive = cdrom ? ["-cdrom", disk]
+            : ["-drive", "file=\(disk),if=none,id=d0,format=raw,snapshot=on", "-device", "nvme,drive=d0,serial=rootfs"]
+        return try await Fixtures.run("/usr/bin/timeout", ["600", "qemu-system-x86_64", "-accel", "tcg", "-m", "768", "-nographic",
+            "-no-reboot", "-nic", "none", "-bios", firmware] + drive
+            + ["-monitor", "none", "-serial", "file:\(console)", "-serial", "stdio"])
+    }
+
+    @Test func isoEFIHasTheEFIBootImageAndBootsUnderOVMF() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let dir = try Fixtures.temporaryDirectory("iso-efi")
+        defer { FS.remove(dir) }
+        let line = try Self.agentParameters(["sh", "-c", "test -d /sys/firmware/efi && echo efi-booted-from-cd"])
+        let uki = UnifiedKernelImage(kernel: fixture.kernel, initrd: fixture.initrd, commandLine: line, osRelease: EFIWriterTests.osRelease)
+        try await EFIISO(uki: uki, epoch: 1_700_000_000).write(to: dir + "/a.iso")
+        try await EFIISO(uki: uki, epoch: 1_700_000_000).write(to: dir + "/b.iso")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/a.iso")) == Data(contentsOf: URL(fileURLWithPath: dir + "/b.iso")))
+        let report = try await Fixtures.run("/usr/bin/xorriso", ["-indev", dir + "/a.iso", "-report_el_torito", "plain"])
+        #expect(report.stdout.contains("UEFI"), "\(report.stdout)\(report.stderr)")
+        let result = try await Self.bootWithOVMF(dir + "/a.iso", console: dir + "/console.log", cdrom: true)
+        let console = (try? String(contentsOfFile: dir + "/console.log", encoding: .utf8)) ?? ""
+        #expect(result.stdout.contains("efi-booted-from-cd"), "stdout: \(result.stdout)\nconsole tail: \(console.suffix(3000))")
     }
 
     static func agentParameters(_ command: [String]) throws -> String {
