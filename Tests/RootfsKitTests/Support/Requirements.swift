@@ -15,6 +15,7 @@ extension Tag {
     @Tag static var swiftpm: Self
     @Tag static var qemuImg: Self
     @Tag static var veritysetup: Self
+    @Tag static var efi: Self
 }
 
 /// One thing a test needs. On a laptop a missing one skips the test with the
@@ -22,7 +23,7 @@ extension Tag {
 /// skipped: the test runs and fails loudly if the machine lacks it, and
 /// `.ci/run` fails a run whose log shows a skipped test.
 enum Need: Sendable, CaseIterable, CustomStringConvertible {
-    case root, network, qemu, docker, podman, dnf, busybox, swiftpm, qemuImg, veritysetup
+    case root, network, qemu, docker, podman, dnf, busybox, swiftpm, qemuImg, veritysetup, efi
 
     var description: String {
         switch self {
@@ -36,6 +37,7 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
         case .swiftpm: "the swift package manager"
         case .qemuImg: "qemu-img (qemu-utils)"
         case .veritysetup: "veritysetup (cryptsetup-bin)"
+        case .efi: "OVMF, systemd's EFI stub, mtools, dosfstools, gdisk and objdump (apt: ovmf systemd-boot-efi mtools dosfstools gdisk binutils)"
         }
     }
 
@@ -51,6 +53,7 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
         case .swiftpm: .swiftpm
         case .qemuImg: .qemuImg
         case .veritysetup: .veritysetup
+        case .efi: .efi
         }
     }
 
@@ -71,6 +74,12 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
         case .swiftpm: return Need.onPath("swift")
         case .qemuImg: return Need.onPath("qemu-img")
         case .veritysetup: return Need.onPath("veritysetup") || FileManager.default.isExecutableFile(atPath: "/sbin/veritysetup")
+        case .efi:
+            return FileManager.default.isReadableFile(atPath: "/usr/share/ovmf/OVMF.fd")
+                && FileManager.default.isReadableFile(atPath: "/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+                && ["mdir", "mtype", "objdump"].allSatisfy(Need.onPath)
+                && (Need.onPath("fsck.vfat") || FileManager.default.isExecutableFile(atPath: "/sbin/fsck.vfat"))
+                && (Need.onPath("sgdisk") || FileManager.default.isExecutableFile(atPath: "/sbin/sgdisk"))
         }
     }
 
