@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RootfsKit
+import Synchronization
 
 struct BootCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -95,7 +96,7 @@ struct BootCommand: AsyncParsableCommand {
             try printJSON(JSONError(error))
             throw ExitCode.failure
         }
-        try printJSON(Report(result: result, command: command, output: captured.bytes,
+        try printJSON(Report(result: result, command: command, output: captured.bytes, outputBytes: captured.total,
                              notes: notes.text.split(separator: "\n").map(String.init)))
         if result.exitStatus != 0 {
             throw ExitCode(result.exitStatus)
@@ -113,9 +114,15 @@ struct BootCommand: AsyncParsableCommand {
         var output: String
         /// The same bytes, base64, for output that is not UTF-8.
         var outputBase64: String
+        /// How many bytes the command wrote; more than `output` holds when it was cut.
+        var outputBytes: Int
+        /// The output was cut at `CapturedOutput.defaultLimit` bytes.
+        var outputTruncated: Bool
         var notes: [String]
 
-        init(result: BootResult, command: [String], output: [UInt8], notes: [String]) {
+        init(result: BootResult, command: [String], output: [UInt8], outputBytes: Int, notes: [String]) {
+            self.outputBytes = outputBytes
+            outputTruncated = outputBytes > output.count
             self.command = command
             exitStatus = result.exitStatus
             if case .signaled(let number) = result.status { signal = number }
@@ -127,12 +134,24 @@ struct BootCommand: AsyncParsableCommand {
         }
     }
 
-    /// Bytes collected from the boot's callbacks.
-    final class CapturedOutput: @unchecked Sendable {
-        private let lock = NSLock()
-        private var data: [UInt8] = []
-        func append(_ bytes: [UInt8]) { lock.lock(); data += bytes; lock.unlock() }
-        var bytes: [UInt8] { lock.lock(); defer { lock.unlock() }; return data }
+    /// Bytes collected from the boot's callbacks, the first `limit` of them: the JSON
+    /// document holds the output, so a guest writing without end must not make
+    /// rootfs hold it all (`outputTruncated` and `outputBytes` say what was dropped).
+    final class CapturedOutput: Sendable {
+        static let defaultLimit = 16 << 20
+        private struct State { var data: [UInt8] = []; var total = 0 }
+        private let state = Mutex(State())
+        let limit: Int
+        init(limit: Int = CapturedOutput.defaultLimit) { self.limit = limit }
+        func append(_ bytes: [UInt8]) {
+            state.withLock { state in
+                state.total += bytes.count
+                let room = limit - state.data.count
+                if room > 0 { state.data += bytes.prefix(room) }
+            }
+        }
+        var bytes: [UInt8] { state.withLock { $0.data } }
+        var total: Int { state.withLock { $0.total } }
         var text: String { String(decoding: bytes, as: UTF8.self) }
     }
 

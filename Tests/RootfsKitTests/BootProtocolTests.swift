@@ -54,7 +54,8 @@ import Testing
         #expect(AgentProtocol.parseStatus("rootfs-agent: ready") == .ready)
         #expect(AgentProtocol.parseStatus("rootfs-agent: ready\r") == .ready)
         #expect(AgentProtocol.parseStatus("rootfs-agent: exit 7") == .exited(7))
-        #expect(AgentProtocol.parseStatus("[    2.1] random: crng init donerootfs-agent: exit 0\r") == .exited(0))
+        // The status device is the agent's own: a marker after other text is not a status.
+        #expect(AgentProtocol.parseStatus("[    2.1] random: crng init donerootfs-agent: exit 0\r") == nil)
         #expect(AgentProtocol.parseStatus("rootfs-agent: signal 9") == .signaled(9))
         #expect(AgentProtocol.Status.signaled(9).shellStatus == 137)
         #expect(AgentProtocol.parseStatus("rootfs-agent: exit seven") == nil)
@@ -90,8 +91,9 @@ import Testing
         #expect(command.arguments == [
             "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-nic", "none",
             "-kernel", "/k/vmlinuz", "-initrd", "/img/x.initrd",
-            "-append", "console=ttyS0 panic=-1 no_timer_check rootfs.out=ttyS1 rootfs.cmd=\(encoded)",
-            "-monitor", "none", "-serial", "file:/t/console.log", "-serial", "stdio",
+            "-append", "console=ttyS0 panic=-1 no_timer_check rootfs.out=ttyS1 rootfs.status=ttyS2 rootfs.cmd=\(encoded)",
+            "-monitor", "none", "-chardev", "file,id=console,append=on,path=/t/console.log", "-serial", "chardev:console", "-serial", "stdio",
+            "-chardev", "file,id=status,append=on,path=/t/status.log", "-serial", "chardev:status",
         ])
     }
 
@@ -111,7 +113,7 @@ import Testing
         #expect(arguments[drive + 3] == "nvme,drive=d0,serial=rootfs")
         let append = try #require(arguments.firstIndex(of: "-append"))
         #expect(arguments[append + 1]
-            == "console=ttyS0 panic=-1 no_timer_check root=/dev/nvme0n1p1 rootfstype=ext4 rw rootfs.out=ttyS1 loglevel=3")
+            == "console=ttyS0 panic=-1 no_timer_check root=/dev/nvme0n1p1 rootfstype=ext4 rw rootfs.out=ttyS1 rootfs.status=ttyS2 loglevel=3")
     }
 
     @Test func interactiveArguments() throws {
@@ -125,7 +127,7 @@ import Testing
         #expect(line.contains("root=/dev/nvme0n1 "))
         #expect(line.contains("rootfs.tty=ttyS0 rootfs.status=ttyS1 rootfs.term=xterm-256color"))
         #expect(AgentProtocol.parameter("rootfs.cmd", in: line).flatMap(AgentProtocol.decodeCommand) == ["/bin/sh"])
-        #expect(command.arguments.suffix(4) == ["-serial", "mon:stdio", "-serial", "file:/t/s"])
+        #expect(command.arguments.suffix(6) == ["-serial", "mon:stdio", "-chardev", "file,id=status,append=on,path=/t/s", "-serial", "chardev:status"])
     }
 
     @Test func tooLongCommandIsRefused() {
@@ -158,7 +160,8 @@ import Testing
         #expect(command.arguments == [
             "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-nic", "none",
             "-cdrom", "/img/x.iso", "-boot", "d",
-            "-monitor", "none", "-serial", "file:/t/c", "-serial", "stdio",
+            "-monitor", "none", "-chardev", "file,id=console,append=on,path=/t/c", "-serial", "chardev:console", "-serial", "stdio",
+            "-chardev", "file,id=status,append=on,path=/t/s", "-serial", "chardev:status",
         ])
         // The ISO's command line was fixed when it was written: a command cannot be passed.
         #expect(throws: RootfsError.self) { try boot().kernelCommandLine(kind: .iso) }
@@ -184,7 +187,7 @@ import Testing
             let initrd = try #require(a.firstIndex(of: "-initrd"))
             #expect(a[initrd + 1] == "/img/stage1")
             let append = try #require(a.firstIndex(of: "-append"))
-            #expect(a[append + 1] == "console=ttyS0 panic=-1 no_timer_check \(root) rootfs.out=ttyS1", "\(layout)")
+            #expect(a[append + 1] == "console=ttyS0 panic=-1 no_timer_check \(root) rootfs.out=ttyS1 rootfs.status=ttyS2", "\(layout)")
         }
     }
 
