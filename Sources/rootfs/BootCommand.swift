@@ -67,39 +67,35 @@ struct BootCommand: AsyncParsableCommand {
         options.accelerator = Accelerator(rawValue: accel) ?? .auto
         options.term = ProcessInfo.processInfo.environment["TERM"]
         let boot = QEMUBoot(options: options)
-        let signalSources = Self.stopQEMUOnSignals(interactive: interactive)
-        defer { signalSources.forEach { $0.cancel() } }
-        guard json else {
-            let result = try await boot.run(
-                onOutput: { bytes in FileHandle.standardOutput.write(Data(bytes)) },
-                onNote: { note in FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8)) }
-            )
-            if result.stoppedWhenReady {
-                FileHandle.standardError.write(Data(String(format: "rootfs: booted: ready in %.1f s (%@), guest stopped\n",
-                                                           result.readySeconds, result.accelerator.rawValue).utf8))
+        let (json, command) = (json, command)
+        // One signal path with every other command: a signal cancels the boot, QEMU is
+        // stopped and the boot's work directory removed before rootfs exits. Interactive:
+        // Ctrl-C belongs to the guest's terminal.
+        let signals = interactive ? CommandRunner.stopSignals.filter { $0 != SIGINT } : CommandRunner.stopSignals
+        try await CommandRunner.run(json: json, signals: signals) {
+            guard json else {
+                let result = try await boot.run(
+                    onOutput: { bytes in FileHandle.standardOutput.write(Data(bytes)) },
+                    onNote: { note in FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8)) }
+                )
+                if result.stoppedWhenReady {
+                    FileHandle.standardError.write(Data(String(format: "rootfs: booted: ready in %.1f s (%@), guest stopped\n",
+                                                               result.readySeconds, result.accelerator.rawValue).utf8))
+                }
+                if result.exitStatus != 0 { throw ExitCode(result.exitStatus) }
+                return
             }
-            if result.exitStatus != 0 { throw ExitCode(result.exitStatus) }
-            return
-        }
-        let captured = CapturedOutput()
-        let notes = CapturedOutput()
-        let result: BootResult
-        do {
-            result = try await boot.run(
+            let captured = CapturedOutput()
+            let notes = CapturedOutput()
+            let result = try await boot.run(
                 onOutput: { bytes in captured.append(bytes) },
                 onNote: { note in
                     notes.append(Array((note + "\n").utf8))
                     FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8))
                 })
-        } catch {
-            FileHandle.standardError.write(Data("\(Console(level: .quiet).colored("error:", "1;31")) \(error)\n".utf8))
-            try printJSON(JSONError(error))
-            throw ExitCode.failure
-        }
-        try printJSON(Report(result: result, command: command, output: captured.bytes, outputBytes: captured.total,
-                             notes: notes.text.split(separator: "\n").map(String.init)))
-        if result.exitStatus != 0 {
-            throw ExitCode(result.exitStatus)
+            try printJSON(Report(result: result, command: command, output: captured.bytes, outputBytes: captured.total,
+                                 notes: notes.text.split(separator: "\n").map(String.init)))
+            if result.exitStatus != 0 { throw ExitCode(result.exitStatus) }
         }
     }
 
@@ -153,21 +149,5 @@ struct BootCommand: AsyncParsableCommand {
         var bytes: [UInt8] { state.withLock { $0.data } }
         var total: Int { state.withLock { $0.total } }
         var text: String { String(decoding: bytes, as: UTF8.self) }
-    }
-
-    /// On SIGTERM, SIGHUP and (unless the guest owns the terminal) SIGINT:
-    /// kill QEMU first, then exit as the signal would have.
-    static func stopQEMUOnSignals(interactive: Bool) -> [DispatchSourceSignal] {
-        let signals = interactive ? [SIGTERM, SIGHUP] : [SIGINT, SIGTERM, SIGHUP]
-        return signals.map { number in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                SupervisedProcesses.killAll()
-                Foundation.exit(128 + number)
-            }
-            source.resume()
-            return source
-        }
     }
 }

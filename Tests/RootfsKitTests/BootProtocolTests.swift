@@ -80,6 +80,7 @@ import Testing
 @Suite struct BootArgumentTests {
     func boot(_ configure: (inout BootOptions) -> Void = { _ in }) -> QEMUBoot {
         var options = BootOptions(image: "/img/x.initrd", kernel: "/k/vmlinuz", command: ["sh", "-c", "exit 7"])
+        options.unprivilegedUser = nil
         configure(&options)
         return QEMUBoot(options: options)
     }
@@ -89,6 +90,7 @@ import Testing
         let encoded = try #require(AgentProtocol.encodeCommand(["sh", "-c", "exit 7"]))
         #expect(command.tool == "qemu-system-x86_64")
         #expect(command.arguments == [
+            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-nic", "none",
             "-kernel", "/k/vmlinuz", "-initrd", "/img/x.initrd",
             "-append", "console=ttyS0 panic=-1 no_timer_check rootfs.out=ttyS1 rootfs.status=ttyS2 rootfs.cmd=\(encoded)",
@@ -105,11 +107,12 @@ import Testing
             $0.command = []
         }.qemuCommand(kind: .partitionedDisk, accelerator: .kvm, consoleLog: "/t/c", statusLog: "/t/s")
         let arguments = command.arguments
-        #expect(Array(arguments.prefix(6)) == ["-accel", "kvm", "-cpu", "host", "-m", "1024"])
+        #expect(Array(arguments.prefix(8)) == ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+                                               "-accel", "kvm", "-cpu", "host", "-m", "1024"])
         #expect(arguments.contains("-snapshot"))
         #expect(!arguments.contains("-initrd"))
         let drive = try #require(arguments.firstIndex(of: "-drive"))
-        #expect(arguments[drive + 1] == "file=/img/disk.img,if=none,id=d0,format=raw")
+        #expect(arguments[drive + 1] == "if=none,id=d0,format=raw,file.driver=file,file.filename=/img/disk.img")
         #expect(arguments[drive + 3] == "nvme,drive=d0,serial=rootfs")
         let append = try #require(arguments.firstIndex(of: "-append"))
         #expect(arguments[append + 1]
@@ -158,8 +161,9 @@ import Testing
             $0.command = []
         }.qemuCommand(kind: .iso, accelerator: .tcg, consoleLog: "/t/c", statusLog: "/t/s")
         #expect(command.arguments == [
+            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-nic", "none",
-            "-cdrom", "/img/x.iso", "-boot", "d",
+            "-drive", "if=ide,index=2,media=cdrom,format=raw,file.driver=file,file.filename=/img/x.iso", "-boot", "d",
             "-monitor", "none", "-chardev", "file,id=console,append=on,path=/t/c", "-serial", "chardev:console", "-serial", "stdio",
             "-chardev", "file,id=status,append=on,path=/t/s", "-serial", "chardev:status",
         ])
@@ -183,7 +187,7 @@ import Testing
             }.qemuCommand(kind: .disk(layout), accelerator: .tcg, consoleLog: "/t/c", statusLog: "/t/s")
             let a = command.arguments
             let drive = try #require(a.firstIndex(of: "-drive"))
-            #expect(a[drive + 1] == "file=/img/d,if=none,id=d0,\(format)")
+            #expect(a[drive + 1] == "if=none,id=d0,\(format),file.driver=file,file.filename=/img/d" + (format == "format=qcow2" ? ",backing=" : ""))
             let initrd = try #require(a.firstIndex(of: "-initrd"))
             #expect(a[initrd + 1] == "/img/stage1")
             let append = try #require(a.firstIndex(of: "-append"))
@@ -246,7 +250,7 @@ import Testing
         #expect(BootImageKind.detect(head: Array("conectix".utf8))?.disk?.container == .vpc)
         #expect(BootImageKind.detect(head: image()) == nil)
         #expect(BootImageKind.probeCommand(image: "/i.qcow2", container: .qcow2, output: "/o").arguments
-            == ["dd", "-f", "qcow2", "-O", "raw", "bs=1M", "count=4", "if=/i.qcow2", "of=/o"])
+            == ["dd", "--image-opts", "-O", "raw", "bs=1M", "count=4", "if=driver=qcow2,file.driver=file,file.filename=/i.qcow2,backing=", "of=/o"])
     }
 
     @Test func bootCommandRefusesWhatItCannotBoot() async throws {

@@ -129,6 +129,35 @@ import Testing
         }
     }
 
+    /// SIGHUP (an ssh session dropped) while a guest runs: rootfs stops QEMU through the
+    /// same cancellation as every command, exits 130, and leaves no console log behind.
+    @Test func aHangupStopsQEMUAndLeavesNothingBehind() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let tmp = try Fixtures.temporaryDirectory("boothup"); defer { FS.remove(tmp) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Fixtures.rootfsBinary)
+        process.arguments = ["boot", fixture.initrd, "--kernel", fixture.kernel, "--accel", "tcg", "--timeout", "300", "--", "sleep", "600"]
+        process.environment = ProcessInfo.processInfo.environment.merging(["TMPDIR": tmp]) { $1 }
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        // Wait for QEMU to be running (its work directory exists), then hang up.
+        let started = ContinuousClock.now
+        while try FileManager.default.contentsOfDirectory(atPath: tmp).isEmpty && QEMUBoot.seconds(ContinuousClock.now - started) < 60 {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        try await Task.sleep(for: .seconds(3))
+        #expect(try !processesNamed("qemu-system-x86_64", childrenOf: process.processIdentifier).isEmpty)
+        kill(process.processIdentifier, SIGHUP)
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit && process.terminationStatus == 130, "\(String(decoding: stderr, as: UTF8.self))")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: tmp).isEmpty)
+        #expect(try processesNamed("qemu-system-x86_64", childrenOf: process.processIdentifier).isEmpty)
+    }
+
     /// Our own qemu children (other test runs may boot guests at the same time).
     func processesNamed(_ name: String, childrenOf parent: Int32) throws -> [Int32] {
         try FileManager.default.contentsOfDirectory(atPath: "/proc").compactMap { Int32($0) }.filter { pid in

@@ -81,6 +81,9 @@ public enum BootImageKind: Sendable, Equatable {
         guard let first = detect(head: head, tail: tail) else { throw unknown }
         guard case .disk(let guess) = first else { return first }
         let container = guess.container
+        // Before qemu-img or QEMU open it: a container naming another file (a backing
+        // file, an external data file, a parent disk) would make root read that file.
+        try ContainerHeader.refuseExternalFiles(path: path, container: container, file: file, head: head, tail: tail)
         // A fixed VHD is raw data followed by its footer: read it as raw.
         let isFixedVHD = container == .vpc && Array(head.prefix(8)) != Array("conectix".utf8)
         if container == .raw || isFixedVHD {
@@ -101,10 +104,15 @@ public enum BootImageKind: Sendable, Equatable {
         return .disk(layout(container: container, read: converted.read))
     }
 
-    /// `qemu-img dd` of the first 4 MiB of a container image into a raw file.
+    /// `qemu-img dd` of the first 4 MiB of a container image into a raw file. The
+    /// image is named by `--image-opts` with the `file` protocol driver forced and
+    /// commas doubled, so no part of its path is read as an option or a protocol
+    /// (`json:{...}`, `nbd:...`), and no backing file is opened (`backing=` empty).
     public static func probeCommand(image: String, container: DiskLayout.Container, output: String) -> ToolCommand {
-        ToolCommand("qemu-img", ["dd", "-f", container.rawValue, "-O", "raw", "bs=1M",
-                                 "count=\(probeBytes >> 20)", "if=\(image)", "of=\(output)"])
+        ToolCommand("qemu-img", ["dd", "--image-opts", "-O", "raw", "bs=1M", "count=\(probeBytes >> 20)",
+                                 "if=driver=\(container.rawValue),file.driver=file,file.filename=\(QEMUBoot.quoted(image))"
+                                     + (container == .qcow2 ? ",backing=" : ""),
+                                 "of=\(output)"])
     }
 
     /// Classifies an image from its first bytes (up to `headBytes`) and its last 512.
@@ -218,4 +226,84 @@ final class ImageFile {
     }
 
     func close() { Glibc.close(fd) }
+}
+
+/// What a container image's header says about other files. QEMU would follow
+/// them: a qcow2 backing file or external data file, a vmdk parent, a VHD
+/// differencing disk's parent. `rootfs boot` runs as root, so any of them
+/// (`backing=/dev/sda`) would hand a host file to the guest: they are refused.
+enum ContainerHeader {
+    static func refuseExternalFiles(path: String, container: DiskLayout.Container, file: ImageFile,
+                                    head: [UInt8], tail: [UInt8]) throws {
+        switch container {
+        case .raw: return
+        case .qcow2: try qcow2(path: path, head: head)
+        case .vmdk: try vmdk(path: path, file: file, head: head)
+        case .vpc: try vhd(path: path, head: head, tail: tail)
+        }
+    }
+
+    static func refuse(_ path: String, _ what: String) -> RootfsError {
+        RootfsError("\(path) names another file (\(what)): rootfs boot does not follow it",
+                    hint: "boot a self-contained image: `qemu-img convert -O qcow2 \(path) flat.qcow2` merges it")
+    }
+
+    /// qcow2: backing_file_offset at 8 (big-endian u64), header extensions from
+    /// byte 72 (v2) or header_length (v3, at 100); extension 0x44415441 is an
+    /// external data file, 0xe2792aca the backing file's format.
+    static func qcow2(path: String, head: [UInt8]) throws {
+        let header = BinaryDecoder(head, order: .big, what: "the qcow2 header of \(path)")
+        let version = try header.u32(4)
+        guard version == 2 || version == 3 else {
+            throw RootfsError("\(path) is qcow2 version \(version), which rootfs boot does not read", hint: "qemu-img convert -O qcow2 it")
+        }
+        if try header.u64(8) != 0 || header.u32(16) != 0 { throw refuse(path, "a qcow2 backing file") }
+        var offset = 72
+        if version == 3 {
+            // incompatible_features bit 2: an external data file.
+            if try header.u64(72) & 0b100 != 0 { throw refuse(path, "a qcow2 external data file") }
+            offset = Int(try header.u32(100))
+        }
+        // Walk the extensions inside the first cluster (what the head holds); every step is checked.
+        for _ in 0..<64 {
+            guard offset >= 72, offset + 8 <= head.count else { return }
+            let type = try header.u32(offset)
+            let length = Int(try header.u32(offset + 4))
+            if type == 0 { return }
+            if type == 0x4441_5441 { throw refuse(path, "a qcow2 external data file") }
+            let padded = try Checked.add(length, 7, "a qcow2 header extension length") & ~7
+            offset = try Checked.add(offset + 8, padded, "a qcow2 header extension offset")
+        }
+    }
+
+    /// vmdk (sparse, `KDMV`): the embedded descriptor (sector offset at 28, size at 36,
+    /// little-endian u64) must name no parent and no extent file other than itself.
+    static func vmdk(path: String, file: ImageFile, head: [UInt8]) throws {
+        let header = BinaryDecoder(head, what: "the vmdk header of \(path)")
+        let sector = try header.u64(28), sectors = try header.u64(36)
+        guard sector != 0, sectors != 0 else { return }
+        guard sectors <= 2048, let start = Int(exactly: sector).flatMap({ $0 <= Int.max / 512 ? $0 * 512 : nil }) else {
+            throw RootfsError("\(path): its vmdk descriptor is \(sectors) sectors at sector \(sector), beyond what a vmdk holds")
+        }
+        let text = String(decoding: file.read(at: start, count: Int(sectors) * 512).prefix { $0 != 0 }, as: UTF8.self)
+        for line in text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
+            let words = line.trimmingCharacters(in: .whitespaces)
+            if words.hasPrefix("parentFileNameHint") { throw refuse(path, "a vmdk parent disk") }
+            if words.hasPrefix("parentCID"), !words.lowercased().hasSuffix("ffffffff") { throw refuse(path, "a vmdk parent disk") }
+            // An extent line: RW 2048 SPARSE "name" [offset]. A monolithic sparse file names itself.
+            let fields = words.split(separator: " ", omittingEmptySubsequences: true)
+            if fields.count >= 4, ["RW", "RDONLY", "NOACCESS"].contains(String(fields[0])), String(fields[2]) != "SPARSE" {
+                throw refuse(path, "a vmdk \(fields[2]) extent")
+            }
+        }
+    }
+
+    /// VHD: the footer's disk type (big-endian u32 at 60): 4 is a differencing disk.
+    static func vhd(path: String, head: [UInt8], tail: [UInt8]) throws {
+        let footer = Array(head.prefix(8)) == Array("conectix".utf8) ? head : tail
+        guard footer.count >= 64 else { return }
+        if try BinaryDecoder(footer, order: .big, what: "the VHD footer of \(path)").u32(60) == 4 {
+            throw refuse(path, "a VHD differencing disk's parent")
+        }
+    }
 }

@@ -40,6 +40,9 @@ public struct BootOptions: Sendable {
     public var hostname: String?
     /// TERM for an interactive command.
     public var term: String?
+    /// The user QEMU drops to once its files are open (`-runas`); nil: stay as we are.
+    /// As root it is `nobody` by default: a guest escaping QEMU must not be root on the host.
+    public var unprivilegedUser: String? = getuid() == 0 ? "nobody" : nil
     /// How long a KVM guest may stay silent before KVM counts as broken.
     public var kvmProbeSeconds: Double = 10
 
@@ -133,6 +136,16 @@ public struct QEMUBoot: Sendable {
     public func qemuCommand(kind: BootImageKind, accelerator: Accelerator,
                             consoleLog: String, statusLog: String) throws -> ToolCommand {
         var arguments: [String] = []
+        // QEMU runs as root on an image from anywhere: seccomp (no exec, no obsolete or
+        // privilege-raising system calls) and, as root, an unprivileged user once the
+        // image, kernel and devices are open (7.2 has -runas; -run-with comes in 9.0).
+        // The filter is installed before -runas drops root, so set*uid stays allowed then
+        // (root gone, nobody cannot raise itself back); without -runas it is denied too.
+        if let user = options.unprivilegedUser {
+            arguments += ["-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny", "-runas", user]
+        } else {
+            arguments += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        }
         switch accelerator {
         case .kvm: arguments += ["-accel", "kvm", "-cpu", "host"]
         case .tcg, .auto: arguments += ["-accel", "tcg"]
@@ -141,14 +154,17 @@ public struct QEMUBoot: Sendable {
         switch kind {
         case .iso:
             // The firmware (SeaBIOS) boots the CD: isolinux loads the ISO's own kernel and initrd.
-            arguments += ["-cdrom", options.image, "-boot", "d"]
+            arguments += ["-drive", "if=ide,index=2,media=cdrom,format=raw,\(Self.fileOption(options.image))", "-boot", "d"]
         case .initrd:
             arguments += ["-kernel", try kernelPath(), "-initrd", options.image]
         case .disk(let disk):
             arguments += ["-kernel", try kernelPath()]
             if let initrd = options.initrd { arguments += ["-initrd", initrd] }
             // -snapshot: writes go to a temporary overlay, the image stays as it is.
-            arguments += ["-drive", "file=\(options.image),if=none,id=d0,format=\(disk.container.rawValue)",
+            // The file protocol forced and commas doubled: no part of the path is an option or a
+            // protocol (`disk.img,snapshot=off`, `json:{...}`, `nbd:...`); no backing file.
+            arguments += ["-drive", "if=none,id=d0,format=\(disk.container.rawValue),\(Self.fileOption(options.image))"
+                              + (disk.container == .qcow2 ? ",backing=" : ""),
                           "-device", "nvme,drive=d0,serial=rootfs", "-snapshot"]
         }
         if kind != .iso { arguments += ["-append", try kernelCommandLine(kind: kind)] }
@@ -172,6 +188,19 @@ public struct QEMUBoot: Sendable {
     /// so a path like `disk.img,snapshot=off` stays one value and adds no option.
     public static func quoted(_ value: String) -> String {
         value.replacingOccurrences(of: ",", with: ",,")
+    }
+
+    /// `file.driver=file,file.filename=PATH` for a -drive.
+    static func fileOption(_ path: String) -> String {
+        "file.driver=file,file.filename=\(quoted(path))"
+    }
+
+    /// Refuses a path QEMU would read as something else than a file name.
+    static func checkPath(_ path: String, _ what: String) throws {
+        if path.hasPrefix("json:") {
+            throw RootfsError("the \(what) \(path) starts with json:, which QEMU reads as block options, not as a file name",
+                              hint: "name the file as ./\(path)")
+        }
     }
 
     func kernelPath() throws -> String {
@@ -202,6 +231,9 @@ public struct QEMUBoot: Sendable {
     /// command goes to `onOutput` unchanged; progress notes to `onNote`.
     public func run(onOutput: @escaping @Sendable ([UInt8]) -> Void,
                     onNote: @escaping @Sendable (String) -> Void) async throws -> BootResult {
+        try Self.checkPath(options.image, "image")
+        if let kernel = options.kernel { try Self.checkPath(kernel, "kernel") }
+        if let initrd = options.initrd { try Self.checkPath(initrd, "initrd") }
         guard FileManager.default.isReadableFile(atPath: options.image) else {
             throw RootfsError("cannot read the image \(options.image)")
         }
@@ -279,6 +311,8 @@ public struct QEMUBoot: Sendable {
                 }
                 try? await Task.sleep(for: .milliseconds(50))
             }
+            // Cancelled (a signal reached rootfs): QEMU goes now, so the work directory can go.
+            control.kill()
         }
         // What QEMU wrote last: a guest that became ready, ran its command and powered
         // off between two polls (or after the loop stopped with QEMU) still counts.
