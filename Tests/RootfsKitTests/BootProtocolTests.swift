@@ -227,7 +227,10 @@ import Testing
         gpt[510] = 0x55; gpt[511] = 0xaa; gpt[446 + 4] = 0xee
         gpt.replaceSubrange(512..<520, with: Array("EFI PART".utf8))
         put(2, 8, at: 512 + 72, in: &gpt)
+        put(128, 4, at: 512 + 80, in: &gpt)   // 128 entries of 128 bytes (PartitionProbe refuses other sizes)
+        put(128, 4, at: 512 + 84, in: &gpt)
         put(34, 8, at: 1024 + 32, in: &gpt)
+        put(37, 8, at: 1024 + 40, in: &gpt)
         put(0xE0F5_E1E2, 4, at: 34 * 512 + 1024, in: &gpt)
         #expect(BootImageKind.detect(head: gpt) == .disk(DiskLayout(table: .gpt, filesystem: .erofs)))
         // MBR with partition 1 at LBA 4 holding ext4.

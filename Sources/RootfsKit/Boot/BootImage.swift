@@ -1,4 +1,5 @@
 import Foundation
+import RootfsImage
 
 /// How a disk image holds the root file system: the file's container format
 /// (what QEMU's `format=` says), the partition table inside it and the root
@@ -87,7 +88,7 @@ public enum BootImageKind: Sendable, Equatable {
         // A fixed VHD is raw data followed by its footer: read it as raw.
         let isFixedVHD = container == .vpc && Array(head.prefix(8)) != Array("conectix".utf8)
         if container == .raw || isFixedVHD {
-            return .disk(layout(container: container, read: file.read))
+            return .disk(try layout(container: container, what: path, size: Int64(file.size), read: file.read))
         }
         let work = try FS.makeSiblingTemporaryDirectory(for: FileManager.default.temporaryDirectory.path + "/rootfs-probe")
         defer { FS.remove(work) }
@@ -101,7 +102,7 @@ public enum BootImageKind: Sendable, Equatable {
         }
         guard let converted = ImageFile(path: raw) else { throw RootfsError("qemu-img wrote no \(raw)") }
         defer { converted.close() }
-        return .disk(layout(container: container, read: converted.read))
+        return .disk(try layout(container: container, what: path, read: converted.read))
     }
 
     /// `qemu-img dd` of the first 4 MiB of a container image into a raw file. The
@@ -140,32 +141,28 @@ public enum BootImageKind: Sendable, Equatable {
         if has(Array("KDMV".utf8), at: 0) { return .disk(DiskLayout(container: .vmdk, table: .mbr, filesystem: .unknown)) }
         if has(Array("conectix".utf8), at: 0) { return .disk(DiskLayout(container: .vpc, table: .mbr, filesystem: .unknown)) }
         let container: DiskLayout.Container = tail.count == 512 && Array(tail.prefix(8)) == Array("conectix".utf8) ? .vpc : .raw
-        let found = layout(container: container) { offset, count in
+        // From the head alone: a table pointing beyond it is judged when the whole file is read.
+        let found = (try? layout(container: container) { offset, count in
             offset < head.count ? Array(head[offset..<min(head.count, offset + count)]) : []
-        }
+        }) ?? DiskLayout(container: container, table: .mbr, filesystem: .unknown)
         if container == .raw && found.table == .none && found.filesystem == .unknown { return nil }
         return .disk(found)
     }
 
-    /// The partition table and the root file system of a raw disk, read through `read(offset, count)`.
-    static func layout(container: DiskLayout.Container, read: (Int, Int) -> [UInt8]) -> DiskLayout {
-        let mbr = read(0, 512)
-        guard mbr.count == 512, mbr[510] == 0x55, mbr[511] == 0xaa else {
-            return DiskLayout(container: container, table: .none, filesystem: filesystem(at: 0, read: read))
+    /// The partition table and the root file system of a raw disk, read through `read(offset, count)`
+    /// (`PartitionProbe`, shared with `extend`). `size`: the disk's size when known.
+    static func layout(container: DiskLayout.Container, what: String = "the image", size: Int64? = nil,
+                       read: @escaping (Int, Int) -> [UInt8]) throws -> DiskLayout {
+        let found = try PartitionProbe.probe(what: what, size: size) { offset, count in
+            guard let offset = Int(exactly: offset) else { return [] }
+            return read(offset, count)
         }
-        if mbr[446 + 4] == 0xee {
-            // GPT: the header at LBA 1 names the LBA of the entry array; entry 1's first LBA at +32.
-            let header = read(512, 92)
-            var start = 0
-            if header.count == 92, Array(header.prefix(8)) == Array("EFI PART".utf8) {
-                let entries = Int(littleEndian(header, 72, 8))
-                let entry = read(entries * 512, 48)
-                if entry.count == 48 { start = Int(littleEndian(entry, 32, 8)) * 512 }
-            }
-            return DiskLayout(container: container, table: .gpt, filesystem: start > 0 ? filesystem(at: start, read: read) : .unknown)
+        let table: DiskLayout.Table = found.table == .gpt ? .gpt : found.table == .mbr ? .mbr : .none
+        if table == .none { return DiskLayout(container: container, table: .none, filesystem: filesystem(at: 0, read: read)) }
+        guard let start = found.firstPartitionOffset, let offset = Int(exactly: start) else {
+            return DiskLayout(container: container, table: table, filesystem: .unknown)
         }
-        let start = Int(littleEndian(mbr, 446 + 8, 4)) * 512
-        return DiskLayout(container: container, table: .mbr, filesystem: start > 0 ? filesystem(at: start, read: read) : .unknown)
+        return DiskLayout(container: container, table: table, filesystem: filesystem(at: offset, read: read))
     }
 
     /// ext2/3/4: 0xEF53 at 56 in the superblock at 1024; erofs: 0xE0F5E1E2 at 1024.
