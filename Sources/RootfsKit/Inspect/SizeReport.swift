@@ -38,7 +38,7 @@ public struct SizeReport: Sendable, Codable, Equatable {
         } else if FS.isRegularFile(path) {
             index = try TreeIndex(archive: path)
             if let status = index.content(of: PackageInventory.dpkgStatus) {
-                inventory = PackageInventory(database: .dpkg, packages: PackageInventory.parseDpkgStatus(status))
+                inventory = PackageInventory(database: .dpkg, packages: try PackageInventory.parseDpkgStatus(status))
             } else if let installed = index.content(of: PackageInventory.apkInstalled) {
                 inventory = PackageInventory(database: .apk, packages: PackageInventory.parseApkInstalled(installed))
             } else if PackageInventory.rpmDatabases.contains(where: { index.isDirectory($0) }) {

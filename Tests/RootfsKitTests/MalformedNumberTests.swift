@@ -1,0 +1,30 @@
+import Foundation
+import Testing
+@testable import RootfsSupport
+
+/// Numbers from files and flags near 2^63: clear errors through the CLI, no trap, nothing left behind.
+@Suite struct MalformedNumberTests {
+    @Test func aHugeInstalledSizeIsAClearError() async throws {
+        let dir = try Fixtures.temporaryDirectory("hugesize"); defer { FS.remove(dir) }
+        let tree = dir + "/tree"
+        try FileManager.default.createDirectory(atPath: tree + "/var/lib/dpkg", withIntermediateDirectories: true)
+        try "Package: huge\nStatus: install ok installed\nVersion: 1\nArchitecture: amd64\nInstalled-Size: 9223372036854775807\n\n"
+            .write(toFile: tree + "/var/lib/dpkg/status", atomically: true, encoding: .utf8)
+        for arguments in [["size", tree], ["size", tree, "--json"]] {
+            let result = try await Fixtures.rootfs(arguments, environment: ["TMPDIR": dir])
+            #expect(result.status == 1, "\(arguments): \(result.stderr)")
+            #expect(result.stderr.contains("Installed-Size of 9223372036854775807 KiB"), "\(result.stderr)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["tree"])
+    }
+
+    @Test func aHugeFreeSpaceIsRefusedBeforeAnyWork() async throws {
+        let dir = try Fixtures.temporaryDirectory("hugefree"); defer { FS.remove(dir) }
+        try FileManager.default.createDirectory(atPath: dir + "/tree/etc", withIntermediateDirectories: true)
+        let result = try await Fixtures.rootfs(["image", dir + "/tree", "-o", dir + "/out.img", "--free-space", "9223372036854775807"],
+                                               environment: ["TMPDIR": dir])
+        #expect(result.status != 0 && result.status < 128, "\(result.status): a trap is a signal")
+        #expect(result.stderr.contains("--free-space 9223372036854775807 MiB is more than an ext4 image holds"), "\(result.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["tree"])
+    }
+}
