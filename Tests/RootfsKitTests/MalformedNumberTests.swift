@@ -28,3 +28,20 @@ import Testing
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["tree"])
     }
 }
+
+/// A damaged archive is an error, not a shorter listing.
+@Suite struct DamagedArchiveTests {
+    @Test func aCorruptTarHeaderMidArchiveIsAnErrorInSize() async throws {
+        let dir = try Fixtures.temporaryDirectory("damagedtar"); defer { FS.remove(dir) }
+        try FileManager.default.createDirectory(atPath: dir + "/t/etc", withIntermediateDirectories: true)
+        for name in ["a", "b", "c"] { try Data(repeating: 0x61, count: 100).write(to: URL(fileURLWithPath: dir + "/t/etc/" + name)) }
+        _ = try await Fixtures.run("/bin/tar", ["-C", dir + "/t", "--format=ustar", "-cf", dir + "/x.tar", "etc/a", "etc/b", "etc/c"])
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: dir + "/x.tar")))
+        // The second member's header starts after the first's header and one data block; break its checksum.
+        bytes[1024 + 148] ^= 0x07
+        try Data(bytes).write(to: URL(fileURLWithPath: dir + "/x.tar"))
+        let result = try await Fixtures.rootfs(["size", dir + "/x.tar"])
+        #expect(result.status == 1, "\(result.stdout)\n\(result.stderr)")
+        #expect(result.stderr.contains("cannot read the archive"), "\(result.stderr)")
+    }
+}

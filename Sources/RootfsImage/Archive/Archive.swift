@@ -225,7 +225,9 @@ public final class ArchiveReader {
         var e: OpaquePointer?
         let rc = archive_read_next_header(pointer, &e)
         if rc == ARCHIVE_EOF { return nil }
-        guard rc >= ARCHIVE_WARN, let e else {
+        // OK or WARN only: ARCHIVE_RETRY (-10) is above WARN (-20) but is libarchive saying
+        // the header was damaged (a corrupt tar header mid-archive): entries would be lost.
+        guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN, let e else {
             throw RootfsError("cannot read the archive: \(archive_error_string(pointer).map { String(cString: $0) } ?? "?")")
         }
         let entry = Entry(

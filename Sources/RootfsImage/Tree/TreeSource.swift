@@ -241,7 +241,8 @@ struct ArchiveTreeReader {
         var e: OpaquePointer?
         let rc = archive_read_next_header(r.pointer, &e)
         if rc == ARCHIVE_EOF { return nil }
-        guard rc >= ARCHIVE_WARN, let e else {
+        // OK or WARN only: ARCHIVE_RETRY means a damaged header, whose entries would be lost.
+        guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN, let e else {
             throw RootfsError("cannot read the archive \(path): \(archive_error_string(r.pointer).map { String(cString: $0) } ?? "?")",
                               hint: "give a tar archive (plain, gzip or zstd) or a rootfs directory")
         }

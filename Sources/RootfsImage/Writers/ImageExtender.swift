@@ -32,7 +32,8 @@ public struct ImageExtender: Sendable {
             throw RootfsError("\(path) is neither an archive nor an ext4 disk image", hint: "extend works on tar, initrd (cpio) and raw ext4 images")
         }
         var e: OpaquePointer?
-        guard archive_read_next_header(a, &e) >= ARCHIVE_WARN else {
+        let first = archive_read_next_header(a, &e)
+        guard first == ARCHIVE_OK || first == ARCHIVE_WARN else {
             throw RootfsError("\(path) is neither an archive nor an ext4 disk image", hint: "extend works on tar, initrd (cpio) and raw ext4 images")
         }
         let filter = archive_filter_code(a, 0)
