@@ -237,6 +237,9 @@ struct ArchiveTreeReader {
 
     private func reader() throws -> ArchiveReader { try ArchiveReader(path: path) }
 
+    /// The largest member size read from an archive: ext4's largest file with 4 KiB blocks.
+    static let maxMemberSize: Int64 = 1 << 44
+
     private func nextHeader(_ r: ArchiveReader) throws -> OpaquePointer? {
         var e: OpaquePointer?
         let rc = archive_read_next_header(r.pointer, &e)
@@ -266,9 +269,16 @@ struct ArchiveTreeReader {
             throw RootfsError("\(path): the root member is not a directory")
         }
         let isDevice = type == FileType.chr || type == FileType.blk
+        // A size from the archive (a pax sparse member's realsize can say 2^63-1) is checked
+        // before any writer rounds or adds to it: beyond 16 TiB (ext4's largest file) is refused.
+        let size = type == FileType.reg && hardlink == nil ? archive_entry_size(e) : 0
+        guard size >= 0, size <= Self.maxMemberSize else {
+            throw RootfsError("\(path): member \(String(decoding: name, as: UTF8.self)) claims \(size) bytes, more than any image holds (at most 16 TiB)",
+                              hint: "the archive is corrupt or crafted (a sparse member's real size)")
+        }
         return TreeItem(path: name, mode: mode, uid: UInt32(truncatingIfNeeded: archive_entry_uid(e)),
                         gid: UInt32(truncatingIfNeeded: archive_entry_gid(e)), mtime: archive_entry_mtime(e),
-                        size: type == FileType.reg && hardlink == nil ? archive_entry_size(e) : 0,
+                        size: size,
                         linkTarget: type == FileType.lnk ? (symlink ?? []) : nil, hardLinkTo: hardlink,
                         nlink: type == FileType.dir ? 2 : 1,
                         rdev: isDevice ? UInt64(archive_entry_rdev(e)) : 0)
