@@ -35,16 +35,14 @@ public struct SupervisedOutcome: Sendable {
 /// The processes `supervise` is running, so a signal handler can stop them
 /// before the program exits (a plain `kill` of rootfs would orphan them).
 public enum SupervisedProcesses {
-    private static let lock = NSLock()
-    nonisolated(unsafe) private static var running: Set<Int32> = []
+    private static let running = Mutex<Set<Int32>>([])
 
-    static func add(_ pid: Int32) { lock.lock(); running.insert(pid); lock.unlock() }
-    static func remove(_ pid: Int32) { lock.lock(); running.remove(pid); lock.unlock() }
+    static func add(_ pid: Int32) { _ = running.withLock { $0.insert(pid) } }
+    static func remove(_ pid: Int32) { _ = running.withLock { $0.remove(pid) } }
 
     /// Sends SIGKILL to every supervised process still running.
     public static func killAll() {
-        lock.lock(); defer { lock.unlock() }
-        for pid in running { kill(pid, SIGKILL) }
+        running.withLock { for pid in $0 { kill(pid, SIGKILL) } }
     }
 }
 

@@ -67,3 +67,21 @@ import Testing
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["sparse.tar"])
     }
 }
+
+@Suite struct OutputLockLinkTests {
+    /// A planted `.NAME.lock` hard-linked to a file elsewhere: refused, the other file untouched.
+    @Test func aLockFileHardLinkedElsewhereIsRefused() throws {
+        let dir = try Fixtures.temporaryDirectory("locklink"); defer { FS.remove(dir) }
+        let canary = dir + "/canary"
+        try "keep me\n".write(toFile: canary, atomically: false, encoding: .utf8)
+        let output = dir + "/out/x.img"
+        try FileManager.default.createDirectory(atPath: dir + "/out", withIntermediateDirectories: true)
+        #expect(link(canary, OutputLock.lockPath(for: output)) == 0)
+        #expect(throws: RootfsError.self) { _ = try OutputLock(output: output) }
+        #expect(try String(contentsOfFile: canary, encoding: .utf8) == "keep me\n")
+        // Without the planted link the lock works and goes away with itself.
+        unlink(OutputLock.lockPath(for: output))
+        do { let lock = try OutputLock(output: output); _ = lock }
+        #expect(!FS.exists(OutputLock.lockPath(for: output)))
+    }
+}
