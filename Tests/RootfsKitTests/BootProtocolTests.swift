@@ -277,5 +277,7 @@ import Testing
     @Test func consoleLinesArePrintable() {
         let line = ConsoleWatcher.printable(ArraySlice(Array("\u{1b}[?7l\u{1b}[2J[ 0.0] Linux\r".utf8)))
         #expect(line == "[ 0.0] Linux")
+        // C1 controls (U+009B: CSI) and DEL never reach an error message.
+        #expect(ConsoleWatcher.printable(ArraySlice(Array("a\u{9b}2Jb\u{85}c\u{7f}d é".utf8))) == "a2Jbcd é")
     }
 }

@@ -85,3 +85,17 @@ import Testing
         #expect(!FS.exists(OutputLock.lockPath(for: output)))
     }
 }
+
+@Suite struct DistroNameTests {
+    /// `rootfs build ''` must not take the search directory itself for a distro.
+    @Test func anEmptyDistroNameIsRefused() async throws {
+        let dir = try Fixtures.temporaryDirectory("emptydistro"); defer { FS.remove(dir) }
+        try "OS_VERSION=1\n".write(toFile: dir + "/config.sh", atomically: true, encoding: .utf8)
+        for name in ["", ".", ".."] {
+            let result = try await Fixtures.rootfs(["build", name, "--distros-dir", dir, "-r", dir + "/out"])
+            #expect(result.status != 0, "\(name)")
+            #expect(result.stderr.contains("is not a distro name"), "'\(name)': \(result.stderr)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["config.sh"])
+    }
+}

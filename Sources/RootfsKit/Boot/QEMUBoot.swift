@@ -604,9 +604,12 @@ final class ConsoleWatcher: Sendable {
                 index += 1
                 continue
             }
-            if byte >= 0x20 || byte == 0x09 { out.append(byte) }
+            if (byte >= 0x20 && byte != 0x7f) || byte == 0x09 { out.append(byte) }
             index += 1
         }
-        return String(decoding: out, as: UTF8.self)
+        // C1 controls (U+0080-U+009F, UTF-8 C2 80-C2 9F) too: U+009B is a CSI on many terminals.
+        var text = String(decoding: out, as: UTF8.self)
+        text.unicodeScalars.removeAll { (0x80...0x9f).contains($0.value) }
+        return text
     }
 }
