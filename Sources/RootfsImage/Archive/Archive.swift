@@ -153,16 +153,13 @@ final class ZstdSink {
                 error = RootfsError("zstd failed: \(String(cString: ZSTD_getErrorName(remaining)))")
                 return false
             }
-            var offset = 0
-            while offset < output.pos {
-                let n = Glibc.write(fd, buffer.baseAddress! + offset, output.pos - offset)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    error = RootfsError("cannot write the output: \(FS.errnoText())",
-                                        hint: errno == ENOSPC ? "the disk holding the output is full: free space there or write elsewhere" : nil)
-                    return false
-                }
-                offset += n
+            do {
+                try FS.writeAll(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[0..<output.pos]), to: fd, name: "the output")
+            } catch let failure as RootfsError {
+                error = failure
+                return false
+            } catch {
+                return false
             }
             written += Int64(output.pos)
             if end ? remaining == 0 : input.pos == input.size { return true }

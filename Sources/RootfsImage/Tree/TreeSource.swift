@@ -362,13 +362,10 @@ struct ArchiveTreeReader {
                     let n = archive_read_data(r.pointer, buffer.baseAddress, min(buffer.count, Int(remaining)))
                     if n < 0 { throw RootfsError("cannot read \(it.pathString) from \(path)") }
                     if n == 0 { break }
-                    var off = 0
-                    while off < n {
-                        let w = pwrite(fd, buffer.baseAddress! + off, n - off, off_t(spoolEnd))
-                        guard w > 0 else { throw RootfsError("cannot write the spool file: \(FS.errnoText())") }
-                        off += w
-                        spoolEnd += Int64(w)
-                    }
+                    var spool = OwnedFileDescriptor(taking: fd, name: "the spool file")
+                    defer { _ = spool.release() }  // borrowed: `fd` is closed by its own defer
+                    try spool.writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<n]), at: spoolEnd)
+                    spoolEnd += Int64(n)
                     remaining -= Int64(n)
                 }
             }
