@@ -21,6 +21,7 @@ struct ComposeFlags: ParsableArguments {
 }
 
 struct ImageFlags: ParsableArguments {
+    static let maxFreeSpaceMiB = 16 << 20
     @Option(name: .customLong("free-space"), help: ArgumentHelp("Free space in the file system of disk images.", valueName: "MB"))
     var freeSpace: Int = 64
     @Option(name: .customLong("partition-table"), help: "Partition table of raw/qcow2/vhd/vmdk images: mbr or gpt.")
@@ -40,6 +41,10 @@ struct ImageFlags: ParsableArguments {
 
     func validate() throws {
         guard freeSpace >= 0 else { throw ValidationError("--free-space must be 0 or more") }
+        // 16 TiB: ext4's limit with 4 KiB blocks, and far from any overflow of the sizes computed from it.
+        guard freeSpace <= Self.maxFreeSpaceMiB else {
+            throw ValidationError("--free-space \(freeSpace) MiB is more than an ext4 image holds (at most \(Self.maxFreeSpaceMiB) MiB, 16 TiB)")
+        }
         if noPartitionTable && partitionTable == .gpt {
             throw ValidationError("--no-partition-table and --partition-table gpt contradict each other")
         }

@@ -153,16 +153,13 @@ final class ZstdSink {
                 error = RootfsError("zstd failed: \(String(cString: ZSTD_getErrorName(remaining)))")
                 return false
             }
-            var offset = 0
-            while offset < output.pos {
-                let n = Glibc.write(fd, buffer.baseAddress! + offset, output.pos - offset)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    error = RootfsError("cannot write the output: \(FS.errnoText())",
-                                        hint: errno == ENOSPC ? "the disk holding the output is full: free space there or write elsewhere" : nil)
-                    return false
-                }
-                offset += n
+            do {
+                try FS.writeAll(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[0..<output.pos]), to: fd, name: "the output")
+            } catch let failure as RootfsError {
+                error = failure
+                return false
+            } catch {
+                return false
             }
             written += Int64(output.pos)
             if end ? remaining == 0 : input.pos == input.size { return true }
@@ -225,7 +222,9 @@ public final class ArchiveReader {
         var e: OpaquePointer?
         let rc = archive_read_next_header(pointer, &e)
         if rc == ARCHIVE_EOF { return nil }
-        guard rc >= ARCHIVE_WARN, let e else {
+        // OK or WARN only: ARCHIVE_RETRY (-10) is above WARN (-20) but is libarchive saying
+        // the header was damaged (a corrupt tar header mid-archive): entries would be lost.
+        guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN, let e else {
             throw RootfsError("cannot read the archive: \(archive_error_string(pointer).map { String(cString: $0) } ?? "?")")
         }
         let entry = Entry(

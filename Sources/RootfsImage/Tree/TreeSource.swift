@@ -230,11 +230,15 @@ struct ArchiveTreeReader {
 
     private func reader() throws -> ArchiveReader { try ArchiveReader(path: path) }
 
+    /// The largest member size read from an archive: ext4's largest file with 4 KiB blocks.
+    static let maxMemberSize: Int64 = 1 << 44
+
     private func nextHeader(_ r: ArchiveReader) throws -> OpaquePointer? {
         var e: OpaquePointer?
         let rc = archive_read_next_header(r.pointer, &e)
         if rc == ARCHIVE_EOF { return nil }
-        guard rc >= ARCHIVE_WARN, let e else {
+        // OK or WARN only: ARCHIVE_RETRY means a damaged header, whose entries would be lost.
+        guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN, let e else {
             throw RootfsError("cannot read the archive \(path): \(archive_error_string(r.pointer).map { String(cString: $0) } ?? "?")",
                               hint: "give a tar archive (plain, gzip or zstd) or a rootfs directory")
         }
@@ -258,9 +262,16 @@ struct ArchiveTreeReader {
             throw RootfsError("\(path): the root member is not a directory")
         }
         let isDevice = type == FileType.chr || type == FileType.blk
+        // A size from the archive (a pax sparse member's realsize can say 2^63-1) is checked
+        // before any writer rounds or adds to it: beyond 16 TiB (ext4's largest file) is refused.
+        let size = type == FileType.reg && hardlink == nil ? archive_entry_size(e) : 0
+        guard size >= 0, size <= Self.maxMemberSize else {
+            throw RootfsError("\(path): member \(String(decoding: name, as: UTF8.self)) claims \(size) bytes, more than any image holds (at most 16 TiB)",
+                              hint: "the archive is corrupt or crafted (a sparse member's real size)")
+        }
         return TreeItem(path: name, mode: mode, uid: UInt32(truncatingIfNeeded: archive_entry_uid(e)),
                         gid: UInt32(truncatingIfNeeded: archive_entry_gid(e)), mtime: archive_entry_mtime(e),
-                        size: type == FileType.reg && hardlink == nil ? archive_entry_size(e) : 0,
+                        size: size,
                         linkTarget: type == FileType.lnk ? (symlink ?? []) : nil, hardLinkTo: hardlink,
                         nlink: type == FileType.dir ? 2 : 1,
                         rdev: isDevice ? UInt64(archive_entry_rdev(e)) : 0)
@@ -344,13 +355,10 @@ struct ArchiveTreeReader {
                     let n = archive_read_data(r.pointer, buffer.baseAddress, min(buffer.count, Int(remaining)))
                     if n < 0 { throw RootfsError("cannot read \(it.pathString) from \(path)") }
                     if n == 0 { break }
-                    var off = 0
-                    while off < n {
-                        let w = pwrite(fd, buffer.baseAddress! + off, n - off, off_t(spoolEnd))
-                        guard w > 0 else { throw RootfsError("cannot write the spool file: \(FS.errnoText())") }
-                        off += w
-                        spoolEnd += Int64(w)
-                    }
+                    var spool = OwnedFileDescriptor(taking: fd, name: "the spool file")
+                    defer { _ = spool.release() }  // borrowed: `fd` is closed by its own defer
+                    try spool.writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<n]), at: spoolEnd)
+                    spoolEnd += Int64(n)
                     remaining -= Int64(n)
                 }
             }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Runs a hook invocation: bash on this host, or the same bash in a builder container.
 public enum HookExecutor: Sendable {
@@ -85,12 +86,11 @@ public enum HookExecutor: Sendable {
 }
 
 /// Remembers the last build step an image build announced.
-final class StepTracker: @unchecked Sendable {
-    private let lock = NSLock()
-    private var last: String?
+final class StepTracker: Sendable {
+    private let last = Mutex<String?>(nil)
     func note(_ line: String) {
         guard let step = BuilderImage.failingStep(in: [line]) else { return }
-        lock.lock(); last = step; lock.unlock()
+        last.withLock { $0 = step }
     }
-    var step: String? { lock.lock(); defer { lock.unlock() }; return last }
+    var step: String? { last.withLock { $0 } }
 }

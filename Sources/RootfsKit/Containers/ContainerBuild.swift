@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Where the hook's files appear inside the builder container.
 public enum ContainerPaths {

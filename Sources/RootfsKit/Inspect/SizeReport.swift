@@ -39,7 +39,7 @@ public struct SizeReport: Sendable, Codable, Equatable {
             // An image (oci:, docker-archive:) is read as the tree its layers make.
             index = FS.isRegularFile(path) ? try TreeIndex(archive: path) : try TreeIndex(source: TreeSource.open(path))
             if let status = index.content(of: PackageInventory.dpkgStatus) {
-                inventory = PackageInventory(database: .dpkg, packages: PackageInventory.parseDpkgStatus(status))
+                inventory = PackageInventory(database: .dpkg, packages: try PackageInventory.parseDpkgStatus(status))
             } else if let installed = index.content(of: PackageInventory.apkInstalled) {
                 inventory = PackageInventory(database: .apk, packages: PackageInventory.parseApkInstalled(installed))
             } else if PackageInventory.rpmDatabases.contains(where: { index.isDirectory($0) }) {
