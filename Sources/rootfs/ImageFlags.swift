@@ -34,6 +34,8 @@ struct ImageFlags: ParsableArguments {
     var ext4Writer: Ext4WriterKind = .native
     @Flag(help: "Prepend Kata's 2 MiB NVDIMM/DAX header to the disk image (MBR only).")
     var dax = false
+    @Flag(name: .customLong("vhdx-fixed"), help: "Write a fixed VHDX (every block stored) instead of a dynamic one (vhdx only).")
+    var vhdxFixed = false
     @Option(help: ArgumentHelp("Kernel for kernel+initrd and iso-bios (default: the tree's /boot/vmlinuz*).", valueName: "FILE"))
     var kernel: String?
     @Option(help: "Kernel command line for kernel+initrd and iso-bios.")
@@ -56,6 +58,7 @@ struct ImageFlags: ParsableArguments {
         o.partitionTable = noPartitionTable ? .none : partitionTable
         o.filesystem = filesystem
         o.dax = dax
+        o.vhdxFixed = vhdxFixed
         o.ext4Writer = ext4Writer
         o.kernel = kernel.map(FS.absolute)
         o.cmdline = cmdline

@@ -70,7 +70,7 @@ public enum TreeSource: Sendable, CustomStringConvertible {
             throw RootfsError("\(option) \(path) does not exist or is neither a directory nor an archive file",
                               hint: "give a rootfs directory, a tar archive (.tar, .tar.gz, .tar.zst), a raw ext4 image, or an image: \(ImageReference.transportList)")
         }
-        if let offset = ImageExtender.ext4Offset(absolute) { return .ext4(path: absolute, offset: offset) }
+        if let offset = try ImageExtender.ext4Offset(absolute) { return .ext4(path: absolute, offset: offset) }
         return .archive(absolute)
     }
 

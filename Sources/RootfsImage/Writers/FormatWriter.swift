@@ -35,7 +35,10 @@ extension OutputFormat {
         case .tarGz: return TarFormatWriter(compression: .gzip)
         case .tarZst: return TarFormatWriter(compression: .zstd)
         case .initrd: return InitrdFormatWriter()
-        case .raw, .qcow2, .vhd, .vmdk: return DiskFormatWriter(format: self)
+        case .raw, .qcow2, .vhd, .vmdk, .vhdx, .dynamicVHD: return DiskFormatWriter(format: self)
+        case .oci: return OCIFormatWriter(layout: .oci)
+        case .dockerArchive: return OCIFormatWriter(layout: .dockerArchive)
+        case .containerDisk: return ContainerDiskFormatWriter()
         case .erofs: return FilesystemImageFormatWriter(kind: .erofs)
         case .squashfs: return FilesystemImageFormatWriter(kind: .squashfs)
         case .kernelInitrd: return KernelBundleFormatWriter()
@@ -114,8 +117,18 @@ public struct DiskFormatWriter: FormatWriter {
         defer { unlink(raw) }
         let (stats, uuid) = try await disk.write(source: source, to: raw)
         context.note?(describe(uuid, stats.outputBytes))
-        let bytes = try await QemuImgConverter(runner: context.runner, epoch: context.options.epoch)
-            .convert(raw: raw, to: output, format: format, uuid: uuid)
+        let bytes: Int64
+        switch format {
+        case .vhdx:
+            // Our own writer (MS-VHDX): reproducible GUIDs, no qemu-img needed.
+            bytes = try VHDXWriter(kind: context.options.vhdxFixed ? .fixed : .dynamic, epoch: context.options.epoch)
+                .write(rawDisk: raw, to: output).outputBytes
+        case .dynamicVHD:
+            bytes = try DynamicVHDWriter(epoch: context.options.epoch).write(rawDisk: raw, to: output).outputBytes
+        default:
+            bytes = try await QemuImgConverter(runner: context.runner, epoch: context.options.epoch)
+                .convert(raw: raw, to: output, format: format, uuid: uuid)
+        }
         return [BuildOutput(kind: format.rawValue, path: output, bytes: bytes)]
     }
 }
@@ -151,5 +164,37 @@ public struct KernelBundleFormatWriter: FormatWriter {
 public struct ISOFormatWriter: FormatWriter {
     public func write(source: TreeSource, to output: String, context: FormatWriteContext) async throws -> [BuildOutput] {
         try await ISOWriter(options: context.options, runner: context.runner).write(source: source, to: output)
+    }
+}
+
+/// `oci`, `docker-archive`: the tree as a single-layer container image
+/// (OCI/OCIImageWriter.swift), digests reproducible under SOURCE_DATE_EPOCH.
+public struct OCIFormatWriter: FormatWriter {
+    public var layout: OCIImageWriter.Layout
+
+    public func write(source: TreeSource, to output: String, context: FormatWriteContext) async throws -> [BuildOutput] {
+        let writer = OCIImageWriter(layout: layout, compression: context.options.compression == .none ? .gzip : context.options.compression,
+                                    epoch: context.options.epoch, version: RootfsVersion.version,
+                                    reference: "rootfs:latest")
+        let result = try writer.write(source: source, to: output)
+        context.note?("\(layout.rawValue) image, manifest \(result.manifestDigest)")
+        let bytes = layout == .oci ? FS.treeSize(output) : FS.fileSize(output)
+        // A layout directory is known by its manifest's digest; a docker archive is a file, digested like any other.
+        let digest = layout == .oci ? String(result.manifestDigest.dropFirst("sha256:".count)) : nil
+        return [BuildOutput(kind: layout.rawValue, path: output, bytes: bytes, sha256: digest)]
+    }
+}
+
+/// `containerdisk`: the qcow2 disk of the tree (every disk option applies) under
+/// /disk/ in a single-layer OCI layout, as KubeVirt expects.
+public struct ContainerDiskFormatWriter: FormatWriter {
+    public func write(source: TreeSource, to output: String, context: FormatWriteContext) async throws -> [BuildOutput] {
+        let disk = FS.siblingTemporaryPath(for: output) + ".qcow2"
+        defer { unlink(disk) }
+        _ = try await DiskFormatWriter(format: .qcow2).write(source: source, to: disk, context: context)
+        let result = try ContainerDiskWriter(epoch: context.options.epoch, version: RootfsVersion.version).write(disk: disk, to: output)
+        context.note?("containerdisk image, manifest \(result.manifestDigest)")
+        return [BuildOutput(kind: "containerdisk", path: output, bytes: FS.treeSize(output),
+                            sha256: String(result.manifestDigest.dropFirst("sha256:".count)))]
     }
 }

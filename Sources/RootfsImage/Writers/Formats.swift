@@ -12,16 +12,28 @@ public enum OutputFormat: String, Sendable, CaseIterable, Codable {
     case qcow2
     case vhd
     case vmdk
+    /// MS-VHDX, dynamic (all-zero blocks not stored) unless `--vhdx-fixed`.
+    case vhdx
+    /// LinuxKit's `dynamic-vhd`: a dynamic (sparse) VHD.
+    case dynamicVHD = "dynamic-vhd"
     case erofs
     case squashfs
     case kernelInitrd = "kernel+initrd"
     case isoBios = "iso-bios"
+    /// An OCI image layout directory holding the tree as one layer.
+    case oci
+    /// `docker save`'s tar of the tree as one layer (`docker load` takes it).
+    case dockerArchive = "docker-archive"
+    /// KubeVirt's containerDisk: an OCI layout whose layer holds the qcow2 disk under /disk/.
+    case containerDisk = "containerdisk"
 
     /// The file name ending (none for the directory and the kernel+initrd bundle, which are name prefixes).
     public var fileExtension: String {
         switch self {
-        case .rootfs, .kernelInitrd: return ""
+        case .rootfs, .kernelInitrd, .oci, .containerDisk: return ""
         case .raw: return ".img"
+        case .dynamicVHD: return ".vhd"
+        case .dockerArchive: return ".docker.tar"
         case .isoBios: return ".iso"
         default: return "." + rawValue
         }
@@ -32,6 +44,8 @@ public enum OutputFormat: String, Sendable, CaseIterable, Codable {
         switch self {
         case .rootfs: return directory + "/rootfs"
         case .kernelInitrd: return directory + "/" + name
+        case .oci: return directory + "/" + name + "-oci"
+        case .containerDisk: return directory + "/" + name + "-containerdisk"
         default: return directory + "/" + name + fileExtension
         }
     }
@@ -40,9 +54,9 @@ public enum OutputFormat: String, Sendable, CaseIterable, Codable {
     public static func infer(fromPath path: String) -> OutputFormat? {
         let name = FS.basename(path).lowercased()
         let table: [(String, OutputFormat)] = [
-            (".tar.gz", .tarGz), (".tgz", .tarGz), (".tar.zst", .tarZst), (".tzst", .tarZst), (".tar", .tar),
+            (".docker.tar", .dockerArchive), (".tar.gz", .tarGz), (".tgz", .tarGz), (".tar.zst", .tarZst), (".tzst", .tarZst), (".tar", .tar),
             (".initrd", .initrd), (".cpio", .initrd), (".cpio.gz", .initrd), (".cpio.zst", .initrd),
-            (".img", .raw), (".raw", .raw), (".qcow2", .qcow2), (".vhd", .vhd), (".vmdk", .vmdk),
+            (".img", .raw), (".raw", .raw), (".qcow2", .qcow2), (".vhd", .vhd), (".vmdk", .vmdk), (".vhdx", .vhdx), (".docker.tar", .dockerArchive),
             (".erofs", .erofs), (".squashfs", .squashfs), (".sqfs", .squashfs), (".iso", .isoBios),
         ]
         return table.first { name.hasSuffix($0.0) }?.1
@@ -63,11 +77,21 @@ public enum OutputFormat: String, Sendable, CaseIterable, Codable {
 
 /// How images are written; shared by `build`, `image` and `initrd`.
 public struct ImageOptions: Sendable {
+    /// `--vhdx-fixed` means something only for a vhdx output: refused otherwise, before anything is written.
+    public static func requireVHDXFixedFits(_ options: ImageOptions, formats: [OutputFormat]) throws {
+        if options.vhdxFixed && !formats.contains(.vhdx) {
+            throw RootfsError("--vhdx-fixed applies to vhdx outputs only, and none is asked for",
+                              hint: "add --format vhdx (or an output ending in .vhdx), or drop --vhdx-fixed")
+        }
+    }
+
     public var compression: Compression = .zstd
     public var freeSpaceMiB = 64
     public var partitionTable: PartitionTable = .mbr
     public var filesystem: FilesystemType = .ext4
     public var dax = false
+    /// `--vhdx-fixed`: a VHDX that stores every block (dynamic by default).
+    public var vhdxFixed = false
     /// Which program writes ext4 file systems (`--ext4-writer`).
     public var ext4Writer: Ext4WriterKind = .native
     /// The kernel for kernel+initrd and ISO outputs (default: the tree's /boot/vmlinuz*).
@@ -156,6 +180,15 @@ extension FS {
     public static func fileSize(_ path: String) -> Int64 {
         var st = stat()
         return stat(path, &st) == 0 ? Int64(st.st_size) : 0
+    }
+
+    /// The bytes of the regular files in a directory written by us (an OCI layout), links not followed.
+    public static func treeSize(_ path: String) -> Int64 {
+        var total: Int64 = 0
+        try? TreeWalker(root: path).walk { entry in
+            if entry.fileType == S_IFREG { total += Int64(entry.stat.st_size) }
+        }
+        return total
     }
 
     /// Writes `bytes` at `offset` of an open file.

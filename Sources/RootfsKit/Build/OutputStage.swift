@@ -48,7 +48,9 @@ struct OutputStage {
         writer.note = { line in console.info("    " + line) }
         var written = try await writer.write(output, source: source)
         if let stats = last.get() { console.progress(Builder.rate(stats, since: started), final: true) }
-        for index in written.indices where written[index].kind != "rootfs" {
+        // Files are digested here; a directory output (an OCI layout) carries its manifest's digest from its writer.
+        for index in written.indices where written[index].kind != "rootfs" && written[index].sha256 == nil
+            && FS.isRegularFile(written[index].path) {
             written[index].sha256 = try SHA256.hexDigest(ofFile: written[index].path)
         }
         console.endPhase()
