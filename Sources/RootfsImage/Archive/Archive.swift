@@ -167,9 +167,10 @@ final class ZstdSink {
     }
 }
 
-/// A libarchive entry, freed in deinit.
+/// A libarchive entry, freed in deinit. Its fields are set through typed
+/// setters only: nobody outside this file reaches the raw pointer.
 final class ArchiveEntryHandle {
-    let pointer: OpaquePointer
+    fileprivate let pointer: OpaquePointer
     init() {
         pointer = archive_entry_new()!
     }
@@ -183,6 +184,17 @@ final class ArchiveEntryHandle {
     func setPath(_ bytes: [UInt8]) { bytes.withCString { archive_entry_copy_pathname(pointer, $0) } }
     func setSymlink(_ bytes: [UInt8]) { bytes.withCString { archive_entry_copy_symlink(pointer, $0) } }
     func setHardlink(_ bytes: [UInt8]) { bytes.withCString { archive_entry_copy_hardlink(pointer, $0) } }
+    func setMode(_ mode: mode_t) { archive_entry_set_mode(pointer, mode) }
+    func setOwner(uid: UInt32, gid: UInt32) {
+        archive_entry_set_uid(pointer, Int64(uid))
+        archive_entry_set_gid(pointer, Int64(gid))
+    }
+    func setModificationTime(_ seconds: Int) { archive_entry_set_mtime(pointer, seconds, 0) }
+    func setLinkCount(_ count: UInt32) { archive_entry_set_nlink(pointer, count) }
+    func setDevice(_ device: dev_t) { archive_entry_set_dev(pointer, device) }
+    func setDeviceNumber(_ rdev: dev_t) { archive_entry_set_rdev(pointer, rdev) }
+    func setInode(_ inode: Int64) { archive_entry_set_ino64(pointer, inode) }
+    func setSize(_ size: Int64) { archive_entry_set_size(pointer, size) }
 }
 
 /// A libarchive read handle over a file (any format, any filter), freed in deinit.

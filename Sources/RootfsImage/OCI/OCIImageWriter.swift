@@ -206,22 +206,21 @@ public struct OCIImageWriter: Sendable {
         for member in members {
             entry.clear()
             entry.setPath(Array(member.name.utf8))
-            archive_entry_set_mtime(entry.pointer, epoch ?? 0, 0)
-            archive_entry_set_uid(entry.pointer, 0)
-            archive_entry_set_gid(entry.pointer, 0)
+            entry.setModificationTime(epoch ?? 0)
+            entry.setOwner(uid: 0, gid: 0)
             switch member.content {
             case .directory:
-                archive_entry_set_mode(entry.pointer, mode_t(FileType.dir | 0o755))
-                archive_entry_set_size(entry.pointer, 0)
+                entry.setMode(mode_t(FileType.dir | 0o755))
+                entry.setSize(0)
                 try archive.writeHeader(entry)
             case .bytes(let bytes):
-                archive_entry_set_mode(entry.pointer, mode_t(FileType.reg | 0o644))
-                archive_entry_set_size(entry.pointer, Int64(bytes.count))
+                entry.setMode(mode_t(FileType.reg | 0o644))
+                entry.setSize(Int64(bytes.count))
                 try archive.writeHeader(entry)
                 try bytes.withUnsafeBytes { try archive.writeData($0) }
             case .file(let path):
-                archive_entry_set_mode(entry.pointer, mode_t(FileType.reg | 0o644))
-                archive_entry_set_size(entry.pointer, try Self.size(of: path))
+                entry.setMode(mode_t(FileType.reg | 0o644))
+                entry.setSize(try Self.size(of: path))
                 try archive.writeHeader(entry)
                 let input = open(path, O_RDONLY | O_CLOEXEC)
                 guard input >= 0 else { throw RootfsError("cannot read \(path): \(FS.errnoText())") }
