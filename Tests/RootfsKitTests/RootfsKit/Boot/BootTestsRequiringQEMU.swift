@@ -206,7 +206,7 @@ actor BootFixture {
     }
 
     private static func makePrepared() async throws -> Prepared {
-        let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let packageRoot = URL(fileURLWithPath: Fixtures.repositoryRoot)
         let kernel = try await Self.kernel(packageRoot: packageRoot)
         let agent = try Self.agentBinary()
         let busybox = "/bin/busybox"
