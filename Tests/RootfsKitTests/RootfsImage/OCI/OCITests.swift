@@ -47,22 +47,21 @@ enum OCIFixtures {
         let entry = ArchiveEntryHandle()
         for member in members {
             entry.clear()
-            archive_entry_set_uid(entry.pointer, 0)
-            archive_entry_set_gid(entry.pointer, 0)
+            entry.setOwner(uid: 0, gid: 0)
             switch member {
             case .file(let name, let text):
                 entry.setPath(Array(name.utf8))
-                archive_entry_set_mode(entry.pointer, mode_t(FileType.reg | 0o644))
-                archive_entry_set_size(entry.pointer, Int64(text.utf8.count))
+                entry.setMode(mode_t(FileType.reg | 0o644))
+                entry.setSize(Int64(text.utf8.count))
                 try archive.writeHeader(entry)
                 try Array(text.utf8).withUnsafeBytes { try archive.writeData($0) }
             case .directory(let name):
                 entry.setPath(Array(name.utf8))
-                archive_entry_set_mode(entry.pointer, mode_t(0o040755))
+                entry.setMode(mode_t(0o040755))
                 try archive.writeHeader(entry)
             case .symlink(let name, let target):
                 entry.setPath(Array(name.utf8))
-                archive_entry_set_mode(entry.pointer, mode_t(0o120777))
+                entry.setMode(mode_t(0o120777))
                 entry.setSymlink(Array(target.utf8))
                 try archive.writeHeader(entry)
             }
