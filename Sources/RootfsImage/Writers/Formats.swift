@@ -193,12 +193,10 @@ extension FS {
 
     /// Writes `bytes` at `offset` of an open file.
     static func write(_ bytes: [UInt8], to fd: Int32, at offset: Int64, name: String) throws {
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + done, bytes.count - done, off_t(offset + Int64(done))) }
-            guard n > 0 else { throw RootfsError("cannot write \(name): \(FS.errnoText())") }
-            done += n
-        }
+        // Borrowed: the caller keeps the descriptor; the write goes through the one loop.
+        var borrowed = OwnedFileDescriptor(taking: fd, name: name)
+        defer { _ = borrowed.release() }
+        try borrowed.writeAll(bytes, at: offset)
     }
 
     /// Copies a whole file into an open file at `offset`, leaving holes where the source has zeros.
