@@ -285,7 +285,7 @@ public struct QEMUBoot: Sendable {
         let command = try qemuCommand(kind: kind, accelerator: accelerator, consoleLog: consoleLog, statusLog: statusLog)
 
         let watcher = ConsoleWatcher(statusPath: statusLog, consolePath: options.interactive ? nil : consoleLog,
-                                     tailLimit: Self.tailLines)
+                                     tailLimit: Self.tailLines, readyFromConsole: kind == .iso && stopsWhenReady)
         let timeout = options.timeout
         let stopsWhenReady = stopsWhenReady
         let started = ContinuousClock.now
@@ -526,7 +526,20 @@ final class ConsoleWatcher: Sendable {
     private struct Streams: Sendable {
         var status = StatusStream()
         var console: ConsoleTail
+        /// An ISO's command line is fixed when it is written, so its agent announces
+        /// `ready` on the console only. Only that event is taken from the console (and
+        /// only when no command runs): a final status never is.
+        var consoleReady: StatusStream?
         var state = State()
+
+        mutating func feed(status bytes: [UInt8], console consoleBytes: [UInt8]) -> [StatusStream.Event] {
+            console.feed(consoleBytes)
+            var events = status.feed(bytes)
+            if consoleReady != nil, let fromConsole = consoleReady?.feed(consoleBytes) {
+                events += fromConsole.filter { $0 == .ready }
+            }
+            return events
+        }
     }
 
     private let streams: Mutex<Streams>
@@ -534,10 +547,10 @@ final class ConsoleWatcher: Sendable {
     private let consoleFile: FileFollower?
 
     /// `console`: nil when the console is the user's terminal (interactive runs).
-    init(statusPath: String, consolePath: String?, tailLimit: Int) {
+    init(statusPath: String, consolePath: String?, tailLimit: Int, readyFromConsole: Bool = false) {
         statusFile = FileFollower(path: statusPath)
         consoleFile = consolePath.map { FileFollower(path: $0, truncateAbove: Self.consoleFileLimit) }
-        streams = Mutex(Streams(console: ConsoleTail(lineLimit: tailLimit)))
+        streams = Mutex(Streams(console: ConsoleTail(lineLimit: tailLimit), consoleReady: readyFromConsole ? StatusStream() : nil))
     }
 
     var snapshot: State {
@@ -558,10 +571,7 @@ final class ConsoleWatcher: Sendable {
     func poll() -> [StatusStream.Event] {
         let status = statusFile.read(limit: Self.statusReadLimit)
         let console = consoleFile?.read(limit: Self.consoleReadLimit) ?? []
-        return streams.withLock { streams in
-            streams.console.feed(console)
-            return streams.status.feed(status)
-        }
+        return streams.withLock { $0.feed(status: status, console: console) }
     }
 
     /// Polls until both files are read to their end, at most 64 polls' worth
@@ -572,20 +582,14 @@ final class ConsoleWatcher: Sendable {
             let status = statusFile.read(limit: Self.statusReadLimit)
             let console = consoleFile?.read(limit: Self.consoleReadLimit) ?? []
             if status.isEmpty && console.isEmpty { break }
-            events += streams.withLock { streams in
-                streams.console.feed(console)
-                return streams.status.feed(status)
-            }
+            events += streams.withLock { $0.feed(status: status, console: console) }
         }
         return events
     }
 
     /// Feeds bytes directly (tests).
     func feed(status: [UInt8], console: [UInt8]) -> [StatusStream.Event] {
-        streams.withLock { streams in
-            streams.console.feed(console)
-            return streams.status.feed(status)
-        }
+        streams.withLock { $0.feed(status: status, console: console) }
     }
 
     /// A console line without carriage returns and terminal escape sequences.

@@ -78,7 +78,7 @@ public enum HookToolScan {
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
             let lines = text.split(separator: "\n").map { stripComment(String($0)) }
             pending += lines.compactMap { sourcedFile($0, distro: distro, scriptDirectory: scriptDirectory) }
-            let words = Set(lines.flatMap(commandWords))
+            let words = Set(lines.map(withoutMessages).flatMap(commandWords))
             for known in table where !known.words.allSatisfy({ !words.contains($0) }) {
                 if !declared.isDisjoint(with: known.alternatives) { continue }
                 if result.tools.contains(where: { $0.alternatives == known.alternatives }) { continue }
@@ -117,6 +117,33 @@ public enum HookToolScan {
             }
             out.append(c)
             previous = c
+        }
+        return out
+    }
+
+    /// The line without the quoted text given to a message helper (`die "… apt-get install X"`):
+    /// a tool named in a message is not run. Text holding `$(` or a backtick is kept (it runs).
+    static func withoutMessages(_ line: String) -> String {
+        let helpers: Set<String> = ["info", "warn", "die", "error", "echo", "printf", "OK"]
+        var out = ""
+        var lastWord = ""
+        var index = line.startIndex
+        while index < line.endIndex {
+            let c = line[index]
+            if (c == "\"" || c == "'"), helpers.contains(lastWord),
+               let close = line[line.index(after: index)...].firstIndex(of: c) {
+                let text = line[line.index(after: index)..<close]
+                if !text.contains("$(") && !text.contains("`") {
+                    out += String(c) + String(c)
+                    index = line.index(after: close)
+                    continue  // lastWord stays: `die "a" "b"` drops both
+                }
+            }
+            out.append(c)
+            if c.isLetter || c.isNumber || c == "_" { lastWord = (lastWord.last.map { $0.isLetter || $0.isNumber || $0 == "_" } ?? false) || lastWord.isEmpty ? lastWord + String(c) : String(c) }
+            else if c != " " && c != "\t" { lastWord = "" }
+            else if !(lastWord.isEmpty) { /* a blank ends the word but keeps it as the last one */ }
+            index = line.index(after: index)
         }
         return out
     }

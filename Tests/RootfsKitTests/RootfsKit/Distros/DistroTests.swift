@@ -108,3 +108,13 @@ import Testing
         #expect(c["WEIRD"] == "a 'b' \"c\"\nline2")
     }
 }
+
+@Suite struct HookToolScanMessageTests {
+    /// A tool named in a message is not run; one in a command substitution is.
+    @Test func messagesDoNotCountButCommandSubstitutionsDo() {
+        #expect(!HookToolScan.commandWords(HookToolScan.withoutMessages(#"die "none installed: apt-get install mmdebstrap""#)).contains("apt-get"))
+        #expect(!HookToolScan.commandWords(HookToolScan.withoutMessages(#"  warn 'try yq' "or tdnf""#)).contains("tdnf"))
+        #expect(HookToolScan.commandWords(HookToolScan.withoutMessages(#"info "version $(yq .v f)""#)).contains("yq"))
+        #expect(HookToolScan.commandWords(HookToolScan.withoutMessages(#"apt-get update && echo "done""#)).contains("apt-get"))
+    }
+}
