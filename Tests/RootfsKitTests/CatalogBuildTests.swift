@@ -234,7 +234,8 @@ import Testing
         #expect(r.stderr.contains("[OK] rootfs populated"))
         #expect(r.stderr.contains("for rootfs-agent"))
         let packages = try String(contentsOfFile: rootfs + "/etc/packages", encoding: .utf8)
-        #expect(packages == "busybox\nvim\nemacs\n")
+        // SECCOMP=yes is Kata's default, so config.sh adds libseccomp.
+        #expect(packages == "busybox\nlibseccomp\nvim\nemacs\n")
         #expect(try String(contentsOfFile: rootfs + "/etc/os-release", encoding: .utf8) == "KataLike 2.0\n")
         // INIT_PROCESS=agent: the agent is init.
         let check = try await Fixtures.rootfs(["check", "--agent-init", rootfs])

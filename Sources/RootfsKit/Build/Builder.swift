@@ -114,6 +114,7 @@ public struct BuildPlan: Sendable {
         let tools = config.hostTools.map { $0.joined(separator: "|") }
         target.append("host tools: \(tools.isEmpty ? "(none declared)" : tools.joined(separator: " "))"
                       + (missingHostTools.isEmpty ? "" : " (missing: \(missingHostTools.joined(separator: ", ")))"))
+        if hookExecutor.isHost { target += config.hostChanges.map { "changes this host: \($0) (add --docker or --podman to leave the host alone)" } }
         result.append(PlanSection("guest", target))
 
         let tree = hookTreePlaceholder
@@ -222,8 +223,9 @@ public struct Builder: Sendable {
         overrides["EXTRA_PKG"] = extra.joined(separator: " ")
         let config = try await ConfigEvaluator().evaluate(distro, environment: env.merging(overrides) { $1 })
         if config.initProcess == "agent" { agentInit = true }
-        guard ["systemd", "agent"].contains(config.initProcess) else {
-            throw RootfsError("\(distro.configPath): INIT_PROCESS must be systemd or agent, not '\(config.initProcess)'")
+        guard DistroConfig.initProcesses.contains(config.initProcess) else {
+            throw RootfsError("\(distro.configPath): INIT_PROCESS must be systemd, agent or kata-agent, not '\(config.initProcess)'",
+                              hint: "systemd starts the agent; agent (Kata's kata-agent) makes the agent /sbin/init")
         }
         if config.archExcludeList.contains(arch) {
             throw RootfsError("distro '\(distro.name)' cannot be built for \(arch): ARCH_EXCLUDE_LIST in \(distro.configPath) excludes it (ARCH_EXCLUDE_LIST=\"\(config.archExcludeList.joined(separator: " "))\")",
@@ -297,6 +299,7 @@ public struct Builder: Sendable {
         hookEnv["AGENT_INIT"] = agentInit ? "yes" : "no"
         hookEnv["INIT_PROCESS"] = agentInit ? "agent" : config.initProcess
         hookEnv["CONFIG_DIR"] = distro.directory
+        hookEnv.merge(KataCallerEnvironment.variables(for: distro)) { mine, _ in mine }
         // Kata's names for the agent binary.
         hookEnv["AGENT_BIN"] = agent.guestName
         hookEnv["BIN_AGENT"] = agent.guestName
@@ -372,7 +375,7 @@ public struct Builder: Sendable {
                 kind = answering.kind
                 break
             }
-            let what = "distro '\(distro.name)' needs \(missing.joined(separator: ", ")) on this host (HOST_TOOLS in \(distro.configPath))"
+            let what = "distro '\(distro.name)' needs \(missing.joined(separator: ", ")) on this host (HOST_TOOLS in \(distro.configPath), or run by its hook)"
             if let answering {
                 throw RootfsError(what + ", which lacks it",
                                   hint: "\(answering.kind.displayName) answers here: add \(answering.kind.flag) to build inside a builder container, "

@@ -28,21 +28,25 @@ public enum HookLibrary {
         done
         printf '%s\n' "${out# }"
     }
-    # Variables Kata hooks read under `set -u`, with Kata's defaults.
-    : "${SECCOMP:=no}" "${SELINUX:=no}" "${LIBC:=gnu}" "${KERNEL_MODULES_DIR:=}"
-    """#
+    """# + "\n" + KataLib.text
 
     /// Runs build_rootfs: helpers, config and library are sourced leniently
     /// (Kata's config.sh files end in tests that may be false), then the hook
-    /// itself runs under `set -euo pipefail`. Paths arrive as arguments.
+    /// itself runs under Kata's rootfs.sh options: errexit, errtrace, pipefail.
+    /// Not nounset: hooks written for Kata read variables Kata never sets.
+    /// Without rootfs_lib.sh the helpers' default (dnf) build_rootfs runs, as in Kata.
+    /// Paths arrive as arguments.
     public static let runnerScript = #"""
     __rootfs_helpers=$1 __rootfs_config=$2 __rootfs_lib=$3
     shift 3
     source "$__rootfs_helpers"
     source "$__rootfs_config" || true
-    source "$__rootfs_lib"
+    if [ -e "$__rootfs_lib" ]; then
+        unset -f build_rootfs plan_rootfs
+        source "$__rootfs_lib"
+    fi
     declare -F build_rootfs >/dev/null || die "$__rootfs_lib does not define build_rootfs()"
-    set -euo pipefail
+    set -o errexit -o errtrace -o pipefail
     [ -n "${DEBUG:-}" ] && set -x
     build_rootfs "$@"
     """#
@@ -55,9 +59,12 @@ public enum HookLibrary {
     __rootfs_config=$1 __rootfs_lib=$2
     shift 2
     source "$__rootfs_config" || true
-    source "$__rootfs_lib"
+    if [ -e "$__rootfs_lib" ]; then
+        unset -f build_rootfs plan_rootfs
+        source "$__rootfs_lib"
+    fi
     declare -F plan_rootfs >/dev/null || exit 3
-    set -euo pipefail
+    set -o errexit -o errtrace -o pipefail
     plan_rootfs "$@"
     """#
 }

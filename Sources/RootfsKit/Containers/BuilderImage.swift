@@ -14,6 +14,9 @@ public struct BuilderImage: Sendable, Equatable {
     /// SHA-256 of the rendered Dockerfile, the context files and the base image ID.
     public var inputsHash: String
     public var tag: String
+    /// Kata's build arguments the Dockerfile declares (`ARG IMAGE_REGISTRY`, `ARG GO_VERSION`,
+    /// `ARG RUST_TOOLCHAIN`), with the caller's values; the proxies are added by the build.
+    public var buildArguments: [String: String] = [:]
 
     /// The label that records `inputsHash` on the image.
     public static let inputsLabel = "org.rootfs.builder.inputs"
@@ -81,10 +84,63 @@ public struct BuilderImage: Sendable, Equatable {
         return text.isEmpty ? "latest" : String(text.prefix(64))
     }
 
+    /// Kata's build arguments, passed when the Dockerfile declares them and the caller
+    /// set them (Kata reads GO_VERSION and RUST_TOOLCHAIN from its versions.yaml; rootfs
+    /// takes them from the environment, else the Dockerfile's own ARG default applies).
+    public static let kataBuildArguments = ["IMAGE_REGISTRY", "GO_VERSION", "RUST_TOOLCHAIN"]
+
+    /// The values of Kata's `generate_dockerfile` placeholders (besides @OS_VERSION@).
+    /// @INSTALL_RUST@: Kata installs rustup only to compile the agent in the image;
+    /// rootfs never compiles the agent (it installs a given binary, --agent or
+    /// AGENT_SOURCE_BIN), and rustup is not reachable offline, so it is a comment.
+    /// @INSTALL_GO@ likewise. @SET_PROXY@: with http_proxy set, dnf's, yum's and
+    /// apt's configuration in the builder image point at it (the value comes from the
+    /// http_proxy build argument, never spliced into the Dockerfile); else a comment.
+    public static func kataPlaceholders(environment env: [String: String]) -> [String: String] {
+        let proxy = nonEmpty(env["http_proxy"]) ?? nonEmpty(env["HTTP_PROXY"])
+        let setProxy = proxy == nil ? "# SET_PROXY: no http_proxy in the environment, nothing to configure" : #"""
+            RUN for f in /etc/dnf/dnf.conf /etc/yum.conf; do if [ -f "$f" ]; then printf 'proxy=%s\n' "$http_proxy" >> "$f"; fi; done; \
+                if [ -d /etc/apt/apt.conf.d ]; then printf 'Acquire::http::Proxy "%s";\n' "$http_proxy" > /etc/apt/apt.conf.d/80rootfs-proxy; fi; true
+            """#
+        return [
+            "INSTALL_RUST": "# INSTALL_RUST: rootfs installs a prebuilt agent (--agent, AGENT_SOURCE_BIN); no Rust toolchain is installed",
+            "INSTALL_GO": "# INSTALL_GO: rootfs builds nothing with Go in the builder image; no Go toolchain is installed",
+            "SET_PROXY": setProxy,
+        ]
+    }
+
+    /// The names a Dockerfile declares with ARG.
+    static func declaredArguments(_ dockerfile: String) -> Set<String> {
+        var names = Set<String>()
+        for line in dockerfile.split(separator: "\n") {
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard words.count >= 2, words[0].uppercased() == "ARG" else { continue }
+            for word in words.dropFirst() { if let name = word.split(separator: "=", maxSplits: 1).first { names.insert(String(name)) } }
+        }
+        return names
+    }
+
+    /// `${IMAGE_REGISTRY}/debian:12` with the registry filled in: the given one, else
+    /// the Dockerfile's `ARG IMAGE_REGISTRY=` default, else docker.io (as in Kata).
+    static func resolvingRegistry(_ image: String, registry: String?, dockerfile: String) -> String {
+        guard image.contains("$IMAGE_REGISTRY") || image.contains("${IMAGE_REGISTRY}") else { return image }
+        var value = registry ?? "docker.io"
+        if registry == nil {
+            for line in dockerfile.split(separator: "\n") {
+                let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+                if words.count >= 2, words[0].uppercased() == "ARG", words[1].hasPrefix("IMAGE_REGISTRY=") {
+                    value = String(words[1].dropFirst("IMAGE_REGISTRY=".count))
+                }
+            }
+        }
+        return image.replacingOccurrences(of: "${IMAGE_REGISTRY}", with: value).replacingOccurrences(of: "$IMAGE_REGISTRY", with: value)
+    }
+
     /// Renders the distro's Dockerfile.in for the plan. `baseImageID` (when the base is
     /// local) goes into the hash, so a re-seeded base image gives a new builder image.
     public static func make(distro: Distro, osName: String, osVersion: String, architecture: String,
                             configValues: [String: String] = [:], builderBase: String?, registry: String?,
+                            environment: [String: String] = [:],
                             baseImageID: (String) async -> String? = { _ in nil }) async throws -> BuilderImage {
         let path = distro.dockerfileTemplatePath
         guard FS.isRegularFile(path) else {
@@ -96,19 +152,28 @@ public struct BuilderImage: Sendable, Equatable {
             throw RootfsError("cannot read \(path): \(error.localizedDescription)")
         }
         // Any config.sh variable is a placeholder too (Kata-style @INSTALL_...@ values).
-        let values = configValues.merging(["OS_VERSION": osVersion, "OS_NAME": osName, "DISTRO": distro.name,
+        let values = configValues.merging(kataPlaceholders(environment: environment)) { $1 }.merging(["OS_VERSION": osVersion, "OS_NAME": osName, "DISTRO": distro.name,
                                            "ARCH": architecture]) { $1 }
         var dockerfile = try render(template: template, values: values, templatePath: path)
         guard let original = fromImage(of: dockerfile) else {
             throw RootfsError("\(path) has no FROM line", hint: "start it with FROM <image> (e.g. FROM @OS_NAME@:@OS_VERSION@)")
         }
         var base = original
+        var arguments: [String: String] = [:]
+        let declared = declaredArguments(dockerfile)
+        for name in kataBuildArguments where declared.contains(name) {
+            if let value = nonEmpty(environment[name]) { arguments[name] = value }
+        }
         if let builderBase = nonEmpty(builderBase) {
             base = builderBase
+        } else if original.contains("IMAGE_REGISTRY") {
+            // Kata's form, `FROM ${IMAGE_REGISTRY}/debian:...`: the registry is a build argument.
+            if let registry = nonEmpty(registry) { arguments["IMAGE_REGISTRY"] = registry }
         } else if let registry = nonEmpty(registry) {
             base = registry.hasSuffix("/") ? registry + original : registry + "/" + original
         }
         if base != original { dockerfile = replacingFromImage(in: dockerfile, with: base) }
+        base = resolvingRegistry(base, registry: arguments["IMAGE_REGISTRY"], dockerfile: dockerfile)
 
         var hasher = SHA256()
         hasher.update(Array("rootfs-builder-image-v1\n".utf8))
@@ -117,11 +182,12 @@ public struct BuilderImage: Sendable, Equatable {
             hasher.update(Array("\0\(file)\0".utf8))
             hasher.update(Array(try SHA256.hexDigest(ofFile: distro.directory + "/" + file).utf8))
         }
+        for key in arguments.keys.sorted() { hasher.update(Array("\0arg\0\(key)=\(arguments[key]!)".utf8)) }
         if let id = await baseImageID(base) { hasher.update(Array("\0base\0\(id)".utf8)) }
         let hash = SHA256.hex(hasher.finalize())
         let tag = "rootfs-builder-\(tagSafe(distro.name)):\(tagSafe(osVersion))-\(hash.prefix(16))"
         return BuilderImage(dockerfile: dockerfile, baseImage: base, context: distro.directory,
-                            templatePath: path, inputsHash: hash, tag: tag)
+                            templatePath: path, inputsHash: hash, tag: tag, buildArguments: arguments)
     }
 
     /// The context's files (relative, sorted), without the ones mounted at run time.

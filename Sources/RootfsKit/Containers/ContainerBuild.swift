@@ -7,6 +7,9 @@ public enum ContainerPaths {
     public static let distro = root + "/distro"
     /// A second directory when rootfs_lib.sh lives apart from config.sh, read-only.
     public static let library = root + "/lib"
+    /// Kata's script_dir (the directory holding the distro directories), read-only:
+    /// Kata's debian sources `${script_dir}/ubuntu/config.sh`.
+    public static let scriptDirectory = root + "/distros"
     /// The hook helpers file, read-only.
     public static let helpers = root + "/hook-helpers.sh"
     /// The tree the hook fills, read-write.
@@ -65,6 +68,9 @@ public struct ContainerBuild: Sendable, Equatable {
         if libraryDir != configDir {
             mounts.append(ContainerMount(source: libraryDir, target: ContainerPaths.library, readOnly: true))
         }
+        if let scriptDir = invocation.environment["script_dir"], scriptDir != "/", scriptDir.hasPrefix("/") {
+            mounts.append(ContainerMount(source: scriptDir, target: ContainerPaths.scriptDirectory, readOnly: true))
+        }
         mounts.append(ContainerMount(source: invocation.helperPath, target: ContainerPaths.helpers, readOnly: true))
         mounts.append(ContainerMount(source: invocation.rootfsDirectory, target: ContainerPaths.rootfs, readOnly: false))
         return mounts
@@ -110,6 +116,7 @@ public struct ContainerBuild: Sendable, Equatable {
             distro: distro, osName: config.osName ?? distro.name, osVersion: config.osVersion ?? "latest",
             architecture: architecture, configValues: config.values,
             builderBase: builderBase ?? nonEmpty(env["BUILDER_BASE"]), registry: nonEmpty(env["IMAGE_REGISTRY"]),
+            environment: env,
             baseImageID: { await engine.imageID($0, runner: runner) })
         return ContainerBuild(engine: engine, image: image, proxyEnvironment: proxies(from: env),
                               containerName: uniqueName(distro: distro.name))
@@ -136,7 +143,7 @@ public enum HookExecutor: Sendable {
         let steps = StepTracker()
         let command = engine.buildCommand(tag: image.tag, dockerfile: dockerfile, context: image.context,
                                           labels: [BuilderImage.inputsLabel: image.inputsHash],
-                                          buildArguments: build.proxyEnvironment)
+                                          buildArguments: build.proxyEnvironment.merging(image.buildArguments) { $1 })
         do {
             try await runner.stream(command) { line in
                 steps.note(line)

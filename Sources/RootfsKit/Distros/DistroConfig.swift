@@ -4,6 +4,11 @@ import Foundation
 public struct DistroConfig: Sendable, Equatable, Codable {
     public var values: [String: String]
 
+    /// Host programs the hook runs without declaring them (see HookToolScan).
+    public var undeclaredHostTools: [UndeclaredHostTool] = []
+    /// What the hook changes on this host when it runs there (the host's `apt update`).
+    public var hostChanges: [String] = []
+
     public init(values: [String: String]) { self.values = values }
 
     public subscript(_ name: String) -> String? { values[name] }
@@ -11,16 +16,25 @@ public struct DistroConfig: Sendable, Equatable, Codable {
     public var osName: String? { values["OS_NAME"] }
     public var osVersion: String? { values["OS_VERSION"] }
     public var packages: [String] { words(values["PACKAGES"]) }
-    public var initProcess: String { values["INIT_PROCESS"].flatMap { $0.isEmpty ? nil : $0 } ?? "systemd" }
+    /// `kata-agent` (Kata's own value, as in Kata's alpine) means `agent`.
+    public var initProcess: String {
+        let raw = values["INIT_PROCESS"].flatMap { $0.isEmpty ? nil : $0 } ?? "systemd"
+        return raw == "kata-agent" ? "agent" : raw
+    }
+    /// The values INIT_PROCESS may take.
+    public static let initProcesses = ["systemd", "agent", "kata-agent"]
     public var archExcludeList: [String] { words(values["ARCH_EXCLUDE_LIST"]) }
     public var repoURL: String? { values["REPO_URL"].flatMap { $0.isEmpty ? nil : $0 } }
     /// Host tools the hook needs: words, each a `|`-separated list of alternatives.
     public var hostTools: [[String]] { words(values["HOST_TOOLS"]).map { $0.split(separator: "|").map(String.init) } }
 
     /// The alternatives of `hostTools` that are missing on this host (empty when all are present).
+    /// Undeclared ones (HookToolScan) are named with the file that runs them and their package.
     public func missingHostTools(path: String? = ProcessInfo.processInfo.environment["PATH"]) -> [String] {
         hostTools.filter { alternatives in alternatives.allSatisfy { ProcessRunner.which($0, path: path) == nil } }
             .map { $0.joined(separator: " or ") }
+            + undeclaredHostTools.filter { $0.alternatives.allSatisfy { ProcessRunner.which($0, path: path) == nil } }
+            .map(\.description)
     }
 
     private func words(_ s: String?) -> [String] {
@@ -33,7 +47,7 @@ public struct ConfigEvaluator: Sendable {
     /// Variables always read back, whether or not config.sh sets them.
     public static let knownVariables = ["OS_NAME", "OS_VERSION", "PACKAGES", "INIT_PROCESS", "ARCH_EXCLUDE_LIST",
                                         "REPO_URL", "HOST_TOOLS", "EXTRA_PKGS", "EXTRA_PKG", "AGENT_INIT", "ARCH",
-                                        "MIRROR", "GPG_KEY_URL", "METALINK"]
+                                        "MIRROR", "GPG_KEY_URL", "METALINK", "SECCOMP", "SELINUX", "LIBC"]
 
     /// Reads back the known variables and every variable config.sh adds, NUL-separated.
     /// The config file and the library come in as $1 and $2, never spliced into the script.
@@ -45,16 +59,22 @@ public struct ConfigEvaluator: Sendable {
     source "$1"
     __rootfs_status=$?
     if [ -n "$2" ]; then
-        if [ ! -f "$2" ]; then printf 'rootfs: missing-lib\n' >&2; exit 65; fi
-        ( source "$2" >/dev/null 2>&1; declare -F build_rootfs >/dev/null ) || { printf 'rootfs: no-build-rootfs\n' >&2; exit 66; }
+        # No rootfs_lib.sh: Kata's default build_rootfs (dnf) from the helpers builds it.
+        if [ -e "$2" ]; then
+            ( unset -f build_rootfs plan_rootfs; source "$2" >/dev/null 2>&1; declare -F build_rootfs >/dev/null ) ||
+                { printf 'rootfs: no-build-rootfs\n' >&2; exit 66; }
+        fi
     fi
+    # Arrays (Kata's PACKAGES=( ... )) are read back whole, joined by spaces.
+    IFS=$' \t\n'
     printf '%s\0' "__rootfs_begin"
     for __rootfs_v in $(compgen -v); do
         case "$__rootfs_v" in __rootfs_*|BASH*|FUNCNAME|PIPESTATUS|_|LINENO|RANDOM|SECONDS|SRANDOM|EPOCH*) continue ;; esac
         case " $__ROOTFS_KNOWN " in *" $__rootfs_v "*) ;; *)
             case "$__rootfs_before" in *" $__rootfs_v "*) continue ;; esac ;;
         esac
-        printf '%s\0%s\0' "$__rootfs_v" "${!__rootfs_v-}"
+        __rootfs_ref="$__rootfs_v[*]"
+        printf '%s\0%s\0' "$__rootfs_v" "${!__rootfs_ref-}"
     done
     """#
 
@@ -73,7 +93,7 @@ public struct ConfigEvaluator: Sendable {
                               hint: "fix the file; bash -n \(shellQuote(distro.configPath)) shows the error",
                               details: failure.outputTail)
         }
-        var env = environment
+        var env = KataCallerEnvironment.variables(for: distro).merging(environment) { $1 }
         env["CONFIG_DIR"] = distro.directory
         env["__ROOTFS_KNOWN"] = Self.knownVariables.joined(separator: " ")
         let command = ToolCommand("bash", ["--noprofile", "--norc", "-c", Self.script, "rootfs-config",
@@ -111,6 +131,11 @@ public struct ConfigEvaluator: Sendable {
             i += 2
         }
         values.removeValue(forKey: "CONFIG_DIR")
-        return DistroConfig(values: values)
+        var config = DistroConfig(values: values)
+        let scan = HookToolScan.scan(distro, scriptDirectory: KataCallerEnvironment.scriptDirectory(of: distro),
+                                     declared: Set(config.hostTools.flatMap { $0 }))
+        config.undeclaredHostTools = scan.tools
+        config.hostChanges = scan.hostChanges
+        return config
     }
 }
