@@ -11,6 +11,10 @@ public struct BuildOptions: Sendable {
     public var extraPackages: [String] = []
     public var agentPath: String?
     public var agentInit = false
+    /// `--kata` (true); nil: the Kata guest profile is on whenever the agent is Kata's (KataProfile.swift).
+    public var kata: Bool?
+    /// `--rootfs-only` (or ROOTFS_ONLY=yes): the distro tree, no agent, no init, no checks.
+    public var rootfsOnly = false
     public var force = false
     public var freeSpaceMiB = 64
     public var compression: Compression = .zstd
@@ -50,6 +54,8 @@ public struct BuildPlan: Sendable {
     public var config: DistroConfig
     public var architecture: String
     public var agent: AgentSpec
+    /// The Kata guest profile or the distro tree alone (KataProfile.swift).
+    public var profile = GuestProfileChoice()
     public var extraPackages: [String]
     /// Where the finished tree goes, and whether it is kept after the images are written.
     public var rootfsDirectory: String
@@ -234,9 +240,12 @@ public struct Builder: Sendable {
         if let bad = config.packages.first(where: { !PackageName.isValid($0) }) {
             throw RootfsError("PACKAGES in \(distro.configPath) holds an invalid package name: \(bad)")
         }
-        let agent: AgentSpec
+        let profile = try GuestProfileChoice.decide(kata: options.kata, rootfsOnly: options.rootfsOnly, agentPath: options.agentPath,
+                                                    agentInitFlag: options.agentInit, agentInit: agentInit, environment: env)
+        do { try profile.kata?.validate() } catch let error as RootfsError { try problem(error) }
+        var agent: AgentSpec
         do {
-            agent = try AgentSpec.resolve(agentPath: options.agentPath, agentInit: agentInit, environment: env)
+            agent = try profile.agent(agentPath: options.agentPath, agentInit: agentInit, environment: env)
         } catch let error as RootfsError {
             try problem(error)
             // Dry run: show where the agent would have come from.
@@ -312,6 +321,7 @@ public struct Builder: Sendable {
                              logPath: buildDir + "/build.log", hookEnvironment: hookEnv, epoch: try sourceDateEpoch(env),
                              formatOutputs: formatOutputs, overlays: options.overlays, imageOptions: options.imageOptions)
         plan.missingHostTools = missingTools
+        plan.profile = profile
         // Host or builder container; a host without the distro's tools is refused with the flag that would work.
         do {
             plan.hookExecutor = try await hookExecutor(options, distro: distro, config: config, architecture: arch)
@@ -446,11 +456,9 @@ public struct Builder: Sendable {
         }
         done()
 
-        console.phase("agent: \(plan.agent.guestPath)\(plan.agent.isInit ? " as /sbin/init" : " started by systemd")")
         let guest = GuestTree(root: tree)
         let installer = AgentInstaller(tree: guest)
-        try installer.install(plan.agent)
-        let agentSHA256 = try SHA256.hexDigest(ofFile: plan.agent.sourcePath)
+        let agentSHA256 = try await plan.profile.install(plan.agent, tree: guest, console: console)
         let record = BuildRecord(
             toolVersion: RootfsVersion.version, distro: plan.distro.name, osName: plan.config.osName ?? plan.distro.name,
             osVersion: plan.config.osVersion ?? "", architecture: plan.architecture, packages: plan.config.packages,
@@ -462,7 +470,9 @@ public struct Builder: Sendable {
             console.phase("compose: \(plan.overlays.map(\.description).joined(separator: ", "))")
             try OverlayApplier(tree: guest).apply(plan.overlays)
         }
-        try RootfsChecker(tree: guest).require(agentInit: plan.agent.isInit, agentNames: [plan.agent.guestName])
+        if !plan.profile.rootfsOnly {
+            try RootfsChecker(tree: guest).require(agentInit: plan.agent.isInit, agentNames: [plan.agent.guestName])
+        }
         // Rootless: the finished tree travels as a tar with the owners restored; every writer reads it.
         var source = TreeSource.directory(tree)
         if let rootless {
