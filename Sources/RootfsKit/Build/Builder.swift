@@ -459,12 +459,13 @@ public struct Builder: Sendable {
         let guest = GuestTree(root: tree)
         let installer = AgentInstaller(tree: guest)
         let agentSHA256 = try await plan.profile.install(plan.agent, tree: guest, console: console)
-        let record = BuildRecord(
+        var record = BuildRecord(
             toolVersion: RootfsVersion.version, distro: plan.distro.name, osName: plan.config.osName ?? plan.distro.name,
             osVersion: plan.config.osVersion ?? "", architecture: plan.architecture, packages: plan.config.packages,
             extraPackages: plan.extraPackages, agentPath: plan.agent.guestPath,
             agentSHA256: agentSHA256, agentInit: plan.agent.isInit,
             buildTime: plan.epoch ?? Int(Date().timeIntervalSince1970))
+        plan.profile.complete(&record, agent: plan.agent, environment: plan.hookEnvironment)
         try installer.writeFile(BuildRecord.guestPath, contents: Array(record.yaml.utf8), mode: 0o644)
         if !plan.overlays.isEmpty {
             console.phase("compose: \(plan.overlays.map(\.description).joined(separator: ", "))")

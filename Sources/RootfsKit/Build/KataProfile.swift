@@ -526,3 +526,14 @@ extension GuestProfileChoice {
         return try SHA256.hexDigest(ofFile: host)
     }
 }
+
+extension GuestProfileChoice {
+    /// Kata's osbuilder.yaml keys, on top of rootfs's record.
+    func complete(_ record: inout BuildRecord, agent: AgentSpec, environment env: [String: String]) {
+        let value = { (key: String) in ProcessInfo.processInfo.environment[key].flatMap { $0.isEmpty ? nil : $0 } ?? env[key].flatMap { $0.isEmpty ? nil : $0 } }
+        record.osbuilderVersion = value("OSBUILDER_VERSION")
+        record.agentName = agent.guestName
+        record.agentVersion = value("AGENT_VERSION") ?? "unknown"
+        record.agentRepository = value("KATA_REPO") ?? ""
+    }
+}
