@@ -9,8 +9,8 @@
 # FuzzCorpusTests replays it from then on (commit it with the fix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=20000
-max_seconds=120
+runs=100000
+max_seconds=150
 harnesses=()
 while [ $# -gt 0 ]; do
     case $1 in

@@ -21,8 +21,13 @@ struct ExtendCommand: AsyncParsableCommand {
             let specs = try compose.specs()
             guard !specs.isEmpty else { throw RootfsError("nothing to add", hint: "give --overlay DIR|TAR or --file GUEST=HOST") }
             if let output { try FS.requireParentDirectory(of: output, option: "-o") }
+            let before = FS.fileSize(image)
             let (kind, bytes) = try await ImageExtender(epoch: try sourceDateEpoch())
                 .extend(image: image, overlays: specs, output: output)
+            if case .ext4 = kind, bytes > before {
+                // A bare ext4 file system is grown rather than refused: say so, the size is the user's business.
+                console.warning("the ext4 file system grew from \(formatBytes(before)) to \(formatBytes(bytes)) to hold the overlays")
+            }
             console.result("extended (\(kind)): \(output ?? image)  \(formatBytes(bytes))")
         }
     }

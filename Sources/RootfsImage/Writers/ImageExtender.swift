@@ -6,8 +6,10 @@ import Foundation
 /// rebuilding the distro. Archives (tar, compressed or not; cpio initrds) are
 /// read as a tree source, composed in a temporary directory and written again
 /// in the same format and compression; a raw ext4 image (MBR, GPT or bare) is
-/// changed in place on a copy with debugfs. The result replaces IMAGE (or goes
-/// to `-o NEW`) only when complete.
+/// read by Ext4Reader, composed the same way and written again by the native
+/// writer at the same offset, size, UUID and label (an ordinary user, who cannot
+/// extract owners and devices, gets the older in-place change with debugfs).
+/// The result replaces IMAGE (or goes to `-o NEW`) only when complete.
 public struct ImageExtender: Sendable {
     public var epoch: Int?
     public var runner = ProcessRunner()
@@ -85,29 +87,99 @@ public struct ImageExtender: Sendable {
             }
             return (kind, stats.outputBytes)
         case .ext4(let offset):
-            let work = try FS.makeSiblingTemporaryDirectory(for: target)
-            defer { FS.remove(work) }
-            // The overlays, composed in an empty directory first: the same checks as for a tree.
-            try FS.makeDirectories(work + "/overlay")
-            try OverlayApplier(tree: GuestTree(root: work + "/overlay")).apply(overlays)
-            let commands = try DebugfsScript.commands(for: work + "/overlay", epoch: epoch)
-            guard FileManager.default.createFile(atPath: work + "/cmds", contents: Data(commands)) else {
-                throw RootfsError("cannot write \(work)/cmds: \(FS.errnoText())")
-            }
-            let copy = work + "/image"
-            try FS.copyFile(FS.absolute(image), to: copy)
-            let out = try await runner.capture(ToolCommand("debugfs", ["-w", "-f", work + "/cmds", "\(copy)?offset=\(offset)"]))
-            let problems = (out.standardError + "\n" + out.standardOutput).split(separator: "\n")
-                .filter { $0.contains("Could not") || $0.contains("No free space") || $0.contains("already exists") && !$0.contains("mkdir") }
-            if !problems.isEmpty {
-                throw RootfsError("debugfs could not add the overlays to \(image)", hint: "grow the image (rootfs image --free-space) or rebuild",
-                                  details: problems.prefix(10).map(String.init))
-            }
-            try FS.rename(copy, to: target)
-            return (kind, FS.fileSize(target))
+            // The native rewrite needs root to extract the image's owners and devices;
+            // an ordinary user keeps the debugfs path, which changes the image in place.
+            if geteuid() != 0 { return (kind, try await extendWithDebugfs(image: image, offset: offset, overlays: overlays, target: target)) }
+            return (kind, try rewriteExt4(image: FS.absolute(image), offset: offset, overlays: overlays, target: target))
         }
     }
+
+    /// The image's own tree (Ext4Reader) with the overlays laid over it inside the
+    /// guest tree (OverlayApplier: `/lib -> usr/lib` is followed, a file where the
+    /// overlay has a directory is replaced), written again by the native writer at
+    /// the same offset, with the file system's UUID and label, into a copy of the
+    /// partition table: the disk keeps its layout and size (a bare file system grows
+    /// if the content needs more), and stays sparse.
+    func rewriteExt4(image: String, offset: Int64, overlays: [OverlaySpec], target: String) throws -> Int64 {
+        let old = try Ext4Volume(path: image, offset: offset)
+        let oldBytes = try Checked.multiply(Int64(old.blocksCount), Int64(old.blockSize), "the size of \(image)'s file system")
+        let imageBytes = FS.fileSize(image)
+        let work = try FS.makeSiblingTemporaryDirectory(for: target)
+        defer { FS.remove(work) }
+        try TreeExtractor(destination: work + "/tree").extract(.ext4(path: image, offset: offset))
+        try OverlayApplier(tree: GuestTree(root: work + "/tree")).apply(overlays)
+        let tree = TreeSource.directory(work + "/tree")
+        let label = String(decoding: old.superblock.volumeName.prefix { $0 != 0 }, as: UTF8.self)
+        var writer = Ext4Writer(label: label, uuid: old.superblock.uuid, epoch: epoch, freeSpaceMiB: 0)
+        var plan = try writer.plan(source: tree)
+        if plan.filesystemBytes < oldBytes {
+            // Free space that keeps the file system at (just under) its old size.
+            var free = Int((oldBytes - plan.filesystemBytes) >> 20)
+            while free > 0 {
+                writer.freeSpaceMiB = free
+                let candidate = try writer.plan(source: tree)
+                if candidate.filesystemBytes <= oldBytes { plan = candidate; break }
+                free -= max(1, free / 32)
+            }
+            if plan.filesystemBytes > oldBytes {
+                writer.freeSpaceMiB = 0
+                plan = try writer.plan(source: tree)
+            }
+        }
+        let tail = offset + oldBytes < imageBytes ? imageBytes - (offset + oldBytes) : 0
+        if plan.filesystemBytes > oldBytes && (offset > 0 || tail > 0) {
+            throw RootfsError("the overlays need a file system of \(plan.filesystemBytes >> 20) MiB; the partition of \(image) holds \(oldBytes >> 20) MiB",
+                              hint: "write the image again with more room (rootfs image --free-space MB), then extend it")
+        }
+        let temporary = FS.siblingTemporaryPath(for: target)
+        var keep = false
+        defer { if !keep { unlink(temporary) } }
+        let output = try OwnedFileDescriptor(path: temporary, flags: O_RDWR | O_CREAT | O_EXCL, mode: 0o644, name: target)
+        let size = max(imageBytes, offset + plan.filesystemBytes)
+        guard ftruncate(output.raw, off_t(size)) == 0 else { throw RootfsError("cannot size \(target): \(FS.errnoText())") }
+        // What is outside the file system (partition tables, a DAX header, the GPT backup), copied sparsely.
+        let input = try OwnedFileDescriptor(path: image, flags: O_RDONLY)
+        for (start, count) in [(Int64(0), offset), (offset + oldBytes, tail)] where count > 0 {
+            var done: Int64 = 0
+            while done < count {
+                let chunk = try input.read(count: Int(min(count - done, 1 << 20)), at: start + done)
+                guard !chunk.isEmpty else { break }
+                if chunk.contains(where: { $0 != 0 }) { try output.writeAll(chunk, at: start + done) }
+                done += Int64(chunk.count)
+            }
+        }
+        try writer.write(plan: plan, source: tree, fd: output.raw, offset: offset, name: target)
+        try Task.checkCancellation()
+        try FS.rename(temporary, to: target)
+        keep = true
+        return size
+    }
+
+    /// The ordinary user's path: debugfs adds the overlays to a copy of the image.
+    func extendWithDebugfs(image: String, offset: Int64, overlays: [OverlaySpec], target: String) async throws -> Int64 {
+        let work = try FS.makeSiblingTemporaryDirectory(for: target)
+        defer { FS.remove(work) }
+        // The overlays, composed in an empty directory first: the same checks as for a tree.
+        try FS.makeDirectories(work + "/overlay")
+        try OverlayApplier(tree: GuestTree(root: work + "/overlay")).apply(overlays)
+        let commands = try DebugfsScript.commands(for: work + "/overlay", epoch: epoch)
+        guard FileManager.default.createFile(atPath: work + "/cmds", contents: Data(commands)) else {
+            throw RootfsError("cannot write \(work)/cmds: \(FS.errnoText())")
+        }
+        let copy = work + "/image"
+        try FS.copyFile(FS.absolute(image), to: copy)
+        let out = try await runner.capture(ToolCommand("debugfs", ["-w", "-f", work + "/cmds", "\(copy)?offset=\(offset)"]))
+        let problems = (out.standardError + "\n" + out.standardOutput).split(separator: "\n")
+            .filter { $0.contains("Could not") || $0.contains("No free space") || $0.contains("already exists") && !$0.contains("mkdir") }
+        if !problems.isEmpty {
+            throw RootfsError("debugfs could not add the overlays to \(image)", hint: "grow the image (rootfs image --free-space) or rebuild",
+                              details: problems.prefix(10).map(String.init))
+        }
+        try FS.rename(copy, to: target)
+        return FS.fileSize(target)
+    }
 }
+
 
 /// debugfs commands that lay a directory over an ext4 file system: directories
 /// made, files and links replaced, modes, owners and times set. Every guest
