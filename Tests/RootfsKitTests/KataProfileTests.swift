@@ -35,7 +35,7 @@ enum KataInputs {
         return (dir, version)
     }
 
-    static let busyboxDistros: () throws -> String = { try TestDistros.make(["bb": (TestDistros.busyboxConfig, TestDistros.busyboxLib)]) }
+    static func busyboxDistros() throws -> String { try TestDistros.make(["bb": (TestDistros.busyboxConfig, TestDistros.busyboxLib)]) }
 }
 
 /// The Kata profile on a busybox guest (no network, no boot): AGENT_TARBALL, the policy, the
@@ -199,5 +199,19 @@ actor KataDebianTree {
                                            "sh", "-c", "systemctl is-active kata-containers.target kata-agent.service tmp.mount; cat /proc/1/comm"])
         #expect(r.status == 0, "\(r.stderr.suffix(3000))")
         #expect(r.stdout == "active\nactive\nactive\nsystemd\n", "\(r.stdout)")
+    }
+
+    /// `rootfs boot --kata`: virtio-blk (a module of the test kernel, loaded by the stage-1 initrd built
+    /// from the kernel's package), Kata's parameters; the agent runs from kata-containers.target.
+    @Test func bootKataOnVirtioBlk() async throws {
+        let image = try await KataDebianTree.shared.tree().image
+        let kernel = try await BootFixture.kernel(packageRoot: URL(fileURLWithPath: Fixtures.repositoryRoot))
+        let r = try await Fixtures.rootfs(["boot", image, "--kata", "--kernel", kernel, "--timeout", "240", "--",
+                                           "sh", "-c", "systemctl is-active kata-containers.target kata-agent.service; findmnt -no SOURCE,OPTIONS /; grep -o 'systemd.unit=[^ ]*' /proc/cmdline"])
+        #expect(r.status == 0, "\(r.stderr.suffix(3000))")
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.prefix(2) == ["active", "active"], "\(r.stdout)")
+        #expect(lines.count == 4 && lines[2].hasPrefix("/dev/vda1 ro"), "\(r.stdout)")
+        #expect(lines.last == "systemd.unit=kata-containers.target", "\(r.stdout)")
     }
 }

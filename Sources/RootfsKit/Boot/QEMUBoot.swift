@@ -41,6 +41,8 @@ public struct BootOptions: Sendable {
     public var term: String?
     /// How long a KVM guest may stay silent before KVM counts as broken.
     public var kvmProbeSeconds: Double = 10
+    /// `--kata`: Kata's kernel parameters and devices (KataBoot.swift).
+    public var kata: KataBoot?
 
     public init(image: String, kernel: String?, command: [String] = []) {
         self.image = image
@@ -91,7 +93,9 @@ public struct QEMUBoot: Sendable {
         // no_timer_check: a guest slowed down by TCG on a busy host can fail the IO-APIC
         // timer check and panic ("IO-APIC + timer doesn't work"); a virtual timer needs no check.
         parameters += ["console=ttyS0", "panic=-1", "no_timer_check"]
-        if let disk = kind.disk {
+        if let kata = options.kata, let disk = kind.disk {
+            parameters += kata.kernelParameters + kata.rootParameters(filesystem: disk.filesystem == .unknown ? "ext4" : disk.filesystem.rawValue)
+        } else if let disk = kind.disk {
             parameters.append("root=\(disk.rootDevice)")
             if disk.filesystem != .unknown { parameters.append("rootfstype=\(disk.filesystem.rawValue)") }
             parameters.append(disk.readOnly ? "ro" : "rw")
@@ -145,8 +149,12 @@ public struct QEMUBoot: Sendable {
             arguments += ["-kernel", try kernelPath()]
             if let initrd = options.initrd { arguments += ["-initrd", initrd] }
             // -snapshot: writes go to a temporary overlay, the image stays as it is.
-            arguments += ["-drive", "file=\(options.image),if=none,id=d0,format=\(disk.container.rawValue)",
-                          "-device", "nvme,drive=d0,serial=rootfs", "-snapshot"]
+            if let kata = options.kata {
+                arguments += kata.diskArguments(image: options.image, format: disk.container.rawValue)
+            } else {
+                arguments += ["-drive", "file=\(options.image),if=none,id=d0,format=\(disk.container.rawValue)",
+                              "-device", "nvme,drive=d0,serial=rootfs", "-snapshot"]
+            }
         }
         if kind != .iso { arguments += ["-append", try kernelCommandLine(kind: kind)] }
         if options.interactive {
