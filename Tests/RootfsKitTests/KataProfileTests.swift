@@ -195,7 +195,7 @@ actor KataDebianTree {
     @Test func bootsTheWayKataBootsIt() async throws {
         let image = try await KataDebianTree.shared.tree().image
         let kernel = try await BootFixture.kernel(packageRoot: URL(fileURLWithPath: Fixtures.repositoryRoot))
-        let r = try await Fixtures.rootfs(["boot", image, "--kernel", kernel, "--timeout", "240", "--append",
+        let r = try await Fixtures.rootfs(["boot", image, "--kernel", kernel, "--timeout", "240", "--accel", "tcg", "--append",
                                            KataProfile.kernelParameters.joined(separator: " "), "--",
                                            "sh", "-c", "systemctl is-active kata-containers.target kata-agent.service tmp.mount; cat /proc/1/comm"])
         #expect(r.status == 0, "\(r.stderr.suffix(3000))")
@@ -207,7 +207,7 @@ actor KataDebianTree {
     @Test func bootKataOnVirtioBlk() async throws {
         let image = try await KataDebianTree.shared.tree().image
         let kernel = try await BootFixture.kernel(packageRoot: URL(fileURLWithPath: Fixtures.repositoryRoot))
-        let r = try await Fixtures.rootfs(["boot", image, "--kata", "--kernel", kernel, "--timeout", "240", "--",
+        let r = try await Fixtures.rootfs(["boot", image, "--kata", "--kernel", kernel, "--timeout", "240", "--accel", "tcg", "--",
                                            "sh", "-c", "systemctl is-active kata-containers.target kata-agent.service; findmnt -no SOURCE,OPTIONS /; grep -o 'systemd.unit=[^ ]*' /proc/cmdline"])
         #expect(r.status == 0, "\(r.stderr.suffix(3000))")
         let lines = r.stdout.split(separator: "\n").map(String.init)

@@ -27,8 +27,9 @@ public struct KataBoot: Sendable, Equatable {
         ["-drive", "file=\(image),if=none,id=d0,format=\(format)", "-device", "virtio-blk-pci,drive=d0", "-snapshot"]
     }
 
-    /// The modules the root needs when the kernel has them as modules (Debian's cloud kernel: virtio_blk).
-    public static let rootModules = ["virtio_blk"]
+    /// The modules the root needs when the kernel has them as modules (Debian's cloud kernel: the
+    /// virtio PCI transport and virtio_blk; their dependencies come from modinfo).
+    public static let rootModules = ["virtio_pci", "virtio_blk"]
 }
 
 /// A stage-1 initrd that loads the root's modules and switches to the disk's root: for a kernel
