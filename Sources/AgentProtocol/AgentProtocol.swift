@@ -99,19 +99,38 @@ public enum AgentProtocol {
         }
     }
 
-    /// Finds a status line in a console line. Kernel messages may share the
-    /// line with it, so the marker is looked for anywhere and trailing
-    /// carriage returns are ignored.
+    /// The longest status line the agent writes (`rootfs-agent: signal 64`), with room.
+    public static let maxStatusLine = 64
+    /// The largest exit status a process can have (waitpid keeps 8 bits).
+    public static let maxExitStatus: Int32 = 255
+    /// The largest signal number Linux has (SIGRTMAX).
+    public static let maxSignal: Int32 = 64
+
+    /// Reads one line of the status device. The whole line must be a status
+    /// line (trailing carriage returns and spaces aside): the device is the
+    /// agent's own, so nothing else shares the line, and a marker in the middle
+    /// of other text is not a status. Exit statuses outside 0...255 and signals
+    /// outside 1...64 are not statuses either (`exit 256` must not become 0).
     public static func parseStatus(_ line: String) -> Status? {
-        var text = Substring(line)
-        while let last = text.last, last == "\r" || last == "\n" || last == " " { text = text.dropLast() }
-        if text.hasSuffix(readyLine) { return .ready }
-        for (prefix, make) in [(exitPrefix, Status.exited), (signalPrefix, Status.signaled)] {
-            guard let range = text.firstRange(of: prefix) else { continue }
-            let digits = text[range.upperBound...]
-            guard !digits.isEmpty, digits.count <= 4, digits.allSatisfy({ $0.isASCII && $0.isNumber }),
-                  let value = Int32(digits) else { continue }
-            return make(value)
+        parseStatus(bytes: Array(line.utf8))
+    }
+
+    /// `parseStatus` on raw bytes (the device's, not necessarily UTF-8).
+    public static func parseStatus<Bytes: Collection>(bytes line: Bytes) -> Status? where Bytes.Element == UInt8 {
+        guard line.count <= maxStatusLine else { return nil }
+        var text = Array(line)
+        while let last = text.last, last == 0x0d || last == 0x0a || last == 0x20 { text.removeLast() }
+        if text == Array(readyLine.utf8) { return .ready }
+        for (prefix, make, range) in [(exitPrefix, Status.exited, Int32(0)...maxExitStatus),
+                                      (signalPrefix, Status.signaled, Int32(1)...maxSignal)] {
+            let head = Array(prefix.utf8)
+            guard text.count > head.count, Array(text[..<head.count]) == head else { continue }
+            let digits = text[head.count...]
+            // At most three digits, no sign, no leading zero but "0" itself: one spelling per status.
+            guard digits.count <= 3, digits.allSatisfy({ (0x30...0x39).contains($0) }),
+                  digits.count == 1 || digits.first != 0x30 else { return nil }
+            let value = digits.reduce(Int32(0)) { $0 * 10 + Int32($1 - 0x30) }
+            return range.contains(value) ? make(value) : nil
         }
         return nil
     }

@@ -37,6 +37,14 @@ public struct OwnedFileDescriptor: ~Copyable {
 
     deinit { if raw >= 0 { Glibc.close(raw) } }
 
+    /// Gives the descriptor back without closing it: for a descriptor borrowed from a
+    /// caller that still owns it, so its writes go through `writeAll` too.
+    public mutating func release() -> Int32 {
+        let fd = raw
+        raw = -1
+        return fd
+    }
+
     /// Closes now, reporting a failed close (a delayed write error on some file systems).
     public mutating func close() throws {
         let fd = raw

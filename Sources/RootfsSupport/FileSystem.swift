@@ -132,13 +132,10 @@ public enum FS {
 
     /// Writes all of `chunk` to `fd` (retrying short writes and EINTR); `name` is for the error.
     public static func writeAll(_ chunk: UnsafeRawBufferPointer, to fd: Int32, name: String) throws {
-        var offset = 0
-        while offset < chunk.count {
-            let n = Glibc.write(fd, chunk.baseAddress! + offset, chunk.count - offset)
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw RootfsError("cannot write \(name): \(FS.errnoText())") }
-            offset += n
-        }
+        // Borrowed: the one write loop is OwnedFileDescriptor's; the caller keeps the descriptor.
+        var borrowed = OwnedFileDescriptor(taking: fd, name: name)
+        defer { _ = borrowed.release() }
+        try borrowed.writeAll(chunk)
     }
 
     /// Moves `source` to `destination` atomically (same file system).

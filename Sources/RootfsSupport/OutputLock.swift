@@ -24,6 +24,15 @@ public final class OutputLock: @unchecked Sendable {
             guard fd >= 0 else {
                 throw RootfsError("cannot create the lock file \(lockPath) for \(output): \(FS.errnoText())")
             }
+            // The pid is written into the file: never through a hard link to another file
+            // (a planted `.NAME.lock` linked to /etc/passwd would be truncated), nor into a FIFO or device.
+            var opened = stat()
+            if fstat(fd, &opened) != 0 || (opened.st_mode & S_IFMT) != S_IFREG || opened.st_nlink > 1 {
+                close(fd)
+                fd = -1
+                throw RootfsError("the lock file \(lockPath) for \(output) is not a plain file of its own (a hard link or a special file)",
+                                  hint: "remove it; rootfs creates it itself")
+            }
             if flock(fd, LOCK_EX | LOCK_NB) != 0 {
                 let code = errno
                 var holder = [UInt8](repeating: 0, count: 32)

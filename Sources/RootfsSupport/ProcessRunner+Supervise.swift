@@ -1,5 +1,6 @@
 import Foundation
 import Subprocess
+import Synchronization
 
 /// How a supervised process ended.
 public enum ProcessExit: Sendable, Equatable {
@@ -34,16 +35,14 @@ public struct SupervisedOutcome: Sendable {
 /// The processes `supervise` is running, so a signal handler can stop them
 /// before the program exits (a plain `kill` of rootfs would orphan them).
 public enum SupervisedProcesses {
-    private static let lock = NSLock()
-    nonisolated(unsafe) private static var running: Set<Int32> = []
+    private static let running = Mutex<Set<Int32>>([])
 
-    static func add(_ pid: Int32) { lock.lock(); running.insert(pid); lock.unlock() }
-    static func remove(_ pid: Int32) { lock.lock(); running.remove(pid); lock.unlock() }
+    static func add(_ pid: Int32) { _ = running.withLock { $0.insert(pid) } }
+    static func remove(_ pid: Int32) { _ = running.withLock { $0.remove(pid) } }
 
     /// Sends SIGKILL to every supervised process still running.
     public static func killAll() {
-        lock.lock(); defer { lock.unlock() }
-        for pid in running { kill(pid, SIGKILL) }
+        running.withLock { for pid in $0 { kill(pid, SIGKILL) } }
     }
 }
 
@@ -71,23 +70,35 @@ extension ProcessRunner {
         do {
             switch io {
             case .pipes:
+                // stderr as a stream whose last 64 KiB are kept: a chatty process (QEMU
+                // warning on every guest write) must not fail a good run by passing a limit.
+                let errorTail = ByteTail(limit: 64 << 10)
                 let result = try await Subprocess.run(config, input: .none, output: .sequence,
-                                                      error: .string(limit: 1 << 20)) { execution in
+                                                      error: .sequence) { execution in
                     let pid = execution.processIdentifier.value
                     let control = ProcessControl(processID: pid, sendKill: { _ = try? execution.send(signal: .kill) })
                     SupervisedProcesses.add(pid)
                     defer { SupervisedProcesses.remove(pid) }
                     try await withThrowingTaskGroup(of: Void.self) { group in
                         group.addTask { await supervisor(control) }
-                        for try await chunk in execution.standardOutput {
-                            let bytes = chunk.withUnsafeBytes { Array($0) }
-                            onOutput(bytes)
+                        try await withThrowingTaskGroup(of: Void.self) { streams in
+                            streams.addTask {
+                                for try await chunk in execution.standardError {
+                                    errorTail.append(chunk.withUnsafeBytes { Array($0) })
+                                }
+                            }
+                            streams.addTask {
+                                for try await chunk in execution.standardOutput {
+                                    onOutput(chunk.withUnsafeBytes { Array($0) })
+                                }
+                            }
+                            try await streams.waitForAll()
                         }
                         group.cancelAll()
                     }
                 }
                 status = result.terminationStatus
-                standardError = result.standardError
+                standardError = errorTail.text
             case .terminal:
                 let result = try await Subprocess.run(config, input: .currentStandardInput,
                                                       output: .currentStandardOutput,
@@ -108,4 +119,19 @@ extension ProcessRunner {
         case .signaled(let signal): return SupervisedOutcome(exit: .signaled(Int32(signal)), standardError: standardError)
         }
     }
+}
+
+/// A stream's last bytes (at most `limit`), however much it writes.
+final class ByteTail: Sendable {
+    private let bytes = Mutex<[UInt8]>([])
+    let limit: Int
+    init(limit: Int) { self.limit = limit }
+    func append(_ more: [UInt8]) {
+        bytes.withLock { bytes in
+            bytes += more
+            // Amortized: cut once twice the limit is held.
+            if bytes.count > 2 * limit { bytes.removeFirst(bytes.count - limit) }
+        }
+    }
+    var text: String { String(decoding: bytes.withLock { Array($0.suffix(limit)) }, as: UTF8.self) }
 }

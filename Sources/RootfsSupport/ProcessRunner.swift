@@ -1,5 +1,6 @@
 import Foundation
 import Subprocess
+import Synchronization
 #if canImport(System)
 import System
 #else
@@ -114,15 +115,15 @@ public struct ProcessRunner: Sendable {
 }
 
 /// The last few lines of a stream, shared between the reader and the error path.
-final class LineTail: @unchecked Sendable {
-    private let lock = NSLock()
-    private var buffer: [String] = []
+final class LineTail: Sendable {
+    private let buffer = Mutex<[String]>([])
     private let limit: Int
     init(limit: Int) { self.limit = limit }
     func append(_ line: String) {
-        lock.lock(); defer { lock.unlock() }
-        buffer.append(line)
-        if buffer.count > limit { buffer.removeFirst(buffer.count - limit) }
+        buffer.withLock { buffer in
+            buffer.append(line)
+            if buffer.count > limit { buffer.removeFirst(buffer.count - limit) }
+        }
     }
-    var lines: [String] { lock.lock(); defer { lock.unlock() }; return buffer }
+    var lines: [String] { buffer.withLock { $0 } }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RootfsKit
+import Synchronization
 
 struct BootCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -72,39 +73,35 @@ struct BootCommand: AsyncParsableCommand {
         options.accelerator = Accelerator(rawValue: accel) ?? .auto
         options.term = ProcessInfo.processInfo.environment["TERM"]
         let boot = QEMUBoot(options: options)
-        let signalSources = Self.stopQEMUOnSignals(interactive: interactive)
-        defer { signalSources.forEach { $0.cancel() } }
-        guard json else {
-            let result = try await boot.run(
-                onOutput: { bytes in FileHandle.standardOutput.write(Data(bytes)) },
-                onNote: { note in FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8)) }
-            )
-            if result.stoppedWhenReady {
-                FileHandle.standardError.write(Data(String(format: "rootfs: booted: ready in %.1f s (%@), guest stopped\n",
-                                                           result.readySeconds, result.accelerator.rawValue).utf8))
+        let (json, command) = (json, command)
+        // One signal path with every other command: a signal cancels the boot, QEMU is
+        // stopped and the boot's work directory removed before rootfs exits. Interactive:
+        // Ctrl-C belongs to the guest's terminal.
+        let signals = interactive ? CommandRunner.stopSignals.filter { $0 != SIGINT } : CommandRunner.stopSignals
+        try await CommandRunner.run(json: json, signals: signals) {
+            guard json else {
+                let result = try await boot.run(
+                    onOutput: { bytes in FileHandle.standardOutput.write(Data(bytes)) },
+                    onNote: { note in FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8)) }
+                )
+                if result.stoppedWhenReady {
+                    FileHandle.standardError.write(Data(String(format: "rootfs: booted: ready in %.1f s (%@), guest stopped\n",
+                                                               result.readySeconds, result.accelerator.rawValue).utf8))
+                }
+                if result.exitStatus != 0 { throw ExitCode(result.exitStatus) }
+                return
             }
-            if result.exitStatus != 0 { throw ExitCode(result.exitStatus) }
-            return
-        }
-        let captured = CapturedOutput()
-        let notes = CapturedOutput()
-        let result: BootResult
-        do {
-            result = try await boot.run(
+            let captured = CapturedOutput()
+            let notes = CapturedOutput()
+            let result = try await boot.run(
                 onOutput: { bytes in captured.append(bytes) },
                 onNote: { note in
                     notes.append(Array((note + "\n").utf8))
                     FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8))
                 })
-        } catch {
-            FileHandle.standardError.write(Data("\(Console(level: .quiet).colored("error:", "1;31")) \(error)\n".utf8))
-            try printJSON(JSONError(error))
-            throw ExitCode.failure
-        }
-        try printJSON(Report(result: result, command: command, output: captured.bytes,
-                             notes: notes.text.split(separator: "\n").map(String.init)))
-        if result.exitStatus != 0 {
-            throw ExitCode(result.exitStatus)
+            try printJSON(Report(result: result, command: command, output: captured.bytes, outputBytes: captured.total,
+                                 notes: notes.text.split(separator: "\n").map(String.init)))
+            if result.exitStatus != 0 { throw ExitCode(result.exitStatus) }
         }
     }
 
@@ -119,9 +116,15 @@ struct BootCommand: AsyncParsableCommand {
         var output: String
         /// The same bytes, base64, for output that is not UTF-8.
         var outputBase64: String
+        /// How many bytes the command wrote; more than `output` holds when it was cut.
+        var outputBytes: Int
+        /// The output was cut at `CapturedOutput.defaultLimit` bytes.
+        var outputTruncated: Bool
         var notes: [String]
 
-        init(result: BootResult, command: [String], output: [UInt8], notes: [String]) {
+        init(result: BootResult, command: [String], output: [UInt8], outputBytes: Int, notes: [String]) {
+            self.outputBytes = outputBytes
+            outputTruncated = outputBytes > output.count
             self.command = command
             exitStatus = result.exitStatus
             if case .signaled(let number) = result.status { signal = number }
@@ -133,28 +136,24 @@ struct BootCommand: AsyncParsableCommand {
         }
     }
 
-    /// Bytes collected from the boot's callbacks.
-    final class CapturedOutput: @unchecked Sendable {
-        private let lock = NSLock()
-        private var data: [UInt8] = []
-        func append(_ bytes: [UInt8]) { lock.lock(); data += bytes; lock.unlock() }
-        var bytes: [UInt8] { lock.lock(); defer { lock.unlock() }; return data }
-        var text: String { String(decoding: bytes, as: UTF8.self) }
-    }
-
-    /// On SIGTERM, SIGHUP and (unless the guest owns the terminal) SIGINT:
-    /// kill QEMU first, then exit as the signal would have.
-    static func stopQEMUOnSignals(interactive: Bool) -> [DispatchSourceSignal] {
-        let signals = interactive ? [SIGTERM, SIGHUP] : [SIGINT, SIGTERM, SIGHUP]
-        return signals.map { number in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                SupervisedProcesses.killAll()
-                Foundation.exit(128 + number)
+    /// Bytes collected from the boot's callbacks, the first `limit` of them: the JSON
+    /// document holds the output, so a guest writing without end must not make
+    /// rootfs hold it all (`outputTruncated` and `outputBytes` say what was dropped).
+    final class CapturedOutput: Sendable {
+        static let defaultLimit = 16 << 20
+        private struct State { var data: [UInt8] = []; var total = 0 }
+        private let state = Mutex(State())
+        let limit: Int
+        init(limit: Int = CapturedOutput.defaultLimit) { self.limit = limit }
+        func append(_ bytes: [UInt8]) {
+            state.withLock { state in
+                state.total += bytes.count
+                let room = limit - state.data.count
+                if room > 0 { state.data += bytes.prefix(room) }
             }
-            source.resume()
-            return source
         }
+        var bytes: [UInt8] { state.withLock { $0.data } }
+        var total: Int { state.withLock { $0.total } }
+        var text: String { String(decoding: bytes, as: UTF8.self) }
     }
 }

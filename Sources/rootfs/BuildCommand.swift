@@ -20,7 +20,7 @@ struct BuildCommand: AsyncParsableCommand {
     @Option(name: [.short, .customLong("rootfs-dir")], help: ArgumentHelp("Write the rootfs directory here.", valueName: "DIR"))
     var rootfsDir: String?
     @Option(help: ArgumentHelp("Write an initrd (cpio) here.", valueName: "FILE")) var initrd: String?
-    @Option(help: ArgumentHelp("Write a raw disk image (MBR, ext4) here.", valueName: "FILE")) var image: String?
+    @Option(help: ArgumentHelp("Write a raw disk image here (MBR and ext4 unless --partition-table/--fs say otherwise).", valueName: "FILE")) var image: String?
     @Option(name: .customLong("os-version"), help: "The distro release (overrides OS_VERSION).") var osVersion: String?
     @Option(name: .customLong("extra-pkg"), help: ArgumentHelp("Install this package too (repeatable).", valueName: "PKG"))
     var extraPackages: [String] = []

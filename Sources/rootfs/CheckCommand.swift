@@ -25,7 +25,7 @@ struct CheckCommand: AsyncParsableCommand {
         let (rootfs, agentInit, json) = (rootfs, agentInit, json)
         try await CommandRunner.run(json: json) {
             guard json else {
-                try requireTree(rootfs, agentInit: agentInit)
+                try RootfsChecker.requireTree(at: rootfs, agentInit: agentInit)
                 print("\(rootfs): ok (init and agent present\(agentInit ? ", agent is init" : ""))")
                 return
             }

@@ -66,10 +66,17 @@ func printJSON<T: Encodable>(_ value: T) throws {
 /// are stopped, temporary files removed), and errors become one clear message
 /// and a non-zero exit status.
 enum CommandRunner {
+    /// The signals that stop a command: Ctrl-C, kill, a closed terminal or ssh
+    /// session (SIGHUP) and Ctrl-\\ (SIGQUIT). Each cancels the work, so hooks,
+    /// containers and QEMU are stopped and temporaries removed, the same way.
+    static let stopSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT]
+
     /// `json`: a failure also prints `{"error": ...}` on stdout (the message still goes to stderr).
-    static func run(json: Bool = false, _ body: @escaping @Sendable () async throws -> Void) async throws {
+    /// `signals`: what cancels the work (`boot --interactive` leaves SIGINT to the guest's terminal).
+    static func run(json: Bool = false, signals: [Int32] = stopSignals,
+                    _ body: @escaping @Sendable () async throws -> Void) async throws {
         let task = Task { try await body() }
-        let sources = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
+        let sources = signals.map { sig -> DispatchSourceSignal in
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler {

@@ -26,11 +26,13 @@ struct ImageCommand: AsyncParsableCommand {
         let flags = imageFlags, compose = compose, compression = compression
         try await CommandRunner.run {
             let format = try formatText.map(OutputFormat.parse) ?? OutputFormat.infer(fromPath: output) ?? .raw
-            try requireTreeSource(tree, agentInit: agentInit)
+            let options = flags.options(epoch: try sourceDateEpoch(), compression: compression)
+            try ImageOptions.requireVHDXFixedFits(options, formats: [format])
+            try RootfsChecker.requireTreeSource(at: tree, agentInit: agentInit)
             try FS.requireParentDirectory(of: output, option: "-o")
-            let (source, cleanup) = try composedSource(tree, specs: try compose.specs(), near: FS.absolute(output))
+            let (source, cleanup) = try TreeSource.composed(tree, overlays: try compose.specs(), near: FS.absolute(output))
             defer { cleanup() }
-            let writer = ImageWriter(options: flags.options(epoch: try sourceDateEpoch(), compression: compression))
+            let writer = ImageWriter(options: options)
             for o in try await writer.write(format, source: source, to: FS.absolute(output)) {
                 console.result("\(o.kind): \(o.path)  \(formatBytes(o.bytes))")
             }

@@ -21,6 +21,7 @@ struct ComposeFlags: ParsableArguments {
 }
 
 struct ImageFlags: ParsableArguments {
+    static let maxFreeSpaceMiB = 16 << 20
     @Option(name: .customLong("free-space"), help: ArgumentHelp("Free space in the file system of disk images.", valueName: "MB"))
     var freeSpace: Int = 64
     @Option(name: .customLong("partition-table"), help: "Partition table of raw/qcow2/vhd/vmdk images: mbr or gpt.")
@@ -33,6 +34,8 @@ struct ImageFlags: ParsableArguments {
     var ext4Writer: Ext4WriterKind = .native
     @Flag(help: "Prepend Kata's 2 MiB NVDIMM/DAX header to the disk image (MBR only).")
     var dax = false
+    @Flag(name: .customLong("vhdx-fixed"), help: "Write a fixed VHDX (every block stored) instead of a dynamic one (vhdx only).")
+    var vhdxFixed = false
     @Option(help: ArgumentHelp("Kernel for kernel+initrd and iso-bios (default: the tree's /boot/vmlinuz*).", valueName: "FILE"))
     var kernel: String?
     @Option(help: "Kernel command line for kernel+initrd and iso-bios.")
@@ -40,6 +43,10 @@ struct ImageFlags: ParsableArguments {
 
     func validate() throws {
         guard freeSpace >= 0 else { throw ValidationError("--free-space must be 0 or more") }
+        // 16 TiB: ext4's limit with 4 KiB blocks, and far from any overflow of the sizes computed from it.
+        guard freeSpace <= Self.maxFreeSpaceMiB else {
+            throw ValidationError("--free-space \(freeSpace) MiB is more than an ext4 image holds (at most \(Self.maxFreeSpaceMiB) MiB, 16 TiB)")
+        }
         if noPartitionTable && partitionTable == .gpt {
             throw ValidationError("--no-partition-table and --partition-table gpt contradict each other")
         }
@@ -51,6 +58,7 @@ struct ImageFlags: ParsableArguments {
         o.partitionTable = noPartitionTable ? .none : partitionTable
         o.filesystem = filesystem
         o.dax = dax
+        o.vhdxFixed = vhdxFixed
         o.ext4Writer = ext4Writer
         o.kernel = kernel.map(FS.absolute)
         o.cmdline = cmdline
@@ -70,30 +78,4 @@ extension OutputFormat: ExpressibleByArgument {
 
 extension OutputFormat {
     init(_ other: OutputFormat) { self = other }
-}
-
-/// A tree source with overlays applied: the source itself when there are none,
-/// else a temporary copy (removed by the returned clean-up) with the overlays laid over it.
-func composedSource(_ tree: String, specs: [OverlaySpec], near output: String) throws -> (TreeSource, @Sendable () -> Void) {
-    let source = try TreeSource.open(tree)
-    if specs.isEmpty { return (source, {}) }
-    let work = try FS.makeSiblingTemporaryDirectory(for: output)
-    do {
-        try TreeExtractor(destination: work + "/tree").extract(source)
-        try OverlayApplier(tree: GuestTree(root: work + "/tree")).apply(specs)
-    } catch {
-        FS.remove(work)
-        throw error
-    }
-    return (.directory(work + "/tree"), { FS.remove(work) })
-}
-
-/// The checks shared by the writers for a directory tree: an init and an agent.
-/// (An archive is checked by its writer reading it; a directory is checked here.)
-func requireTreeSource(_ path: String, agentInit: Bool) throws {
-    if FS.isDirectory(path) { try requireTree(path, agentInit: agentInit) }
-    else if !FS.isRegularFile(path) {
-        throw RootfsError("\(path) is neither a rootfs directory nor a tar archive",
-                          hint: "give the rootfs directory `rootfs build` wrote, or a tar of it")
-    }
 }

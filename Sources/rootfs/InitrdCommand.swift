@@ -17,20 +17,12 @@ struct InitrdCommand: AsyncParsableCommand {
         let (rootfs, output, compression, agentInit, compose) = (rootfs, output, compression, agentInit, compose)
         let console = global.makeConsole()
         try await CommandRunner.run {
-            try requireTreeSource(rootfs, agentInit: agentInit)
+            try RootfsChecker.requireTreeSource(at: rootfs, agentInit: agentInit)
             try FS.requireParentDirectory(of: output, option: "-o")
-            let (source, cleanup) = try composedSource(rootfs, specs: try compose.specs(), near: FS.absolute(output))
+            let (source, cleanup) = try TreeSource.composed(rootfs, overlays: try compose.specs(), near: FS.absolute(output))
             defer { cleanup() }
             let stats = try InitrdWriter(compression: compression, epoch: try sourceDateEpoch()).write(source: source, to: output)
             console.result("initrd: \(output)  \(formatBytes(stats.outputBytes)) (\(stats.entries) entries)")
         }
     }
-}
-
-/// The checks shared by the writers: a directory with an init and an agent.
-func requireTree(_ path: String, agentInit: Bool) throws {
-    guard FS.isDirectory(path) else {
-        throw RootfsError("\(path) is not a directory", hint: "give the rootfs directory that `rootfs build` wrote")
-    }
-    try RootfsChecker(tree: GuestTree(root: FS.absolute(path))).require(agentInit: agentInit)
 }

@@ -38,3 +38,11 @@ import Testing
         #expect(throws: RootfsError.self) { try fd.writeAll([1]) }
     }
 }
+
+@Suite struct RequirementProbeTests {
+    /// On this project's machines (and CI's) everything is there; the probes must say so,
+    /// or the traits would skip real tests on a developer's machine.
+    @Test(.enabled(if: Need.inCI)) func everyNeedIsMetInCI() {
+        for need in Need.allCases { #expect(need.isMet, "\(need) is missing") }
+    }
+}

@@ -98,6 +98,66 @@ import Testing
         #expect(output == "service-host\n/root\n")
     }
 
+    /// A guest daemon that floods the console with the agent's own status line, forever,
+    /// while the command hangs: `rootfs boot` believes only the status device, so this is a
+    /// timeout (held under the flood), not a success; the work directory is gone after it.
+    /// Then a console line that never ends and a failing command, with --json: exit 3.
+    @Test func aFakeStatusOnTheConsoleDoesNotTurnAFailureIntoSuccess() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let tmp = try Fixtures.temporaryDirectory("bootfake"); defer { FS.remove(tmp) }
+        let cases: [(script: String, json: Bool, timeout: Double)] = [
+            ("while :; do echo 'rootfs-agent: exit 0'; done > /dev/console & sleep 600", false, 40),
+            ("echo 'rootfs-agent: exit 0' > /dev/console; head -c 2000000 /dev/zero | tr '\\0' a > /dev/console; exit 3", true, 100),
+        ]
+        for (script, json, timeout) in cases {
+            let started = ContinuousClock.now
+            let result = try await Fixtures.rootfs(["boot", fixture.initrd, "--kernel", fixture.kernel, "--accel", "tcg",
+                                                    "--timeout", String(Int(timeout))]
+                                                   + (json ? ["--json"] : []) + ["--", "sh", "-c", script],
+                                                   environment: ["TMPDIR": tmp])
+            #expect(QEMUBoot.seconds(ContinuousClock.now - started) < timeout + 45)
+            if json {
+                #expect(result.status == 3, "\(result.stderr)")
+                #expect(result.stdout.contains(#""exitStatus" : 3"#) || result.stdout.contains(#""exitStatus":3"#), "\(result.stdout)")
+            } else {
+                #expect(result.status == 1, "\(result.stderr)")
+                #expect(result.stderr.contains("did not finish within") || result.stderr.contains("did not become ready within"),
+                        "\(result.stderr)")
+            }
+            // The boot's work directory (console and status logs) is gone.
+            #expect(try FileManager.default.contentsOfDirectory(atPath: tmp).isEmpty)
+        }
+    }
+
+    /// SIGHUP (an ssh session dropped) while a guest runs: rootfs stops QEMU through the
+    /// same cancellation as every command, exits 130, and leaves no console log behind.
+    @Test func aHangupStopsQEMUAndLeavesNothingBehind() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let tmp = try Fixtures.temporaryDirectory("boothup"); defer { FS.remove(tmp) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Fixtures.rootfsBinary)
+        process.arguments = ["boot", fixture.initrd, "--kernel", fixture.kernel, "--accel", "tcg", "--timeout", "300", "--", "sleep", "600"]
+        process.environment = ProcessInfo.processInfo.environment.merging(["TMPDIR": tmp]) { $1 }
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        // Wait for QEMU to be running (its work directory exists), then hang up.
+        let started = ContinuousClock.now
+        while try FileManager.default.contentsOfDirectory(atPath: tmp).isEmpty && QEMUBoot.seconds(ContinuousClock.now - started) < 60 {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        try await Task.sleep(for: .seconds(3))
+        #expect(try !processesNamed("qemu-system-x86_64", childrenOf: process.processIdentifier).isEmpty)
+        kill(process.processIdentifier, SIGHUP)
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit && process.terminationStatus == 130, "\(String(decoding: stderr, as: UTF8.self))")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: tmp).isEmpty)
+        #expect(try processesNamed("qemu-system-x86_64", childrenOf: process.processIdentifier).isEmpty)
+    }
+
     /// Our own qemu children (other test runs may boot guests at the same time).
     func processesNamed(_ name: String, childrenOf parent: Int32) throws -> [Int32] {
         try FileManager.default.contentsOfDirectory(atPath: "/proc").compactMap { Int32($0) }.filter { pid in
@@ -207,7 +267,7 @@ actor BootFixture {
             try fm.createDirectory(at: root.appendingPathComponent(sub), withIntermediateDirectories: true)
         }
         try fm.copyItem(atPath: busybox, toPath: root.appendingPathComponent("bin/busybox").path)
-        for applet in ["sh", "cat", "echo", "printf", "hostname", "grep", "sleep", "true", "false", "ls", "mount"] {
+        for applet in ["sh", "cat", "echo", "printf", "hostname", "grep", "sleep", "true", "false", "ls", "mount", "head", "tr"] {
             try fm.createSymbolicLink(atPath: root.appendingPathComponent("bin/\(applet)").path, withDestinationPath: "busybox")
         }
         try "ID=rootfs-test\nPRETTY_NAME=\"rootfs boot test\"\n"

@@ -153,16 +153,13 @@ final class ZstdSink {
                 error = RootfsError("zstd failed: \(String(cString: ZSTD_getErrorName(remaining)))")
                 return false
             }
-            var offset = 0
-            while offset < output.pos {
-                let n = Glibc.write(fd, buffer.baseAddress! + offset, output.pos - offset)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    error = RootfsError("cannot write the output: \(FS.errnoText())",
-                                        hint: errno == ENOSPC ? "the disk holding the output is full: free space there or write elsewhere" : nil)
-                    return false
-                }
-                offset += n
+            do {
+                try FS.writeAll(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[0..<output.pos]), to: fd, name: "the output")
+            } catch let failure as RootfsError {
+                error = failure
+                return false
+            } catch {
+                return false
             }
             written += Int64(output.pos)
             if end ? remaining == 0 : input.pos == input.size { return true }
@@ -170,9 +167,10 @@ final class ZstdSink {
     }
 }
 
-/// A libarchive entry, freed in deinit.
+/// A libarchive entry, freed in deinit. Its fields are set through typed
+/// setters only: nobody outside this file reaches the raw pointer.
 final class ArchiveEntryHandle {
-    let pointer: OpaquePointer
+    fileprivate let pointer: OpaquePointer
     init() {
         pointer = archive_entry_new()!
     }
@@ -186,6 +184,17 @@ final class ArchiveEntryHandle {
     func setPath(_ bytes: [UInt8]) { bytes.withCString { archive_entry_copy_pathname(pointer, $0) } }
     func setSymlink(_ bytes: [UInt8]) { bytes.withCString { archive_entry_copy_symlink(pointer, $0) } }
     func setHardlink(_ bytes: [UInt8]) { bytes.withCString { archive_entry_copy_hardlink(pointer, $0) } }
+    func setMode(_ mode: mode_t) { archive_entry_set_mode(pointer, mode) }
+    func setOwner(uid: UInt32, gid: UInt32) {
+        archive_entry_set_uid(pointer, Int64(uid))
+        archive_entry_set_gid(pointer, Int64(gid))
+    }
+    func setModificationTime(_ seconds: Int) { archive_entry_set_mtime(pointer, seconds, 0) }
+    func setLinkCount(_ count: UInt32) { archive_entry_set_nlink(pointer, count) }
+    func setDevice(_ device: dev_t) { archive_entry_set_dev(pointer, device) }
+    func setDeviceNumber(_ rdev: dev_t) { archive_entry_set_rdev(pointer, rdev) }
+    func setInode(_ inode: Int64) { archive_entry_set_ino64(pointer, inode) }
+    func setSize(_ size: Int64) { archive_entry_set_size(pointer, size) }
 }
 
 /// A libarchive read handle over a file (any format, any filter), freed in deinit.
@@ -225,7 +234,9 @@ public final class ArchiveReader {
         var e: OpaquePointer?
         let rc = archive_read_next_header(pointer, &e)
         if rc == ARCHIVE_EOF { return nil }
-        guard rc >= ARCHIVE_WARN, let e else {
+        // OK or WARN only: ARCHIVE_RETRY (-10) is above WARN (-20) but is libarchive saying
+        // the header was damaged (a corrupt tar header mid-archive): entries would be lost.
+        guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN, let e else {
             throw RootfsError("cannot read the archive: \(archive_error_string(pointer).map { String(cString: $0) } ?? "?")")
         }
         let entry = Entry(

@@ -33,6 +33,24 @@ public struct GPT: Sendable {
     public var partitionGUID: String
     public var partitionName: String
     public var typeGUID = GPT.linuxFilesystemType
+    /// Partitions after the first (entries 2, 3, ...): an EFI disk's root after its ESP.
+    public var morePartitions: [Partition] = []
+
+    /// One more entry of the table.
+    public struct Partition: Sendable {
+        public var typeGUID: String
+        public var partitionGUID: String
+        public var firstSector: UInt64
+        public var lastSector: UInt64
+        public var name: String
+        public init(typeGUID: String, partitionGUID: String, firstSector: UInt64, lastSector: UInt64, name: String) {
+            self.typeGUID = typeGUID
+            self.partitionGUID = partitionGUID
+            self.firstSector = firstSector
+            self.lastSector = lastSector
+            self.name = name
+        }
+    }
 
     /// The sectors to write: (LBA, bytes).
     public var sectors: [(lba: UInt64, bytes: [UInt8])] {
@@ -43,6 +61,14 @@ public struct GPT: Sendable {
         put64(&entries, 40, lastSector)
         let name = Array(partitionName.utf16.prefix(36))
         for (i, u) in name.enumerated() { put16(&entries, 56 + 2 * i, u) }
+        for (n, p) in morePartitions.prefix(Self.entryCount - 1).enumerated() {
+            let o = (n + 1) * Self.entrySize
+            entries.replaceSubrange(o..<(o + 16), with: Self.guidBytes(p.typeGUID))
+            entries.replaceSubrange((o + 16)..<(o + 32), with: Self.guidBytes(p.partitionGUID))
+            put64(&entries, o + 32, p.firstSector)
+            put64(&entries, o + 40, p.lastSector)
+            for (i, u) in Array(p.name.utf16.prefix(36)).enumerated() { put16(&entries, o + 56 + 2 * i, u) }
+        }
         let entriesCRC = CRC32.checksum(entries)
         let backupEntriesLBA = diskSectors - 1 - Self.entrySectors
         func header(current: UInt64, backup: UInt64, entriesLBA: UInt64) -> [UInt8] {

@@ -164,11 +164,6 @@ func copyAll(from input: Int32, to output: Int32, what: String) throws {
         let n = buffer.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
         if n < 0 { if errno == EINTR { continue }; throw RootfsError("cannot read \(what): \(FS.errnoText())") }
         if n == 0 { return }
-        var off = 0
-        while off < n {
-            let w = buffer.withUnsafeBytes { write(output, $0.baseAddress! + off, n - off) }
-            guard w > 0 else { throw RootfsError("cannot write a copy of \(what): \(FS.errnoText())") }
-            off += w
-        }
+        try buffer.withUnsafeBytes { try FS.writeAll(UnsafeRawBufferPointer(rebasing: $0[0..<n]), to: output, name: "a copy of \(what)") }
     }
 }

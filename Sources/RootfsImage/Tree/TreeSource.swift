@@ -57,22 +57,27 @@ public enum TreeSource: Sendable, CustomStringConvertible {
     case archive(String)
     /// An ext4 file system starting at byte `offset` of the file (0: a bare file system).
     case ext4(path: String, offset: Int64)
+    /// A container image's layers applied in order (OCI/ImageTreeReader.swift).
+    case image(ImageReference)
 
-    /// A directory, an ext4 image (bare or partitioned) or an archive file, detected from what `path` is.
+    /// A directory, an ext4 image (bare or partitioned) or an archive file, detected from
+    /// what `path` is, or an image named by its transport (`oci:DIR[:TAG]`, `docker-archive:FILE`).
     public static func open(_ path: String, option: String = "TREE") throws -> TreeSource {
+        if let image = try ImageReference.parse(path, option: option) { return .image(image) }
         let absolute = FS.absolute(path)
         if FS.isDirectory(absolute) { return .directory(absolute) }
         guard FS.isRegularFile(absolute) else {
             throw RootfsError("\(option) \(path) does not exist or is neither a directory nor an archive file",
-                              hint: "give a rootfs directory, a tar archive (.tar, .tar.gz, .tar.zst) or a raw ext4 image")
+                              hint: "give a rootfs directory, a tar archive (.tar, .tar.gz, .tar.zst), a raw ext4 image, or an image: \(ImageReference.transportList)")
         }
-        if let offset = ImageExtender.ext4Offset(absolute) { return .ext4(path: absolute, offset: offset) }
+        if let offset = try ImageExtender.ext4Offset(absolute) { return .ext4(path: absolute, offset: offset) }
         return .archive(absolute)
     }
 
     public var path: String {
         switch self {
         case .directory(let p), .archive(let p), .ext4(let p, _): return p
+        case .image(let image): return image.path
         }
     }
 
@@ -82,6 +87,7 @@ public enum TreeSource: Sendable, CustomStringConvertible {
         case .archive(let p): return "archive \(p)"
         case .ext4(let p, 0): return "ext4 image \(p)"
         case .ext4(let p, let offset): return "ext4 file system at byte \(offset) of \(p)"
+        case .image(let image): return image.description
         }
     }
 
@@ -91,28 +97,7 @@ public enum TreeSource: Sendable, CustomStringConvertible {
         case .directory(let root): try DirectoryTreeReader(root: root).walk(visit)
         case .archive(let file): try ArchiveTreeReader(path: file).walk(visit)
         case .ext4(let file, let offset): try Ext4Reader(path: file, offset: offset).walk(visit)
-        }
-    }
-
-    /// A directory holding the tree, for tools that only read directories
-    /// (mke2fs -d, mkfs.erofs, mksquashfs): the directory itself, or the archive
-    /// extracted safely into a temporary directory next to `near`, removed by `cleanup`.
-    public func materialized(near: String) throws -> (directory: String, cleanup: @Sendable () -> Void) {
-        switch self {
-        case .directory(let root):
-            return (root, {})
-        case .archive, .ext4:
-            let work = try FS.makeSiblingTemporaryDirectory(for: near)
-            do {
-                var extractor = TreeExtractor(destination: work + "/tree")
-                extractor.ownerAccess = !extractor.keepOwnership
-                extractor.devicePlaceholders = !extractor.keepOwnership
-                try extractor.extract(self)
-            } catch {
-                FS.remove(work)
-                throw error
-            }
-            return (work + "/tree", { FS.remove(work) })
+        case .image(let image): try ImageTreeReader(reference: image).walk(visit)
         }
     }
 }
@@ -245,11 +230,15 @@ struct ArchiveTreeReader {
 
     private func reader() throws -> ArchiveReader { try ArchiveReader(path: path) }
 
+    /// The largest member size read from an archive: ext4's largest file with 4 KiB blocks.
+    static let maxMemberSize: Int64 = 1 << 44
+
     private func nextHeader(_ r: ArchiveReader) throws -> OpaquePointer? {
         var e: OpaquePointer?
         let rc = archive_read_next_header(r.pointer, &e)
         if rc == ARCHIVE_EOF { return nil }
-        guard rc >= ARCHIVE_WARN, let e else {
+        // OK or WARN only: ARCHIVE_RETRY means a damaged header, whose entries would be lost.
+        guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN, let e else {
             throw RootfsError("cannot read the archive \(path): \(archive_error_string(r.pointer).map { String(cString: $0) } ?? "?")",
                               hint: "give a tar archive (plain, gzip or zstd) or a rootfs directory")
         }
@@ -273,9 +262,16 @@ struct ArchiveTreeReader {
             throw RootfsError("\(path): the root member is not a directory")
         }
         let isDevice = type == FileType.chr || type == FileType.blk
+        // A size from the archive (a pax sparse member's realsize can say 2^63-1) is checked
+        // before any writer rounds or adds to it: beyond 16 TiB (ext4's largest file) is refused.
+        let size = type == FileType.reg && hardlink == nil ? archive_entry_size(e) : 0
+        guard size >= 0, size <= Self.maxMemberSize else {
+            throw RootfsError("\(path): member \(String(decoding: name, as: UTF8.self)) claims \(size) bytes, more than any image holds (at most 16 TiB)",
+                              hint: "the archive is corrupt or crafted (a sparse member's real size)")
+        }
         return TreeItem(path: name, mode: mode, uid: UInt32(truncatingIfNeeded: archive_entry_uid(e)),
                         gid: UInt32(truncatingIfNeeded: archive_entry_gid(e)), mtime: archive_entry_mtime(e),
-                        size: type == FileType.reg && hardlink == nil ? archive_entry_size(e) : 0,
+                        size: size,
                         linkTarget: type == FileType.lnk ? (symlink ?? []) : nil, hardLinkTo: hardlink,
                         nlink: type == FileType.dir ? 2 : 1,
                         rdev: isDevice ? UInt64(archive_entry_rdev(e)) : 0)
@@ -359,13 +355,10 @@ struct ArchiveTreeReader {
                     let n = archive_read_data(r.pointer, buffer.baseAddress, min(buffer.count, Int(remaining)))
                     if n < 0 { throw RootfsError("cannot read \(it.pathString) from \(path)") }
                     if n == 0 { break }
-                    var off = 0
-                    while off < n {
-                        let w = pwrite(fd, buffer.baseAddress! + off, n - off, off_t(spoolEnd))
-                        guard w > 0 else { throw RootfsError("cannot write the spool file: \(FS.errnoText())") }
-                        off += w
-                        spoolEnd += Int64(w)
-                    }
+                    var spool = OwnedFileDescriptor(taking: fd, name: "the spool file")
+                    defer { _ = spool.release() }  // borrowed: `fd` is closed by its own defer
+                    try spool.writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<n]), at: spoolEnd)
+                    spoolEnd += Int64(n)
                     remaining -= Int64(n)
                 }
             }

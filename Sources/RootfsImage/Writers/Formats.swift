@@ -12,16 +12,28 @@ public enum OutputFormat: String, Sendable, CaseIterable, Codable {
     case qcow2
     case vhd
     case vmdk
+    /// MS-VHDX, dynamic (all-zero blocks not stored) unless `--vhdx-fixed`.
+    case vhdx
+    /// LinuxKit's `dynamic-vhd`: a dynamic (sparse) VHD.
+    case dynamicVHD = "dynamic-vhd"
     case erofs
     case squashfs
     case kernelInitrd = "kernel+initrd"
     case isoBios = "iso-bios"
+    /// An OCI image layout directory holding the tree as one layer.
+    case oci
+    /// `docker save`'s tar of the tree as one layer (`docker load` takes it).
+    case dockerArchive = "docker-archive"
+    /// KubeVirt's containerDisk: an OCI layout whose layer holds the qcow2 disk under /disk/.
+    case containerDisk = "containerdisk"
 
     /// The file name ending (none for the directory and the kernel+initrd bundle, which are name prefixes).
     public var fileExtension: String {
         switch self {
-        case .rootfs, .kernelInitrd: return ""
+        case .rootfs, .kernelInitrd, .oci, .containerDisk: return ""
         case .raw: return ".img"
+        case .dynamicVHD: return ".vhd"
+        case .dockerArchive: return ".docker.tar"
         case .isoBios: return ".iso"
         default: return "." + rawValue
         }
@@ -32,6 +44,8 @@ public enum OutputFormat: String, Sendable, CaseIterable, Codable {
         switch self {
         case .rootfs: return directory + "/rootfs"
         case .kernelInitrd: return directory + "/" + name
+        case .oci: return directory + "/" + name + "-oci"
+        case .containerDisk: return directory + "/" + name + "-containerdisk"
         default: return directory + "/" + name + fileExtension
         }
     }
@@ -40,14 +54,15 @@ public enum OutputFormat: String, Sendable, CaseIterable, Codable {
     public static func infer(fromPath path: String) -> OutputFormat? {
         let name = FS.basename(path).lowercased()
         let table: [(String, OutputFormat)] = [
-            (".tar.gz", .tarGz), (".tgz", .tarGz), (".tar.zst", .tarZst), (".tzst", .tarZst), (".tar", .tar),
+            (".docker.tar", .dockerArchive), (".tar.gz", .tarGz), (".tgz", .tarGz), (".tar.zst", .tarZst), (".tzst", .tarZst), (".tar", .tar),
             (".initrd", .initrd), (".cpio", .initrd), (".cpio.gz", .initrd), (".cpio.zst", .initrd),
-            (".img", .raw), (".raw", .raw), (".qcow2", .qcow2), (".vhd", .vhd), (".vmdk", .vmdk),
+            (".img", .raw), (".raw", .raw), (".qcow2", .qcow2), (".vhd", .vhd), (".vmdk", .vmdk), (".vhdx", .vhdx), (".docker.tar", .dockerArchive),
             (".erofs", .erofs), (".squashfs", .squashfs), (".sqfs", .squashfs), (".iso", .isoBios),
         ]
         return table.first { name.hasSuffix($0.0) }?.1
     }
 
+    /// The formats offered in `--help` and named in errors.
     public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
 
     /// Parses a `--format` value, with a clear error.
@@ -62,11 +77,21 @@ public enum OutputFormat: String, Sendable, CaseIterable, Codable {
 
 /// How images are written; shared by `build`, `image` and `initrd`.
 public struct ImageOptions: Sendable {
+    /// `--vhdx-fixed` means something only for a vhdx output: refused otherwise, before anything is written.
+    public static func requireVHDXFixedFits(_ options: ImageOptions, formats: [OutputFormat]) throws {
+        if options.vhdxFixed && !formats.contains(.vhdx) {
+            throw RootfsError("--vhdx-fixed applies to vhdx outputs only, and none is asked for",
+                              hint: "add --format vhdx (or an output ending in .vhdx), or drop --vhdx-fixed")
+        }
+    }
+
     public var compression: Compression = .zstd
     public var freeSpaceMiB = 64
     public var partitionTable: PartitionTable = .mbr
     public var filesystem: FilesystemType = .ext4
     public var dax = false
+    /// `--vhdx-fixed`: a VHDX that stores every block (dynamic by default).
+    public var vhdxFixed = false
     /// Which program writes ext4 file systems (`--ext4-writer`).
     public var ext4Writer: Ext4WriterKind = .native
     /// The kernel for kernel+initrd and ISO outputs (default: the tree's /boot/vmlinuz*).
@@ -78,73 +103,59 @@ public struct ImageOptions: Sendable {
     public init() {}
 }
 
-/// Writes one format from a tree source. Every output is written under a
-/// temporary name next to it and renamed into place when complete.
+/// One output of a build or of `rootfs image`: a format and where it goes
+/// (a file, a directory for `rootfs`, a name prefix for kernel+initrd).
+/// `--initrd F` is `(initrd, F)` and `--image F` is `(raw, F)`: every output takes the same road.
+public struct FormatOutput: Sendable, Equatable {
+    public var format: OutputFormat
+    public var path: String
+    /// What the summary, `--json` and the manifest call it (`image` for `--image`; default: the format's name).
+    public var kind: String
+
+    public init(format: OutputFormat, path: String, kind: String? = nil) {
+        self.format = format
+        self.path = path
+        self.kind = kind ?? format.rawValue
+    }
+
+    /// Where the manifest of a build whose first file output is this one goes, without
+    /// `.manifest.json`: the path without the format's extension (`out/bb.tar.gz` -> `out/bb`),
+    /// else without its last extension.
+    public var documentBase: String {
+        let name = FS.basename(path)
+        let ext = format.fileExtension
+        if !ext.isEmpty, name.count > ext.count, name.lowercased().hasSuffix(ext) {
+            return FS.parent(path) + "/" + String(name.dropLast(ext.count))
+        }
+        guard let dot = name.lastIndex(of: "."), dot != name.startIndex else { return path }
+        return FS.parent(path) + "/" + String(name[..<dot])
+    }
+}
+
+/// Writes one format from a tree source, through the format's writer. Every
+/// output is written under a temporary name next to it and renamed into place when complete.
 public struct ImageWriter: Sendable {
     public var options: ImageOptions
     public var runner = ProcessRunner()
+    /// Called as an archive output grows (initrd, tar): see `WriteProgress`.
+    public var progress: WriteProgress?
+    /// A line about what was written (the file system UUID of a disk image...).
+    public var note: (@Sendable (String) -> Void)?
 
     public init(options: ImageOptions) { self.options = options }
 
     /// Writes `format` to `output` (a file, a directory for `rootfs`, a name prefix for kernel+initrd).
     public func write(_ format: OutputFormat, source: TreeSource, to output: String) async throws -> [BuildOutput] {
-        try Task.checkCancellation()
-        let o = options
-        switch format {
-        case .rootfs:
-            let work = try FS.makeSiblingTemporaryDirectory(for: output)
-            defer { FS.remove(work) }
-            try TreeExtractor(destination: work + "/tree").extract(source)
-            if FS.exists(output) && !FS.isMissingOrEmptyDirectory(output) {
-                throw RootfsError("\(output) exists and is not empty", hint: "remove it or choose another -o")
-            }
-            if FS.exists(output) { rmdir(output) }
-            try FS.rename(work + "/tree", to: output)
-            return [BuildOutput(kind: "rootfs", path: output, bytes: 0)]
-        case .tar, .tarGz, .tarZst:
-            let compression: Compression = format == .tar ? .none : format == .tarGz ? .gzip : .zstd
-            let stats = try TarWriter(compression: compression, epoch: o.epoch).write(source: source, to: output)
-            return [BuildOutput(kind: format.rawValue, path: output, bytes: stats.outputBytes)]
-        case .initrd:
-            let stats = try InitrdWriter(compression: o.compression, epoch: o.epoch).write(source: source, to: output)
-            return [BuildOutput(kind: "initrd", path: output, bytes: stats.outputBytes)]
-        case .raw:
-            let (stats, _) = try await diskWriter().write(source: source, to: output)
-            return [BuildOutput(kind: "raw", path: output, bytes: stats.outputBytes)]
-        case .qcow2, .vhd, .vmdk:
-            let raw = FS.siblingTemporaryPath(for: output) + ".raw"
-            defer { unlink(raw) }
-            let (_, uuid) = try await diskWriter().write(source: source, to: raw)
-            let bytes = try await QemuImgConverter(runner: runner, epoch: o.epoch)
-                .convert(raw: raw, to: output, format: format, uuid: uuid)
-            return [BuildOutput(kind: format.rawValue, path: output, bytes: bytes)]
-        case .erofs, .squashfs:
-            try DiskImageWriter.refuseLosingOwnership(source, format: "a \(format.rawValue) image", diskWriter().ownershipFromSource(source))
-            let (root, cleanup) = try source.materialized(near: output)
-            defer { cleanup() }
-            let temporary = FS.siblingTemporaryPath(for: output)
-            defer { unlink(temporary) }
-            let writer = FilesystemImageWriter(kind: format == .erofs ? .erofs : .squashfs, epoch: o.epoch,
-                                               uuid: diskWriter().filesystemUUID(), label: o.label, runner: runner)
-            try await writer.run(directory: root, output: temporary)
-            try Task.checkCancellation()
-            try FS.rename(temporary, to: output)
-            return [BuildOutput(kind: format.rawValue, path: output, bytes: FS.fileSize(output))]
-        case .kernelInitrd:
-            return try await KernelBundleWriter(options: o).write(source: source, prefix: output)
-        case .isoBios:
-            return try await ISOWriter(options: o, runner: runner).write(source: source, to: output)
-        }
+        try await write(FormatOutput(format: format, path: output), source: source)
     }
 
-    func diskWriter() -> DiskImageWriter {
-        var w = DiskImageWriter(freeSpaceMiB: options.freeSpaceMiB, label: options.label, epoch: options.epoch)
-        w.partitionTable = options.partitionTable
-        w.filesystem = options.filesystem
-        w.dax = options.dax
-        w.ext4Writer = options.ext4Writer
-        w.runner = runner
-        return w
+    /// Writes one output; the records are named after `output.kind` when the writer makes one file.
+    public func write(_ output: FormatOutput, source: TreeSource) async throws -> [BuildOutput] {
+        try Task.checkCancellation()
+        let context = FormatWriteContext(options: options, runner: runner, progress: progress, note: note)
+        var written = try await output.format.writer.write(source: source, to: output.path, context: context)
+        if written.count == 1 { written[0].kind = output.kind }
+        return written
     }
 }
 
@@ -169,6 +180,15 @@ extension FS {
     public static func fileSize(_ path: String) -> Int64 {
         var st = stat()
         return stat(path, &st) == 0 ? Int64(st.st_size) : 0
+    }
+
+    /// The bytes of the regular files in a directory written by us (an OCI layout), links not followed.
+    public static func treeSize(_ path: String) -> Int64 {
+        var total: Int64 = 0
+        try? TreeWalker(root: path).walk { entry in
+            if entry.fileType == S_IFREG { total += Int64(entry.stat.st_size) }
+        }
+        return total
     }
 
     /// Writes `bytes` at `offset` of an open file.

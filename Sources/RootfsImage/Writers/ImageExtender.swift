@@ -25,7 +25,7 @@ public struct ImageExtender: Sendable {
 
     /// What kind of image `path` is, from its bytes.
     public static func detect(_ path: String) throws -> Kind {
-        if let offset = ext4Offset(path) { return .ext4(offset: offset) }
+        if let offset = try ext4Offset(path) { return .ext4(offset: offset) }
         guard let a = archive_read_new() else { throw RootfsError("libarchive: out of memory") }
         defer { archive_read_free(a) }
         archive_read_support_filter_all(a)
@@ -34,7 +34,8 @@ public struct ImageExtender: Sendable {
             throw RootfsError("\(path) is neither an archive nor an ext4 disk image", hint: "extend works on tar, initrd (cpio) and raw ext4 images")
         }
         var e: OpaquePointer?
-        guard archive_read_next_header(a, &e) >= ARCHIVE_WARN else {
+        let first = archive_read_next_header(a, &e)
+        guard first == ARCHIVE_OK || first == ARCHIVE_WARN else {
             throw RootfsError("\(path) is neither an archive nor an ext4 disk image", hint: "extend works on tar, initrd (cpio) and raw ext4 images")
         }
         let filter = archive_filter_code(a, 0)
@@ -49,25 +50,18 @@ public struct ImageExtender: Sendable {
         throw RootfsError("\(path) is a \(String(cString: archive_format_name(a))) archive; extend writes tar and cpio only")
     }
 
-    /// The offset of an ext4 file system: bare (0), or the first partition of an MBR or GPT disk.
-    static func ext4Offset(_ path: String) -> Int64? {
-        guard let h = FileHandle(forReadingAtPath: path) else { return nil }
-        defer { try? h.close() }
+    /// The offset of an ext4 file system: bare (0), or the first partition of an MBR or GPT disk
+    /// (`PartitionProbe`: a corrupt table is an error, not a trap). nil: not ext4.
+    static func ext4Offset(_ path: String) throws -> Int64? {
+        guard let file = try? OwnedFileDescriptor(path: path, flags: O_RDONLY) else { return nil }
         func isExt4(at offset: Int64) -> Bool {
-            guard (try? h.seek(toOffset: UInt64(offset + 1024 + 56))) != nil, let magic = try? h.read(upToCount: 2) else { return false }
-            return magic.count == 2 && magic[magic.startIndex] == 0x53 && magic[magic.startIndex + 1] == 0xef
+            guard let magic = try? file.read(count: 2, at: offset + 1024 + 56) else { return false }
+            return magic == [0x53, 0xef]
         }
         if isExt4(at: 0) { return 0 }
-        guard (try? h.seek(toOffset: 0)) != nil, let mbr = try? h.read(upToCount: 512), mbr.count == 512,
-              mbr[510] == 0x55, mbr[511] == 0xaa else { return nil }
-        let b = Array(mbr)
-        var start = Int64(b[454]) | Int64(b[455]) << 8 | Int64(b[456]) << 16 | Int64(b[457]) << 24
-        if b[450] == 0xee {
-            // GPT: the first entry's first LBA.
-            guard (try? h.seek(toOffset: 1024 + 32)) != nil, let lba = try? h.read(upToCount: 8), lba.count == 8 else { return nil }
-            start = lba.reversed().reduce(Int64(0)) { $0 << 8 | Int64($1) }
-        }
-        return start > 0 && isExt4(at: start * 512) ? start * 512 : nil
+        let found = try PartitionProbe.probe(what: path, size: try file.size()) { offset, count in try file.read(count: count, at: offset) }
+        guard let start = found.firstPartitionOffset, start > 0, start <= Int64.max - 2048 else { return nil }
+        return isExt4(at: start) ? start : nil
     }
 
     public func extend(image: String, overlays: [OverlaySpec], output: String?) async throws -> (Kind, Int64) {

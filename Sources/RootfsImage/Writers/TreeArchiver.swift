@@ -88,13 +88,12 @@ public struct TreeArchiver {
                 pending.removeFirst()
                 entry.clear()
                 entry.setPath(link.path)
-                archive_entry_set_mode(entry.pointer, S_IFLNK | 0o777)
-                archive_entry_set_mtime(entry.pointer, rootTime, 0)
-                archive_entry_set_nlink(entry.pointer, 1)
-                archive_entry_set_size(entry.pointer, 0)
-                archive_entry_set_uid(entry.pointer, 0)
-                archive_entry_set_gid(entry.pointer, 0)
-                archive_entry_set_ino64(entry.pointer, nextInode)
+                entry.setMode(S_IFLNK | 0o777)
+                entry.setModificationTime(rootTime)
+                entry.setLinkCount(1)
+                entry.setSize(0)
+                entry.setOwner(uid: 0, gid: 0)
+                entry.setInode(nextInode)
                 nextInode += 1
                 entry.setSymlink(link.target)
                 try archive.writeHeader(entry)
@@ -110,16 +109,15 @@ public struct TreeArchiver {
             if item.isRoot { rootTime = clamp(item.mtime) } else { try writeSynthetic(before: item.path) }
             entry.clear()
             entry.setPath(item.path)
-            archive_entry_set_mode(entry.pointer, mode_t(item.mode))
-            archive_entry_set_uid(entry.pointer, Int64(item.uid))
-            archive_entry_set_gid(entry.pointer, Int64(item.gid))
-            archive_entry_set_mtime(entry.pointer, clamp(item.mtime), 0)
-            archive_entry_set_nlink(entry.pointer, item.nlink)
-            archive_entry_set_dev(entry.pointer, 0)
+            entry.setMode(mode_t(item.mode))
+            entry.setOwner(uid: item.uid, gid: item.gid)
+            entry.setModificationTime(clamp(item.mtime))
+            entry.setLinkCount(item.nlink)
+            entry.setDevice(0)
             if let first = item.hardLinkTo {
-                archive_entry_set_ino64(entry.pointer, inodes[first] ?? 0)
+                entry.setInode(inodes[first] ?? 0)
                 entry.setHardlink(first)
-                archive_entry_set_size(entry.pointer, 0)
+                entry.setSize(0)
                 try archive.writeHeader(entry)
                 try archive.finishEntry()
                 stats.entries += 1
@@ -127,13 +125,13 @@ public struct TreeArchiver {
             }
             switch item.fileType {
             case FileType.lnk: entry.setSymlink(item.linkTarget ?? [])
-            case FileType.chr, FileType.blk: archive_entry_set_rdev(entry.pointer, dev_t(item.rdev))
+            case FileType.chr, FileType.blk: entry.setDeviceNumber(dev_t(item.rdev))
             default: break
             }
             if item.fileType == FileType.reg && item.nlink > 1 { inodes[item.path] = nextInode }
-            archive_entry_set_ino64(entry.pointer, nextInode)
+            entry.setInode(nextInode)
             nextInode += 1
-            archive_entry_set_size(entry.pointer, item.size)
+            entry.setSize(item.size)
             try archive.writeHeader(entry)
             if item.size > 0 {
                 try item.copyContent(buffer: buffer) { try archive.writeData($0) }

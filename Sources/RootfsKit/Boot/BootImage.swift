@@ -1,4 +1,5 @@
 import Foundation
+import RootfsImage
 
 /// How a disk image holds the root file system: the file's container format
 /// (what QEMU's `format=` says), the partition table inside it and the root
@@ -81,10 +82,13 @@ public enum BootImageKind: Sendable, Equatable {
         guard let first = detect(head: head, tail: tail) else { throw unknown }
         guard case .disk(let guess) = first else { return first }
         let container = guess.container
+        // Before qemu-img or QEMU open it: a container naming another file (a backing
+        // file, an external data file, a parent disk) would make root read that file.
+        try ContainerHeader.refuseExternalFiles(path: path, container: container, file: file, head: head, tail: tail)
         // A fixed VHD is raw data followed by its footer: read it as raw.
         let isFixedVHD = container == .vpc && Array(head.prefix(8)) != Array("conectix".utf8)
         if container == .raw || isFixedVHD {
-            return .disk(layout(container: container, read: file.read))
+            return .disk(try layout(container: container, what: path, size: Int64(file.size), read: file.read))
         }
         let work = try FS.makeSiblingTemporaryDirectory(for: FileManager.default.temporaryDirectory.path + "/rootfs-probe")
         defer { FS.remove(work) }
@@ -98,13 +102,18 @@ public enum BootImageKind: Sendable, Equatable {
         }
         guard let converted = ImageFile(path: raw) else { throw RootfsError("qemu-img wrote no \(raw)") }
         defer { converted.close() }
-        return .disk(layout(container: container, read: converted.read))
+        return .disk(try layout(container: container, what: path, read: converted.read))
     }
 
-    /// `qemu-img dd` of the first 4 MiB of a container image into a raw file.
+    /// `qemu-img dd` of the first 4 MiB of a container image into a raw file. The
+    /// image is named by `--image-opts` with the `file` protocol driver forced and
+    /// commas doubled, so no part of its path is read as an option or a protocol
+    /// (`json:{...}`, `nbd:...`), and no backing file is opened (`backing=` empty).
     public static func probeCommand(image: String, container: DiskLayout.Container, output: String) -> ToolCommand {
-        ToolCommand("qemu-img", ["dd", "-f", container.rawValue, "-O", "raw", "bs=1M",
-                                 "count=\(probeBytes >> 20)", "if=\(image)", "of=\(output)"])
+        ToolCommand("qemu-img", ["dd", "--image-opts", "-O", "raw", "bs=1M", "count=\(probeBytes >> 20)",
+                                 "if=driver=\(container.rawValue),file.driver=file,file.filename=\(QEMUBoot.quoted(image))"
+                                     + (container == .qcow2 ? ",backing=" : ""),
+                                 "of=\(output)"])
     }
 
     /// Classifies an image from its first bytes (up to `headBytes`) and its last 512.
@@ -132,32 +141,28 @@ public enum BootImageKind: Sendable, Equatable {
         if has(Array("KDMV".utf8), at: 0) { return .disk(DiskLayout(container: .vmdk, table: .mbr, filesystem: .unknown)) }
         if has(Array("conectix".utf8), at: 0) { return .disk(DiskLayout(container: .vpc, table: .mbr, filesystem: .unknown)) }
         let container: DiskLayout.Container = tail.count == 512 && Array(tail.prefix(8)) == Array("conectix".utf8) ? .vpc : .raw
-        let found = layout(container: container) { offset, count in
+        // From the head alone: a table pointing beyond it is judged when the whole file is read.
+        let found = (try? layout(container: container) { offset, count in
             offset < head.count ? Array(head[offset..<min(head.count, offset + count)]) : []
-        }
+        }) ?? DiskLayout(container: container, table: .mbr, filesystem: .unknown)
         if container == .raw && found.table == .none && found.filesystem == .unknown { return nil }
         return .disk(found)
     }
 
-    /// The partition table and the root file system of a raw disk, read through `read(offset, count)`.
-    static func layout(container: DiskLayout.Container, read: (Int, Int) -> [UInt8]) -> DiskLayout {
-        let mbr = read(0, 512)
-        guard mbr.count == 512, mbr[510] == 0x55, mbr[511] == 0xaa else {
-            return DiskLayout(container: container, table: .none, filesystem: filesystem(at: 0, read: read))
+    /// The partition table and the root file system of a raw disk, read through `read(offset, count)`
+    /// (`PartitionProbe`, shared with `extend`). `size`: the disk's size when known.
+    static func layout(container: DiskLayout.Container, what: String = "the image", size: Int64? = nil,
+                       read: @escaping (Int, Int) -> [UInt8]) throws -> DiskLayout {
+        let found = try PartitionProbe.probe(what: what, size: size) { offset, count in
+            guard let offset = Int(exactly: offset) else { return [] }
+            return read(offset, count)
         }
-        if mbr[446 + 4] == 0xee {
-            // GPT: the header at LBA 1 names the LBA of the entry array; entry 1's first LBA at +32.
-            let header = read(512, 92)
-            var start = 0
-            if header.count == 92, Array(header.prefix(8)) == Array("EFI PART".utf8) {
-                let entries = Int(littleEndian(header, 72, 8))
-                let entry = read(entries * 512, 48)
-                if entry.count == 48 { start = Int(littleEndian(entry, 32, 8)) * 512 }
-            }
-            return DiskLayout(container: container, table: .gpt, filesystem: start > 0 ? filesystem(at: start, read: read) : .unknown)
+        let table: DiskLayout.Table = found.table == .gpt ? .gpt : found.table == .mbr ? .mbr : .none
+        if table == .none { return DiskLayout(container: container, table: .none, filesystem: filesystem(at: 0, read: read)) }
+        guard let start = found.firstPartitionOffset, let offset = Int(exactly: start) else {
+            return DiskLayout(container: container, table: table, filesystem: .unknown)
         }
-        let start = Int(littleEndian(mbr, 446 + 8, 4)) * 512
-        return DiskLayout(container: container, table: .mbr, filesystem: start > 0 ? filesystem(at: start, read: read) : .unknown)
+        return DiskLayout(container: container, table: table, filesystem: filesystem(at: offset, read: read))
     }
 
     /// ext2/3/4: 0xEF53 at 56 in the superblock at 1024; erofs: 0xE0F5E1E2 at 1024.
@@ -218,4 +223,84 @@ final class ImageFile {
     }
 
     func close() { Glibc.close(fd) }
+}
+
+/// What a container image's header says about other files. QEMU would follow
+/// them: a qcow2 backing file or external data file, a vmdk parent, a VHD
+/// differencing disk's parent. `rootfs boot` runs as root, so any of them
+/// (`backing=/dev/sda`) would hand a host file to the guest: they are refused.
+enum ContainerHeader {
+    static func refuseExternalFiles(path: String, container: DiskLayout.Container, file: ImageFile,
+                                    head: [UInt8], tail: [UInt8]) throws {
+        switch container {
+        case .raw: return
+        case .qcow2: try qcow2(path: path, head: head)
+        case .vmdk: try vmdk(path: path, file: file, head: head)
+        case .vpc: try vhd(path: path, head: head, tail: tail)
+        }
+    }
+
+    static func refuse(_ path: String, _ what: String) -> RootfsError {
+        RootfsError("\(path) names another file (\(what)): rootfs boot does not follow it",
+                    hint: "boot a self-contained image: `qemu-img convert -O qcow2 \(path) flat.qcow2` merges it")
+    }
+
+    /// qcow2: backing_file_offset at 8 (big-endian u64), header extensions from
+    /// byte 72 (v2) or header_length (v3, at 100); extension 0x44415441 is an
+    /// external data file, 0xe2792aca the backing file's format.
+    static func qcow2(path: String, head: [UInt8]) throws {
+        let header = BinaryDecoder(head, order: .big, what: "the qcow2 header of \(path)")
+        let version = try header.u32(4)
+        guard version == 2 || version == 3 else {
+            throw RootfsError("\(path) is qcow2 version \(version), which rootfs boot does not read", hint: "qemu-img convert -O qcow2 it")
+        }
+        if try header.u64(8) != 0 || header.u32(16) != 0 { throw refuse(path, "a qcow2 backing file") }
+        var offset = 72
+        if version == 3 {
+            // incompatible_features bit 2: an external data file.
+            if try header.u64(72) & 0b100 != 0 { throw refuse(path, "a qcow2 external data file") }
+            offset = Int(try header.u32(100))
+        }
+        // Walk the extensions inside the first cluster (what the head holds); every step is checked.
+        for _ in 0..<64 {
+            guard offset >= 72, offset + 8 <= head.count else { return }
+            let type = try header.u32(offset)
+            let length = Int(try header.u32(offset + 4))
+            if type == 0 { return }
+            if type == 0x4441_5441 { throw refuse(path, "a qcow2 external data file") }
+            let padded = try Checked.add(length, 7, "a qcow2 header extension length") & ~7
+            offset = try Checked.add(offset + 8, padded, "a qcow2 header extension offset")
+        }
+    }
+
+    /// vmdk (sparse, `KDMV`): the embedded descriptor (sector offset at 28, size at 36,
+    /// little-endian u64) must name no parent and no extent file other than itself.
+    static func vmdk(path: String, file: ImageFile, head: [UInt8]) throws {
+        let header = BinaryDecoder(head, what: "the vmdk header of \(path)")
+        let sector = try header.u64(28), sectors = try header.u64(36)
+        guard sector != 0, sectors != 0 else { return }
+        guard sectors <= 2048, let start = Int(exactly: sector).flatMap({ $0 <= Int.max / 512 ? $0 * 512 : nil }) else {
+            throw RootfsError("\(path): its vmdk descriptor is \(sectors) sectors at sector \(sector), beyond what a vmdk holds")
+        }
+        let text = String(decoding: file.read(at: start, count: Int(sectors) * 512).prefix { $0 != 0 }, as: UTF8.self)
+        for line in text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
+            let words = line.trimmingCharacters(in: .whitespaces)
+            if words.hasPrefix("parentFileNameHint") { throw refuse(path, "a vmdk parent disk") }
+            if words.hasPrefix("parentCID"), !words.lowercased().hasSuffix("ffffffff") { throw refuse(path, "a vmdk parent disk") }
+            // An extent line: RW 2048 SPARSE "name" [offset]. A monolithic sparse file names itself.
+            let fields = words.split(separator: " ", omittingEmptySubsequences: true)
+            if fields.count >= 4, ["RW", "RDONLY", "NOACCESS"].contains(String(fields[0])), String(fields[2]) != "SPARSE" {
+                throw refuse(path, "a vmdk \(fields[2]) extent")
+            }
+        }
+    }
+
+    /// VHD: the footer's disk type (big-endian u32 at 60): 4 is a differencing disk.
+    static func vhd(path: String, head: [UInt8], tail: [UInt8]) throws {
+        let footer = Array(head.prefix(8)) == Array("conectix".utf8) ? head : tail
+        guard footer.count >= 64 else { return }
+        if try BinaryDecoder(footer, order: .big, what: "the VHD footer of \(path)").u32(60) == 4 {
+            throw refuse(path, "a VHD differencing disk's parent")
+        }
+    }
 }

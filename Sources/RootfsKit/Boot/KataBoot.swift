@@ -23,8 +23,9 @@ public struct KataBoot: Sendable, Equatable {
     public var kernelParameters: [String] { Self.runtimeParameters + KataProfile.kernelParameters }
 
     /// The disk as Kata attaches it (virtio-blk on PCI); -snapshot keeps the image as it was.
-    public func diskArguments(image: String, format: String) -> [String] {
-        ["-drive", "file=\(image),if=none,id=d0,format=\(format)", "-device", "virtio-blk-pci,drive=d0", "-snapshot"]
+    /// `drive`: QEMUBoot's -drive value (id d0, the path made safe there).
+    public func diskArguments(drive: String) -> [String] {
+        ["-drive", drive, "-device", "virtio-blk-pci,drive=d0", "-snapshot"]
     }
 
     /// The modules the root needs when the kernel has them as modules (Debian's cloud kernel: the

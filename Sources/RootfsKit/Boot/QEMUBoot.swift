@@ -1,5 +1,6 @@
 import AgentProtocol
 import Foundation
+import Synchronization
 
 /// The virtualization back end QEMU uses.
 public enum Accelerator: String, Sendable, CaseIterable {
@@ -39,6 +40,9 @@ public struct BootOptions: Sendable {
     public var hostname: String?
     /// TERM for an interactive command.
     public var term: String?
+    /// The user QEMU drops to once its files are open (`-runas`); nil: stay as we are.
+    /// As root it is `nobody` by default: a guest escaping QEMU must not be root on the host.
+    public var unprivilegedUser: String? = getuid() == 0 ? "nobody" : nil
     /// How long a KVM guest may stay silent before KVM counts as broken.
     public var kvmProbeSeconds: Double = 10
     /// `--kata`: Kata's kernel parameters and devices (KataBoot.swift).
@@ -108,7 +112,9 @@ public struct QEMUBoot: Sendable {
             }
             if command.isEmpty { command = ["/bin/sh"] }
         } else {
-            parameters.append("\(AgentProtocol.outputParameter)=ttyS1")
+            // ttyS1: the command's output; ttyS2: the agent's status lines, on a device of
+            // their own (the console is shared with the kernel and every guest daemon).
+            parameters += ["\(AgentProtocol.outputParameter)=ttyS1", "\(AgentProtocol.statusParameter)=ttyS2"]
         }
         if let hostname = options.hostname {
             parameters.append("\(AgentProtocol.hostnameParameter)=\(hostname)")
@@ -134,6 +140,16 @@ public struct QEMUBoot: Sendable {
     public func qemuCommand(kind: BootImageKind, accelerator: Accelerator,
                             consoleLog: String, statusLog: String) throws -> ToolCommand {
         var arguments: [String] = []
+        // QEMU runs as root on an image from anywhere: seccomp (no exec, no obsolete or
+        // privilege-raising system calls) and, as root, an unprivileged user once the
+        // image, kernel and devices are open (7.2 has -runas; -run-with comes in 9.0).
+        // The filter is installed before -runas drops root, so set*uid stays allowed then
+        // (root gone, nobody cannot raise itself back); without -runas it is denied too.
+        if let user = options.unprivilegedUser {
+            arguments += ["-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny", "-runas", user]
+        } else {
+            arguments += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        }
         switch accelerator {
         case .kvm: arguments += ["-accel", "kvm", "-cpu", "host"]
         case .tcg, .auto: arguments += ["-accel", "tcg"]
@@ -142,29 +158,57 @@ public struct QEMUBoot: Sendable {
         switch kind {
         case .iso:
             // The firmware (SeaBIOS) boots the CD: isolinux loads the ISO's own kernel and initrd.
-            arguments += ["-cdrom", options.image, "-boot", "d"]
+            arguments += ["-drive", "if=ide,index=2,media=cdrom,format=raw,\(Self.fileOption(options.image))", "-boot", "d"]
         case .initrd:
             arguments += ["-kernel", try kernelPath(), "-initrd", options.image]
         case .disk(let disk):
             arguments += ["-kernel", try kernelPath()]
             if let initrd = options.initrd { arguments += ["-initrd", initrd] }
             // -snapshot: writes go to a temporary overlay, the image stays as it is.
+            // The file protocol forced and commas doubled: no part of the path is an option or a
+            // protocol (`disk.img,snapshot=off`, `json:{...}`, `nbd:...`); no backing file.
+            let drive = "if=none,id=d0,format=\(disk.container.rawValue),\(Self.fileOption(options.image))"
+                + (disk.container == .qcow2 ? ",backing=" : "")
             if let kata = options.kata {
-                arguments += kata.diskArguments(image: options.image, format: disk.container.rawValue)
+                arguments += kata.diskArguments(drive: drive)
             } else {
-                arguments += ["-drive", "file=\(options.image),if=none,id=d0,format=\(disk.container.rawValue)",
-                              "-device", "nvme,drive=d0,serial=rootfs", "-snapshot"]
+                arguments += ["-drive", drive, "-device", "nvme,drive=d0,serial=rootfs", "-snapshot"]
             }
         }
         if kind != .iso { arguments += ["-append", try kernelCommandLine(kind: kind)] }
         if options.interactive {
             // ttyS0 (console and the command) on the terminal, ttyS1 (status) to a file.
-            arguments += ["-serial", "mon:stdio", "-serial", "file:\(statusLog)"]
+            arguments += ["-serial", "mon:stdio",
+                          "-chardev", "file,id=status,append=on,path=\(Self.quoted(statusLog))", "-serial", "chardev:status"]
         } else {
-            // ttyS0 (console) to a file, ttyS1 (the command's output) on stdout.
-            arguments += ["-monitor", "none", "-serial", "file:\(consoleLog)", "-serial", "stdio"]
+            // ttyS0 (console) to a file, ttyS1 (the command's output) on stdout, ttyS2 (status)
+            // to a file. append=on: QEMU writes with O_APPEND, so the watcher can cut the
+            // console file back when a guest floods it.
+            arguments += ["-monitor", "none",
+                          "-chardev", "file,id=console,append=on,path=\(Self.quoted(consoleLog))", "-serial", "chardev:console",
+                          "-serial", "stdio",
+                          "-chardev", "file,id=status,append=on,path=\(Self.quoted(statusLog))", "-serial", "chardev:status"]
         }
         return ToolCommand(options.qemu, arguments)
+    }
+
+    /// A value inside a QEMU option list (`-drive a=b,c=d`): a comma is written twice,
+    /// so a path like `disk.img,snapshot=off` stays one value and adds no option.
+    public static func quoted(_ value: String) -> String {
+        value.replacingOccurrences(of: ",", with: ",,")
+    }
+
+    /// `file.driver=file,file.filename=PATH` for a -drive.
+    static func fileOption(_ path: String) -> String {
+        "file.driver=file,file.filename=\(quoted(path))"
+    }
+
+    /// Refuses a path QEMU would read as something else than a file name.
+    static func checkPath(_ path: String, _ what: String) throws {
+        if path.hasPrefix("json:") {
+            throw RootfsError("the \(what) \(path) starts with json:, which QEMU reads as block options, not as a file name",
+                              hint: "name the file as ./\(path)")
+        }
     }
 
     func kernelPath() throws -> String {
@@ -195,6 +239,9 @@ public struct QEMUBoot: Sendable {
     /// command goes to `onOutput` unchanged; progress notes to `onNote`.
     public func run(onOutput: @escaping @Sendable ([UInt8]) -> Void,
                     onNote: @escaping @Sendable (String) -> Void) async throws -> BootResult {
+        try Self.checkPath(options.image, "image")
+        if let kernel = options.kernel { try Self.checkPath(kernel, "kernel") }
+        if let initrd = options.initrd { try Self.checkPath(initrd, "initrd") }
         guard FileManager.default.isReadableFile(atPath: options.image) else {
             throw RootfsError("cannot read the image \(options.image)")
         }
@@ -234,15 +281,19 @@ public struct QEMUBoot: Sendable {
     func attempt(kind: BootImageKind, accelerator: Accelerator,
                  onOutput: @escaping @Sendable ([UInt8]) -> Void,
                  onNote: @escaping @Sendable (String) -> Void) async throws -> BootResult {
-        let directory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("rootfs-boot-\(getpid())-\(UUID().uuidString.prefix(8))")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let consoleLog = directory.appendingPathComponent("console.log").path
-        let statusLog = directory.appendingPathComponent("status.log").path
+        // mkdtemp: 0700 and ours; the logs inside are created 0600 before QEMU opens them.
+        let directory = try FS.makeSiblingTemporaryDirectory(for: FileManager.default.temporaryDirectory.path + "/rootfs-boot")
+        defer { FS.remove(directory) }
+        let consoleLog = directory + "/console.log"
+        let statusLog = directory + "/status.log"
+        for log in [consoleLog, statusLog] {
+            var file = try OwnedFileDescriptor(path: log, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
+            try file.close()
+        }
         let command = try qemuCommand(kind: kind, accelerator: accelerator, consoleLog: consoleLog, statusLog: statusLog)
 
-        let watcher = ConsoleWatcher(path: options.interactive ? statusLog : consoleLog, tailLimit: Self.tailLines)
+        let watcher = ConsoleWatcher(statusPath: statusLog, consolePath: options.interactive ? nil : consoleLog,
+                                     tailLimit: Self.tailLines)
         let timeout = options.timeout
         let stopsWhenReady = stopsWhenReady
         let started = ContinuousClock.now
@@ -250,7 +301,7 @@ public struct QEMUBoot: Sendable {
                                                  onOutput: onOutput) { control in
             while !Task.isCancelled {
                 let elapsed = Self.seconds(ContinuousClock.now - started)
-                for status in watcher.poll() where status == .ready {
+                for event in watcher.poll() where event == .ready {
                     watcher.markReady(after: elapsed)
                     onNote(String(format: "ready in %.1f s", elapsed))
                     if stopsWhenReady {
@@ -268,10 +319,13 @@ public struct QEMUBoot: Sendable {
                 }
                 try? await Task.sleep(for: .milliseconds(50))
             }
+            // Cancelled (a signal reached rootfs): QEMU goes now, so the work directory can go.
+            control.kill()
         }
         // What QEMU wrote last: a guest that became ready, ran its command and powered
         // off between two polls (or after the loop stopped with QEMU) still counts.
-        for status in watcher.poll() where status == .ready {
+        // Bounded: the files are read to their end at most 64 polls' worth.
+        for event in watcher.drain() where event == .ready {
             watcher.markReady(after: Self.seconds(ContinuousClock.now - started))
         }
         let state = watcher.snapshot
@@ -358,17 +412,27 @@ public struct QEMUBoot: Sendable {
         return usable ? .kvm : .tcg
     }
 
-    /// Starts the kernel under KVM and waits for its first console byte:
-    /// some hosts have a /dev/kvm whose guests hang or abort.
+    /// Starts the kernel under KVM and waits for the kernel's first console line
+    /// (`Linux version`): some hosts have a /dev/kvm whose guests hang or abort.
+    /// Not any byte: the firmware (SeaBIOS) prints before the kernel runs, and on
+    /// hosts where KVM guests hang early that output alone would pass the probe.
     func probeKVM() async -> (Bool, String) {
         let command = ToolCommand(options.qemu, [
             "-accel", "kvm", "-cpu", "host", "-m", "128", "-nographic", "-no-reboot", "-nic", "none",
             "-monitor", "none", "-serial", "stdio", "-kernel", options.kernel ?? "", "-append", "console=ttyS0 panic=-1",
         ])
         let sawOutput = Flag()
+        let seen = Mutex<[UInt8]>([])
+        let marker = Array("Linux version".utf8)
         let limit = options.kvmProbeSeconds
         do {
-            let outcome = try await runner.supervise(command, io: .pipes, onOutput: { _ in sawOutput.set() }) { control in
+            let outcome = try await runner.supervise(command, io: .pipes, onOutput: { bytes in
+                seen.withLock { seen in
+                    seen += bytes
+                    if ConsoleTail.contains(seen, marker) { sawOutput.set() }
+                    if seen.count > 4096 { seen.removeFirst(seen.count - marker.count) }  // bounded
+                }
+            }) { control in
                 let started = ContinuousClock.now
                 while !Task.isCancelled && !sawOutput.isSet && !control.hasExited
                     && Self.seconds(ContinuousClock.now - started) < limit {
@@ -382,44 +446,74 @@ public struct QEMUBoot: Sendable {
             if said.hasPrefix(options.qemu + ": ") { said.removeFirst(options.qemu.count + 2) }
             if let location = try? Regex(#"^\S+\.c:\d+: "#) { said.replace(location, with: "") }  // QEMU's source file and line
             while said.hasSuffix(".") { said.removeLast() }
-            return (false, said.isEmpty ? "no guest output within \(String(format: "%g", limit)) s" : said)
+            return (false, said.isEmpty ? "the kernel printed nothing within \(String(format: "%g", limit)) s" : said)
         } catch {
             return (false, "\(error)")
         }
     }
 }
 
-/// Remembers the KVM probe's verdict until the host reboots.
+/// Remembers the KVM probe's verdict until the host reboots, in a directory
+/// of the user's own (`$TMPDIR/rootfs-UID`, 0700). A verdict is believed only
+/// from there: a predictable name in a shared /tmp could be planted by anyone
+/// (a fake "usable" sends every boot to a hanging KVM). The `v2` name leaves
+/// behind verdicts of the old probe, which any firmware byte passed.
 struct KVMProbeCache {
-    let path = FileManager.default.temporaryDirectory.appendingPathComponent("rootfs-kvm-probe-\(getuid())").path
+    var directory = FileManager.default.temporaryDirectory.path + "/rootfs-\(getuid())"
+    var path: String { directory + "/kvm-probe-v2" }
     var bootID: String {
         (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
             .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
     }
 
+    /// The directory when it is ours: a real directory, owned by us, closed to others.
+    func ownDirectory(create: Bool) -> String? {
+        if create { _ = mkdir(directory, 0o700) }
+        var st = stat()
+        guard lstat(directory, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR,
+              st.st_uid == getuid(), st.st_mode & 0o077 == 0 else { return nil }
+        return directory
+    }
+
     func load() -> (usable: Bool, reason: String)? {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        guard ownDirectory(create: false) != nil else { return nil }
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return nil }
+        let file = OwnedFileDescriptor(taking: fd, name: path)
+        var st = stat()
+        guard fstat(file.raw, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_uid == getuid(),
+              let bytes = try? file.read(count: 4096, at: 0) else { return nil }
+        let text = String(decoding: bytes, as: UTF8.self)
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         guard lines.count >= 2, !bootID.isEmpty, lines[0] == bootID else { return nil }
         return (lines[1] == "usable", lines.count > 2 ? lines[2] : "")
     }
 
     func store(usable: Bool, reason: String) {
-        try? "\(bootID)\n\(usable ? "usable" : "unusable")\n\(reason)\n".write(toFile: path, atomically: true, encoding: .utf8)
+        guard ownDirectory(create: true) != nil else { return }
+        let temporary = path + ".tmp-\(getpid())"
+        guard let file = try? OwnedFileDescriptor(path: temporary, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
+        else { return }
+        let text = "\(bootID)\n\(usable ? "usable" : "unusable")\n\(reason)\n"
+        if (try? file.writeAll(Array(text.utf8))) == nil || rename(temporary, path) != 0 { unlink(temporary) }
     }
 }
 
 /// A thread-safe boolean.
-final class Flag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-    func set() { lock.lock(); value = true; lock.unlock() }
-    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+final class Flag: Sendable {
+    private let value = Mutex(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
 }
 
-/// Follows the guest console (a file QEMU writes) for the agent's status lines.
-final class ConsoleWatcher: @unchecked Sendable {
-    struct State {
+/// Follows the agent's status device and the guest console (files QEMU
+/// writes) while the guest runs. Only the status device decides how the boot
+/// ended (`StatusStream`); the console gives the error messages their tail
+/// and tells a kernel panic (`ConsoleTail`). Every poll reads a bounded
+/// amount, so a flooding guest can neither exhaust memory nor hold up the
+/// supervisor's timeout check.
+final class ConsoleWatcher: Sendable {
+    struct State: Sendable {
         var readySeconds: Double?
         var final: AgentProtocol.Status?
         var panicked = false
@@ -430,54 +524,76 @@ final class ConsoleWatcher: @unchecked Sendable {
         var panicTail: [String] = []
     }
 
-    private let lock = NSLock()
-    private let path: String
-    private let tailLimit: Int
-    private var handle: FileHandle?
-    private var partial: [UInt8] = []
-    private var state = State()
-    private var sawReady = false
+    /// Bytes of console read per poll at most (the poll runs every 50 ms).
+    static let consoleReadLimit = 1 << 20
+    /// Bytes of the status device read per poll at most: its lines are short.
+    static let statusReadLimit = 64 << 10
+    /// The console file is cut back to empty once this much of it has been read.
+    static let consoleFileLimit: Int64 = 8 << 20
 
-    init(path: String, tailLimit: Int) {
-        self.path = path
-        self.tailLimit = tailLimit
+    private struct Streams: Sendable {
+        var status = StatusStream()
+        var console: ConsoleTail
+        var state = State()
     }
 
-    var snapshot: State { lock.lock(); defer { lock.unlock() }; return state }
-    func markReady(after seconds: Double) { lock.lock(); if state.readySeconds == nil { state.readySeconds = seconds }; lock.unlock() }
-    func markTimedOut() { lock.lock(); state.timedOut = true; lock.unlock() }
-    func markStopped() { lock.lock(); state.stoppedWhenReady = true; lock.unlock() }
+    private let streams: Mutex<Streams>
+    private let statusFile: FileFollower
+    private let consoleFile: FileFollower?
 
-    /// Reads what is new and returns the status lines in it.
-    func poll() -> [AgentProtocol.Status] {
-        lock.lock(); defer { lock.unlock() }
-        if handle == nil { handle = FileHandle(forReadingAtPath: path) }
-        guard let handle, let data = try? handle.readToEnd(), !data.isEmpty else { return [] }
-        partial += data
-        var found: [AgentProtocol.Status] = []
-        while let newline = partial.firstIndex(of: 0x0a) {
-            let line = Self.printable(partial[..<newline])
-            partial.removeSubrange(...newline)
-            state.tail.append(line)
-            if state.tail.count > tailLimit { state.tail.removeFirst(state.tail.count - tailLimit) }
-            if line.contains("Kernel panic - not syncing") && !state.panicked {
-                // The lines leading to the panic say more than its stack trace.
-                state.panicked = true
-                state.panicTail = state.tail
-            }
-            if let status = AgentProtocol.parseStatus(line) {
-                switch status {
-                case .ready:
-                    // The protocol promises one ready line; count the first.
-                    if sawReady { continue }
-                    sawReady = true
-                case .exited, .signaled:
-                    state.final = status
-                }
-                found.append(status)
+    /// `console`: nil when the console is the user's terminal (interactive runs).
+    init(statusPath: String, consolePath: String?, tailLimit: Int) {
+        statusFile = FileFollower(path: statusPath)
+        consoleFile = consolePath.map { FileFollower(path: $0, truncateAbove: Self.consoleFileLimit) }
+        streams = Mutex(Streams(console: ConsoleTail(lineLimit: tailLimit)))
+    }
+
+    var snapshot: State {
+        streams.withLock { streams in
+            var state = streams.state
+            state.final = streams.status.final
+            state.panicked = streams.console.panicked
+            state.tail = streams.console.tail
+            state.panicTail = streams.console.panicTail
+            return state
+        }
+    }
+    func markReady(after seconds: Double) { streams.withLock { if $0.state.readySeconds == nil { $0.state.readySeconds = seconds } } }
+    func markTimedOut() { streams.withLock { $0.state.timedOut = true } }
+    func markStopped() { streams.withLock { $0.state.stoppedWhenReady = true } }
+
+    /// Reads what is new (a bounded amount) and returns the protocol events in it.
+    func poll() -> [StatusStream.Event] {
+        let status = statusFile.read(limit: Self.statusReadLimit)
+        let console = consoleFile?.read(limit: Self.consoleReadLimit) ?? []
+        return streams.withLock { streams in
+            streams.console.feed(console)
+            return streams.status.feed(status)
+        }
+    }
+
+    /// Polls until both files are read to their end, at most 64 polls' worth
+    /// (what a flooding guest wrote beyond that is its console's, not the status's).
+    func drain() -> [StatusStream.Event] {
+        var events: [StatusStream.Event] = []
+        for _ in 0..<64 {
+            let status = statusFile.read(limit: Self.statusReadLimit)
+            let console = consoleFile?.read(limit: Self.consoleReadLimit) ?? []
+            if status.isEmpty && console.isEmpty { break }
+            events += streams.withLock { streams in
+                streams.console.feed(console)
+                return streams.status.feed(status)
             }
         }
-        return found
+        return events
+    }
+
+    /// Feeds bytes directly (tests).
+    func feed(status: [UInt8], console: [UInt8]) -> [StatusStream.Event] {
+        streams.withLock { streams in
+            streams.console.feed(console)
+            return streams.status.feed(status)
+        }
     }
 
     /// A console line without carriage returns and terminal escape sequences.
@@ -496,9 +612,12 @@ final class ConsoleWatcher: @unchecked Sendable {
                 index += 1
                 continue
             }
-            if byte >= 0x20 || byte == 0x09 { out.append(byte) }
+            if (byte >= 0x20 && byte != 0x7f) || byte == 0x09 { out.append(byte) }
             index += 1
         }
-        return String(decoding: out, as: UTF8.self)
+        // C1 controls (U+0080-U+009F, UTF-8 C2 80-C2 9F) too: U+009B is a CSI on many terminals.
+        var text = String(decoding: out, as: UTF8.self)
+        text.unicodeScalars.removeAll { (0x80...0x9f).contains($0.value) }
+        return text
     }
 }

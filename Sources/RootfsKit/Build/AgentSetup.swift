@@ -113,19 +113,10 @@ public struct AgentInstaller: Sendable {
     public func writeFile(_ guestPath: String, contents: [UInt8], mode: mode_t) throws {
         let host = try tree.hostPathForCreating(guestPath)
         try removeNonDirectory(host, guestPath: guestPath)
-        let fd = open(host, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw RootfsError("cannot create \(guestPath) in the rootfs: \(FS.errnoText())") }
-        defer { close(fd) }
-        var offset = 0
-        while offset < contents.count {
-            let n = contents.withUnsafeBytes { write(fd, $0.baseAddress! + offset, contents.count - offset) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw RootfsError("cannot write \(guestPath) in the rootfs: \(FS.errnoText())")
-            }
-            offset += n
-        }
-        fchmod(fd, mode)
+        let file = try OwnedFileDescriptor(path: host, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: mode,
+                                           name: "\(guestPath) in the rootfs")
+        try file.writeAll(contents)
+        fchmod(file.raw, mode)
     }
 
     public func symlink(guestPath: String, target: String) throws {

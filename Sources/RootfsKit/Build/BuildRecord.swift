@@ -45,7 +45,7 @@ public struct BuildRecord: Sendable, Codable, Equatable {
           url: ""
           version: \(q(osbuilderVersion ?? toolVersion))
           tool-version: \(q(toolVersion))
-        rootfs-creation-time: \(q(Self.iso8601(buildTime)))
+        rootfs-creation-time: \(q(iso8601(buildTime)))
         description: \(q("\(distro) \(osVersion) guest rootfs built by \(tool) \(toolVersion)"))
         file-format-version: "0.0.2"
         architecture: \(q(architecture))
@@ -66,65 +66,5 @@ public struct BuildRecord: Sendable, Codable, Equatable {
           agent-is-init-daemon: \(q(agentInit ? "yes" : "no"))
 
         """
-    }
-
-    static func iso8601(_ seconds: Int) -> String {
-        var t = time_t(seconds)
-        var tm = tm()
-        gmtime_r(&t, &tm)
-        return String(format: "%04d-%02d-%02dT%02d:%02d:%02dZ", Int(tm.tm_year) + 1900, Int(tm.tm_mon) + 1,
-                      Int(tm.tm_mday), Int(tm.tm_hour), Int(tm.tm_min), Int(tm.tm_sec))
-    }
-}
-
-public enum RootfsVersion {
-    public static let version = "0.1.0"
-}
-
-/// SOURCE_DATE_EPOCH, validated.
-public func sourceDateEpoch(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Int? {
-    guard let raw = environment["SOURCE_DATE_EPOCH"], !raw.isEmpty else { return nil }
-    guard let value = Int(raw), value >= 0 else {
-        throw RootfsError("SOURCE_DATE_EPOCH must be a whole number of seconds, not '\(raw)'")
-    }
-    return value
-}
-
-/// The host architecture as the kernel names it (x86_64, aarch64...).
-public func hostArchitecture() -> String {
-    var u = utsname()
-    uname(&u)
-    return withUnsafeBytes(of: &u.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-}
-
-extension RootfsVersion {
-    /// The checkout this executable was built in: the nearest directory above
-    /// it holding Package.swift and .git (nil for an installed copy).
-    public static func checkout(executableDirectory: String? = FS.executableDirectory()) -> String? {
-        guard var dir = executableDirectory else { return nil }
-        while dir != "/" && !dir.isEmpty {
-            if FS.isRegularFile(dir + "/Package.swift") && FS.exists(dir + "/.git") { return dir }
-            dir = FS.parent(dir)
-        }
-        return nil
-    }
-
-    /// The commit of the checkout (`abc123def456`, `+dirty` when tracked files
-    /// changed), or "unknown" outside a checkout or without git.
-    public static func commit(checkout: String? = checkout(), runner: ProcessRunner = ProcessRunner()) async -> String {
-        guard let checkout, ProcessRunner.which("git") != nil else { return "unknown" }
-        guard let head = try? await runner.capture(ToolCommand("git", ["-C", checkout, "rev-parse", "--short=12", "HEAD"])) else {
-            return "unknown"
-        }
-        let commit = head.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard !commit.isEmpty else { return "unknown" }
-        let status = try? await runner.capture(ToolCommand("git", ["-C", checkout, "status", "--porcelain", "--untracked-files=no"]))
-        let dirty = !(status?.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty ?? true)
-        return commit + (dirty ? "+dirty" : "")
-    }
-
-    /// `rootfs 0.1.0 (commit abc123def456)`.
-    public static func describe() async -> String {
-        "rootfs \(version) (commit \(await commit()))"
     }
 }

@@ -72,3 +72,24 @@ public struct RootfsChecker: Sendable {
         }
     }
 }
+
+extension RootfsChecker {
+    /// The checks of `rootfs check`, `image` and `initrd` on a directory: an init and an agent.
+    public static func requireTree(at path: String, agentInit: Bool) throws {
+        guard FS.isDirectory(path) else {
+            throw RootfsError("\(path) is not a directory", hint: "give the rootfs directory that `rootfs build` wrote")
+        }
+        try RootfsChecker(tree: GuestTree(root: FS.absolute(path))).require(agentInit: agentInit)
+    }
+
+    /// The same for a writer's input: a directory is checked here; an archive is checked by
+    /// its writer reading it; anything else is refused.
+    public static func requireTreeSource(at path: String, agentInit: Bool) throws {
+        if FS.isDirectory(path) { try requireTree(at: path, agentInit: agentInit) }
+        else if try ImageReference.parse(path) != nil { return }
+        else if !FS.isRegularFile(path) {
+            throw RootfsError("\(path) is neither a rootfs directory nor a tar archive",
+                              hint: "give the rootfs directory `rootfs build` wrote, or a tar of it")
+        }
+    }
+}

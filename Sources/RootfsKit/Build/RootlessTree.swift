@@ -19,7 +19,7 @@ public enum TreeTransport: String, Sendable {
 
 /// The owners, modes and device numbers of a hook's tar, by path, while its
 /// content sits on disk extracted by an ordinary user.
-final class RootlessTree {
+public final class RootlessTree {
     struct Original {
         var uid: UInt32
         var gid: UInt32

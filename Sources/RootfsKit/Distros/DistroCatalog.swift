@@ -69,6 +69,10 @@ public struct DistroCatalog: Sendable {
 
     /// The distro called `name`, or an error that lists the known ones.
     public func find(_ name: String) throws -> Distro {
+        // '' would name the search directory itself (dir + "/"), '.' and '..' it or its parent.
+        guard !name.isEmpty, name != ".", name != ".." else {
+            throw RootfsError("'\(name)' is not a distro name", hint: "`rootfs list` shows the known distros")
+        }
         for dir in searchPath {
             let candidate = dir.path + "/" + name
             guard FS.isDirectory(candidate), !name.contains("/"), !name.hasPrefix(".") else { continue }

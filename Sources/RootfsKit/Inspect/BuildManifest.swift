@@ -46,23 +46,22 @@ public struct BuildManifest: Sendable, Codable, Equatable {
     public var options: Options
     public var outputs: [Output]
 
-    /// The manifest of a finished build.
-    public static func make(plan: BuildPlan, inventory: PackageInventory, agentSHA256: String,
-                            outputs: [BuildOutput], buildTime: Int) -> BuildManifest {
+    /// The manifest of a finished build, from the facts the output stage hands over.
+    public static func make(facts: ManifestFacts, inventory: PackageInventory,
+                            outputs: [BuildOutput]) -> BuildManifest {
         BuildManifest(
             tool: Tool(version: RootfsVersion.version),
-            buildTime: BuildRecord.iso8601(buildTime),
-            distro: Distro(name: plan.distro.name, osName: plan.config.osName ?? plan.distro.name,
-                           version: plan.config.osVersion ?? "", architecture: plan.architecture),
+            buildTime: iso8601(facts.buildTime),
+            distro: Distro(name: facts.distro, osName: facts.osName, version: facts.osVersion,
+                           architecture: facts.architecture),
             packageDatabase: inventory.database.rawValue,
             packages: inventory.packages,
             packagesNote: inventory.note,
-            agent: Agent(guestPath: plan.agent.guestPath, source: plan.agent.sourcePath, sha256: agentSHA256,
-                         isInit: plan.agent.isInit),
-            options: Options(packages: plan.config.packages, extraPackages: plan.extraPackages,
-                             initProcess: plan.agent.isInit ? "agent" : plan.config.initProcess,
-                             compression: plan.compression.rawValue, freeSpaceMiB: plan.freeSpaceMiB,
-                             sourceDateEpoch: plan.epoch),
+            agent: Agent(guestPath: facts.agentGuestPath, source: facts.agentSource, sha256: facts.agentSHA256,
+                         isInit: facts.agentInit),
+            options: Options(packages: facts.packages, extraPackages: facts.extraPackages,
+                             initProcess: facts.initProcess, compression: facts.compression.rawValue,
+                             freeSpaceMiB: facts.freeSpaceMiB, sourceDateEpoch: facts.sourceDateEpoch),
             outputs: outputs.map { Output(kind: $0.kind, path: $0.path, bytes: $0.kind == "rootfs" ? nil : $0.bytes, sha256: $0.sha256) })
     }
 
@@ -74,6 +73,47 @@ public struct BuildManifest: Sendable, Codable, Equatable {
     /// root package, containing every installed package and the agent.
     public func spdx() throws -> Data {
         try jsonDocument(SPDXDocument(self))
+    }
+}
+
+/// What a manifest says about a build, as plain facts (the build hands them
+/// over; the manifest does not know the build's plan).
+public struct ManifestFacts: Sendable, Equatable {
+    public var distro: String
+    public var osName: String
+    public var osVersion: String
+    public var architecture: String
+    public var agentGuestPath: String
+    public var agentSource: String
+    public var agentSHA256: String
+    public var agentInit: Bool
+    public var packages: [String]
+    public var extraPackages: [String]
+    public var initProcess: String
+    public var compression: Compression
+    public var freeSpaceMiB: Int
+    public var sourceDateEpoch: Int?
+    /// Seconds since 1970 (SOURCE_DATE_EPOCH when set).
+    public var buildTime: Int
+
+    public init(distro: String, osName: String, osVersion: String, architecture: String, agentGuestPath: String,
+                agentSource: String, agentSHA256: String, agentInit: Bool, packages: [String], extraPackages: [String],
+                initProcess: String, compression: Compression, freeSpaceMiB: Int, sourceDateEpoch: Int?, buildTime: Int) {
+        self.distro = distro
+        self.osName = osName
+        self.osVersion = osVersion
+        self.architecture = architecture
+        self.agentGuestPath = agentGuestPath
+        self.agentSource = agentSource
+        self.agentSHA256 = agentSHA256
+        self.agentInit = agentInit
+        self.packages = packages
+        self.extraPackages = extraPackages
+        self.initProcess = initProcess
+        self.compression = compression
+        self.freeSpaceMiB = freeSpaceMiB
+        self.sourceDateEpoch = sourceDateEpoch
+        self.buildTime = buildTime
     }
 }
 

@@ -44,7 +44,7 @@ public struct PackageInventory: Sendable, Codable, Equatable {
     public static func read(tree root: String, runner: ProcessRunner = ProcessRunner()) async throws -> PackageInventory {
         let guest = GuestTree(root: root)
         if let status = guest.hostPath(resolving: dpkgStatus), FS.isRegularFile(status) {
-            return PackageInventory(database: .dpkg, packages: parseDpkgStatus(try readText(status)))
+            return PackageInventory(database: .dpkg, packages: try parseDpkgStatus(try readText(status)))
         }
         if let installed = guest.hostPath(resolving: apkInstalled), FS.isRegularFile(installed) {
             return PackageInventory(database: .apk, packages: parseApkInstalled(try readText(installed)))
@@ -96,13 +96,22 @@ public struct PackageInventory: Sendable, Codable, Equatable {
     }
 
     /// Installed packages of a dpkg status file (every state but not-installed and config-files).
-    public static func parseDpkgStatus(_ text: String) -> [InstalledPackage] {
-        paragraphs(text).compactMap { fields in
+    /// `Installed-Size` is in KiB: a value whose bytes do not fit in 63 bits is a clear error (not a trap).
+    public static func parseDpkgStatus(_ text: String) throws -> [InstalledPackage] {
+        try paragraphs(text).compactMap { fields -> InstalledPackage? in
             guard let name = fields["Package"], let status = fields["Status"] else { return nil }
             let state = status.split(separator: " ").last.map(String.init) ?? ""
             guard !["not-installed", "config-files"].contains(state) else { return nil }
+            let bytes = try fields["Installed-Size"].flatMap { Int64($0) }.map { kib -> Int64 in
+                let (bytes, overflow) = kib.multipliedReportingOverflow(by: 1024)
+                guard !overflow, kib >= 0 else {
+                    throw RootfsError("the dpkg status file says package \(name) has an Installed-Size of \(kib) KiB, which no package has",
+                                      hint: "the tree's var/lib/dpkg/status is corrupt")
+                }
+                return bytes
+            }
             return InstalledPackage(name: name, version: fields["Version"] ?? "", architecture: fields["Architecture"] ?? "",
-                                    installedBytes: fields["Installed-Size"].flatMap { Int64($0) }.map { $0 * 1024 })
+                                    installedBytes: bytes)
         }.sorted()
     }
 

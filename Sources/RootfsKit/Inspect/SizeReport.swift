@@ -35,10 +35,11 @@ public struct SizeReport: Sendable, Codable, Equatable {
         if FS.isDirectory(path) {
             index = try TreeIndex(directory: path)
             inventory = try await PackageInventory.read(tree: path, runner: runner)
-        } else if FS.isRegularFile(path) {
-            index = try TreeIndex(archive: path)
+        } else if try FS.isRegularFile(path) || ImageReference.parse(path) != nil {
+            // An image (oci:, docker-archive:) is read as the tree its layers make.
+            index = FS.isRegularFile(path) ? try TreeIndex(archive: path) : try TreeIndex(source: TreeSource.open(path))
             if let status = index.content(of: PackageInventory.dpkgStatus) {
-                inventory = PackageInventory(database: .dpkg, packages: PackageInventory.parseDpkgStatus(status))
+                inventory = PackageInventory(database: .dpkg, packages: try PackageInventory.parseDpkgStatus(status))
             } else if let installed = index.content(of: PackageInventory.apkInstalled) {
                 inventory = PackageInventory(database: .apk, packages: PackageInventory.parseApkInstalled(installed))
             } else if PackageInventory.rpmDatabases.contains(where: { index.isDirectory($0) }) {
@@ -167,6 +168,27 @@ struct TreeIndex {
                 files[path] = peek.hardlink == nil ? peek.size : 0
                 if Self.isDatabaseFile(path) {
                     contents[path] = String(decoding: try reader.readData(of: path), as: UTF8.self)
+                }
+            default: break
+            }
+        }
+    }
+
+    /// Any tree source (a container image): the same index from its canonical walk.
+    init(source: TreeSource) throws {
+        try source.walk { item in
+            let path = item.isRoot ? "/" : "/" + item.pathString
+            switch item.fileType {
+            case 0o040000: directories.insert(path)
+            case 0o120000: symlinks[path] = String(decoding: item.linkTarget ?? [], as: UTF8.self)
+            case FileType.reg:
+                files[path] = item.hardLinkTo == nil ? item.size : 0
+                if Self.isDatabaseFile(path) && item.size > 0 {
+                    var data: [UInt8] = []
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
+                    defer { buffer.deallocate() }
+                    try item.copyContent(buffer: buffer) { data += $0 }
+                    contents[path] = String(decoding: data, as: UTF8.self)
                 }
             default: break
             }

@@ -15,6 +15,7 @@ extension Tag {
     @Tag static var swiftpm: Self
     @Tag static var qemuImg: Self
     @Tag static var veritysetup: Self
+    @Tag static var efi: Self
 }
 
 /// One thing a test needs. On a laptop a missing one skips the test with the
@@ -22,7 +23,7 @@ extension Tag {
 /// skipped: the test runs and fails loudly if the machine lacks it, and
 /// `.ci/run` fails a run whose log shows a skipped test.
 enum Need: Sendable, CaseIterable, CustomStringConvertible {
-    case root, network, qemu, docker, podman, dnf, busybox, swiftpm, qemuImg, veritysetup
+    case root, network, qemu, docker, podman, dnf, busybox, swiftpm, qemuImg, veritysetup, efi
 
     var description: String {
         switch self {
@@ -36,6 +37,7 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
         case .swiftpm: "the swift package manager"
         case .qemuImg: "qemu-img (qemu-utils)"
         case .veritysetup: "veritysetup (cryptsetup-bin)"
+        case .efi: "OVMF, systemd's EFI stub, mtools, dosfstools, gdisk and objdump (apt: ovmf systemd-boot-efi mtools dosfstools gdisk binutils)"
         }
     }
 
@@ -51,6 +53,7 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
         case .swiftpm: .swiftpm
         case .qemuImg: .qemuImg
         case .veritysetup: .veritysetup
+        case .efi: .efi
         }
     }
 
@@ -71,6 +74,12 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
         case .swiftpm: return Need.onPath("swift")
         case .qemuImg: return Need.onPath("qemu-img")
         case .veritysetup: return Need.onPath("veritysetup") || FileManager.default.isExecutableFile(atPath: "/sbin/veritysetup")
+        case .efi:
+            return FileManager.default.isReadableFile(atPath: "/usr/share/ovmf/OVMF.fd")
+                && FileManager.default.isReadableFile(atPath: "/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+                && ["mdir", "mtype", "objdump"].allSatisfy(Need.onPath)
+                && (Need.onPath("fsck.vfat") || FileManager.default.isExecutableFile(atPath: "/sbin/fsck.vfat"))
+                && (Need.onPath("sgdisk") || FileManager.default.isExecutableFile(atPath: "/sbin/sgdisk"))
         }
     }
 
@@ -88,10 +97,14 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
     /// reached with a TCP connection to port 80 within a few seconds.
     static func aptMirrorAnswers() -> Bool {
         var texts: [String] = []
-        for file in ["/etc/apt/sources.list"] + ((try? FileManager.default.contentsOfDirectory(atPath: "/etc/apt/sources.list.d")) ?? []).map({ "/etc/apt/sources.list.d/" + $0 }) {
+        for file in ["/etc/apt/sources.list"] + ((try? FileManager.default.contentsOfDirectory(atPath: "/etc/apt/sources.list.d")) ?? [])
+            .filter { $0.hasSuffix(".list") || $0.hasSuffix(".sources") }.map({ "/etc/apt/sources.list.d/" + $0 }) {
             if let t = try? String(contentsOfFile: file, encoding: .utf8) { texts.append(t) }
         }
-        let hosts = texts.joined(separator: "\n").split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" })
+        // One-line entries ("deb URL suite…") and deb822 entries ("URIs: URL…"); comments skipped.
+        let hosts = texts.joined(separator: "\n").split(separator: "\n")
+            .filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("#") }
+            .flatMap { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }) }
             .compactMap { word -> String? in
                 guard word.hasPrefix("http://") || word.hasPrefix("https://") else { return nil }
                 return word.split(separator: "/").dropFirst(1).first.map(String.init)

@@ -68,26 +68,3 @@ public enum HookLibrary {
     plan_rootfs "$@"
     """#
 }
-
-/// How a distro's build_rootfs() is run: the same argument list and
-/// environment whether bash runs on the host or inside a builder container.
-public struct HookInvocation: Sendable, Equatable {
-    public var helperPath: String
-    public var configPath: String
-    public var libraryPath: String
-    public var rootfsDirectory: String
-    public var workingDirectory: String
-    /// What the hook receives in its environment (OS_VERSION, PACKAGES, EXTRA_PKGS...).
-    public var environment: [String: String]
-
-    /// The bash argument list, with paths rewritten by `map` (for container mounts).
-    public func bashArguments(mapping map: (String) -> String = { $0 }) -> [String] {
-        ["--noprofile", "--norc", "-c", HookLibrary.runnerScript, "rootfs-hook",
-         map(helperPath), map(configPath), map(libraryPath), map(rootfsDirectory)]
-    }
-
-    /// The command that runs the hook on this host.
-    public var hostCommand: ToolCommand {
-        ToolCommand("bash", bashArguments(), environment: environment, workingDirectory: workingDirectory)
-    }
-}

@@ -47,8 +47,6 @@ public struct BaseImageSeeder: Sendable {
 
         let buildDir = FS.absolute(options.buildDirectory ?? "build/\(options.distro)")
         try FS.makeDirectories(buildDir)
-        let work = try FS.makeSiblingTemporaryDirectory(for: buildDir + "/seed")
-        defer { FS.remove(work) }
 
         var build = BuildOptions(distro: options.distro,
                                  environment: env.merging(["PACKAGES": options.packages.joined(separator: " ")]) { $1 })
@@ -56,7 +54,11 @@ public struct BaseImageSeeder: Sendable {
         build.osVersion = options.osVersion
         build.engine = .host
         build.agentInit = true
-        build.rootfsDir = work + "/rootfs"
+        // Only the hook stage runs: a tar output keeps the plan from claiming (or refusing,
+        // rootless) a rootfs directory; the hook's work directory is made beside build/<distro>/rootfs.
+        build.formats = [.tar]
+        build.outputDirectory = buildDir
+        build.manifest = false
         build.buildDirectory = buildDir
         let builder = Builder(console: console)
         let plan = try await builder.plan(build)
@@ -69,20 +71,22 @@ public struct BaseImageSeeder: Sendable {
 
         try console.openLog(at: buildDir + "/seed.log")
         defer { console.closeLog() }
-        let tree = work + "/rootfs"
-        try FS.makeDirectories(tree)
-        let helper = work + "/hook-helpers.sh"
-        try HookLibrary.text.write(toFile: helper, atomically: false, encoding: .utf8)
-        try await builder.runHook(plan, invocation: plan.hookInvocation(rootfs: tree, helperPath: helper), logPath: plan.logPath)
-        if FS.isMissingOrEmptyDirectory(tree) {
-            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' left the rootfs directory empty")
-        }
+        // The same hook stage as `rootfs build`: confinement checked, and rootless, the hook's
+        // tar unpacked with the owners kept aside and restored in the tar the engine imports.
+        let hooked = try await HookStage(console: console, runner: runner).run(plan, logPath: buildDir + "/seed.log")
+        defer { FS.remove(hooked.work) }
 
         try Task.checkCancellation()
         console.phase("tar: \(plan.distro.name) \(plan.config.osVersion ?? "") rootfs")
-        let tarball = work + "/rootfs.tar"
-        let stats = try TarWriter(epoch: plan.epoch).write(source: .directory(tree), to: tarball)
-        FS.remove(tree)
+        let tarball = hooked.work + "/rootfs.tar"
+        let tarBytes: Int64
+        if let rootless = hooked.rootless {
+            try rootless.writeTar(to: tarball, epoch: plan.epoch)
+            tarBytes = FS.fileSize(tarball)
+        } else {
+            tarBytes = try TarWriter(epoch: plan.epoch).write(source: .directory(hooked.tree), to: tarball).outputBytes
+        }
+        FS.remove(hooked.tree)
 
         try Task.checkCancellation()
         console.phase("\(engine.kind.rawValue) import: \(tag)")
@@ -95,6 +99,6 @@ public struct BaseImageSeeder: Sendable {
         }
         let id = await engine.imageID(tag, runner: runner)
             ?? out.standardOutput.split(separator: "\n").last.map(String.init) ?? ""
-        return Result(tag: tag, imageID: id, skipped: false, tarBytes: stats.outputBytes)
+        return Result(tag: tag, imageID: id, skipped: false, tarBytes: tarBytes)
     }
 }

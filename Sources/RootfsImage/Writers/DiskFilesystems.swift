@@ -1,0 +1,109 @@
+import RootfsSupport
+import Foundation
+
+/// Where a file system goes inside a disk image being written: the open
+/// image (under its temporary name), the offset of the file system, and
+/// the bytes the partition table needs after it (GPT's backup).
+public struct FilesystemTarget: Sendable {
+    public var source: TreeSource
+    /// A directory holding the tree: the source's own, or a materialized copy for writers that read one.
+    public var directory: String
+    public var fd: Int32
+    /// The image's temporary path (tools that write by name, such as mke2fs, are given it).
+    public var image: String
+    public var offset: Int64
+    public var tail: Int64
+    /// The final output path, for messages.
+    public var output: String
+    public var uuid: String
+
+    /// Gives the image its final size once the file system's size is known (sparse).
+    func size(filesystemBytes: Int64) throws {
+        guard ftruncate(fd, off_t(offset + filesystemBytes + tail)) == 0 else {
+            throw RootfsError("cannot size \(output): \(FS.errnoText())")
+        }
+    }
+}
+
+/// What a file system writer wrote.
+public struct FilesystemWritten: Sendable {
+    public var filesystemBytes: Int64
+    public var inputBytes: Int64
+}
+
+/// Writes the file system of a disk image at `target.offset` and sizes the image.
+/// The disk writer (partition table, DAX header, rename) is the same for all of them.
+public protocol FilesystemWriter: Sendable {
+    /// Whether the writer reads a directory (a tar source is then extracted first).
+    var readsDirectory: Bool { get }
+    func write(into target: FilesystemTarget, disk: DiskImageWriter) async throws -> FilesystemWritten
+}
+
+extension FilesystemType {
+    /// The writer of this file system (for ext4, the one `--ext4-writer` names).
+    public func writer(ext4: Ext4WriterKind) -> any FilesystemWriter {
+        switch self {
+        case .ext4: return ext4 == .native ? NativeExt4Filesystem() : Mke2fsFilesystem()
+        case .erofs: return ErofsFilesystem()
+        }
+    }
+}
+
+/// ext4 by rootfs's own Ext4Writer, straight from the source (a directory or a tar).
+public struct NativeExt4Filesystem: FilesystemWriter {
+    public var readsDirectory: Bool { false }
+
+    public func write(into target: FilesystemTarget, disk: DiskImageWriter) async throws -> FilesystemWritten {
+        let writer = Ext4Writer(label: disk.label, uuid: Ext4Writer.uuidBytes(target.uuid), epoch: disk.epoch,
+                                freeSpaceMiB: disk.freeSpaceMiB)
+        let plan = try writer.plan(source: target.source)
+        try target.size(filesystemBytes: plan.filesystemBytes)
+        try writer.write(plan: plan, source: target.source, fd: target.fd, offset: target.offset, name: target.output)
+        return FilesystemWritten(filesystemBytes: plan.filesystemBytes, inputBytes: plan.dataBytes)
+    }
+}
+
+/// ext4 by `mke2fs -d` from a directory, then fixed up (times from the epoch;
+/// owners, modes and devices from a tar an ordinary user extracted).
+public struct Mke2fsFilesystem: FilesystemWriter {
+    public var readsDirectory: Bool { true }
+
+    public func write(into target: FilesystemTarget, disk: DiskImageWriter) async throws -> FilesystemWritten {
+        let sizing = try disk.sizing(tree: target.directory)
+        try target.size(filesystemBytes: sizing.filesystemBytes)
+        let output = target.output
+        do {
+            try await disk.runner.capture(disk.mke2fsCommand(tree: target.directory, image: target.image, sizing: sizing,
+                                                             uuid: target.uuid, offset: target.offset))
+        } catch let failure as ToolFailure {
+            throw RootfsError("mke2fs could not write the file system of \(output) (\(failure.status))",
+                              hint: failure.outputTail.contains { $0.contains("No space") || $0.contains("Could not allocate") }
+                                ? "the tree did not fit in the computed size, or the disk holding \(FS.parent(output)) is full; free space there or add room with --free-space MB" : nil,
+                              details: failure.outputTail)
+        }
+        // Times from the epoch (mke2fs copies atime/ctime from the temporary tree) and,
+        // when an ordinary user extracted a tar, owners, modes and devices from the tar.
+        let fixup = Ext4Fixup(epoch: disk.epoch, ownership: disk.ownershipFromSource(target.source))
+        try await fixup.apply(source: target.source, image: target.image, offset: target.offset,
+                              materializedDevices: !fixup.ownership, scratch: output)
+        return FilesystemWritten(filesystemBytes: sizing.filesystemBytes, inputBytes: sizing.dataBytes)
+    }
+}
+
+/// erofs by mkfs.erofs into a side file, copied into the partition (holes kept).
+public struct ErofsFilesystem: FilesystemWriter {
+    public var readsDirectory: Bool { true }
+
+    public func write(into target: FilesystemTarget, disk: DiskImageWriter) async throws -> FilesystemWritten {
+        try DiskImageWriter.refuseLosingOwnership(target.source, format: "an erofs file system", disk.ownershipFromSource(target.source))
+        let fsFile = FS.siblingTemporaryPath(for: target.output) + ".erofs"
+        defer { unlink(fsFile) }
+        try await FilesystemImageWriter(kind: .erofs, epoch: disk.epoch, uuid: target.uuid, label: disk.label, runner: disk.runner)
+            .run(directory: target.directory, output: fsFile)
+        let size = FS.fileSize(fsFile)
+        let filesystemBytes = roundUp(size, 1 << 20)
+        try target.size(filesystemBytes: filesystemBytes)
+        try FS.copyFile(fsFile, into: target.fd, at: target.offset)
+        return FilesystemWritten(filesystemBytes: filesystemBytes, inputBytes: size)
+    }
+}

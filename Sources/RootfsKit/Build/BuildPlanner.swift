@@ -1,0 +1,221 @@
+import Foundation
+
+/// Decides a build before anything runs: options, environment and the distro's
+/// config.sh become a `BuildPlan` (the outputs and their options, the hook's
+/// environment, the executor, what a dry run shows and what would stop the build).
+public struct BuildPlanner: Sendable {
+    public var runner = ProcessRunner()
+
+    public init(runner: ProcessRunner = ProcessRunner()) { self.runner = runner }
+
+    public func plan(_ options: BuildOptions) async throws -> BuildPlan {
+        let env = options.environment
+        let catalog = DistroCatalog.standard(distrosDirs: options.distrosDirs, environment: env)
+        let distro = try catalog.find(options.distro)
+
+        var extra = words(env["EXTRA_PKGS"]) + words(env["EXTRA_PKG"]) + options.extraPackages.flatMap { words($0) }
+        var seen = Set<String>()
+        extra = extra.filter { seen.insert($0).inserted }
+        try PackageName.validate(extra, option: "--extra-pkg/EXTRA_PKG")
+
+        var problems: [RootfsError] = []
+        // In a dry run, what would stop the build is reported, not thrown.
+        func problem(_ error: RootfsError) throws {
+            if options.dryRun { problems.append(error) } else { throw error }
+        }
+
+        var agentInit = options.agentInit || ["yes", "true", "1"].contains((env["AGENT_INIT"] ?? "").lowercased())
+        let arch = env["ARCH"].flatMap { $0.isEmpty ? nil : $0 } ?? hostArchitecture()
+        var overrides = [String: String]()
+        if let v = options.osVersion { overrides["OS_VERSION"] = v }
+        overrides["AGENT_INIT"] = agentInit ? "yes" : "no"
+        overrides["ARCH"] = arch
+        overrides["EXTRA_PKGS"] = extra.joined(separator: " ")
+        overrides["EXTRA_PKG"] = extra.joined(separator: " ")
+        let config = try await ConfigEvaluator().evaluate(distro, environment: env.merging(overrides) { $1 })
+        if config.initProcess == "agent" { agentInit = true }
+        guard DistroConfig.initProcesses.contains(config.initProcess) else {
+            throw RootfsError("\(distro.configPath): INIT_PROCESS must be systemd, agent or kata-agent, not '\(config.initProcess)'",
+                              hint: "systemd starts the agent; agent (Kata's kata-agent) makes the agent /sbin/init")
+        }
+        if config.archExcludeList.contains(arch) {
+            throw RootfsError("distro '\(distro.name)' cannot be built for \(arch): ARCH_EXCLUDE_LIST in \(distro.configPath) excludes it (ARCH_EXCLUDE_LIST=\"\(config.archExcludeList.joined(separator: " "))\")",
+                              hint: "build another distro for \(arch) (see `rootfs list`), or set ARCH to an architecture the distro supports")
+        }
+        if let bad = config.packages.first(where: { !PackageName.isValid($0) }) {
+            throw RootfsError("PACKAGES in \(distro.configPath) holds an invalid package name: \(bad)")
+        }
+        let profile = try GuestProfileChoice.decide(kata: options.kata, rootfsOnly: options.rootfsOnly, agentPath: options.agentPath,
+                                                    agentInitFlag: options.agentInit, agentInit: agentInit, environment: env)
+        do { try profile.kata?.validate() } catch let error as RootfsError { try problem(error) }
+        let agent: AgentSpec
+        do {
+            agent = try profile.agent(agentPath: options.agentPath, agentInit: agentInit, environment: env)
+        } catch let error as RootfsError {
+            try problem(error)
+            // Dry run: show where the agent would have come from.
+            let path = options.agentPath ?? env["AGENT_SOURCE_BIN"] ?? ((FS.executableDirectory() ?? ".") + "/rootfs-agent")
+            agent = AgentSpec(sourcePath: FS.absolute(path), guestName: env["AGENT_BIN"].flatMap { $0.isEmpty ? nil : $0 }
+                              ?? (options.agentPath == nil && env["AGENT_SOURCE_BIN"] == nil ? "rootfs-agent" : "kata-agent"),
+                              isInit: agentInit, isReferenceAgent: options.agentPath == nil)
+        }
+        // A build on this host needs HOST_TOOLS; a build in a container engine does not. The
+        // executor (chosen below) refuses a host build without them, naming the flag that would work.
+        let missingTools = config.missingHostTools(path: env["PATH"])
+
+        let buildDir = FS.absolute(options.buildDirectory ?? "build/\(distro.name)")
+        let rootfsOption = options.rootfsDir ?? env["ROOTFS_DIR"].flatMap { $0.isEmpty ? nil : $0 }
+        let anyOutput = rootfsOption != nil || options.initrd != nil || options.image != nil || !options.formats.isEmpty
+        let formatDir = FS.absolute(options.outputDirectory ?? buildDir)
+        let wantsRootfs = options.formats.contains(.rootfs)
+        let rootfsDir = FS.absolute(rootfsOption ?? (wantsRootfs ? OutputFormat.rootfs.outputPath(directory: formatDir, name: distro.name) : buildDir + "/rootfs"))
+        var formatOutputs: [FormatOutput] = []
+        for f in options.formats where f != .rootfs && !formatOutputs.contains(where: { $0.format == f }) {
+            formatOutputs.append(FormatOutput(format: f, path: f.outputPath(directory: formatDir, name: distro.name)))
+        }
+        if let d = options.outputDirectory, FS.exists(d) && !FS.isDirectory(d) {
+            throw RootfsError("-o \(d) is not a directory", hint: "give the directory the formats are written to")
+        }
+        for case .overlay(let path) in options.overlays where !FS.exists(path) {
+            throw RootfsError("--overlay \(path) does not exist", hint: "give a directory or a tar archive")
+        }
+        let initrd = anyOutput ? options.initrd.map(FS.absolute) : buildDir + "/\(distro.name).initrd"
+        let image = anyOutput ? options.image.map(FS.absolute) : buildDir + "/\(distro.name).img"
+        if let initrd, options.initrd != nil { try FS.requireParentDirectory(of: initrd, option: "--initrd") }
+        if let image, options.image != nil { try FS.requireParentDirectory(of: image, option: "--image") }
+        if rootfsOption != nil {
+            try FS.requireParentDirectory(of: rootfsDir, option: "--rootfs-dir")
+        }
+        if !options.force && !FS.isMissingOrEmptyDirectory(rootfsDir) && (rootfsOption != nil || !anyOutput || wantsRootfs) {
+            try problem(RootfsError("the rootfs directory \(rootfsDir) is not empty",
+                              hint: "pass --force to replace it (it is replaced only once the new build succeeded), or choose another --rootfs-dir"))
+        }
+        if FS.exists(rootfsDir) && !FS.isDirectory(rootfsDir) {
+            throw RootfsError("\(rootfsDir) exists and is not a directory")
+        }
+        // One road for every output: --initrd F is (initrd, F), --image F is (raw, F), each
+        // written by its format's writer with all of the image options.
+        var keepRootfs = !anyOutput || rootfsOption != nil || wantsRootfs
+        var outputs: [FormatOutput] = []
+        if let initrd { outputs.append(FormatOutput(format: .initrd, path: initrd)) }
+        if let image { outputs.append(FormatOutput(format: .raw, path: image, kind: "image")) }
+        if options.transport == .tar && keepRootfs {
+            if rootfsOption != nil || wantsRootfs {
+                try problem(RootfsError("a rootfs directory with its real owners (root:shadow, setuid root...) needs root: an ordinary user cannot chown files",
+                                        hint: "as an ordinary user write --format tar (the tar keeps the owners), initrd or raw; or run as root for --rootfs-dir / --format rootfs"))
+            } else {
+                // Default outputs, rootless: the tree is kept as a tar instead of a directory.
+                keepRootfs = false
+                outputs.append(FormatOutput(format: .tar, path: buildDir + "/\(distro.name).tar"))
+            }
+        }
+        outputs += formatOutputs
+        if keepRootfs { outputs.insert(FormatOutput(format: .rootfs, path: rootfsDir), at: 0) }
+        try ImageOptions.requireVHDXFixedFits(options.imageOptions, formats: outputs.map(\.format))
+        let epoch = try sourceDateEpoch(env)
+        var imageOptions = options.imageOptions
+        imageOptions.epoch = epoch
+        imageOptions.compression = options.compression
+
+        var hookEnv = overrides
+        for (key, value) in config.values where hookEnv[key] == nil { hookEnv[key] = value }
+        hookEnv["OS_VERSION"] = config.osVersion ?? ""
+        hookEnv["PACKAGES"] = config.packages.joined(separator: " ")
+        hookEnv["REPO_URL"] = config.repoURL ?? ""
+        hookEnv["AGENT_INIT"] = agentInit ? "yes" : "no"
+        hookEnv["INIT_PROCESS"] = agentInit ? "agent" : config.initProcess
+        hookEnv["CONFIG_DIR"] = distro.directory
+        hookEnv.merge(KataCallerEnvironment.variables(for: distro)) { mine, _ in mine }
+        // Kata's names for the agent binary.
+        hookEnv["AGENT_BIN"] = agent.guestName
+        hookEnv["BIN_AGENT"] = agent.guestName
+        if let debug = env["DEBUG"], !debug.isEmpty { hookEnv["DEBUG"] = debug }
+
+        var plan = BuildPlan(distro: distro, config: config, architecture: arch, agent: agent, extraPackages: extra,
+                             rootfsDirectory: rootfsDir, force: options.force, compression: options.compression,
+                             buildDirectory: buildDir, logPath: buildDir + "/build.log", hookEnvironment: hookEnv,
+                             epoch: epoch, outputs: outputs, overlays: options.overlays, imageOptions: imageOptions)
+        plan.missingHostTools = missingTools
+        plan.profile = profile
+        // Host or builder container; a host without the distro's tools is refused with the flag that would work.
+        do {
+            plan.hookExecutor = try await hookExecutor(options, distro: distro, config: config, architecture: arch)
+        } catch let error as RootfsError {
+            try problem(error)
+        }
+        if options.manifest || options.sbom {
+            // Next to the first file output, named after it; else next to the rootfs directory.
+            let base = plan.fileOutputs.first?.documentBase ?? rootfsDir
+            plan.manifestPath = base + ".manifest.json"
+            if options.sbom { plan.sbomPath = base + ".spdx.json" }
+        }
+        plan.transport = options.transport
+        // plan_rootfs() checks the hook's settings (a missing REPO_URL...) before anything is written.
+        do {
+            (plan.hookPlan, plan.hookWarnings) = try await hookPlan(plan)
+        } catch let error as RootfsError {
+            try problem(error)
+        }
+        plan.problems = problems
+        return plan
+    }
+
+    /// Runs the distro's optional plan_rootfs(): the commands build_rootfs would
+    /// run, printed without running them. Nil when the distro has none.
+    func hookPlan(_ plan: BuildPlan) async throws -> ([String]?, [String]) {
+        var env = plan.hookEnvironment
+        env["ROOTFS_DIR"] = plan.hookTreePlaceholder
+        let command = ToolCommand("bash", ["--noprofile", "--norc", "-c", HookLibrary.planScript, "rootfs-plan",
+                                           plan.distro.configPath, plan.distro.libraryPath, plan.hookTreePlaceholder],
+                                  environment: env, workingDirectory: plan.distro.directory)
+        do {
+            let output = try await runner.capture(command)
+            let warnings = output.standardError.split(separator: "\n").map(String.init)
+                .filter { $0.hasPrefix("WARNING: ") }.map { String($0.dropFirst("WARNING: ".count)) }
+            return (output.standardOutput.split(separator: "\n").map(String.init), warnings)
+        } catch let failure as ToolFailure {
+            if failure.status == "exit status 3" { return (nil, []) }
+            let errors = failure.outputTail.filter { $0.hasPrefix("ERROR: ") }.map { String($0.dropFirst("ERROR: ".count)) }
+            throw RootfsError("distro '\(plan.distro.name)' refuses this build: \(errors.first ?? "plan_rootfs() failed (\(failure.status))")",
+                              hint: "change the setting named above (environment or \(plan.distro.configPath)); plan_rootfs() is in \(plan.distro.libraryPath)",
+                              details: errors.isEmpty ? failure.outputTail : Array(errors.dropFirst()))
+        }
+    }
+
+    /// Host or container: --engine / --docker / --podman, else USE_DOCKER / USE_PODMAN, else the host.
+    /// A host that lacks the distro's HOST_TOOLS is refused with the flag that would work.
+    func hookExecutor(_ options: BuildOptions, distro: Distro, config: DistroConfig,
+                      architecture: String) async throws -> HookExecutor {
+        let env = options.environment
+        let choice = options.engine ?? EngineChoice.fromEnvironment(env) ?? .host
+        let missing = config.missingHostTools(path: env["PATH"])
+        let kind: ContainerEngine.Kind
+        switch choice {
+        case .docker: kind = .docker
+        case .podman: kind = .podman
+        case .host, .auto:
+            if missing.isEmpty { return .host }
+            let answering = await ContainerEngine.firstAnswering(environment: env, runner: runner)
+            if choice == .auto, let answering {
+                kind = answering.kind
+                break
+            }
+            let what = "distro '\(distro.name)' needs \(missing.joined(separator: ", ")) on this host (HOST_TOOLS in \(distro.configPath), or run by its hook)"
+            if let answering {
+                throw RootfsError(what + ", which lacks it",
+                                  hint: "\(answering.kind.displayName) answers here: add \(answering.kind.flag) to build inside a builder container, "
+                                      + "or install the tools on this host")
+            }
+            throw RootfsError(what + ", which lacks it, and no container engine answers",
+                              hint: "install the tools on this host, or install Docker or Podman and add --docker or --podman")
+        }
+        let engine = ContainerEngine.forHost(kind, environment: env)
+        return .container(try await ContainerBuild.make(engine: engine, distro: distro, config: config,
+                                                        architecture: architecture, builderBase: options.builderBase,
+                                                        environment: env, runner: runner))
+    }
+
+    private func words(_ s: String?) -> [String] {
+        (s ?? "").split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == "," }).map(String.init)
+    }
+}

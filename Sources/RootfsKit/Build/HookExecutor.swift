@@ -1,0 +1,96 @@
+import Foundation
+import Synchronization
+
+/// Runs a hook invocation: bash on this host, or the same bash in a builder container.
+public enum HookExecutor: Sendable {
+    case host
+    case container(ContainerBuild)
+
+    /// Makes what the hook needs before it runs (the builder image, when missing).
+    public func prepare(console: Console, runner: ProcessRunner, scratchDirectory: String) async throws {
+        guard case .container(let build) = self else { return }
+        let engine = build.engine, image = build.image
+        if let id = await engine.imageID(image.tag, runner: runner) {
+            console.info("builder image: \(image.tag) (\(engine.kind.rawValue), \(id.prefix(19)), up to date)")
+            return
+        }
+        console.phase("builder image: \(image.tag) (\(engine.kind.rawValue), from \(image.templatePath))")
+        let dockerfile = FS.siblingTemporaryPath(for: scratchDirectory + "/Dockerfile")
+        try image.dockerfile.write(toFile: dockerfile, atomically: false, encoding: .utf8)
+        defer { FS.remove(dockerfile) }
+        let steps = StepTracker()
+        let command = engine.buildCommand(tag: image.tag, dockerfile: dockerfile, context: image.context,
+                                          labels: [BuilderImage.inputsLabel: image.inputsHash],
+                                          buildArguments: build.proxyEnvironment.merging(build.image.buildArguments) { $1 })
+        do {
+            try await runner.stream(command) { line in
+                steps.note(line)
+                console.toolLine(line)
+            }
+        } catch let failure as ToolFailure {
+            try Task.checkCancellation()
+            var hint = "fix \(image.templatePath) (rendered: FROM \(image.baseImage ?? "?")); the full output is in the build log"
+            if let base = image.baseImage, await engine.imageID(base, runner: runner) == nil {
+                hint = "the base image \(base) is not in the local \(engine.kind.displayName) store and could not be pulled: "
+                    + "make it with `rootfs builder seed <distro> --engine \(engine.kind.rawValue)`, "
+                    + "or name a reachable one with --builder-base IMAGE (BUILDER_BASE, IMAGE_REGISTRY)"
+            }
+            throw RootfsError("building the builder image \(image.tag) with \(engine.kind.rawValue) failed at "
+                              + (steps.step ?? "an unknown step") + " (\(failure.status))",
+                              hint: hint, details: failure.outputTail)
+        }
+    }
+
+    /// Runs the hook. A hook that fails throws `ToolFailure` (the same report as
+    /// on the host); an engine that cannot start the container throws `RootfsError`.
+    /// On cancellation the container is removed before this returns.
+    public func run(_ invocation: HookInvocation, runner: ProcessRunner,
+                    onLine: @escaping @Sendable (String) -> Void) async throws {
+        switch self {
+        case .host:
+            try await runner.stream(invocation.hostCommand, onLine: onLine)
+        case .container(let build):
+            let command = try build.runCommand(for: invocation)
+            onLine("container: \(build.containerName) (\(build.engine.kind.rawValue) rm --force \(build.containerName) stops it)")
+            let remove = build.engine.removeContainerCommand(build.containerName)
+            do {
+                try await withTaskCancellationHandler {
+                    try await runner.stream(command, onLine: onLine)
+                } onCancel: {
+                    Task.detached { _ = try? await ProcessRunner().capture(remove) }
+                }
+            } catch {
+                // Gone before the caller removes the tree it was writing to.
+                await build.engine.removeContainer(build.containerName)
+                if let failure = error as? ToolFailure, failure.status == "exit status 125" {
+                    throw RootfsError("\(build.engine.kind.rawValue) could not start the builder container from \(build.image.tag)",
+                                      hint: "see the engine's message above; `\(build.engine.kind.rawValue) info` shows its state",
+                                      details: failure.outputTail)
+                }
+                throw error
+            }
+        }
+    }
+
+    public var isHost: Bool {
+        if case .host = self { return true }
+        return false
+    }
+
+    public var description: String {
+        switch self {
+        case .host: return "host"
+        case .container(let b): return "\(b.engine.kind.rawValue) (builder image \(b.image.tag))"
+        }
+    }
+}
+
+/// Remembers the last build step an image build announced.
+final class StepTracker: Sendable {
+    private let last = Mutex<String?>(nil)
+    func note(_ line: String) {
+        guard let step = BuilderImage.failingStep(in: [line]) else { return }
+        last.withLock { $0 = step }
+    }
+    var step: String? { last.withLock { $0 } }
+}

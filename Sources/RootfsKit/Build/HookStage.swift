@@ -1,0 +1,86 @@
+import Foundation
+
+/// The hook stage: a fresh work directory beside the rootfs directory, the
+/// helper file, build_rootfs() run on the host or in a builder container,
+/// the confinement check, and (rootless) the hook's tar unpacked with its
+/// owners kept aside. Used by `rootfs build` and by `rootfs builder seed`.
+public struct HookStage: Sendable {
+    public var console: Console
+    public var runner = ProcessRunner()
+
+    public init(console: Console, runner: ProcessRunner = ProcessRunner()) {
+        self.console = console
+        self.runner = runner
+    }
+
+    /// What the hook left: its work directory (the caller removes it), the tree in it,
+    /// and, rootless, the owners and modes the tree could not hold.
+    public struct Result {
+        public var work: String
+        public var tree: String
+        public var rootless: RootlessTree?
+    }
+
+    /// Runs build_rootfs() into a new work directory. On failure the work directory is removed.
+    public func run(_ plan: BuildPlan, logPath: String) async throws -> Result {
+        let work = try FS.makeSiblingTemporaryDirectory(for: plan.rootfsDirectory)
+        do {
+            return try await run(plan, work: work, logPath: logPath)
+        } catch {
+            FS.remove(work)
+            throw error
+        }
+    }
+
+    private func run(_ plan: BuildPlan, work: String, logPath: String) async throws -> Result {
+        // mkdtemp makes it 0700: apt's _apt sandbox user could not reach the tree below it, and
+        // a root build would then own apt's partial directories differently from a rootless one.
+        chmod(work, 0o755)
+        let tree = work + "/rootfs"
+        try FS.makeDirectories(tree)
+        let helper = work + "/hook-helpers.sh"
+        try HookLibrary.text.write(toFile: helper, atomically: false, encoding: .utf8)
+
+        var invocation = plan.hookInvocation(rootfs: tree, helperPath: helper)
+        let hookTar = work + "/rootfs.tar"
+        if plan.transport == .tar { invocation.environment["ROOTFS_TAR"] = hookTar }
+        let watch = HookConfinement(work: work, allowed: ["rootfs", "hook-helpers.sh", "rootfs.tar"])
+        try await runHook(plan, invocation: invocation, logPath: logPath)
+        try watch.check(distro: plan.distro)
+        var rootless: RootlessTree?
+        if plan.transport == .tar {
+            let staged = RootlessTree(root: tree)
+            if FS.isRegularFile(hookTar) && FS.isMissingOrEmptyDirectory(tree) {
+                console.detail("build_rootfs wrote a tar (\(formatBytes(FS.fileSize(hookTar)))): extracting it, owners kept aside")
+                rmdir(tree)
+                try staged.extract(hookTar)
+                unlink(hookTar)
+            }
+            rootless = staged
+        }
+        if FS.isMissingOrEmptyDirectory(tree) {
+            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' left the rootfs directory empty",
+                              hint: "the hook must populate the directory it receives as $1 (\(plan.distro.libraryPath))")
+        }
+        console.endPhase()
+        return Result(work: work, tree: tree, rootless: rootless)
+    }
+
+    /// Runs build_rootfs (its tree given by `invocation`) through the plan's executor.
+    public func runHook(_ plan: BuildPlan, invocation: HookInvocation, logPath: String) async throws {
+        try await plan.hookExecutor.prepare(console: console, runner: runner, scratchDirectory: FS.parent(invocation.rootfsDirectory))
+        console.phase("build_rootfs: \(plan.distro.name) \(plan.config.osVersion ?? "") (\(plan.distro.directory))"
+                      + (plan.hookExecutor.isHost ? "" : " in \(plan.hookExecutor.description)"))
+        console.detail("running: \(invocation.hostCommand.environment.count) variables, bash build_rootfs \(invocation.rootfsDirectory)")
+        do {
+            try await plan.hookExecutor.run(invocation, runner: runner) { [console] line in console.toolLine(line) }
+        } catch let failure as ToolFailure {
+            // A hook's own `die` message says best what went wrong: it leads the error.
+            let died = failure.outputTail.last(where: { $0.hasPrefix("ERROR: ") }).map { ": " + $0.dropFirst("ERROR: ".count) } ?? ""
+            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' failed (\(failure.status))\(died)",
+                              hint: "the hook is build_rootfs() in \(plan.distro.libraryPath); the full output is in \(logPath)",
+                              details: failure.outputTail)
+        }
+        try Task.checkCancellation()
+    }
+}

@@ -1,0 +1,90 @@
+import Foundation
+import Synchronization
+
+/// The output stage: every output of the plan through its format's writer
+/// (one road: `--initrd`, `--image` and `--format` alike), each reported with
+/// progress and digested; then the manifest and SBOM next to the first file
+/// output; last, the kept rootfs directory committed by one rename.
+struct OutputStage {
+    var console: Console
+    var runner = ProcessRunner()
+
+    func run(_ plan: BuildPlan, composed: ComposeStage.Result, facts: ManifestFacts) async throws -> [BuildOutput] {
+        var outputs: [BuildOutput] = []
+        for output in plan.outputs {
+            if output.format == .rootfs {
+                // The build's own tree becomes the rootfs directory (renamed last, below), not a copy.
+                outputs.append(BuildOutput(kind: output.kind, path: output.path, bytes: 0))
+                continue
+            }
+            try Task.checkCancellation()
+            outputs += try await write(output, plan: plan, source: composed.source)
+        }
+        if let manifestPath = plan.manifestPath {
+            try Task.checkCancellation()
+            outputs += try await writeDocuments(plan, manifestPath: manifestPath, tree: composed.tree,
+                                                facts: facts, outputs: outputs)
+        }
+        if plan.keepRootfs {
+            try Task.checkCancellation()
+            try FS.replaceDirectory(plan.rootfsDirectory, with: composed.tree)
+        }
+        return outputs
+    }
+
+    /// One output: written with progress, then every file it made digested.
+    func write(_ output: FormatOutput, plan: BuildPlan, source: TreeSource) async throws -> [BuildOutput] {
+        console.phase("\(output.kind): \(output.path)")
+        try FS.makeDirectories(FS.parent(output.path))
+        var writer = ImageWriter(options: plan.imageOptions)
+        writer.runner = runner
+        let started = Date()
+        let console = console
+        let last = LastStats()
+        writer.progress = { stats in
+            last.set(stats)
+            console.progress(Builder.rate(stats, since: started))
+        }
+        writer.note = { line in console.info("    " + line) }
+        var written = try await writer.write(output, source: source)
+        if let stats = last.get() { console.progress(Builder.rate(stats, since: started), final: true) }
+        // Files are digested here; a directory output (an OCI layout) carries its manifest's digest from its writer.
+        for index in written.indices where written[index].kind != "rootfs" && written[index].sha256 == nil
+            && FS.isRegularFile(written[index].path) {
+            written[index].sha256 = try SHA256.hexDigest(ofFile: written[index].path)
+        }
+        console.endPhase()
+        return written
+    }
+
+    /// The manifest (and SBOM), each written to a temporary name and renamed.
+    func writeDocuments(_ plan: BuildPlan, manifestPath: String, tree: String, facts: ManifestFacts,
+                        outputs: [BuildOutput]) async throws -> [BuildOutput] {
+        console.phase("manifest: \(manifestPath)")
+        let inventory = try await PackageInventory.read(tree: tree, runner: runner)
+        if let note = inventory.note { console.warning("manifest: \(note)") }
+        console.info("    \(inventory.packages.count) packages (\(inventory.database.rawValue))")
+        let manifest = BuildManifest.make(facts: facts, inventory: inventory, outputs: outputs)
+        var documents = [("manifest", manifestPath, try manifest.json())]
+        if let sbomPath = plan.sbomPath { documents.append(("sbom", sbomPath, try manifest.spdx())) }
+        var written: [BuildOutput] = []
+        for (kind, path, data) in documents {
+            let temporary = FS.siblingTemporaryPath(for: path)
+            guard FileManager.default.createFile(atPath: temporary, contents: data) else {
+                throw RootfsError("cannot write \(path): \(FS.errnoText())")
+            }
+            do { try FS.rename(temporary, to: path) } catch { FS.remove(temporary); throw error }
+            written.append(BuildOutput(kind: kind, path: path, bytes: Int64(data.count),
+                                       sha256: SHA256.hexDigest(of: [UInt8](data))))
+        }
+        console.endPhase()
+        return written
+    }
+}
+
+/// The last statistics a writer reported (its callback may run on another thread).
+private final class LastStats: Sendable {
+    private let value = Mutex<WriteStats?>(nil)
+    func set(_ stats: WriteStats) { value.withLock { $0 = stats } }
+    func get() -> WriteStats? { value.withLock { $0 } }
+}
