@@ -38,6 +38,10 @@ struct BootCommand: AsyncParsableCommand {
     @Option(help: "Accelerator: auto (KVM when it works, else TCG), kvm or tcg.")
     var accel: String = "auto"
 
+    @Flag(help: "Boot a disk image the way Kata's runtime does: Kata's kernel parameters (systemd.unit=kata-containers.target...), the root on virtio-blk /dev/vda1, read-only; a stage-1 initrd with the modules when the kernel's package has them (docs/AGENT.md).")
+    var kata = false
+    @Option(help: ArgumentHelp("--kata: the kernel's lib/modules/<version> for the stage-1 initrd (default: next to the kernel, ROOT/boot/vmlinuz-V -> ROOT/lib/modules/V).", valueName: "dir"))
+    var modules: String?
     @Flag(help: "Attach the terminal to the guest console (default command: /bin/sh).")
     var interactive = false
 
@@ -60,6 +64,8 @@ struct BootCommand: AsyncParsableCommand {
     func run() async throws {
         var options = BootOptions(image: image, kernel: kernel, command: command)
         options.initrd = initrd
+        let stageOne = try await kataOptions(&options)
+        defer { if let stageOne { FS.remove(stageOne) } }
         options.timeout = timeout
         options.memoryMB = memory
         options.append = append

@@ -9,7 +9,8 @@ struct BuildCommand: AsyncParsableCommand {
         discussion: """
         With no output option, writes build/<distro>/rootfs, build/<distro>/<distro>.initrd and \
         build/<distro>/<distro>.img. Environment: ROOTFS_DIR, OS_VERSION, EXTRA_PKG/EXTRA_PKGS, \
-        AGENT_SOURCE_BIN, AGENT_BIN, AGENT_INIT=yes, DEBUG, SOURCE_DATE_EPOCH, ROOTFS_DISTROS_PATH. \
+        AGENT_SOURCE_BIN, AGENT_BIN, AGENT_INIT=yes, ROOTFS_ONLY=yes, Kata's AGENT_TARBALL, AGENT_POLICY(_FILE), \
+        KERNEL_MODULES_DIR, GUEST_HOOKS_TARBALL, PAUSE_IMAGE_TARBALL, COCO_GUEST_COMPONENTS_TARBALL, CONFIDENTIAL_GUEST, DEBUG, SOURCE_DATE_EPOCH, ROOTFS_DISTROS_PATH. \
         Container builds (docs/CONTAINERS.md): USE_DOCKER=true, USE_PODMAN=true, BUILDER_BASE, \
         IMAGE_REGISTRY, PODMAN_RUNTIME, DOCKER_RUNTIME, http_proxy/https_proxy/no_proxy.
         """)
@@ -26,6 +27,10 @@ struct BuildCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Install this agent binary (default: the reference rootfs-agent).", valueName: "PATH"))
     var agent: String?
     @Flag(name: .customLong("agent-init"), help: "Make the agent /sbin/init (no systemd).") var agentInit = false
+    @Flag(help: "Make a Kata guest (kata-containers.target, Kata's agent unit, tmp.mount, empty resolv.conf and machine-id, pruned units; docs/AGENT.md). On by default with --agent, AGENT_SOURCE_BIN, AGENT_TARBALL or AGENT_BIN=kata-agent.")
+    var kata = false
+    @Flag(name: .customLong("rootfs-only"), help: "Only the distro tree: no agent, no init, no checks (ROOTFS_ONLY=yes; Kata's extension images).")
+    var rootfsOnly = false
     @Flag(help: "Replace an existing, non-empty rootfs directory.") var force = false
     @Option(help: "Initrd compression.") var compression: Compression = .zstd
     @Option(help: ArgumentHelp("Where the hook runs: host (default), docker, podman, or auto (the host when it has the distro's tools, else an engine that answers).", valueName: "ENGINE"))
@@ -88,6 +93,8 @@ struct BuildCommand: AsyncParsableCommand {
         options.extraPackages = extraPackages
         options.agentPath = agent
         options.agentInit = agentInit
+        options.kata = kata ? true : nil
+        options.rootfsOnly = rootfsOnly
         options.force = force
         options.compression = compression
         options.freeSpaceMiB = imageFlags.freeSpace

@@ -91,6 +91,11 @@ public struct OverlayApplier {
         guard unlink(path) == 0 else { throw RootfsError("cannot replace \(guest) in the rootfs: \(FS.errnoText())") }
     }
 
+    /// Lays a tar archive over the tree's root, keeping its owners (Kata's tarballs: the agent, CoCo, pause, hooks).
+    public func applyArchive(_ path: String, label: String) throws {
+        try apply(.archive(path), at: [], forceRoot: false, label: label)
+    }
+
     private func apply(_ source: TreeSource, at prefix: [String], forceRoot: Bool, label: String) throws {
         var placed: [[UInt8]: String] = [:]
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)

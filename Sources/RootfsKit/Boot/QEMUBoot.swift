@@ -45,6 +45,8 @@ public struct BootOptions: Sendable {
     public var unprivilegedUser: String? = getuid() == 0 ? "nobody" : nil
     /// How long a KVM guest may stay silent before KVM counts as broken.
     public var kvmProbeSeconds: Double = 10
+    /// `--kata`: Kata's kernel parameters and devices (KataBoot.swift).
+    public var kata: KataBoot?
 
     public init(image: String, kernel: String?, command: [String] = []) {
         self.image = image
@@ -95,7 +97,9 @@ public struct QEMUBoot: Sendable {
         // no_timer_check: a guest slowed down by TCG on a busy host can fail the IO-APIC
         // timer check and panic ("IO-APIC + timer doesn't work"); a virtual timer needs no check.
         parameters += ["console=ttyS0", "panic=-1", "no_timer_check"]
-        if let disk = kind.disk {
+        if let kata = options.kata, let disk = kind.disk {
+            parameters += kata.kernelParameters + kata.rootParameters(filesystem: disk.filesystem == .unknown ? "ext4" : disk.filesystem.rawValue)
+        } else if let disk = kind.disk {
             parameters.append("root=\(disk.rootDevice)")
             if disk.filesystem != .unknown { parameters.append("rootfstype=\(disk.filesystem.rawValue)") }
             parameters.append(disk.readOnly ? "ro" : "rw")
@@ -163,9 +167,13 @@ public struct QEMUBoot: Sendable {
             // -snapshot: writes go to a temporary overlay, the image stays as it is.
             // The file protocol forced and commas doubled: no part of the path is an option or a
             // protocol (`disk.img,snapshot=off`, `json:{...}`, `nbd:...`); no backing file.
-            arguments += ["-drive", "if=none,id=d0,format=\(disk.container.rawValue),\(Self.fileOption(options.image))"
-                              + (disk.container == .qcow2 ? ",backing=" : ""),
-                          "-device", "nvme,drive=d0,serial=rootfs", "-snapshot"]
+            let drive = "if=none,id=d0,format=\(disk.container.rawValue),\(Self.fileOption(options.image))"
+                + (disk.container == .qcow2 ? ",backing=" : "")
+            if let kata = options.kata {
+                arguments += kata.diskArguments(drive: drive)
+            } else {
+                arguments += ["-drive", drive, "-device", "nvme,drive=d0,serial=rootfs", "-snapshot"]
+            }
         }
         if kind != .iso { arguments += ["-append", try kernelCommandLine(kind: kind)] }
         if options.interactive {

@@ -11,6 +11,10 @@ public struct BuildOptions: Sendable {
     public var extraPackages: [String] = []
     public var agentPath: String?
     public var agentInit = false
+    /// `--kata` (true); nil: the Kata guest profile is on whenever the agent is Kata's (KataProfile.swift).
+    public var kata: Bool?
+    /// `--rootfs-only` (or ROOTFS_ONLY=yes): the distro tree, no agent, no init, no checks.
+    public var rootfsOnly = false
     public var force = false
     /// Free space in disk images' file systems (`--free-space`; the same as `imageOptions.freeSpaceMiB`).
     public var freeSpaceMiB: Int {

@@ -6,6 +6,8 @@ public struct BuildPlan: Sendable {
     public var config: DistroConfig
     public var architecture: String
     public var agent: AgentSpec
+    /// The Kata guest profile or the distro tree alone (KataProfile.swift).
+    public var profile = GuestProfileChoice()
     public var extraPackages: [String]
     /// Where the finished tree goes when it is kept (a `rootfs` output), and where the hook's
     /// work directory is made beside.

@@ -45,9 +45,12 @@ public struct BuildPlanner: Sendable {
         if let bad = config.packages.first(where: { !PackageName.isValid($0) }) {
             throw RootfsError("PACKAGES in \(distro.configPath) holds an invalid package name: \(bad)")
         }
+        let profile = try GuestProfileChoice.decide(kata: options.kata, rootfsOnly: options.rootfsOnly, agentPath: options.agentPath,
+                                                    agentInitFlag: options.agentInit, agentInit: agentInit, environment: env)
+        do { try profile.kata?.validate() } catch let error as RootfsError { try problem(error) }
         let agent: AgentSpec
         do {
-            agent = try AgentSpec.resolve(agentPath: options.agentPath, agentInit: agentInit, environment: env)
+            agent = try profile.agent(agentPath: options.agentPath, agentInit: agentInit, environment: env)
         } catch let error as RootfsError {
             try problem(error)
             // Dry run: show where the agent would have come from.
@@ -133,6 +136,7 @@ public struct BuildPlanner: Sendable {
                              buildDirectory: buildDir, logPath: buildDir + "/build.log", hookEnvironment: hookEnv,
                              epoch: epoch, outputs: outputs, overlays: options.overlays, imageOptions: imageOptions)
         plan.missingHostTools = missingTools
+        plan.profile = profile
         // Host or builder container; a host without the distro's tools is refused with the flag that would work.
         do {
             plan.hookExecutor = try await hookExecutor(options, distro: distro, config: config, architecture: arch)

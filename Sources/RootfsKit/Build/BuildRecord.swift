@@ -17,6 +17,12 @@ public struct BuildRecord: Sendable, Codable, Equatable {
     public var agentInit: Bool
     /// Seconds since the epoch: SOURCE_DATE_EPOCH when set, else now.
     public var buildTime: Int
+    /// Kata's keys (its create_summary_file): OSBUILDER_VERSION (default: rootfs's version), the agent's
+    /// name, AGENT_VERSION ("unknown", as Kata writes without its VERSION file) and KATA_REPO.
+    public var osbuilderVersion: String? = nil
+    public var agentName: String = ""
+    public var agentVersion: String = "unknown"
+    public var agentRepository: String = ""
 
     public var yaml: String {
         func q(_ s: String) -> String {
@@ -36,7 +42,9 @@ public struct BuildRecord: Sendable, Codable, Equatable {
         ---
         osbuilder:
           tool: \(q(tool))
-          version: \(q(toolVersion))
+          url: ""
+          version: \(q(osbuilderVersion ?? toolVersion))
+          tool-version: \(q(toolVersion))
         rootfs-creation-time: \(q(iso8601(buildTime)))
         description: \(q("\(distro) \(osVersion) guest rootfs built by \(tool) \(toolVersion)"))
         file-format-version: "0.0.2"
@@ -52,6 +60,10 @@ public struct BuildRecord: Sendable, Codable, Equatable {
           path: \(q(agentPath))
           sha256: \(q(agentSHA256))
           init: \(agentInit)
+          url: \(q(agentRepository.isEmpty ? "" : "https://" + agentRepository))
+          name: \(q(agentName))
+          version: \(q(agentVersion))
+          agent-is-init-daemon: \(q(agentInit ? "yes" : "no"))
 
         """
     }

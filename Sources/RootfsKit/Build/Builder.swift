@@ -37,7 +37,7 @@ public struct Builder: Sendable {
 
         let hooked = try await HookStage(console: console, runner: runner).run(plan, logPath: logPath)
         defer { FS.remove(hooked.work) }
-        let composed = try ComposeStage(console: console).run(plan, hooked: hooked)
+        let composed = try await ComposeStage(console: console).run(plan, hooked: hooked)
         return try await OutputStage(console: console, runner: runner)
             .run(plan, composed: composed, facts: plan.manifestFacts(agentSHA256: composed.agentSHA256))
     }

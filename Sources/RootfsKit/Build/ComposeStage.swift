@@ -13,25 +13,26 @@ struct ComposeStage {
         var agentSHA256: String
     }
 
-    func run(_ plan: BuildPlan, hooked: HookStage.Result) throws -> Result {
+    func run(_ plan: BuildPlan, hooked: HookStage.Result) async throws -> Result {
         let tree = hooked.tree
-        console.phase("agent: \(plan.agent.guestPath)\(plan.agent.isInit ? " as /sbin/init" : " started by systemd")")
         let guest = GuestTree(root: tree)
         let installer = AgentInstaller(tree: guest)
-        try installer.install(plan.agent)
-        let agentSHA256 = try SHA256.hexDigest(ofFile: plan.agent.sourcePath)
-        let record = BuildRecord(
+        let agentSHA256 = try await plan.profile.install(plan.agent, tree: guest, console: console)
+        var record = BuildRecord(
             toolVersion: RootfsVersion.version, distro: plan.distro.name, osName: plan.config.osName ?? plan.distro.name,
             osVersion: plan.config.osVersion ?? "", architecture: plan.architecture, packages: plan.config.packages,
             extraPackages: plan.extraPackages, agentPath: plan.agent.guestPath,
             agentSHA256: agentSHA256, agentInit: plan.agent.isInit,
             buildTime: plan.epoch ?? Int(Date().timeIntervalSince1970))
+        plan.profile.complete(&record, agent: plan.agent, environment: plan.hookEnvironment)
         try installer.writeFile(BuildRecord.guestPath, contents: Array(record.yaml.utf8), mode: 0o644)
         if !plan.overlays.isEmpty {
             console.phase("compose: \(plan.overlays.map(\.description).joined(separator: ", "))")
             try OverlayApplier(tree: guest).apply(plan.overlays)
         }
-        try RootfsChecker(tree: guest).require(agentInit: plan.agent.isInit, agentNames: [plan.agent.guestName])
+        if !plan.profile.rootfsOnly {
+            try RootfsChecker(tree: guest).require(agentInit: plan.agent.isInit, agentNames: [plan.agent.guestName])
+        }
         // Rootless: the finished tree travels as a tar with the owners restored; every writer reads it.
         var source = TreeSource.directory(tree)
         if let rootless = hooked.rootless {

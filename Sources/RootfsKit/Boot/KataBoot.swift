@@ -1,0 +1,136 @@
+import Foundation
+
+/// `rootfs boot --kata`: a disk image booted the way Kata's runtime boots it (QEMU on x86_64):
+/// Kata's kernel parameters, systemd told to reach kata-containers.target, and the root on
+/// virtio-blk `/dev/vda1`, mounted read-only with Kata's root flags.
+public struct KataBoot: Sendable, Equatable {
+    public init() {}
+
+    /// Kata's runtime parameters for x86_64 (its qemu_amd64 kernelParams), then the systemd ones
+    /// every Kata guest boots with (KataProfile.kernelParameters).
+    public static let runtimeParameters = [
+        "tsc=reliable", "no_timer_check", "rcupdate.rcu_expedited=1", "i8042.direct=1", "i8042.dumbkbd=1",
+        "i8042.nopnp=1", "i8042.noaux=1", "noreplace-smp", "reboot=k", "cryptomgr.notests", "net.ifnames=0",
+        "pci=lastbus=0",
+    ]
+
+    /// Kata's root on virtio-blk: the first partition, read-only (Kata's GetKernelRootParams without DAX).
+    public func rootParameters(filesystem: String) -> [String] {
+        let flags = filesystem == "ext4" ? "data=ordered,errors=remount-ro ro" : "ro"
+        return ["root=/dev/vda1", "rootflags=\(flags)", "rootfstype=\(filesystem)", "ro"]
+    }
+
+    public var kernelParameters: [String] { Self.runtimeParameters + KataProfile.kernelParameters }
+
+    /// The disk as Kata attaches it (virtio-blk on PCI); -snapshot keeps the image as it was.
+    /// `drive`: QEMUBoot's -drive value (id d0, the path made safe there).
+    public func diskArguments(drive: String) -> [String] {
+        ["-drive", drive, "-device", "virtio-blk-pci,drive=d0", "-snapshot"]
+    }
+
+    /// The modules the root needs when the kernel has them as modules (Debian's cloud kernel: the
+    /// virtio PCI transport and virtio_blk; their dependencies come from modinfo).
+    public static let rootModules = ["virtio_pci", "virtio_blk"]
+}
+
+/// A stage-1 initrd that loads the root's modules and switches to the disk's root: for a kernel
+/// whose virtio-blk driver is a module. Made of the host's static busybox, the modules (with their
+/// dependencies, from modinfo) and a short /init of our own, written by InitrdWriter.
+public struct KataStageOneInitrd: Sendable {
+    public var modules: KernelModules
+    public var busybox: String
+    public var runner = ProcessRunner()
+
+    public init(modules: KernelModules, busybox: String) {
+        self.modules = modules
+        self.busybox = busybox
+    }
+
+    /// The modules directory next to a kernel unpacked from its package: ROOT/boot/vmlinuz-KVER -> ROOT/lib/modules/KVER.
+    public static func modulesDirectory(nextTo kernel: String) -> String? {
+        let name = FS.basename(kernel)
+        guard name.hasPrefix("vmlinuz-") else { return nil }
+        let dir = FS.parent(FS.parent(FS.absolute(kernel))) + "/lib/modules/" + name.dropFirst("vmlinuz-".count)
+        return FS.isDirectory(dir) ? dir : nil
+    }
+
+    /// The modules to load, dependencies first, as paths inside the modules directory.
+    func loadOrder(_ names: [String]) async throws -> [String] {
+        let order = (try? String(contentsOfFile: modules.directory + "/modules.order", encoding: .utf8)) ?? ""
+        var byName: [String: String] = [:]
+        for line in order.split(separator: "\n") {
+            let path = String(line)
+            if path.hasPrefix("/") || path.split(separator: "/").contains("..") { continue }
+            let base = FS.basename(path).split(separator: ".").first.map(String.init) ?? path
+            byName[base.replacingOccurrences(of: "-", with: "_")] = path
+        }
+        var result: [String] = []
+        var visiting = Set<String>()
+        func visit(_ name: String) async throws {
+            let key = name.replacingOccurrences(of: "-", with: "_")
+            guard !visiting.contains(key) else { return }
+            visiting.insert(key)
+            // Not in modules.order: built into the kernel, nothing to load.
+            guard let path = byName[key] else { return }
+            let depends = try await runner.capture(ToolCommand("modinfo", ["-F", "depends", modules.directory + "/" + path]))
+            for dep in depends.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",") {
+                try await visit(String(dep))
+            }
+            result.append(path)
+        }
+        for name in names { try await visit(name) }
+        return result
+    }
+
+    /// Writes the initrd (gzip cpio) to `path`.
+    public func write(to path: String, moduleNames: [String] = KataBoot.rootModules) async throws {
+        guard FS.isRegularFile(busybox), ELF.isStatic(busybox) else {
+            throw RootfsError("the stage-1 initrd needs a static busybox at \(busybox)", hint: "apt-get install busybox-static")
+        }
+        let load = try await loadOrder(moduleNames)
+        let stage = try FS.makeSiblingTemporaryDirectory(for: path)
+        defer { FS.remove(stage) }
+        let tree = GuestTree(root: stage)
+        let installer = AgentInstaller(tree: tree)
+        try installer.writeFile("/bin/busybox", contentsOf: busybox, mode: 0o755)
+        for module in load {
+            let guest = "/lib/modules/\(modules.kernelVersion)/\(module)"
+            try OverlayApplier(tree: tree).apply(.file(guestPath: guest, hostPath: modules.directory + "/" + module))
+        }
+        try installer.writeFile("/init", contents: Array(Self.initScript(kernelVersion: modules.kernelVersion, load: load).utf8), mode: 0o755)
+        for dir in ["/proc", "/sys", "/dev", "/newroot"] { _ = try tree.hostPathForCreating(dir + "/.keep"); }
+        try InitrdWriter(compression: .gzip, epoch: 0).write(source: .directory(stage), to: path)
+    }
+
+    /// The stage-1 init: load the modules, wait for the root named by root=, mount it with
+    /// rootflags=/rootfstype= and hand over to its /sbin/init.
+    static func initScript(kernelVersion: String, load: [String]) -> String {
+        let inserts = load.map { "$b insmod /lib/modules/\(kernelVersion)/\($0) || echo \"stage-1: insmod \($0) failed\"" }
+        return """
+        #!/bin/busybox sh
+        b=/bin/busybox
+        $b mount -t proc proc /proc
+        $b mount -t sysfs sysfs /sys
+        $b mount -t devtmpfs devtmpfs /dev
+        \(inserts.joined(separator: "\n"))
+        root=; flags=; fstype=ext4; mode=rw
+        for p in $($b cat /proc/cmdline); do
+            case "$p" in
+                root=*) root=${p#root=} ;;
+                rootflags=*) flags=${p#rootflags=} ;;
+                rootfstype=*) fstype=${p#rootfstype=} ;;
+                ro) mode=ro ;;
+            esac
+        done
+        i=0
+        while [ ! -b "$root" ] && [ $i -lt 300 ]; do $b sleep 0.1; i=$((i+1)); done
+        # rootflags= as Kata writes it ("data=ordered,errors=remount-ro ro"): mount options, commas.
+        opts=$(echo "$flags" | $b sed 's/ ro$//; s/ /,/g')
+        $b mount -t "$fstype" -o "$mode${opts:+,$opts}" "$root" /newroot || { echo "stage-1: cannot mount $root"; $b poweroff -f; }
+        $b umount /sys /proc
+        $b mount --move /dev /newroot/dev 2>/dev/null || $b umount /dev
+        exec $b switch_root /newroot /sbin/init
+
+        """
+    }
+}
