@@ -112,7 +112,7 @@ extension ProcessRunner {
                 status = result.terminationStatus
             }
         } catch let error as SubprocessError {
-            throw ToolFailure(command: command, status: "could not start: \(error)", outputTail: [])
+            throw ToolFailure(command: command, status: .couldNotStart("\(error)"), outputTail: [])
         }
         switch status {
         case .exited(let code): return SupervisedOutcome(exit: .exited(Int32(code)), standardError: standardError)

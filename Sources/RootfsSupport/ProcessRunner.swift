@@ -37,7 +37,7 @@ public struct ProcessRunner: Sendable {
                 (status, out, err) = (r.terminationStatus, r.standardOutput, r.standardError)
             }
         } catch let error as SubprocessError {
-            throw ToolFailure(command: command, status: "could not start: \(error)", outputTail: [])
+            throw ToolFailure(command: command, status: .couldNotStart("\(error)"), outputTail: [])
         }
         guard status.isSuccess else {
             let lines = (err + "\n" + out).split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
@@ -64,7 +64,7 @@ public struct ProcessRunner: Sendable {
             }
             status = result.terminationStatus
         } catch let error as SubprocessError {
-            throw ToolFailure(command: command, status: "could not start: \(error)", outputTail: tail.lines)
+            throw ToolFailure(command: command, status: .couldNotStart("\(error)"), outputTail: tail.lines)
         }
         guard status.isSuccess else {
             throw ToolFailure(command: command, status: describe(status), outputTail: tail.lines)
@@ -106,10 +106,10 @@ public struct ProcessRunner: Sendable {
                              platformOptions: options)
     }
 
-    private func describe(_ status: TerminationStatus) -> String {
+    private func describe(_ status: TerminationStatus) -> ProcessStatus {
         switch status {
-        case .exited(let code): return "exit status \(code)"
-        case .signaled(let signal): return "killed by signal \(signal)"
+        case .exited(let code): return .exited(Int32(truncatingIfNeeded: code))
+        case .signaled(let signal): return .signalled(Int32(truncatingIfNeeded: signal))
         }
     }
 }

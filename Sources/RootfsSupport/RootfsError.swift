@@ -20,10 +20,26 @@ public struct RootfsError: Error, CustomStringConvertible, Sendable, Equatable {
     }
 }
 
+/// How a tool's process ended, as a value: code compares it, messages print it.
+public enum ProcessStatus: Sendable, Equatable, CustomStringConvertible {
+    case exited(Int32)
+    case signalled(Int32)
+    /// The process never ran (no such program, no permission): the reason.
+    case couldNotStart(String)
+
+    public var description: String {
+        switch self {
+        case .exited(let code): return "exit status \(code)"
+        case .signalled(let signal): return "killed by signal \(signal)"
+        case .couldNotStart(let reason): return "could not start: \(reason)"
+        }
+    }
+}
+
 /// A tool that exited non-zero (or could not be started).
 public struct ToolFailure: Error, CustomStringConvertible, Sendable {
     public var command: ToolCommand
-    public var status: String
+    public var status: ProcessStatus
     /// The last lines the tool printed, stdout and stderr together.
     public var outputTail: [String]
 

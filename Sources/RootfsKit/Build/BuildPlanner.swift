@@ -174,7 +174,7 @@ public struct BuildPlanner: Sendable {
                 .filter { $0.hasPrefix("WARNING: ") }.map { String($0.dropFirst("WARNING: ".count)) }
             return (output.standardOutput.split(separator: "\n").map(String.init), warnings)
         } catch let failure as ToolFailure {
-            if failure.status == "exit status 3" { return (nil, []) }
+            if failure.status == .exited(3) { return (nil, []) }
             let errors = failure.outputTail.filter { $0.hasPrefix("ERROR: ") }.map { String($0.dropFirst("ERROR: ".count)) }
             throw RootfsError("distro '\(plan.distro.name)' refuses this build: \(errors.first ?? "plan_rootfs() failed (\(failure.status))")",
                               hint: "change the setting named above (environment or \(plan.distro.configPath)); plan_rootfs() is in \(plan.distro.libraryPath)",

@@ -62,7 +62,7 @@ public enum HookExecutor: Sendable {
             } catch {
                 // Gone before the caller removes the tree it was writing to.
                 await build.engine.removeContainer(build.containerName)
-                if let failure = error as? ToolFailure, failure.status == "exit status 125" {
+                if let failure = error as? ToolFailure, failure.status == .exited(125) {
                     throw RootfsError("\(build.engine.kind.rawValue) could not start the builder container from \(build.image.tag)",
                                       hint: "see the engine's message above; `\(build.engine.kind.rawValue) info` shows its state",
                                       details: failure.outputTail)
