@@ -33,7 +33,7 @@ for harness in "${harnesses[@]}"; do
     echo "==> fuzz $harness: $runs runs from seed 1 (at most $max_seconds s)"
     set +e
     ROOTFS_FUZZ_TARGET=$harness SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0 \
-        "$binary" -seed=1 -runs="$runs" -max_total_time="$max_seconds" -rss_limit_mb=1024 -timeout=10 \
+        "$binary" -seed=1 -runs="$runs" -max_total_time="$max_seconds" -rss_limit_mb=1024 -malloc_limit_mb=8192 -timeout=10 \
         -max_len=262144 -artifact_prefix="$work/" -print_final_stats=1 "$work/corpus" Fuzz/crashes/"$harness" \
         > "$work/log" 2>&1
     rc=$?
