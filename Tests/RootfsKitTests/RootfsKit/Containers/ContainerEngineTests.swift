@@ -219,7 +219,7 @@ import Testing
                 == "step 3/3: RUN exit 3")
         #expect(BuilderImage.failingStep(in: ["STEP 1/2: FROM debian:trixie", "STEP 2/2: RUN exit 3", "Error: building at STEP"])
                 == "step 2/2: RUN exit 3")
-        #expect(BuilderImage.failingStep(in: ["#5 [1/2] FROM docker.io/library/debian:trixie", "#6 [2/2] RUN exit 3"])
+        #expect(BuilderImage.failingStep(in: ["#5 [1/2] FROM localhost/library/debian:trixie", "#6 [2/2] RUN exit 3"])
                 == "step 2/2: RUN exit 3")
         #expect(BuilderImage.failingStep(in: ["no steps here"]) == nil)
     }
