@@ -158,12 +158,11 @@ public struct OverlayApplier {
     }
 }
 
+/// Copies everything from `input` to `output` (both stay open: the caller owns them)
+/// through OwnedFileDescriptor's one read and write loop.
 func copyAll(from input: Int32, to output: Int32, what: String) throws {
-    var buffer = [UInt8](repeating: 0, count: 1 << 20)
-    while true {
-        let n = buffer.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
-        if n < 0 { if errno == EINTR { continue }; throw RootfsError("cannot read \(what): \(FS.errnoText())") }
-        if n == 0 { return }
-        try buffer.withUnsafeBytes { try FS.writeAll(UnsafeRawBufferPointer(rebasing: $0[0..<n]), to: output, name: "a copy of \(what)") }
-    }
+    var source = OwnedFileDescriptor(taking: input, name: what)
+    var destination = OwnedFileDescriptor(taking: output, name: "a copy of \(what)")
+    defer { _ = source.release(); _ = destination.release() }
+    try destination.copyAll(from: source)
 }
