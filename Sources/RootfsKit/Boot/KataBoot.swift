@@ -88,6 +88,12 @@ public struct KataStageOneInitrd: Sendable {
             throw RootfsError("the stage-1 initrd needs a static busybox at \(busybox)", hint: "apt-get install busybox-static")
         }
         let load = try await loadOrder(moduleNames)
+        // Module paths (modules.order, modinfo) and the kernel version become words of the
+        // stage-1 /init script: only plain path characters, never shell syntax or `..`.
+        for word in [modules.kernelVersion] + load where !Self.isPlainPath(word) {
+            throw RootfsError("the modules directory \(modules.directory) names \(word.debugDescription), which the stage-1 init cannot use",
+                              hint: "module paths and the kernel version may hold only letters, digits and . _ + - /")
+        }
         let stage = try FS.makeSiblingTemporaryDirectory(for: path)
         defer { FS.remove(stage) }
         let tree = GuestTree(root: stage)
@@ -104,6 +110,12 @@ public struct KataStageOneInitrd: Sendable {
 
     /// The stage-1 init: load the modules, wait for the root named by root=, mount it with
     /// rootflags=/rootfstype= and hand over to its /sbin/init.
+    static func isPlainPath(_ word: String) -> Bool {
+        !word.isEmpty && !word.split(separator: "/").contains("..") && word.utf8.allSatisfy {
+            ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || [46, 95, 43, 45, 47].contains($0)
+        }
+    }
+
     static func initScript(kernelVersion: String, load: [String]) -> String {
         let inserts = load.map { "$b insmod /lib/modules/\(kernelVersion)/\($0) || echo \"stage-1: insmod \($0) failed\"" }
         return """

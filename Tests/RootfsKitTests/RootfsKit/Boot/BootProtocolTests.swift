@@ -281,3 +281,14 @@ import Testing
         #expect(ConsoleWatcher.printable(ArraySlice(Array("a\u{9b}2Jb\u{85}c\u{7f}d é".utf8))) == "a2Jbcd é")
     }
 }
+
+@Suite struct KataStageOneWordTests {
+    /// What becomes a word of the stage-1 /init script is a plain path or refused.
+    @Test func onlyPlainPathsReachTheInitScript() {
+        #expect(KataStageOneInitrd.isPlainPath("kernel/drivers/block/virtio_blk.ko"))
+        #expect(KataStageOneInitrd.isPlainPath("6.1.0-57-cloud-amd64"))
+        for bad in ["a;reboot -f", "$(id)", "x y", "../../etc/x.ko", "a\nb", "`id`", ""] {
+            #expect(!KataStageOneInitrd.isPlainPath(bad), "\(bad.debugDescription)")
+        }
+    }
+}
