@@ -111,7 +111,9 @@ struct BuildCommand: AsyncParsableCommand {
         try await CommandRunner.run(json: json) {
             var opts = base
             opts.formats = try formatTexts.map(OutputFormat.parse)
-            opts.overlays = try compose.specs()
+            let exports = EngineImageExports()
+            defer { exports.removeAll() }
+            opts.overlays = try await compose.specs(exports: exports)
             opts.imageOptions = flags.options(epoch: nil, compression: opts.compression)
             let builder = Builder(console: console)
             let plan = try await builder.plan(opts)

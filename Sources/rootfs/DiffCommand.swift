@@ -22,8 +22,10 @@ struct DiffCommand: AsyncParsableCommand {
         let console = global.makeConsole()
         do {
             try await CommandRunner.run {
-                let left = try TreeSource.open(a, option: "A")
-                let right = try TreeSource.open(b, option: "B")
+                let exports = EngineImageExports()
+                defer { exports.removeAll() }
+                let left = try TreeSource.open(try await exports.resolve(a, option: "A"), option: "A")
+                let right = try TreeSource.open(try await exports.resolve(b, option: "B"), option: "B")
                 let differences = try TreeDiff(ignoreMtime: ignoreMtime).compare(left, right)
                 for d in differences { console.result(d.description) }
                 if !differences.isEmpty {

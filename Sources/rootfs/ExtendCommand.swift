@@ -18,7 +18,9 @@ struct ExtendCommand: AsyncParsableCommand {
         let console = global.makeConsole()
         try await CommandRunner.run {
             guard FS.isRegularFile(image) else { throw RootfsError("\(image) is not a file", hint: "give an initrd, tar or raw ext4 image") }
-            let specs = try compose.specs()
+            let exports = EngineImageExports()
+            defer { exports.removeAll() }
+            let specs = try await compose.specs(exports: exports)
             guard !specs.isEmpty else { throw RootfsError("nothing to add", hint: "give --overlay DIR|TAR or --file GUEST=HOST") }
             if let output { try FS.requireParentDirectory(of: output, option: "-o") }
             let before = FS.fileSize(image)

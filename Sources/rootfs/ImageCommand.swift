@@ -28,9 +28,12 @@ struct ImageCommand: AsyncParsableCommand {
             let format = try formatText.map(OutputFormat.parse) ?? OutputFormat.infer(fromPath: output) ?? .raw
             let options = flags.options(epoch: try sourceDateEpoch(), compression: compression)
             try ImageOptions.requireVHDXFixedFits(options, formats: [format])
+            let exports = EngineImageExports()
+            defer { exports.removeAll() }
+            let tree = try await exports.resolve(tree)
             try RootfsChecker.requireTreeSource(at: tree, agentInit: agentInit)
             try FS.requireParentDirectory(of: output, option: "-o")
-            let (source, cleanup) = try TreeSource.composed(tree, overlays: try compose.specs(), near: FS.absolute(output))
+            let (source, cleanup) = try TreeSource.composed(tree, overlays: try await compose.specs(exports: exports), near: FS.absolute(output))
             defer { cleanup() }
             let writer = ImageWriter(options: options)
             for o in try await writer.write(format, source: source, to: FS.absolute(output)) {

@@ -12,11 +12,23 @@ struct ComposeFlags: ParsableArguments {
     var files: [String] = []
 
     /// Overlays and files, in the order given on the command line per kind (overlays first).
-    func specs() throws -> [OverlaySpec] {
-        for o in overlays where !FS.exists(o) {
-            throw RootfsError("--overlay \(o) does not exist", hint: "give a directory or a tar archive")
+    /// An overlay may be an image (`oci:DIR`, `docker-archive:FILE`, or `docker://NAME` and
+    /// `podman://NAME`, which `exports` saves from the engine first).
+    func specs(exports: EngineImageExports) async throws -> [OverlaySpec] {
+        var specs: [OverlaySpec] = []
+        for o in overlays {
+            let resolved = try await exports.resolve(o, option: "--overlay")
+            if try ImageReference.parse(resolved, option: "--overlay") != nil {
+                specs.append(.overlay(resolved))
+                continue
+            }
+            guard FS.exists(o) else {
+                throw RootfsError("--overlay \(o) does not exist",
+                                  hint: "give a directory, a tar archive, or an image: \(ImageReference.transportList)")
+            }
+            specs.append(.overlay(FS.absolute(o)))
         }
-        return overlays.map { OverlaySpec.overlay(FS.absolute($0)) } + (try files.map(OverlaySpec.parseFile))
+        return specs + (try files.map(OverlaySpec.parseFile))
     }
 }
 

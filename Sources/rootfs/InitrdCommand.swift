@@ -17,9 +17,12 @@ struct InitrdCommand: AsyncParsableCommand {
         let (rootfs, output, compression, agentInit, compose) = (rootfs, output, compression, agentInit, compose)
         let console = global.makeConsole()
         try await CommandRunner.run {
+            let exports = EngineImageExports()
+            defer { exports.removeAll() }
+            let rootfs = try await exports.resolve(rootfs)
             try RootfsChecker.requireTreeSource(at: rootfs, agentInit: agentInit)
             try FS.requireParentDirectory(of: output, option: "-o")
-            let (source, cleanup) = try TreeSource.composed(rootfs, overlays: try compose.specs(), near: FS.absolute(output))
+            let (source, cleanup) = try TreeSource.composed(rootfs, overlays: try await compose.specs(exports: exports), near: FS.absolute(output))
             defer { cleanup() }
             let stats = try InitrdWriter(compression: compression, epoch: try sourceDateEpoch()).write(source: source, to: output)
             console.result("initrd: \(output)  \(formatBytes(stats.outputBytes)) (\(stats.entries) entries)")

@@ -26,7 +26,9 @@ struct SizeCommand: AsyncParsableCommand {
     func run() async throws {
         let (path, top, depth, json) = (path, top, depth, json)
         try await CommandRunner.run(json: json) {
-            let report = try await SizeReport.make(path: path, top: top, depth: depth)
+            let exports = EngineImageExports()
+            defer { exports.removeAll() }
+            let report = try await SizeReport.make(path: try await exports.resolve(path), top: top, depth: depth)
             if json { try printJSON(report) } else { print(report.text) }
         }
     }

@@ -30,13 +30,21 @@ public struct ImageReference: Sendable, Equatable, CustomStringConvertible {
 
     /// The transports a TREE may name, for error messages.
     public static var transportList: String {
-        Transport.allCases.map { $0.rawValue + ":" }.joined(separator: ", ")
+        (Transport.allCases.map { $0.rawValue + ":" } + engineSchemes.map { $0 + "NAME" }).joined(separator: ", ")
     }
+
+    /// Images held by an engine: the CLI has the engine save them to a docker
+    /// archive first (RootfsKit's EngineImageExports), so they never reach here unresolved.
+    static let engineSchemes = ["docker://", "podman://"]
 
     /// The image `text` names, or nil when it is a plain path. A `word:` prefix that
     /// is no transport and no existing path is an error, so a typo (`ocl:dir`) does not
     /// become "no such file".
     public static func parse(_ text: String, option: String = "TREE") throws -> ImageReference? {
+        if engineSchemes.contains(where: { text.hasPrefix($0) }) {
+            throw RootfsError("\(option) \(text) names an engine's image, which this command cannot read directly",
+                              hint: "save it first (docker save -o FILE NAME) and give docker-archive:FILE")
+        }
         for transport in Transport.allCases where text.hasPrefix(transport.rawValue + ":") {
             let rest = String(text.dropFirst(transport.rawValue.count + 1))
             guard !rest.isEmpty else {
