@@ -16,7 +16,12 @@ struct BuildCommand: AsyncParsableCommand {
         """)
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "The distro to build (see `rootfs list`).") var distro: String
+    @Argument(help: "The distro to build (see `rootfs list`); with --from-image, the build's name (default: from the image's name).")
+    var distro: String?
+    @Option(name: .customLong("from-image"), help: ArgumentHelp(
+        "Build from a container image instead of a distro hook: docker://NAME, podman://NAME, oci:DIR[:TAG] or docker-archive:FILE. The agent is /sbin/init unless INIT_PROCESS=systemd.",
+        valueName: "IMAGE"))
+    var fromImage: String?
     @Option(name: [.short, .customLong("rootfs-dir")], help: ArgumentHelp("Write the rootfs directory here.", valueName: "DIR"))
     var rootfsDir: String?
     @Option(help: ArgumentHelp("Write an initrd (cpio) here.", valueName: "FILE")) var initrd: String?
@@ -52,6 +57,9 @@ struct BuildCommand: AsyncParsableCommand {
     @Flag(help: "Print one JSON document on stdout (outputs, digests, phase times); progress stays on stderr.") var json = false
 
     func validate() throws {
+        if distro == nil && fromImage == nil {
+            throw ValidationError("name a distro to build (see `rootfs list`), or give --from-image IMAGE")
+        }
         if sbom && noManifest { throw ValidationError("--sbom is written from the manifest's data: drop --no-manifest") }
         let chosen = Set([engine, docker ? .docker : nil, podman ? .podman : nil].compactMap { $0 })
         if chosen.count > 1 {
@@ -84,7 +92,8 @@ struct BuildCommand: AsyncParsableCommand {
     var engineChoice: EngineChoice? { docker ? .docker : podman ? .podman : engine }
 
     func run() async throws {
-        var options = BuildOptions(distro: distro)
+        var options = BuildOptions(distro: distro ?? fromImage.map(ImageBuild.name(for:)) ?? "")
+        options.fromImageLabel = fromImage
         options.distrosDirs = global.distrosDirs
         options.rootfsDir = rootfsDir
         options.initrd = initrd
@@ -110,9 +119,10 @@ struct BuildCommand: AsyncParsableCommand {
         let base = options
         try await CommandRunner.run(json: json) {
             var opts = base
-            opts.formats = try formatTexts.map(OutputFormat.parse)
             let exports = EngineImageExports()
             defer { exports.removeAll() }
+            if let label = opts.fromImageLabel { opts.fromImage = try await exports.resolve(label, option: "--from-image") }
+            opts.formats = try formatTexts.map(OutputFormat.parse)
             opts.overlays = try await compose.specs(exports: exports)
             opts.imageOptions = flags.options(epoch: nil, compression: opts.compression)
             let builder = Builder(console: console)

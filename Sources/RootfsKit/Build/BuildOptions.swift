@@ -44,6 +44,11 @@ public struct BuildOptions: Sendable {
     public var builderBase: String?
     /// How the tree travels from the hook to the writers (default: directory as root, tar otherwise).
     public var transport: TreeTransport = .current
+    /// `--from-image`: the tree is this image (`oci:DIR[:TAG]` or `docker-archive:FILE`; the CLI saves
+    /// `docker://` and `podman://` images to an archive first) instead of the distro's hook output.
+    public var fromImage: String?
+    /// What the user wrote for `--from-image` (for messages and the build record).
+    public var fromImageLabel: String?
     public var environment: [String: String]
 
     public init(distro: String, environment: [String: String] = ProcessInfo.processInfo.environment) {

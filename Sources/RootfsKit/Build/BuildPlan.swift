@@ -64,11 +64,15 @@ public struct BuildPlan: Sendable {
     /// Other parts of the build (container engines, formats) add or extend sections.
     public var sections: [PlanSection] {
         var result: [PlanSection] = []
-        result.append(PlanSection("distro", [
-            "\(distro.name): \(distro.directory) (found via \(distro.searchDirectory.origin.rawValue))",
-            "config: \(distro.configPath)",
-            "hook: \(distro.libraryPath)",
-        ]))
+        if distro.searchDirectory.origin == .image {
+            result.append(PlanSection("image", ["\(distro.name): \(distro.searchDirectory.path) (--from-image: no distro hook runs)"]))
+        } else {
+            result.append(PlanSection("distro", [
+                "\(distro.name): \(distro.directory) (found via \(distro.searchDirectory.origin.rawValue))",
+                "config: \(distro.configPath)",
+                "hook: \(distro.libraryPath)",
+            ]))
+        }
         result.append(PlanSection("config (config.sh evaluated)",
                                   config.values.keys.sorted().map { "\($0)=\(shellQuote(config.values[$0]!))" }))
         var target = ["architecture: \(architecture)",
@@ -80,6 +84,10 @@ public struct BuildPlan: Sendable {
         if hookExecutor.isHost { target += config.hostChanges.map { "changes this host: \($0) (add --docker or --podman to leave the host alone)" } }
         result.append(PlanSection("guest", target))
 
+        if case .image(_, let label) = hookExecutor {
+            result.append(PlanSection("tree", ["the layers of \(label), applied in process (digests verified, whiteouts applied)"]))
+            return result + laterSections
+        }
         let tree = hookTreePlaceholder
         let hook = hookInvocation(rootfs: tree, helperPath: FS.parent(tree) + "/hook-helpers.sh")
         var invocation = ["working directory: \(hook.workingDirectory)", "environment (on top of the caller's):"]
@@ -101,6 +109,12 @@ public struct BuildPlan: Sendable {
         } else {
             result.append(PlanSection("build_rootfs will run", ["(\(distro.libraryPath) has no plan_rootfs(): the commands are known only when it runs)"]))
         }
+        return result + laterSections
+    }
+
+    /// The sections after the tree's: agent, outputs and what follows.
+    private var laterSections: [PlanSection] {
+        var result: [PlanSection] = []
         result.append(PlanSection("agent", [
             "\(agent.sourcePath) -> \(agent.guestPath)" + (agent.isReferenceAgent ? " (reference agent)" : ""),
             agent.isInit ? "init: /sbin/init -> \(agent.guestPath) (agent is init)"

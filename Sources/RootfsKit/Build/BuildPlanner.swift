@@ -11,7 +11,16 @@ public struct BuildPlanner: Sendable {
     public func plan(_ options: BuildOptions) async throws -> BuildPlan {
         let env = options.environment
         let catalog = DistroCatalog.standard(distrosDirs: options.distrosDirs, environment: env)
-        let distro = try catalog.find(options.distro)
+        var fromImage: ImageReference?
+        if let text = options.fromImage {
+            guard let reference = try ImageReference.parse(text, option: "--from-image") else {
+                throw RootfsError("--from-image \(options.fromImageLabel ?? text) is not a container image",
+                                  hint: "give docker://NAME, podman://NAME, oci:DIR[:TAG] or docker-archive:FILE; for a directory or tar, use `rootfs image`")
+            }
+            fromImage = reference
+        }
+        let distro = fromImage == nil ? try catalog.find(options.distro)
+            : ImageBuild.distro(name: options.distro, image: options.fromImageLabel ?? options.fromImage!)
 
         var extra = words(env["EXTRA_PKGS"]) + words(env["EXTRA_PKG"]) + options.extraPackages.flatMap { words($0) }
         var seen = Set<String>()
@@ -32,7 +41,8 @@ public struct BuildPlanner: Sendable {
         overrides["ARCH"] = arch
         overrides["EXTRA_PKGS"] = extra.joined(separator: " ")
         overrides["EXTRA_PKG"] = extra.joined(separator: " ")
-        let config = try await ConfigEvaluator().evaluate(distro, environment: env.merging(overrides) { $1 })
+        let config = fromImage != nil ? ImageBuild.config(name: distro.name, environment: env)
+            : try await ConfigEvaluator().evaluate(distro, environment: env.merging(overrides) { $1 })
         if config.initProcess == "agent" { agentInit = true }
         guard DistroConfig.initProcesses.contains(config.initProcess) else {
             throw RootfsError("\(distro.configPath): INIT_PROCESS must be systemd, agent or kata-agent, not '\(config.initProcess)'",
@@ -139,7 +149,11 @@ public struct BuildPlanner: Sendable {
         plan.profile = profile
         // Host or builder container; a host without the distro's tools is refused with the flag that would work.
         do {
-            plan.hookExecutor = try await hookExecutor(options, distro: distro, config: config, architecture: arch)
+            if let fromImage {
+                plan.hookExecutor = .image(fromImage, label: distro.searchDirectory.path)
+            } else {
+                plan.hookExecutor = try await hookExecutor(options, distro: distro, config: config, architecture: arch)
+            }
         } catch let error as RootfsError {
             try problem(error)
         }
@@ -152,7 +166,7 @@ public struct BuildPlanner: Sendable {
         plan.transport = options.transport
         // plan_rootfs() checks the hook's settings (a missing REPO_URL...) before anything is written.
         do {
-            (plan.hookPlan, plan.hookWarnings) = try await hookPlan(plan)
+            if fromImage == nil { (plan.hookPlan, plan.hookWarnings) = try await hookPlan(plan) }
         } catch let error as RootfsError {
             try problem(error)
         }

@@ -5,6 +5,8 @@ import Synchronization
 public enum HookExecutor: Sendable {
     case host
     case container(ContainerBuild)
+    /// `--from-image`: no hook; the image's layers become the tree (ImageBuild.swift).
+    case image(ImageReference, label: String)
 
     /// Makes what the hook needs before it runs (the builder image, when missing).
     public func prepare(console: Console, runner: ProcessRunner, scratchDirectory: String) async throws {
@@ -49,6 +51,8 @@ public enum HookExecutor: Sendable {
         switch self {
         case .host:
             try await runner.stream(invocation.hostCommand, onLine: onLine)
+        case .image(let reference, _):
+            try ImageBuild.write(reference, into: invocation, onLine: onLine)
         case .container(let build):
             let command = try build.runCommand(for: invocation)
             onLine("container: \(build.containerName) (\(build.engine.kind.rawValue) rm --force \(build.containerName) stops it)")
@@ -80,6 +84,7 @@ public enum HookExecutor: Sendable {
     public var description: String {
         switch self {
         case .host: return "host"
+        case .image(_, let label): return "image \(label)"
         case .container(let b): return "\(b.engine.kind.rawValue) (builder image \(b.image.tag))"
         }
     }

@@ -69,8 +69,12 @@ public struct HookStage: Sendable {
     /// Runs build_rootfs (its tree given by `invocation`) through the plan's executor.
     public func runHook(_ plan: BuildPlan, invocation: HookInvocation, logPath: String) async throws {
         try await plan.hookExecutor.prepare(console: console, runner: runner, scratchDirectory: FS.parent(invocation.rootfsDirectory))
-        console.phase("build_rootfs: \(plan.distro.name) \(plan.config.osVersion ?? "") (\(plan.distro.directory))"
-                      + (plan.hookExecutor.isHost ? "" : " in \(plan.hookExecutor.description)"))
+        if case .image(_, let label) = plan.hookExecutor {
+            console.phase("image: \(label) (layers applied in process)")
+        } else {
+            console.phase("build_rootfs: \(plan.distro.name) \(plan.config.osVersion ?? "") (\(plan.distro.directory))"
+                          + (plan.hookExecutor.isHost ? "" : " in \(plan.hookExecutor.description)"))
+        }
         console.detail("running: \(invocation.hostCommand.environment.count) variables, bash build_rootfs \(invocation.rootfsDirectory)")
         do {
             try await plan.hookExecutor.run(invocation, runner: runner) { [console] line in console.toolLine(line) }

@@ -17,6 +17,8 @@ public struct SearchDirectory: Sendable, Equatable {
         case option = "--distros-dir"
         case environment = "ROOTFS_DISTROS_PATH"
         case builtIn = "built-in"
+        /// Not a directory: `rootfs build --from-image` (ImageBuild.swift); `path` is the image.
+        case image = "--from-image"
     }
     public var path: String
     public var origin: Origin
