@@ -71,6 +71,29 @@ public struct ProcessRunner: Sendable {
         }
     }
 
+    /// Runs the command with its standard output written to the new file `path`
+    /// (created 0600, never over an existing file): binary streams such as the tar
+    /// `docker cp CONTAINER:PATH -` prints. Standard error is kept for the failure.
+    public func capture(_ command: ToolCommand, standardOutputTo path: String) async throws {
+        let config = try configuration(for: command)
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else {
+            throw RootfsError("cannot create \(path): \(String(cString: strerror(errno)))")
+        }
+        let status: TerminationStatus, err: String
+        do {
+            let r = try await Subprocess.run(config, output: .fileDescriptor(FileDescriptor(rawValue: fd), closeAfterSpawningProcess: true),
+                                             error: .string(limit: 16 << 20))
+            (status, err) = (r.terminationStatus, r.standardError ?? "")
+        } catch let error as SubprocessError {
+            throw ToolFailure(command: command, status: .couldNotStart("\(error)"), outputTail: [])
+        }
+        guard status.isSuccess else {
+            let lines = err.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
+            throw ToolFailure(command: command, status: describe(status), outputTail: Array(lines.suffix(tailLines)))
+        }
+    }
+
     /// Whether `name` can be found on PATH (or is an executable path).
     public static func which(_ name: String, path: String? = ProcessInfo.processInfo.environment["PATH"]) -> String? {
         if name.contains("/") { return access(name, X_OK) == 0 ? name : nil }

@@ -101,7 +101,13 @@ public struct BuildPlan: Sendable {
         var engineLines: [String] = []
         if case .container(let build) = hookExecutor {
             let hook = hookInvocation(rootfs: hookTreePlaceholder, helperPath: buildDirectory + "/hook-helpers.sh")
-            if let run = try? build.runCommand(for: hook) { engineLines.append(run.displayString) }
+            if let remote = build.remote {
+                engineLines.append("remote engine (\(remote)): nothing bind-mounted; the distro directory and helpers are copied in "
+                                   + "(\(build.engine.kind.rawValue) cp), the tree comes back as a tar stream with its owners")
+            } else if let run = try? build.runCommand(for: hook) {
+                engineLines.append("local engine: bind mounts (faster than copying)")
+                engineLines.append(run.displayString)
+            }
         }
         result.append(PlanSection("engine: \(hookExecutor.description)", engineLines))
         if let hookPlan {

@@ -53,6 +53,8 @@ public enum HookExecutor: Sendable {
             try await runner.stream(invocation.hostCommand, onLine: onLine)
         case .image(let reference, _):
             try ImageBuild.write(reference, into: invocation, onLine: onLine)
+        case .container(let build) where build.remote != nil:
+            try await RemoteHookRun(build: build, runner: runner).run(invocation, onLine: onLine)
         case .container(let build):
             let command = try build.runCommand(for: invocation)
             onLine("container: \(build.containerName) (\(build.engine.kind.rawValue) rm --force \(build.containerName) stops it)")

@@ -26,6 +26,10 @@ public struct ContainerBuild: Sendable, Equatable {
     public var proxyEnvironment: [String: String]
     /// The container's name, so that an interrupted build can remove it.
     public var containerName: String
+    /// Why the engine is taken for remote (`DOCKER_HOST=tcp://…`), or nil for the local engine.
+    /// A remote engine gets nothing bind-mounted: the inputs are copied in and the tree comes
+    /// back as a tar stream (RemoteHookRun.swift).
+    public var remote: String?
 
     public static let proxyVariables = ["http_proxy", "https_proxy", "no_proxy"]
 
@@ -42,6 +46,25 @@ public struct ContainerBuild: Sendable, Equatable {
         self.image = image
         self.proxyEnvironment = proxyEnvironment
         self.containerName = containerName
+    }
+
+    /// Why `kind` is reached as a remote engine, from the environment the engine
+    /// commands see; nil for the local engine (bind mounts, the faster way).
+    /// Docker: DOCKER_HOST other than the default socket, or a DOCKER_CONTEXT other than
+    /// `default`. Podman: CONTAINER_HOST or CONTAINER_CONNECTION (podman then talks to
+    /// that service, as with --remote).
+    public static func remoteReason(_ kind: ContainerEngine.Kind, environment env: [String: String]) -> String? {
+        switch kind {
+        case .docker:
+            if let host = nonEmpty(env["DOCKER_HOST"]), host != "unix:///var/run/docker.sock", host != "unix:///run/docker.sock" {
+                return "DOCKER_HOST=\(host)"
+            }
+            if let context = nonEmpty(env["DOCKER_CONTEXT"]), context != "default" { return "DOCKER_CONTEXT=\(context)" }
+        case .podman:
+            if let host = nonEmpty(env["CONTAINER_HOST"]) { return "CONTAINER_HOST=\(host)" }
+            if let connection = nonEmpty(env["CONTAINER_CONNECTION"]) { return "CONTAINER_CONNECTION=\(connection)" }
+        }
+        return nil
     }
 
     /// Both spellings of each proxy variable the caller set (either spelling).
@@ -95,6 +118,15 @@ public struct ContainerBuild: Sendable, Equatable {
             throw RootfsError("cannot mount \(m.source) into the builder container: its path holds a comma or a newline",
                               hint: "build from a directory whose path has neither (--build-dir, --rootfs-dir, --distros-dir)")
         }
+        let (arguments, env, workdir) = containerSide(of: invocation, mounts: mounts)
+        return engine.runCommand(name: containerName, image: image.tag, entrypoint: "bash",
+                                 arguments: arguments, mounts: mounts, environment: env, workingDirectory: workdir)
+    }
+
+    /// The hook's bash arguments, environment and working directory as the container sees
+    /// them: host paths under `mounts` mapped to their container paths.
+    func containerSide(of invocation: HookInvocation, mounts: [ContainerMount])
+        -> (arguments: [String], environment: [String: String], workingDirectory: String) {
         let map = { (path: String) in ContainerBuild.map(path, mounts: mounts) ?? path }
         var env: [String: String] = [:]
         for (key, value) in invocation.environment where !ContainerBuild.hostOnlyVariables.contains(key) {
@@ -102,9 +134,7 @@ public struct ContainerBuild: Sendable, Equatable {
         }
         env.merge(proxyEnvironment) { $1 }
         let workdir = ContainerBuild.map(invocation.workingDirectory, mounts: mounts) ?? ContainerPaths.distro
-        return engine.runCommand(name: containerName, image: image.tag, entrypoint: "bash",
-                                 arguments: invocation.bashArguments(mapping: map), mounts: mounts,
-                                 environment: env, workingDirectory: workdir)
+        return (invocation.bashArguments(mapping: map), env, workdir)
     }
 
     /// Decides the container side of a plan: checks the engine answers and renders
@@ -119,7 +149,9 @@ public struct ContainerBuild: Sendable, Equatable {
             builderBase: builderBase ?? nonEmpty(env["BUILDER_BASE"]), registry: nonEmpty(env["IMAGE_REGISTRY"]),
             environment: env,
             baseImageID: { await engine.imageID($0, runner: runner) })
-        return ContainerBuild(engine: engine, image: image, proxyEnvironment: proxies(from: env),
-                              containerName: uniqueName(distro: distro.name))
+        var build = ContainerBuild(engine: engine, image: image, proxyEnvironment: proxies(from: env),
+                                   containerName: uniqueName(distro: distro.name))
+        build.remote = remoteReason(engine.kind, environment: env)
+        return build
     }
 }

@@ -170,7 +170,37 @@ public struct ContainerEngine: Sendable, Equatable {
     public func runCommand(name: String, image: String, entrypoint: String, arguments: [String],
                            mounts: [ContainerMount], environment: [String: String],
                            workingDirectory: String?) -> ToolCommand {
-        var args = ["run", "--rm", "--name", name]
+        containerCommand(["run", "--rm"], name: name, image: image, entrypoint: entrypoint, arguments: arguments,
+                         mounts: mounts, environment: environment, workingDirectory: workingDirectory)
+    }
+
+    /// Creates (does not start) the container `runCommand` would run, with nothing
+    /// mounted: a remote engine cannot see this host's paths (RemoteHookRun.swift).
+    public func createCommand(name: String, image: String, entrypoint: String, arguments: [String],
+                              environment: [String: String], workingDirectory: String?) -> ToolCommand {
+        containerCommand(["create"], name: name, image: image, entrypoint: entrypoint, arguments: arguments,
+                         mounts: [], environment: environment, workingDirectory: workingDirectory)
+    }
+
+    /// Copies the host directory `source` into the (created) container, below `directory`.
+    public func copyIntoCommand(_ source: String, container: String, directory: String) -> ToolCommand {
+        ToolCommand(binary, ["cp", source, "\(container):\(directory)"])
+    }
+
+    /// Prints the container's `path` as a tar stream on standard output, owners kept.
+    public func copyOutCommand(container: String, path: String) -> ToolCommand {
+        ToolCommand(binary, ["cp", "\(container):\(path)", "-"])
+    }
+
+    /// Starts a created container and waits, its output streamed; exits with the container's status.
+    public func startAttachedCommand(_ name: String) -> ToolCommand {
+        ToolCommand(binary, ["start", "--attach", name])
+    }
+
+    private func containerCommand(_ verb: [String], name: String, image: String, entrypoint: String, arguments: [String],
+                                  mounts: [ContainerMount], environment: [String: String],
+                                  workingDirectory: String?) -> ToolCommand {
+        var args = verb + ["--name", name]
         if let runtime { args += ["--runtime", runtime] }
         if let network { args += ["--network", network] }
         for cap in capabilities { args += ["--cap-add", cap] }

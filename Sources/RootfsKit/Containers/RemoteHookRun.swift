@@ -1,0 +1,106 @@
+import Foundation
+
+/// The hook in a builder container on a remote engine (DOCKER_HOST=tcp://…, ssh://…,
+/// another socket; DOCKER_CONTEXT; CONTAINER_HOST for Podman). The engine cannot see
+/// this host's files, so nothing is bind-mounted:
+///
+///     create   the container, as the local path would run it, with no mounts
+///     copy in  the distro directory (and library and script_dir) and the helpers,
+///              staged as /rootfs-build, through the engine's API (`cp DIR NAME:/`)
+///     start    attached: the hook's output streams as on the host
+///     copy out /rootfs-build/rootfs as a tar stream, owners and devices kept
+///              (`cp NAME:PATH -`), so the client needs no root to receive it
+///     remove   the container, on success, failure and cancellation alike
+///
+/// The builder image is built on the engine from the distro directory as the build
+/// context, as on a local engine. The local engine keeps the bind mounts: faster, and
+/// the plan says which way a build goes and why.
+struct RemoteHookRun {
+    var build: ContainerBuild
+    var runner: ProcessRunner
+
+    func run(_ invocation: HookInvocation, onLine: @escaping @Sendable (String) -> Void) async throws {
+        let engine = build.engine, name = build.containerName
+        // Beside the hook's work directory (same file system), never inside it: the
+        // confinement check allows only the tree there.
+        let stage = try FS.makeSiblingTemporaryDirectory(for: FS.parent(invocation.rootfsDirectory))
+        defer { FS.remove(stage) }
+        let staged = stage + "/rootfs-build"
+        try await stageInputs(invocation, into: staged)
+
+        // The same paths as the local run: staged copies stand where the mounts would be.
+        let mounts = build.mounts(for: invocation)
+        var (arguments, environment, workdir) = build.containerSide(of: invocation, mounts: mounts)
+        // The tree always comes back as a directory copied out; a host path means nothing there.
+        environment["ROOTFS_TAR"] = nil
+        let create = engine.createCommand(name: name, image: build.image.tag, entrypoint: "bash", arguments: arguments,
+                                          environment: environment, workingDirectory: workdir)
+        onLine("container: \(name) on a remote engine (\(build.remote ?? "remote")): inputs copied in, the tree copied out as a tar "
+               + "(\(engine.kind.rawValue) rm --force \(name) stops it)")
+        do {
+            try await runner.capture(create)
+            try await runner.capture(engine.copyIntoCommand(staged, container: name, directory: "/"))
+            try await withTaskCancellationHandler {
+                try await runner.stream(engine.startAttachedCommand(name), onLine: onLine)
+            } onCancel: {
+                let remove = engine.removeContainerCommand(name)
+                Task.detached { _ = try? await ProcessRunner().capture(remove) }
+            }
+            let fetched = stage + "/tree.tar"
+            try await runner.capture(engine.copyOutCommand(container: name, path: ContainerPaths.rootfs), standardOutputTo: fetched)
+            await engine.removeContainer(name)
+            try receive(fetched, into: invocation, scratch: stage)
+        } catch {
+            await engine.removeContainer(name)
+            if let failure = error as? ToolFailure, failure.command.arguments.first != "start" {
+                throw RootfsError("the remote \(engine.kind.displayName) engine (\(build.remote ?? "remote")) failed at `\(failure.command.arguments.prefix(2).joined(separator: " "))` (\(failure.status))",
+                                  hint: "check that the engine answers (`\(engine.kind.rawValue) info` with the same environment); nothing was written to the outputs",
+                                  details: failure.outputTail)
+            }
+            throw error
+        }
+    }
+
+    /// /rootfs-build as the container expects it: distro/, lib/ (when apart), distros/
+    /// (Kata's script_dir), hook-helpers.sh and an empty rootfs/. `cp -a` keeps the
+    /// distro's own symlinks as symlinks; each path is one argument.
+    func stageInputs(_ invocation: HookInvocation, into staged: String) async throws {
+        try FS.makeDirectories(staged + "/rootfs")
+        let configDir = FS.parent(invocation.configPath), libraryDir = FS.parent(invocation.libraryPath)
+        var copies = [(configDir, staged + "/distro")]
+        if libraryDir != configDir { copies.append((libraryDir, staged + "/lib")) }
+        if let scriptDir = invocation.environment["script_dir"], scriptDir != "/", scriptDir.hasPrefix("/") {
+            copies.append((scriptDir, staged + "/distros"))
+        }
+        copies.append((invocation.helperPath, staged + "/hook-helpers.sh"))
+        for (source, target) in copies { try await runner.capture(ToolCommand("cp", ["-a", "--", source, target])) }
+    }
+
+    /// The copied-out tar names everything under `rootfs/`: rewritten once with that
+    /// prefix dropped, it is the tree's tar (what a rootless hook leaves in ROOTFS_TAR),
+    /// else extracted into the tree directory with its owners (root).
+    func receive(_ fetched: String, into invocation: HookInvocation, scratch: String) throws {
+        let prefix = Array("rootfs".utf8)
+        let strip: (inout TreeItem) throws -> Void = { item in
+            item.path = try Self.dropPrefix(prefix, from: item.path)
+            if let target = item.hardLinkTo { item.hardLinkTo = try Self.dropPrefix(prefix, from: target) }
+        }
+        let tarTransport = invocation.environment["ROOTFS_TAR"]
+        let tree = tarTransport ?? scratch + "/tree-stripped.tar"
+        _ = try TreeArchiver(format: .paxRestricted, compression: .none, transform: strip).write(source: .archive(fetched), to: tree)
+        unlink(fetched)
+        if tarTransport == nil {
+            rmdir(invocation.rootfsDirectory)
+            try TreeExtractor(destination: invocation.rootfsDirectory).extract(.archive(tree))
+        }
+    }
+
+    static func dropPrefix(_ prefix: [UInt8], from path: [UInt8]) throws -> [UInt8] {
+        if path == prefix || path == prefix + [47] { return [46] }
+        guard path.starts(with: prefix + [47]) else {
+            throw RootfsError("the remote engine's copy of the tree holds \(String(decoding: path, as: UTF8.self).debugDescription) outside rootfs/",
+                              hint: "the engine's `cp` output is not what was asked for; nothing was written")
+        }
+        return Array(path.dropFirst(prefix.count + 1))
+    }
+}
