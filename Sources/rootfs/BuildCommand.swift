@@ -112,7 +112,8 @@ struct BuildCommand: AsyncParsableCommand {
             var opts = base
             opts.formats = try formatTexts.map(OutputFormat.parse)
             opts.overlays = try compose.specs()
-            opts.imageOptions = flags.options(epoch: nil, compression: opts.compression)
+            opts.imageOptions = try flags.options(epoch: nil, compression: opts.compression)
+            opts.daxHeader = flags.daxHeader
             let builder = Builder(console: console)
             let plan = try await builder.plan(opts)
             if dryRun {
