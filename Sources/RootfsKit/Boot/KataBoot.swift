@@ -72,8 +72,9 @@ public struct KataBoot: Sendable, Equatable {
         return "\(memoryMB),slots=2,maxmem=\(maxMiB)M"
     }
 
-    /// Refuses an image QEMU cannot map as an NVDIMM: not raw, or not whole 4 KiB pages.
-    public static func requireNVDIMMImage(_ path: String, container: String, bytes: Int64) throws {
+    /// Refuses an image QEMU cannot map as an NVDIMM (not raw, not whole 4 KiB pages), or whose DAX
+    /// header the driver would reject (the namespace must end on 2 MiB), before QEMU starts.
+    public static func requireNVDIMMImage(_ path: String, container: String, bytes: Int64, dax: Bool = false) throws {
         guard container == "raw" else {
             throw RootfsError("--kata-root pmem maps the image file as an NVDIMM, so it must be a raw disk image; \(path) is \(container)",
                               hint: "boot the raw image (rootfs build --image / --format raw), or use --kata-root virtio-blk")
@@ -81,6 +82,10 @@ public struct KataBoot: Sendable, Equatable {
         guard bytes > 0, bytes % 4096 == 0 else {
             throw RootfsError("--kata-root pmem: \(path) is \(bytes) bytes, not whole 4 KiB pages, which an NVDIMM needs",
                               hint: "write the image with rootfs (its sizes are whole MiB; --align rounds them further)")
+        }
+        guard !dax || bytes % DAXHeader.alignment == 0 else {
+            throw RootfsError("--kata-root pmem: \(path) has Kata's DAX header but is \(bytes) bytes, not whole 2 MiB, so the nvdimm driver would refuse to map it",
+                              hint: "write the image again with rootfs (with --dax its size is whole 2 MiB)")
         }
     }
 

@@ -173,7 +173,7 @@ public struct QEMUBoot: Sendable {
                 + (disk.container == .qcow2 ? ",backing=" : "")
             if nvdimm {
                 let bytes = FS.fileSize(options.image)
-                try KataBoot.requireNVDIMMImage(options.image, container: disk.container.rawValue, bytes: bytes)
+                try KataBoot.requireNVDIMMImage(options.image, container: disk.container.rawValue, bytes: bytes, dax: options.kata?.dax ?? false)
                 arguments += KataBoot.nvdimmArguments(path: Self.quoted(options.image), bytes: bytes)
             } else if let kata = options.kata {
                 arguments += kata.diskArguments(drive: drive)

@@ -54,6 +54,12 @@ import Testing
         try handle.close()
         let odd = try await Fixtures.rootfs(["boot", image, "--kata", "--kata-root", "pmem", "--kernel", kernel, "--accel", "tcg", "--", "true"])
         #expect(odd.status != 0 && odd.stderr.contains("not whole 4 KiB pages, which an NVDIMM needs"), "\(odd.stderr)")
+        // A DAX image grown by 1 MiB: whole pages, but the driver maps only a namespace ending on 2 MiB.
+        let dax = dir + "/dax.img"
+        #expect(try await Fixtures.rootfs(["image", tree, "-o", dax, "--dax", "--agent-init"]).status == 0)
+        #expect(truncate(dax, off_t(FS.fileSize(dax) + (1 << 20))) == 0)
+        let grown = try await Fixtures.rootfs(["boot", dax, "--kata", "--kata-root", "pmem", "--kernel", kernel, "--accel", "tcg", "--", "true"])
+        #expect(grown.status != 0 && grown.stderr.contains("has Kata's DAX header but is"), "\(grown.stderr)")
         let noKata = try await Fixtures.rootfs(["boot", image, "--kata-root", "pmem", "--kernel", kernel, "--", "true"])
         #expect(noKata.status != 0 && noKata.stderr.contains("--kata-root is how --kata attaches the image: add --kata"), "\(noKata.stderr)")
         let unknown = try await Fixtures.rootfs(["boot", image, "--kata", "--kata-root", "scsi", "--kernel", kernel, "--", "true"])
