@@ -38,8 +38,10 @@ struct BootCommand: AsyncParsableCommand {
     @Option(help: "Accelerator: auto (KVM when it works, else TCG), kvm or tcg.")
     var accel: String = "auto"
 
-    @Flag(help: "Boot a disk image the way Kata's runtime does: Kata's kernel parameters (systemd.unit=kata-containers.target...), the root on virtio-blk /dev/vda1, read-only; a stage-1 initrd with the modules when the kernel's package has them (docs/AGENT.md).")
+    @Flag(help: "Boot a disk image the way Kata's runtime does: Kata's kernel parameters (systemd.unit=kata-containers.target...), the root read-only on virtio-blk /dev/vda1 or an NVDIMM /dev/pmem0p1 (--kata-root); a stage-1 initrd with the modules when the kernel's package has them (docs/AGENT.md).")
     var kata = false
+    @Option(name: .customLong("kata-root"), help: ArgumentHelp("--kata: attach the image as virtio-blk (default; root /dev/vda1) or pmem (an NVDIMM backed by the raw image file, as Kata's runtime does by default; root /dev/pmem0p1, mounted with dax when the image has Kata's DAX header).", valueName: "virtio-blk|pmem"))
+    var kataRoot: KataBoot.Root?
     @Option(help: ArgumentHelp("--kata: the kernel's lib/modules/<version> for the stage-1 initrd (default: next to the kernel, ROOT/boot/vmlinuz-V -> ROOT/lib/modules/V).", valueName: "dir"))
     var modules: String?
     @Flag(help: "Attach the terminal to the guest console (default command: /bin/sh).")

@@ -124,7 +124,8 @@ struct BuildCommand: AsyncParsableCommand {
             if let label = opts.fromImageLabel { opts.fromImage = try await exports.resolve(label, option: "--from-image") }
             opts.formats = try formatTexts.map(OutputFormat.parse)
             opts.overlays = try await compose.specs(exports: exports)
-            opts.imageOptions = flags.options(epoch: nil, compression: opts.compression)
+            opts.imageOptions = try flags.options(epoch: nil, compression: opts.compression)
+            opts.daxHeader = flags.daxHeader
             let builder = Builder(console: console)
             let plan = try await builder.plan(opts)
             if dryRun {

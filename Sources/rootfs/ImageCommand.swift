@@ -26,7 +26,8 @@ struct ImageCommand: AsyncParsableCommand {
         let flags = imageFlags, compose = compose, compression = compression
         try await CommandRunner.run {
             let format = try formatText.map(OutputFormat.parse) ?? OutputFormat.infer(fromPath: output) ?? .raw
-            let options = flags.options(epoch: try sourceDateEpoch(), compression: compression)
+            let options = try flags.options(epoch: try sourceDateEpoch(), compression: compression,
+                                            environment: ProcessInfo.processInfo.environment)
             try ImageOptions.requireVHDXFixedFits(options, formats: [format])
             let exports = EngineImageExports()
             defer { exports.removeAll() }

@@ -44,8 +44,12 @@ struct ImageFlags: ParsableArguments {
     var filesystem: FilesystemType = .ext4
     @Option(name: .customLong("ext4-writer"), help: "What writes ext4 file systems: native (rootfs's own writer: fast, reproducible, from a tar without root) or mke2fs (mke2fs -d).")
     var ext4Writer: Ext4WriterKind = .native
-    @Flag(help: "Prepend Kata's 2 MiB NVDIMM/DAX header to the disk image (MBR only).")
+    @Flag(help: "Prepend Kata's 2 MiB NVDIMM/DAX header to the disk image (MBR only; on by default for Kata guests, as Kata's SKIP_DAX_HEADER=no).")
     var dax = false
+    @Flag(name: .customLong("skip-dax-header"), help: "No DAX header, also for Kata guests (Kata's SKIP_DAX_HEADER=yes, also read from the environment): a virtio-blk-only image.")
+    var skipDaxHeader = false
+    @Option(name: .customLong("align"), help: ArgumentHelp("Round disk images up to a multiple of this many MiB (Kata's IMAGE_SIZE_ALIGNMENT_MB, also read from the environment; 128 for Kata guests, else 1).", valueName: "MiB"))
+    var align: Int?
     @Flag(name: .customLong("vhdx-fixed"), help: "Write a fixed VHDX (every block stored) instead of a dynamic one (vhdx only).")
     var vhdxFixed = false
     @Option(help: ArgumentHelp("Kernel for kernel+initrd and iso-bios (default: the tree's /boot/vmlinuz*).", valueName: "FILE"))
@@ -59,13 +63,25 @@ struct ImageFlags: ParsableArguments {
         guard freeSpace <= Self.maxFreeSpaceMiB else {
             throw ValidationError("--free-space \(freeSpace) MiB is more than an ext4 image holds (at most \(Self.maxFreeSpaceMiB) MiB, 16 TiB)")
         }
+        if let align, align < 1 || align > DiskImageWriter.maxAlignmentMiB {
+            throw ValidationError("--align \(align) is not an image size step: give a whole number of MiB from 1 to \(DiskImageWriter.maxAlignmentMiB) (Kata's default is 128)")
+        }
+        if dax && skipDaxHeader { throw ValidationError("--dax and --skip-dax-header contradict each other") }
         if noPartitionTable && partitionTable == .gpt {
             throw ValidationError("--no-partition-table and --partition-table gpt contradict each other")
         }
     }
 
-    func options(epoch: Int?, compression: Compression) -> ImageOptions {
+    /// `--dax` (true), `--skip-dax-header` (false), neither (nil: the build's default).
+    var daxHeader: Bool? { dax ? true : skipDaxHeader ? false : nil }
+
+    /// The options; `--align`, else IMAGE_SIZE_ALIGNMENT_MB from `environment` when given (`rootfs image`).
+    func options(epoch: Int?, compression: Compression, environment: [String: String]? = nil) throws -> ImageOptions {
         var o = ImageOptions()
+        o.alignmentMiB = align
+        if align == nil, let text = environment?["IMAGE_SIZE_ALIGNMENT_MB"], !text.isEmpty {
+            o.alignmentMiB = try DiskImageWriter.alignmentMiB(parsing: text, from: "IMAGE_SIZE_ALIGNMENT_MB")
+        }
         o.freeSpaceMiB = freeSpace
         o.partitionTable = noPartitionTable ? .none : partitionTable
         o.filesystem = filesystem

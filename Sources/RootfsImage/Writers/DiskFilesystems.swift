@@ -16,10 +16,30 @@ public struct FilesystemTarget: Sendable {
     /// The final output path, for messages.
     public var output: String
     public var uuid: String
+    /// The image's size is rounded up to a multiple of this (`--align`; 2 MiB multiples with the DAX header).
+    public var alignment: Int64 = 1 << 20
+    /// The largest disk the partition table can describe (an MBR: 2 TiB), and what it is.
+    public var limit: (bytes: Int64, table: String)?
 
-    /// Gives the image its final size once the file system's size is known (sparse).
+    /// The partition for a file system of `filesystemBytes`: up to the end of the image rounded
+    /// up to `alignment`. A disk the partition table cannot describe is refused here, before the
+    /// writers write anything into the image.
+    public func partitionBytes(forFilesystem filesystemBytes: Int64) throws -> Int64 {
+        let what = "the size of \(output)"
+        let used = try Checked.add(try Checked.add(offset, filesystemBytes, what), tail, what)
+        let disk = try Checked.add(used, alignment - 1, what) / alignment * alignment
+        if let limit, disk > limit.bytes {
+            throw RootfsError("\(output) would be \(MBR.describe(disk)), more than \(limit.table) can describe (2 TiB: 32-bit sector numbers)",
+                              hint: "write a smaller image (less --free-space, a smaller --align), or --partition-table gpt without --dax")
+        }
+        return disk - offset - tail
+    }
+
+    /// Gives the image its final size once the file system's size is known (sparse): the partition
+    /// rounded up to `alignment`.
     func size(filesystemBytes: Int64) throws {
-        guard ftruncate(fd, off_t(offset + filesystemBytes + tail)) == 0 else {
+        let partition = try partitionBytes(forFilesystem: filesystemBytes)
+        guard ftruncate(fd, off_t(offset + partition + tail)) == 0 else {
             throw RootfsError("cannot size \(output): \(FS.errnoText())")
         }
     }

@@ -1,30 +1,6 @@
 import RootfsSupport
 import Foundation
 
-/// A partition table entry of a raw disk image.
-public struct MBR: Sendable, Equatable {
-    public var diskSignature: UInt32
-    public var partitionStartSector: UInt32
-    public var partitionSectors: UInt32
-    public var partitionType: UInt8 = 0x83
-
-    /// The 512-byte sector 0: no boot code, one primary partition, the signature.
-    public var bytes: [UInt8] {
-        var b = [UInt8](repeating: 0, count: 512)
-        func put32(_ v: UInt32, at o: Int) { for i in 0..<4 { b[o + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) } }
-        put32(diskSignature, at: 440)
-        let p = 446
-        b[p] = 0x80                       // active
-        b[p + 1] = 0xfe; b[p + 2] = 0xff; b[p + 3] = 0xff  // CHS start: use LBA
-        b[p + 4] = partitionType
-        b[p + 5] = 0xfe; b[p + 6] = 0xff; b[p + 7] = 0xff  // CHS end: use LBA
-        put32(partitionStartSector, at: p + 8)
-        put32(partitionSectors, at: p + 12)
-        b[510] = 0x55; b[511] = 0xaa
-        return b
-    }
-}
-
 /// Kata's image_builder.sh without root, loop devices or retries: a raw disk
 /// with an MBR and one ext4 partition at 1 MiB, written straight into the image
 /// file by the native Ext4Writer (or `mke2fs -d`), sized from the tree.
@@ -36,8 +12,11 @@ public struct DiskImageWriter: Sendable {
     public var runner = ProcessRunner()
     public var partitionTable: PartitionTable = .mbr
     public var filesystem: FilesystemType = .ext4
-    /// Prepend Kata's 2 MiB NVDIMM/DAX header.
+    /// Prepend Kata's 2 MiB NVDIMM/DAX header (DAXHeader.swift).
     public var dax = false
+    /// Round the image's size up to a multiple of this many MiB (`--align`, Kata's
+    /// IMAGE_SIZE_ALIGNMENT_MB); nil: whole MiB. The partition spans the rounded size.
+    public var alignmentMiB: Int?
     /// Which program writes ext4: rootfs's own writer (default) or `mke2fs -d`.
     public var ext4Writer: Ext4WriterKind = .native
 
@@ -122,12 +101,46 @@ public struct DiskImageWriter: Sendable {
         (dax ? DAXHeader.size : 0) + (partitionTable == .none ? 0 : Self.partitionOffset)
     }
 
+    /// The largest value `--align` and IMAGE_SIZE_ALIGNMENT_MB take (16 TiB, as --free-space).
+    public static let maxAlignmentMiB = 16 << 20
+
+    /// IMAGE_SIZE_ALIGNMENT_MB (or a flag's text) as a step in MiB: a whole number from 1 to 16 TiB.
+    public static func alignmentMiB(parsing text: String, from name: String) throws -> Int {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        guard let value = Int(trimmed), value >= 1, value <= maxAlignmentMiB else {
+            throw RootfsError("\(name) '\(text)' is not an image size step in MiB",
+                              hint: "give a whole number of MiB from 1 to \(maxAlignmentMiB) (Kata's default is 128)")
+        }
+        return value
+    }
+
+    /// The step the image's size is rounded up to, in bytes: `alignmentMiB`, and with the DAX
+    /// header also a multiple of its 2 MiB (the nvdimm driver maps only a namespace ending on 2 MiB).
+    public func alignmentBytes() throws -> Int64 {
+        let mib = alignmentMiB ?? 1
+        guard mib >= 1, mib <= Self.maxAlignmentMiB else {
+            throw RootfsError("--align \(mib) is not an image size step", hint: "give a whole number of MiB from 1 to \(Self.maxAlignmentMiB)")
+        }
+        let step = try Checked.multiply(Int64(mib), 1 << 20, "--align \(mib) MiB in bytes")
+        // Every step is whole MiB: with an odd number of them, twice the step is the least common multiple with 2 MiB.
+        return dax && step % DAXHeader.alignment != 0 ? try Checked.multiply(step, 2, "--align \(mib) MiB with the DAX header") : step
+    }
+
+    /// What the partition table limits the disk to (nil: no limit below the file system's own).
+    var diskLimit: (bytes: Int64, table: String)? {
+        switch partitionTable {
+        case .mbr: return (MBR.maxDiskBytes, dax ? "Kata's DAX layout (an MBR)" : "an MBR partition table")
+        case .gpt, .none: return nil
+        }
+    }
+
     @discardableResult
     public func write(source: TreeSource, to output: String) async throws -> (stats: WriteStats, uuid: String) {
         if dax && partitionTable != .mbr {
             throw RootfsError("--dax needs an MBR partition table (Kata's NVDIMM layout)",
                               hint: "drop --partition-table gpt / --no-partition-table, or drop --dax")
         }
+        let alignment = try alignmentBytes()
         let fsWriter = filesystem.writer(ext4: ext4Writer)
         let root: String
         let cleanup: @Sendable () -> Void
@@ -147,27 +160,30 @@ public struct DiskImageWriter: Sendable {
         let base = filesystemOffset
         let tail: Int64 = partitionTable == .gpt ? Self.partitionOffset : 0
         var stats = WriteStats()
-        let target = FilesystemTarget(source: source, directory: root, fd: fd, image: temporary, offset: base,
+        var target = FilesystemTarget(source: source, directory: root, fd: fd, image: temporary, offset: base,
                                       tail: tail, output: output, uuid: uuid)
+        target.alignment = alignment
+        target.limit = diskLimit
         let written = try await fsWriter.write(into: target, disk: self)
-        let filesystemBytes = written.filesystemBytes
+        // The partition spans the rounded image; the file system keeps its own size inside it.
+        let partitionBytes = try target.partitionBytes(forFilesystem: written.filesystemBytes)
         stats.inputBytes = written.inputBytes
         let signatureSource = uuid.replacingOccurrences(of: "-", with: "").prefix(8)
         let signature = UInt32(signatureSource, radix: 16) ?? 0
         let diskStart = dax ? DAXHeader.size : 0
         switch partitionTable {
         case .mbr:
-            let mbr = MBR(diskSignature: signature, partitionStartSector: UInt32(Self.partitionOffset / 512),
-                          partitionSectors: UInt32(filesystemBytes / 512))
+            let mbr = try MBR(diskSignature: signature, partitionStart: Self.partitionOffset, partitionBytes: partitionBytes, what: output)
             try FS.write(mbr.bytes, to: fd, at: diskStart, name: output)
             if dax {
-                try FS.write(DAXHeader.header(innerPartitionOffset: Self.partitionOffset, partitionBytes: filesystemBytes,
-                                              signature: signature), to: fd, at: 0, name: output)
+                let header = try DAXHeader(innerPartitionOffset: Self.partitionOffset, partitionBytes: partitionBytes,
+                                           signature: signature, what: output)
+                try FS.write(header.encoded(), to: fd, at: 0, name: output)
             }
         case .gpt:
-            let sectors = UInt64((Self.partitionOffset + filesystemBytes + tail) / 512)
+            let sectors = UInt64((Self.partitionOffset + partitionBytes + tail) / 512)
             let gpt = GPT(diskSectors: sectors, firstSector: UInt64(Self.partitionOffset / 512),
-                          lastSector: UInt64((Self.partitionOffset + filesystemBytes) / 512) - 1,
+                          lastSector: UInt64((Self.partitionOffset + partitionBytes) / 512) - 1,
                           diskGUID: derivedGUID("disk", uuid), partitionGUID: derivedGUID("part", uuid), partitionName: label)
             for (lba, bytes) in gpt.sectors { try FS.write(bytes, to: fd, at: Int64(lba) * 512, name: output) }
         case .none:
@@ -176,7 +192,7 @@ public struct DiskImageWriter: Sendable {
         try Task.checkCancellation()
         try FS.rename(temporary, to: output)
         keep = true
-        stats.outputBytes = base + filesystemBytes + tail
+        stats.outputBytes = base + partitionBytes + tail
         return (stats, uuid)
     }
 

@@ -98,6 +98,7 @@ public struct DiskFormatWriter: FormatWriter {
         w.partitionTable = options.partitionTable
         w.filesystem = options.filesystem
         w.dax = options.dax
+        w.alignmentMiB = options.alignmentMiB
         w.ext4Writer = options.ext4Writer
         w.runner = runner
         return w

@@ -90,6 +90,8 @@ public struct ImageOptions: Sendable {
     public var partitionTable: PartitionTable = .mbr
     public var filesystem: FilesystemType = .ext4
     public var dax = false
+    /// `--align` / IMAGE_SIZE_ALIGNMENT_MB: disk images are rounded up to a multiple of this many MiB (nil: whole MiB).
+    public var alignmentMiB: Int?
     /// `--vhdx-fixed`: a VHDX that stores every block (dynamic by default).
     public var vhdxFixed = false
     /// Which program writes ext4 file systems (`--ext4-writer`).

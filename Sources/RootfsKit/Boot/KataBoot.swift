@@ -2,9 +2,32 @@ import Foundation
 
 /// `rootfs boot --kata`: a disk image booted the way Kata's runtime boots it (QEMU on x86_64):
 /// Kata's kernel parameters, systemd told to reach kata-containers.target, and the root on
-/// virtio-blk `/dev/vda1`, mounted read-only with Kata's root flags.
+/// virtio-blk `/dev/vda1` or on an NVDIMM `/dev/pmem0p1`, mounted read-only with Kata's root flags.
 public struct KataBoot: Sendable, Equatable {
-    public init() {}
+    /// The device the image is attached as (`--kata-root`).
+    public enum Root: String, Sendable, Equatable, CaseIterable {
+        /// virtio-blk-pci, the root on /dev/vda1 (Kata's disable_image_nvdimm = true).
+        case virtioBlk = "virtio-blk"
+        /// An NVDIMM backed by the image file, the root on /dev/pmem0p1 (Kata's default on QEMU).
+        case pmem
+    }
+
+    public var root: Root
+    /// The image starts with Kata's DAX header (pmem): the driver maps it with DAX, so the root is
+    /// mounted with `dax` (Kata's NVDIMM parameters; without the header, its no-DAX ones).
+    public var dax: Bool
+
+    public init(root: Root = .virtioBlk, dax: Bool = false) {
+        self.root = root
+        self.dax = dax
+    }
+
+    /// The KataBoot for `image`: on pmem, DAX when the image carries a valid DAX header.
+    public static func forImage(_ image: String, root: Root) -> KataBoot {
+        guard root == .pmem, let file = try? OwnedFileDescriptor(path: image, flags: O_RDONLY),
+              let head = try? file.read(count: DAXHeader.encodedBytes, at: 0) else { return KataBoot(root: root) }
+        return KataBoot(root: root, dax: DAXHeader.infoBlock(inHead: head, what: image) != nil)
+    }
 
     /// Kata's runtime parameters for x86_64 (its qemu_amd64 kernelParams), then the systemd ones
     /// every Kata guest boots with (KataProfile.kernelParameters).
@@ -14,11 +37,15 @@ public struct KataBoot: Sendable, Equatable {
         "pci=lastbus=0",
     ]
 
-    /// Kata's root on virtio-blk: the first partition, read-only (Kata's GetKernelRootParams without DAX).
+    /// Kata's root parameters (its commonVirtioblkKernelRootParams, commonNvdimmKernelRootParams and
+    /// commonNvdimmNoDAXKernelRootParams): the first partition, read-only; `dax` on an NVDIMM with the header.
     public func rootParameters(filesystem: String) -> [String] {
-        let flags = filesystem == "ext4" ? "data=ordered,errors=remount-ro ro" : "ro"
-        return ["root=/dev/vda1", "rootflags=\(flags)", "rootfstype=\(filesystem)", "ro"]
+        var flags = filesystem == "ext4" ? "data=ordered,errors=remount-ro ro" : "ro"
+        if root == .pmem && dax && filesystem == "ext4" { flags = "dax," + flags }
+        return ["root=\(rootDevice)", "rootflags=\(flags)", "rootfstype=\(filesystem)", "ro"]
     }
+
+    public var rootDevice: String { root == .pmem ? "/dev/pmem0p1" : "/dev/vda1" }
 
     public var kernelParameters: [String] { Self.runtimeParameters + KataProfile.kernelParameters }
 
@@ -28,9 +55,49 @@ public struct KataBoot: Sendable, Equatable {
         ["-drive", drive, "-device", "virtio-blk-pci,drive=d0", "-snapshot"]
     }
 
+    /// The image as Kata's runtime attaches it on an NVDIMM (its appendNvdimmImage): a read-only
+    /// file memory backend and an unarmed nvdimm, on a machine with nvdimm=on. The file is never
+    /// written (readonly=on: QEMU opens it read-only). `path` is quoted for QEMU's option list.
+    public static func nvdimmArguments(path: String, bytes: Int64) -> [String] {
+        ["-machine", "pc,nvdimm=on",
+         "-object", "memory-backend-file,id=mem0,mem-path=\(path),size=\(bytes),readonly=on",
+         "-device", "nvdimm,id=nv0,memdev=mem0,unarmed=on"]
+    }
+
+    /// `-m` for an NVDIMM guest: the NVDIMM sits in the hotplug area, so maxmem holds the RAM and the image
+    /// (rounded up to MiB) and one slot is free for it.
+    public static func nvdimmMemory(memoryMB: Int, imageBytes: Int64) throws -> String {
+        let imageMiB = try Checked.add(imageBytes, (1 << 20) - 1, "the NVDIMM's size") >> 20
+        let maxMiB = try Checked.add(Int64(memoryMB), imageMiB, "--memory plus the NVDIMM's size")
+        return "\(memoryMB),slots=2,maxmem=\(maxMiB)M"
+    }
+
+    /// Refuses an image QEMU cannot map as an NVDIMM (not raw, not whole 4 KiB pages), or whose DAX
+    /// header the driver would reject (the namespace must end on 2 MiB), before QEMU starts.
+    public static func requireNVDIMMImage(_ path: String, container: String, bytes: Int64, dax: Bool = false) throws {
+        guard container == "raw" else {
+            throw RootfsError("--kata-root pmem maps the image file as an NVDIMM, so it must be a raw disk image; \(path) is \(container)",
+                              hint: "boot the raw image (rootfs build --image / --format raw), or use --kata-root virtio-blk")
+        }
+        guard bytes > 0, bytes % 4096 == 0 else {
+            throw RootfsError("--kata-root pmem: \(path) is \(bytes) bytes, not whole 4 KiB pages, which an NVDIMM needs",
+                              hint: "write the image with rootfs (its sizes are whole MiB; --align rounds them further)")
+        }
+        guard !dax || bytes % DAXHeader.alignment == 0 else {
+            throw RootfsError("--kata-root pmem: \(path) has Kata's DAX header but is \(bytes) bytes, not whole 2 MiB, so the nvdimm driver would refuse to map it",
+                              hint: "write the image again with rootfs (with --dax its size is whole 2 MiB)")
+        }
+    }
+
     /// The modules the root needs when the kernel has them as modules (Debian's cloud kernel: the
     /// virtio PCI transport and virtio_blk; their dependencies come from modinfo).
     public static let rootModules = ["virtio_pci", "virtio_blk"]
+    /// An NVDIMM root: the ACPI NFIT driver that finds QEMU's NVDIMM, and the pmem block driver
+    /// (libnvdimm, its PFN/DAX support and nd_btt come in as their dependencies).
+    public static let pmemModules = ["nfit", "nd_pmem"]
+
+    /// The modules this root needs, for the stage-1 initrd.
+    public var moduleNames: [String] { root == .pmem ? Self.pmemModules : Self.rootModules }
 }
 
 /// A stage-1 initrd that loads the root's modules and switches to the disk's root: for a kernel

@@ -154,7 +154,9 @@ public struct QEMUBoot: Sendable {
         case .kvm: arguments += ["-accel", "kvm", "-cpu", "host"]
         case .tcg, .auto: arguments += ["-accel", "tcg"]
         }
-        arguments += ["-m", String(options.memoryMB), "-nographic", "-no-reboot", "-nic", "none"]
+        let nvdimm = options.kata?.root == .pmem && kind.disk != nil
+        let memory = nvdimm ? try KataBoot.nvdimmMemory(memoryMB: options.memoryMB, imageBytes: FS.fileSize(options.image)) : String(options.memoryMB)
+        arguments += ["-m", memory, "-nographic", "-no-reboot", "-nic", "none"]
         switch kind {
         case .iso:
             // The firmware (SeaBIOS) boots the CD: isolinux loads the ISO's own kernel and initrd.
@@ -169,7 +171,11 @@ public struct QEMUBoot: Sendable {
             // protocol (`disk.img,snapshot=off`, `json:{...}`, `nbd:...`); no backing file.
             let drive = "if=none,id=d0,format=\(disk.container.rawValue),\(Self.fileOption(options.image))"
                 + (disk.container == .qcow2 ? ",backing=" : "")
-            if let kata = options.kata {
+            if nvdimm {
+                let bytes = FS.fileSize(options.image)
+                try KataBoot.requireNVDIMMImage(options.image, container: disk.container.rawValue, bytes: bytes, dax: options.kata?.dax ?? false)
+                arguments += KataBoot.nvdimmArguments(path: Self.quoted(options.image), bytes: bytes)
+            } else if let kata = options.kata {
                 arguments += kata.diskArguments(drive: drive)
             } else {
                 arguments += ["-drive", drive, "-device", "nvme,drive=d0,serial=rootfs", "-snapshot"]

@@ -35,6 +35,9 @@ public struct BuildOptions: Sendable {
     public var overlays: [OverlaySpec] = []
     /// Options of the format writers (partition table, file system, kernel, ...).
     public var imageOptions = ImageOptions()
+    /// Kata's DAX header on disk images: `--dax` (true), `--skip-dax-header` (false); nil: Kata's
+    /// default, on under the Kata profile (unless SKIP_DAX_HEADER=yes) for MBR disks, off otherwise.
+    public var daxHeader: Bool?
     /// Write `<name>.manifest.json` next to the outputs (and `<name>.spdx.json` with `sbom`).
     public var manifest = true
     public var sbom = false

@@ -126,6 +126,7 @@ public struct BuildPlanner: Sendable {
         var imageOptions = options.imageOptions
         imageOptions.epoch = epoch
         imageOptions.compression = options.compression
+        (imageOptions.dax, imageOptions.alignmentMiB) = try Self.kataDiskDefaults(options, profile: profile, partitionTable: imageOptions.partitionTable)
 
         var hookEnv = overrides
         for (key, value) in config.values where hookEnv[key] == nil { hookEnv[key] = value }
@@ -227,6 +228,21 @@ public struct BuildPlanner: Sendable {
         return .container(try await ContainerBuild.make(engine: engine, distro: distro, config: config,
                                                         architecture: architecture, builderBase: options.builderBase,
                                                         environment: env, runner: runner))
+    }
+
+    /// Kata's image_builder.sh defaults for disk images: the DAX header (SKIP_DAX_HEADER=no) and
+    /// IMAGE_SIZE_ALIGNMENT_MB=128 under the Kata profile. The flags win, then the variables; the
+    /// variable IMAGE_SIZE_ALIGNMENT_MB counts for every build. Kata's layout is MBR only, so a
+    /// GPT or bare disk gets the header only when --dax asks (and is then refused by the writer).
+    static func kataDiskDefaults(_ options: BuildOptions, profile: GuestProfileChoice,
+                                 partitionTable: PartitionTable) throws -> (dax: Bool, alignmentMiB: Int?) {
+        let env = options.environment
+        let kata = profile.kata != nil
+        let skip = env["SKIP_DAX_HEADER"].map { ["yes", "true", "1"].contains($0.lowercased()) } ?? false
+        let dax = options.daxHeader ?? (kata && !skip && partitionTable == .mbr)
+        let fromEnvironment = try env["IMAGE_SIZE_ALIGNMENT_MB"].flatMap { $0.isEmpty ? nil : $0 }
+            .map { try DiskImageWriter.alignmentMiB(parsing: $0, from: "IMAGE_SIZE_ALIGNMENT_MB") }
+        return (dax, options.imageOptions.alignmentMiB ?? fromEnvironment ?? (kata ? 128 : nil))
     }
 
     private func words(_ s: String?) -> [String] {

@@ -18,15 +18,15 @@ enum KataInputs {
         guard result.status == 0 else { throw RootfsError("tar failed: \(result.stderr)") }
     }
 
-    /// lib/modules/<kver> holding only virtio_blk from the test kernel's package, its modules.order and
-    /// modules.builtin: a real kernel's module directory, small. `name` renames the directory.
-    static func modules(name: String? = nil, order: Bool = true) async throws -> (dir: String, version: String) {
+    /// lib/modules/<kver> holding only `module` (virtio_blk by default) from the test kernel's package,
+    /// its modules.order and modules.builtin: a real kernel's module directory, small. `name` renames the directory.
+    static func modules(name: String? = nil, order: Bool = true,
+                        module: String = "kernel/drivers/block/virtio_blk.ko") async throws -> (dir: String, version: String) {
         let kernel = try await BootFixture.kernel(packageRoot: URL(fileURLWithPath: Fixtures.repositoryRoot))
         let version = String(FS.basename(kernel).dropFirst("vmlinuz-".count))
         let package = FS.parent(FS.parent(kernel)) + "/lib/modules/" + version
-        let module = "kernel/drivers/block/virtio_blk.ko"
         let dir = try Fixtures.temporaryDirectory("kata-modules") + "/" + (name ?? version)
-        try FS.makeDirectories(dir + "/kernel/drivers/block")
+        try FS.makeDirectories(dir + "/" + module.split(separator: "/").dropLast().joined(separator: "/"))
         let found = [module, module + ".xz"].first { FS.isRegularFile(package + "/" + $0) }
         guard let found else { throw RootfsError("the test kernel's package has no \(module) under \(package)") }
         try FileManager.default.copyItem(atPath: package + "/" + found, toPath: dir + "/" + found)
@@ -34,6 +34,9 @@ enum KataInputs {
         try FileManager.default.copyItem(atPath: package + "/modules.builtin", toPath: dir + "/modules.builtin")
         return (dir, version)
     }
+
+    /// The module the Kata Debian guest gets from KERNEL_MODULES_DIR and loads after boot.
+    static let guestModule = "kernel/drivers/net/dummy.ko"
 
     static func busyboxDistros() throws -> String { try TestDistros.make(["bb": (TestDistros.busyboxConfig, TestDistros.busyboxLib)]) }
 }
@@ -123,6 +126,46 @@ enum KataInputs {
         #expect(!FS.exists(root + "/usr/lib/systemd/system/kata-containers.target"))
     }
 
+    /// Kata's image_builder.sh defaults under the profile: the DAX header (SKIP_DAX_HEADER=no) and
+    /// 128 MiB steps (IMAGE_SIZE_ALIGNMENT_MB); the flags and the variables change them.
+    @Test func kataDisksGetTheDAXHeaderAnd128MiBStepsByDefault() async throws {
+        let distros = try KataInputs.busyboxDistros()
+        let out = try Fixtures.temporaryDirectory("kata-dax")
+        defer { FS.remove(out) }
+        func plan(_ args: [String], _ env: [String: String]) async throws -> Fixtures.CLIResult {
+            try await Fixtures.rootfs(["build", "bb", "--distros-dir", distros, "--dry-run", "--image", out + "/p.img"] + args, environment: env)
+        }
+        let kata = ["AGENT_BIN": "kata-agent"]
+        let cases: [([String], [String: String], String)] = [
+            ([], kata, "DAX header, size in 128 MiB steps, 64 MiB free)"),
+            ([], kata.merging(["SKIP_DAX_HEADER": "yes"]) { $1 }, "ext4 by native, size in 128 MiB steps, 64 MiB free)"),
+            (["--skip-dax-header"], kata.merging(["IMAGE_SIZE_ALIGNMENT_MB": "64"]) { $1 }, "ext4 by native, size in 64 MiB steps, 64 MiB free)"),
+            (["--align", "32"], kata.merging(["IMAGE_SIZE_ALIGNMENT_MB": "64"]) { $1 }, "DAX header, size in 32 MiB steps, 64 MiB free)"),
+            // Kata's layout is MBR only: a GPT disk of a Kata guest has no header unless --dax asks (and is refused then).
+            (["--partition-table", "gpt"], kata, "(raw, GPT, ext4 by native, size in 128 MiB steps, 64 MiB free)"),
+            // Not a Kata guest: neither, unless asked.
+            ([], [:], "(raw, MBR, ext4 by native, 64 MiB free)"),
+            (["--dax"], ["IMAGE_SIZE_ALIGNMENT_MB": "16"], "DAX header, size in 16 MiB steps, 64 MiB free)"),
+        ]
+        for (args, env, line) in cases {
+            let r = try await plan(args, env)
+            #expect(r.status == 0 && r.stdout.contains(line), "\(args) \(env): \(r.stdout)\(r.stderr)")
+        }
+        let bad = try await plan([], kata.merging(["IMAGE_SIZE_ALIGNMENT_MB": "0"]) { $1 })
+        #expect(bad.status != 0 && bad.stderr.contains("IMAGE_SIZE_ALIGNMENT_MB '0' is not an image size step in MiB"), "\(bad.stderr)")
+
+        // A real build: the image carries the header and ends on a 128 MiB step; sfdisk reads MBR #1.
+        let image = out + "/bb.img"
+        let r = try await Fixtures.rootfs(["build", "bb", "--distros-dir", distros, "--image", image], environment: kata)
+        #expect(r.status == 0, "\(r.stderr.suffix(2000))")
+        #expect(FS.fileSize(image) > 0 && FS.fileSize(image) % (128 << 20) == 0, "\(FS.fileSize(image))")
+        let head = try OwnedFileDescriptor(path: image, flags: O_RDONLY).read(count: DAXHeader.encodedBytes, at: 0)
+        #expect(DAXHeader.infoBlock(inHead: head, what: image) != nil)
+        let parts = try await AlignedAndDAXImageTests.partitions(image)
+        #expect(parts.count == 1 && parts[0].start == 6144, "\(parts)")
+        #expect(try await AlignedAndDAXImageTests.fsck(image, start: parts[0].start, size: parts[0].size).status == 0)
+    }
+
     @Test func rootfsOnlyGivesTheTreeWithoutAgentAndAnErofsImage() async throws {
         let distros = try KataInputs.busyboxDistros()
         let out = try Fixtures.temporaryDirectory("kata")
@@ -154,9 +197,12 @@ actor KataDebianTree {
         if let task { return try await task.value }
         let task = Task<Tree, any Error> {
             let dir = try Fixtures.temporaryDirectory("kata-debian")
+            // KERNEL_MODULES_DIR from the test kernel's package with dummy.ko (a module, not built in, that
+            // nothing loads by itself) and kmod for modprobe; Kata's defaults give the image the DAX header.
+            let modules = try await KataInputs.modules(module: KataInputs.guestModule)
             let result = try await Fixtures.rootfs(["build", "debian", "-r", dir + "/rootfs", "--image", dir + "/debian.img",
-                                                    "--agent", Fixtures.agentBinary],
-                                                   environment: ["SOURCE_DATE_EPOCH": "1700000000"])
+                                                    "--agent", Fixtures.agentBinary, "--extra-pkg", "kmod"],
+                                                   environment: ["SOURCE_DATE_EPOCH": "1700000000", "KERNEL_MODULES_DIR": modules.dir])
             guard result.status == 0 else { throw RootfsError("kata debian build failed: \(result.stderr.suffix(3000))") }
             return Tree(directory: dir + "/rootfs", image: dir + "/debian.img")
         }
@@ -200,6 +246,51 @@ actor KataDebianTree {
                                            "sh", "-c", "systemctl is-active kata-containers.target kata-agent.service tmp.mount; cat /proc/1/comm"])
         #expect(r.status == 0, "\(r.stderr.suffix(3000))")
         #expect(r.stdout == "active\nactive\nactive\nsystemd\n", "\(r.stdout)")
+    }
+
+    /// Kata's image_builder.sh layout, read by other tools: 128 MiB steps, MBR #1 at 0 pointing at 3 MiB,
+    /// MBR #2 at 2 MiB pointing at 1 MiB of the inner image, the same partition, which e2fsck accepts.
+    @Test func theImageHasKatasDAXLayout() async throws {
+        let image = try await KataDebianTree.shared.tree().image
+        let size = FS.fileSize(image)
+        #expect(size % (128 << 20) == 0, "\(size)")
+        let outer = try await AlignedAndDAXImageTests.partitions(image)
+        #expect(outer.count == 1 && outer[0].start == 6144 && (outer[0].start + outer[0].size) * 512 == size, "\(outer)")
+        let inner = image + ".inner"
+        defer { unlink(inner) }
+        _ = try await Fixtures.run("/usr/bin/dd", ["if=" + image, "of=" + inner, "bs=1M", "skip=2", "count=4", "status=none"])
+        let innerParts = try await AlignedAndDAXImageTests.partitions(inner)
+        #expect(innerParts.count == 1 && innerParts[0].start == 2048 && innerParts[0].size == outer[0].size, "\(innerParts)")
+        let fsck = try await AlignedAndDAXImageTests.fsck(image, start: outer[0].start, size: outer[0].size)
+        #expect(fsck.status == 0, "\(fsck.stdout)\(fsck.stderr)")
+    }
+
+    /// `rootfs boot --kata --kata-root pmem`: the image as an NVDIMM (nfit and nd_pmem are modules of the test
+    /// kernel, loaded by the stage-1 initrd), root on /dev/pmem0p1 mounted with dax, which the kernel allows only
+    /// when it accepted the image's PFN info block. The agent runs from kata-containers.target; then the module
+    /// from KERNEL_MODULES_DIR is present in the guest and modprobe loads it (it was not loaded before).
+    @Test func bootKataOnNVDIMMWithDAXAndModprobe() async throws {
+        let image = try await KataDebianTree.shared.tree().image
+        let kernel = try await BootFixture.kernel(packageRoot: URL(fileURLWithPath: Fixtures.repositoryRoot))
+        let module = KataInputs.guestModule
+        let name = FS.basename(module).replacingOccurrences(of: ".ko", with: "")
+        let script = """
+        systemctl is-active kata-containers.target kata-agent.service
+        findmnt -no SOURCE,OPTIONS /
+        test -f /lib/modules/$(uname -r)/\(module) && echo present
+        grep -c '^\(name) ' /proc/modules
+        modprobe \(name) && grep -c '^\(name) ' /proc/modules
+        """
+        let r = try await Fixtures.rootfs(["boot", image, "--kata", "--kata-root", "pmem", "--kernel", kernel, "--timeout", "240",
+                                           "--accel", "tcg", "--", "sh", "-c", script])
+        #expect(r.status == 0, "\(r.stderr.suffix(3000))")
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.count == 6, "\(r.stdout)")
+        #expect(lines.prefix(2) == ["active", "active"], "\(r.stdout)")
+        let mount = lines.count > 2 ? lines[2] : ""
+        #expect(mount.hasPrefix("/dev/pmem0p1 ro"), "\(r.stdout)")
+        #expect(mount.split(separator: " ").last?.split(separator: ",").contains { $0.hasPrefix("dax") } == true, "\(r.stdout)")
+        #expect(Array(lines.suffix(3)) == ["present", "0", "1"], "\(r.stdout)")
     }
 
     /// `rootfs boot --kata`: virtio-blk (a module of the test kernel, loaded by the stage-1 initrd built
