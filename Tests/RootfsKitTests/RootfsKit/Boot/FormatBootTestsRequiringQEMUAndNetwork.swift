@@ -105,6 +105,19 @@ import Testing
         report("lcow vhd", r.stderr)
     }
 
+    /// LCOW's "VHD: a VHDx file": the same disk as a dynamic VHDX, known by content.
+    @Test func lcowVHDXBootsAndRunsRunc() async throws {
+        let env = try await BootEnvironment.shared.prepare()
+        let lcow = try await BootEnvironment.shared.lcow()
+        let check = try await Fixtures.run("/usr/bin/qemu-img", ["check", "-f", "vhdx", lcow.vhdx])
+        #expect(check.status == 0, "\(check.stdout)\(check.stderr)")
+        let r = try await Fixtures.rootfs(["boot", lcow.vhdx, "--kernel", env.kernel, "--timeout", "180", "--", "runc", "--version"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("runc version"), "\(r.stdout)")
+        #expect(r.stderr.contains("VHDX holding"), "\(r.stderr)")
+        report("lcow vhdx", r.stderr)
+    }
+
     func report(_ name: String, _ stderr: String) {
         let ready = stderr.split(separator: "\n").first { $0.contains("ready in") }.map(String.init) ?? "no ready line"
         print("FormatBootTestsRequiringQEMUAndNetwork: \(name): \(ready)")
@@ -173,6 +186,7 @@ actor BootEnvironment {
     struct Lcow: Sendable {
         var initrd: String
         var vhd: String
+        var vhdx: String
     }
 
     private var prepared: Task<Prepared, any Error>?
@@ -202,11 +216,11 @@ actor BootEnvironment {
         let task = Task<Lcow, any Error> {
             let dir = env.work + "/lcow"
             try FS.makeDirectories(dir)
-            let r = try await Fixtures.rootfs(["build", "lcow", "--format", "kernel+initrd", "--format", "vhd",
+            let r = try await Fixtures.rootfs(["build", "lcow", "--format", "kernel+initrd", "--format", "vhd", "--format", "vhdx",
                                                "--kernel", env.kernel, "-o", dir + "/out"],
                                               environment: ["SOURCE_DATE_EPOCH": "1700000000"], workingDirectory: dir)
             guard r.status == 0 else { throw RootfsError("rootfs build lcow failed (\(r.status)): \(r.stderr.suffix(3000))") }
-            return Lcow(initrd: dir + "/out/lcow-initrd.img", vhd: dir + "/out/lcow.vhd")
+            return Lcow(initrd: dir + "/out/lcow-initrd.img", vhd: dir + "/out/lcow.vhd", vhdx: dir + "/out/lcow.vhdx")
         }
         lcowBuild = task
         return try await task.value
