@@ -126,7 +126,8 @@ public struct QEMUBoot: Sendable {
         } else {
             // ttyS1: the command's output; ttyS2: the agent's status lines, on a device of
             // their own (the console is shared with the kernel and every guest daemon).
-            parameters += ["\(AgentProtocol.outputParameter)=ttyS1", "\(AgentProtocol.statusParameter)=ttyS2"]
+            let (output, status) = usesEFI(kind) ? ("ttyS2", "ttyS3") : ("ttyS1", "ttyS2")
+            parameters += ["\(AgentProtocol.outputParameter)=\(output)", "\(AgentProtocol.statusParameter)=\(status)"]
         }
         if let hostname = options.hostname {
             parameters.append("\(AgentProtocol.hostnameParameter)=\(hostname)")
@@ -202,10 +203,13 @@ public struct QEMUBoot: Sendable {
         } else {
             // ttyS0 (console) to a file, ttyS1 (the command's output) on stdout, ttyS2 (status)
             // to a file. append=on: QEMU writes with O_APPEND, so the watcher can cut the
-            // console file back when a guest floods it.
+            // console file back when a guest floods it. Under OVMF the output and status move
+            // to COM3 and COM4 (ttyS2, ttyS3): OVMF writes its console (and the EFI stub's lines)
+            // to COM1 and COM2, the only ports its SioBusDxe knows; COM2 goes nowhere.
             arguments += ["-monitor", "none",
-                          "-chardev", "file,id=console,append=on,path=\(Self.quoted(consoleLog))", "-serial", "chardev:console",
-                          "-serial", "stdio",
+                          "-chardev", "file,id=console,append=on,path=\(Self.quoted(consoleLog))", "-serial", "chardev:console"]
+                + (usesEFI(kind) ? ["-serial", "null"] : [])
+                + ["-serial", "stdio",
                           "-chardev", "file,id=status,append=on,path=\(Self.quoted(statusLog))", "-serial", "chardev:status"]
         }
         return ToolCommand(options.qemu, arguments)

@@ -86,6 +86,12 @@ public struct BuildPlanner: Sendable {
         for f in options.formats + defaultFormats where f != .rootfs && !formatOutputs.contains(where: { $0.format == f }) {
             formatOutputs.append(FormatOutput(format: f, path: f.outputPath(directory: formatDir, name: distro.name)))
         }
+        // kernel+initrd, kernel+squashfs and kernel+erofs all write NAME-kernel and NAME-cmdline.
+        let prefixed = formatOutputs.filter { [.kernelInitrd, .kernelSquashfs, .kernelErofs].contains($0.format) }
+        if prefixed.count > 1 {
+            throw RootfsError("\(prefixed.map(\.format.rawValue).joined(separator: " and ")) all write \(prefixed[0].path)-kernel and \(prefixed[0].path)-cmdline",
+                              hint: "ask for one of them per build, and write the others with `rootfs image TREE --format F -o OTHER-NAME`")
+        }
         if let d = options.outputDirectory, FS.exists(d) && !FS.isDirectory(d) {
             throw RootfsError("-o \(d) is not a directory", hint: "give the directory the formats are written to")
         }
