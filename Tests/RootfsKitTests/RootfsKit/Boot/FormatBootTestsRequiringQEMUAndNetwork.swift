@@ -6,7 +6,7 @@ import Testing
 
 /// Every bootable format, written from the real Debian tree (root, network:
 /// mmdebstrap) with `rootfs image` and booted with the real `rootfs boot`
-/// under QEMU (TCG here), plus the lcow distro's kernel+initrd and VHD.
+/// under QEMU (TCG here; OVMF for the UKI), plus the lcow distro's kernel+initrd, VHD and VHDX.
 /// Each test prints its time to readiness so that regressions show.
 @Suite(.serialized, .requires(.root, .network, .qemu, .busybox), .tags(.root, .network, .qemu, .busybox)) struct FormatBootTestsRequiringQEMUAndNetwork {
     struct Case: Sendable, CustomTestStringConvertible {
@@ -36,6 +36,10 @@ import Testing
              root: "root: nvme0n1 erofs ro"),
         Case(name: "kernel+initrd", write: ["-o", "DIR/debian", "--format", "kernel+initrd", "--kernel", "KERNEL"],
              boot: "DIR/debian-initrd.img", passKernel: false, root: "root: none rootfs rw"),
+        Case(name: "vhdx", write: ["-o", "DIR/debian.vhdx"], boot: "DIR/debian.vhdx", root: "root: nvme0n1p1 ext4 rw"),
+        // Under OVMF: the UKI brings kernel and initrd (the tree), rootfs boot's command line replaces its .cmdline.
+        Case(name: "uki", write: ["-o", "DIR/debian.efi", "--kernel", "KERNEL"], boot: "DIR/debian.efi", passKernel: false,
+             root: "root: none rootfs rw"),
     ]
 
     @Test(arguments: cases) func bootsWithRootfsBoot(_ c: Case) async throws {
