@@ -12,8 +12,10 @@ struct BootCommand: AsyncParsableCommand {
         output goes to stdout and rootfs exits with the command's exit status. \
         Without a command, the guest is stopped as soon as the agent is ready \
         (the time to ready is printed). The kind is read from the content: initrd, \
-        ISO (BIOS), raw (MBR, GPT or bare ext4/erofs), VHD, qcow2, vmdk. Disk images \
-        are booted with -snapshot: they are never modified.
+        ISO (BIOS, EFI, hybrid), unified kernel image, raw (MBR, GPT, an EFI system \
+        partition disk, or bare ext4/erofs/squashfs), VHD, VHDX, qcow2, vmdk; LinuxKit's \
+        NAME-squashfs.img / NAME-erofs.img find NAME-kernel and NAME-cmdline. EFI images \
+        boot with OVMF. Disk images are booted with -snapshot: they are never modified.
         """
     )
 
@@ -42,8 +44,10 @@ struct BootCommand: AsyncParsableCommand {
     var kata = false
     @Option(name: .customLong("kata-root"), help: ArgumentHelp("--kata: attach the image as virtio-blk (default; root /dev/vda1) or pmem (an NVDIMM backed by the raw image file, as Kata's runtime does by default; root /dev/pmem0p1, mounted with dax when the image has Kata's DAX header).", valueName: "virtio-blk|pmem"))
     var kataRoot: KataBoot.Root?
-    @Option(help: ArgumentHelp("--kata: the kernel's lib/modules/<version> for the stage-1 initrd (default: next to the kernel, ROOT/boot/vmlinuz-V -> ROOT/lib/modules/V).", valueName: "dir"))
+    @Option(help: ArgumentHelp("The kernel's lib/modules/<version> for a stage-1 initrd (--kata's virtio-blk or pmem root; a squashfs or erofs root's module; default: next to the kernel, ROOT/boot/vmlinuz-V -> ROOT/lib/modules/V).", valueName: "dir"))
     var modules: String?
+    @Option(help: "Firmware: auto (OVMF for a UKI, an EFI ISO or an EFI system partition disk, else SeaBIOS), bios (a hybrid ISO's isolinux) or efi (OVMF).")
+    var firmware: String = "auto"
     @Flag(help: "Attach the terminal to the guest console (default command: /bin/sh).")
     var interactive = false
 
@@ -54,6 +58,9 @@ struct BootCommand: AsyncParsableCommand {
     var command: [String] = []
 
     func validate() throws {
+        guard Firmware(rawValue: firmware) != nil else {
+            throw ValidationError("--firmware must be auto, bios or efi")
+        }
         guard Accelerator(rawValue: accel) != nil else {
             throw ValidationError("--accel must be auto, kvm or tcg")
         }
@@ -66,7 +73,8 @@ struct BootCommand: AsyncParsableCommand {
     func run() async throws {
         var options = BootOptions(image: image, kernel: kernel, command: command)
         options.initrd = initrd
-        let stageOne = try await kataOptions(&options)
+        options.firmware = Firmware(rawValue: firmware) ?? .auto
+        let stageOne = try await kata ? kataOptions(&options) : rootModuleOptions(&options)
         defer { if let stageOne { FS.remove(stageOne) } }
         options.timeout = timeout
         options.memoryMB = memory

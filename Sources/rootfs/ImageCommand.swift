@@ -6,9 +6,10 @@ struct ImageCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image", abstract: "Write one image (any format) from a rootfs directory or tar archive.",
         discussion: """
-        The format comes from --format, or from FILE's extension (.img raw, .qcow2, .vhd, .vmdk, .tar[.gz|.zst], \
-        .initrd, .erofs, .squashfs, .iso); raw by default. For kernel+initrd, FILE is a name prefix: \
-        FILE-kernel, FILE-initrd.img and FILE-cmdline are written.
+        The format comes from --format, or from FILE's extension (.img raw, .qcow2, .vhd, .vhdx, .vmdk, .tar[.gz|.zst], \
+        .initrd, .erofs, .squashfs, .iso, -efi.iso, -efi-initrd.iso, -hybrid.iso, .efi uki); raw by default. For \
+        kernel+initrd, FILE is a name prefix: FILE-kernel, FILE-initrd.img and FILE-cmdline are written; \
+        kernel+squashfs and kernel+erofs write FILE-kernel, FILE-squashfs.img / FILE-erofs.img, FILE-cmdline.
         """)
 
     @OptionGroup var global: GlobalOptions

@@ -52,9 +52,9 @@ struct ImageFlags: ParsableArguments {
     var align: Int?
     @Flag(name: .customLong("vhdx-fixed"), help: "Write a fixed VHDX (every block stored) instead of a dynamic one (vhdx only).")
     var vhdxFixed = false
-    @Option(help: ArgumentHelp("Kernel for kernel+initrd and iso-bios (default: the tree's /boot/vmlinuz*).", valueName: "FILE"))
+    @Option(help: ArgumentHelp("Kernel for kernel+initrd, iso-bios, the EFI formats (uki, iso-efi, iso-efi-initrd, iso-hybrid, raw-efi, qcow2-efi) and LinuxKit's bundles (default: the tree's /boot/vmlinuz*).", valueName: "FILE"))
     var kernel: String?
-    @Option(help: "Kernel command line for kernel+initrd and iso-bios.")
+    @Option(help: "Kernel command line for kernel+initrd, iso-bios, the EFI formats (the UKI's .cmdline) and LinuxKit's bundles.")
     var cmdline: String = "console=ttyS0"
 
     func validate() throws {

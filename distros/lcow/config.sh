@@ -5,8 +5,14 @@
 # systemd, no package manager in the guest. The agent (LCOW's GCS, or the
 # reference rootfs-agent) is installed by --agent and becomes /sbin/init;
 # the /init script mounts the basics and hands PID 1 to it.
-#   rootfs build lcow --agent ./gcs --format kernel+initrd --format vhd --kernel vmlinuz
+#   rootfs build lcow --agent ./gcs --kernel vmlinuz
+# writes LCOW's two forms of the utility VM (its document: kernel+initrd, or "VHD: a VHDx
+# file"): build/lcow/lcow-kernel, lcow-initrd.img, lcow-cmdline and build/lcow/lcow.vhdx.
+# --format replaces them (--format vhd for the fixed VHD).
 OS_NAME=lcow
+
+# The outputs a build writes when none is asked.
+DEFAULT_FORMATS="kernel+initrd vhdx"
 # The Debian release the packages come from.
 OS_VERSION=${OS_VERSION:-trixie}
 

@@ -188,8 +188,9 @@ public struct OCIImageWriter: Sendable {
         case directory
     }
 
-    /// An uncompressed tar of a few members, owned by root, stamped with the epoch.
-    private func writeTar(_ members: [(name: String, content: ArchiveMember)], to output: String) throws {
+    /// An uncompressed tar of a few members, owned by root, stamped with the epoch (also
+    /// tar-kernel-initrd's NAME-initrd.tar).
+    func writeTar(_ members: [(name: String, content: ArchiveMember)], to output: String) throws {
         let temporary = FS.siblingTemporaryPath(for: output)
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw RootfsError("cannot create \(output): \(FS.errnoText())") }

@@ -53,15 +53,20 @@ public struct KernelBundleWriter: Sendable {
         (prefix + "-kernel", prefix + "-initrd.img", prefix + "-cmdline")
     }
 
+    /// `NAME-cmdline`, written to a temporary name and renamed (kernel+squashfs and kernel+erofs too).
+    public static func writeCommandLine(_ cmdline: String, to path: String) throws {
+        let temporary = FS.siblingTemporaryPath(for: path)
+        try Data(cmdline.utf8).write(to: URL(fileURLWithPath: temporary))
+        try FS.rename(temporary, to: path)
+    }
+
     public func write(source: TreeSource, prefix: String) async throws -> [BuildOutput] {
         let p = paths(prefix: prefix)
         let (kernel, cleanup) = try KernelLocator(explicit: options.kernel).locate(in: source, near: p.kernel)
         defer { cleanup() }
         let stats = try InitrdWriter(compression: options.compression, epoch: options.epoch).write(source: source, to: p.initrd)
         try FS.copyFile(kernel, to: p.kernel)
-        let cmdTemp = FS.siblingTemporaryPath(for: p.cmdline)
-        try Data(options.cmdline.utf8).write(to: URL(fileURLWithPath: cmdTemp))
-        try FS.rename(cmdTemp, to: p.cmdline)
+        try Self.writeCommandLine(options.cmdline, to: p.cmdline)
         return [BuildOutput(kind: "kernel", path: p.kernel, bytes: FS.fileSize(p.kernel)),
                 BuildOutput(kind: "initrd", path: p.initrd, bytes: stats.outputBytes),
                 BuildOutput(kind: "cmdline", path: p.cmdline, bytes: FS.fileSize(p.cmdline))]
@@ -103,17 +108,20 @@ public struct ISOWriter: Sendable {
         ], environment: env)
     }
 
-    public func write(source: TreeSource, to output: String) async throws -> [BuildOutput] {
+    /// Refuses a host without isolinux or xorriso, before anything is written.
+    public static func requireTools(format: String) throws {
         for file in [Self.isolinuxBin, Self.hybridMBR, Self.ldlinux] where !FS.isRegularFile(file) {
-            throw RootfsError("\(file) is missing; the iso-bios format boots with isolinux",
+            throw RootfsError("\(file) is missing; the \(format) format boots with isolinux",
                               hint: "apt-get install isolinux syslinux-common")
         }
         guard ProcessRunner.which("xorriso") != nil else {
-            throw RootfsError("xorriso is not installed; it writes the iso-bios format", hint: "apt-get install xorriso")
+            throw RootfsError("xorriso is not installed; it writes the \(format) format", hint: "apt-get install xorriso")
         }
-        let work = try FS.makeSiblingTemporaryDirectory(for: output)
-        defer { FS.remove(work) }
-        let staging = work + "/iso"
+    }
+
+    /// Fills `staging` with what the BIOS boots: isolinux, /boot/kernel and /boot/initrd.img
+    /// (also the hybrid ISO's BIOS half). `work`: a scratch directory for the kernel's copy.
+    public func stage(source: TreeSource, staging: String, work: String) throws {
         try FS.makeDirectories(staging + "/isolinux")
         try FS.makeDirectories(staging + "/boot")
         let (kernel, cleanup) = try KernelLocator(explicit: options.kernel).locate(in: source, near: work + "/kernel")
@@ -130,6 +138,14 @@ public struct ISOWriter: Sendable {
                 utimensat(AT_FDCWD, staging + "/" + p, &times, 0)
             }
         }
+    }
+
+    public func write(source: TreeSource, to output: String) async throws -> [BuildOutput] {
+        try Self.requireTools(format: "iso-bios")
+        let work = try FS.makeSiblingTemporaryDirectory(for: output)
+        defer { FS.remove(work) }
+        let staging = work + "/iso"
+        try stage(source: source, staging: staging, work: work)
         let temporary = work + "/out.iso"
         do {
             try await runner.capture(Self.command(staging: staging, output: temporary, epoch: options.epoch))

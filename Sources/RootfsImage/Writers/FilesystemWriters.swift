@@ -13,6 +13,8 @@ public struct FilesystemImageWriter: Sendable {
     public var label: String
     public var runner = ProcessRunner()
     public var allRoot = geteuid() != 0
+    /// Leave the tree's /boot out (kernel+squashfs, kernel+erofs: the kernel is a file of its own, as in LinuxKit).
+    public var excludeBoot = false
 
     public func command(directory: String, output: String) -> ToolCommand {
         switch kind {
@@ -20,10 +22,13 @@ public struct FilesystemImageWriter: Sendable {
             var args = ["--quiet", "-U", uuid]
             if let epoch { args += ["-T", String(epoch)] }
             if allRoot { args.append("--all-root") }
+            if excludeBoot { args.append("--exclude-path=boot") }
             return ToolCommand("mkfs.erofs", args + [output, directory])
         case .squashfs:
             var args = [directory, output, "-noappend", "-no-progress", "-quiet", "-comp", "zstd", "-reproducible"]
             if allRoot { args.append("-all-root") }
+            // -wildcards: "boot" matches the top-level directory only, never a file named so deeper down.
+            if excludeBoot { args += ["-wildcards", "-e", "boot"] }
             // mksquashfs 4.5 takes the time of every file and of the file system from SOURCE_DATE_EPOCH
             // (and refuses it together with -mkfs-time/-all-time).
             return ToolCommand("mksquashfs", args, environment: epoch.map { ["SOURCE_DATE_EPOCH": String($0)] } ?? [:])

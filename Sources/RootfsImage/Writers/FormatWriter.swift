@@ -43,6 +43,12 @@ extension OutputFormat {
         case .squashfs: return FilesystemImageFormatWriter(kind: .squashfs)
         case .kernelInitrd: return KernelBundleFormatWriter()
         case .isoBios: return ISOFormatWriter()
+        case .uki: return UKIFormatWriter()
+        case .isoEFI, .isoEFIInitrd, .isoHybrid: return EFIISOFormatWriter(format: self)
+        case .rawEFI, .qcow2EFI: return EFIDiskFormatWriter(format: self)
+        case .kernelSquashfs: return KernelFilesystemBundleWriter(kind: .squashfs)
+        case .kernelErofs: return KernelFilesystemBundleWriter(kind: .erofs)
+        case .tarKernelInitrd: return KernelInitrdTarWriter()
         }
     }
 }
@@ -137,6 +143,10 @@ public struct DiskFormatWriter: FormatWriter {
 /// `erofs`, `squashfs`: a bare file system image made by mkfs.erofs / mksquashfs.
 public struct FilesystemImageFormatWriter: FormatWriter {
     public var kind: FilesystemImageWriter.Kind
+    /// kernel+squashfs, kernel+erofs: the tree's /boot left out.
+    public var excludeBoot = false
+
+    public init(kind: FilesystemImageWriter.Kind) { self.kind = kind }
 
     public func write(source: TreeSource, to output: String, context: FormatWriteContext) async throws -> [BuildOutput] {
         let disk = DiskFormatWriter.diskWriter(context.options, runner: context.runner)
@@ -145,8 +155,9 @@ public struct FilesystemImageFormatWriter: FormatWriter {
         defer { cleanup() }
         let temporary = FS.siblingTemporaryPath(for: output)
         defer { unlink(temporary) }
-        let writer = FilesystemImageWriter(kind: kind, epoch: context.options.epoch, uuid: disk.filesystemUUID(),
+        var writer = FilesystemImageWriter(kind: kind, epoch: context.options.epoch, uuid: disk.filesystemUUID(),
                                            label: context.options.label, runner: context.runner)
+        writer.excludeBoot = excludeBoot
         try await writer.run(directory: root, output: temporary)
         try Task.checkCancellation()
         try FS.rename(temporary, to: output)

@@ -26,12 +26,41 @@ public enum OutputFormat: String, Sendable, CaseIterable, Codable {
     case dockerArchive = "docker-archive"
     /// KubeVirt's containerDisk: an OCI layout whose layer holds the qcow2 disk under /disk/.
     case containerDisk = "containerdisk"
+    /// A unified kernel image: systemd's EFI stub with the kernel, the initrd, the command line
+    /// and os-release as PE sections (EFI/UnifiedKernelImage.swift).
+    case uki
+    /// LinuxKit's iso-efi: an El Torito EFI image, a FAT ESP holding the UKI (`NAME-efi.iso`).
+    case isoEFI = "iso-efi"
+    /// LinuxKit's iso-efi-initrd: the initrd stays a file of its own beside the kernel on the ESP,
+    /// booted by systemd-boot with a loader entry (LinuxKit's uses GRUB) (`NAME-efi-initrd.iso`).
+    case isoEFIInitrd = "iso-efi-initrd"
+    /// One ISO booting both ways: iso-bios's isolinux and iso-efi's ESP (`NAME-hybrid.iso`).
+    case isoHybrid = "iso-hybrid"
+    /// LinuxKit's raw-efi: GPT, an ESP with the UKI as \EFI\BOOT\BOOTX64.EFI, the root partition
+    /// typed as the Discoverable Partitions x86-64 root (`NAME-efi.img`).
+    case rawEFI = "raw-efi"
+    /// raw-efi converted to qcow2 (`NAME-efi.qcow2`).
+    case qcow2EFI = "qcow2-efi"
+    /// LinuxKit's kernel+squashfs: `NAME-kernel`, `NAME-squashfs.img` (the tree without /boot), `NAME-cmdline`.
+    case kernelSquashfs = "kernel+squashfs"
+    /// LinuxKit's kernel+erofs: `NAME-kernel`, `NAME-erofs.img` (the tree without /boot), `NAME-cmdline`.
+    case kernelErofs = "kernel+erofs"
+    /// LinuxKit's tar-kernel-initrd: `NAME-initrd.tar` holding `kernel`, `initrd.img` and `cmdline`.
+    case tarKernelInitrd = "tar-kernel-initrd"
 
     /// The file name ending (none for the directory and the kernel+initrd bundle, which are name prefixes).
     public var fileExtension: String {
         switch self {
-        case .rootfs, .kernelInitrd, .oci, .containerDisk: return ""
+        case .rootfs, .kernelInitrd, .oci, .containerDisk, .kernelSquashfs, .kernelErofs: return ""
         case .raw: return ".img"
+        case .uki: return ".efi"
+        // LinuxKit's names: NAME-efi.iso, NAME-efi-initrd.iso, NAME-efi.img, NAME-efi.qcow2, NAME-initrd.tar.
+        case .isoEFI: return "-efi.iso"
+        case .isoEFIInitrd: return "-efi-initrd.iso"
+        case .isoHybrid: return "-hybrid.iso"
+        case .rawEFI: return "-efi.img"
+        case .qcow2EFI: return "-efi.qcow2"
+        case .tarKernelInitrd: return "-initrd.tar"
         case .dynamicVHD: return ".vhd"
         case .dockerArchive: return ".docker.tar"
         case .isoBios: return ".iso"
@@ -43,7 +72,7 @@ public enum OutputFormat: String, Sendable, CaseIterable, Codable {
     public func outputPath(directory: String, name: String) -> String {
         switch self {
         case .rootfs: return directory + "/rootfs"
-        case .kernelInitrd: return directory + "/" + name
+        case .kernelInitrd, .kernelSquashfs, .kernelErofs: return directory + "/" + name
         case .oci: return directory + "/" + name + "-oci"
         case .containerDisk: return directory + "/" + name + "-containerdisk"
         default: return directory + "/" + name + fileExtension
@@ -53,7 +82,11 @@ public enum OutputFormat: String, Sendable, CaseIterable, Codable {
     /// The format a file name implies (`rootfs image` without `--format`).
     public static func infer(fromPath path: String) -> OutputFormat? {
         let name = FS.basename(path).lowercased()
+        // LinuxKit's ISO names first (NAME-efi.iso is iso-efi, NAME.iso iso-bios); raw-efi, qcow2-efi and
+        // tar-kernel-initrd are asked by --format only: NAME-efi.img or NAME-initrd.tar stay raw and tar.
         let table: [(String, OutputFormat)] = [
+            ("-efi-initrd.iso", .isoEFIInitrd), ("-efi.iso", .isoEFI), ("-hybrid.iso", .isoHybrid),
+            (".efi", .uki),
             (".docker.tar", .dockerArchive), (".tar.gz", .tarGz), (".tgz", .tarGz), (".tar.zst", .tarZst), (".tzst", .tarZst), (".tar", .tar),
             (".initrd", .initrd), (".cpio", .initrd), (".cpio.gz", .initrd), (".cpio.zst", .initrd),
             (".img", .raw), (".raw", .raw), (".qcow2", .qcow2), (".vhd", .vhd), (".vmdk", .vmdk), (".vhdx", .vhdx), (".docker.tar", .dockerArchive),

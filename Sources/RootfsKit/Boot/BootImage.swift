@@ -6,10 +6,11 @@ import RootfsImage
 /// file system (in the first partition, or the whole disk without a table).
 public struct DiskLayout: Sendable, Equatable, CustomStringConvertible {
     /// QEMU's block driver names.
-    public enum Container: String, Sendable, Equatable { case raw, vpc, qcow2, vmdk }
+    public enum Container: String, Sendable, Equatable { case raw, vpc, qcow2, vmdk, vhdx }
     public enum Table: String, Sendable, Equatable { case mbr, gpt, none }
-    /// `unknown`: no rootfstype is passed and the kernel tries what it knows.
-    public enum Filesystem: String, Sendable, Equatable { case ext4, erofs, unknown }
+    /// `unknown`: no rootfstype is passed and the kernel tries what it knows. `vfat`: the first
+    /// partition is FAT; with a GPT, an EFI system partition (raw-efi): the firmware boots it.
+    public enum Filesystem: String, Sendable, Equatable { case ext4, erofs, squashfs, vfat, unknown }
 
     public var container: Container
     public var table: Table
@@ -23,13 +24,17 @@ public struct DiskLayout: Sendable, Equatable, CustomStringConvertible {
 
     /// The guest's root device for a disk on the NVMe controller QEMU gets.
     public var rootDevice: String { table == .none ? "/dev/nvme0n1" : "/dev/nvme0n1p1" }
-    /// erofs cannot be written: mount it read-only.
-    public var readOnly: Bool { filesystem == .erofs }
+    /// erofs and squashfs cannot be written: mount them read-only.
+    public var readOnly: Bool { filesystem == .erofs || filesystem == .squashfs }
+    /// GPT with a FAT first partition (the ESP of raw-efi, qcow2-efi): UEFI firmware boots it
+    /// from its ESP, with the command line its UKI was written with.
+    public var bootsFromESP: Bool { table == .gpt && filesystem == .vfat }
 
     public var description: String {
         let fs = filesystem == .unknown ? "an unknown file system" : filesystem.rawValue
         let where_ = table == .none ? "bare \(fs) image" : "disk with \(table == .mbr ? "an MBR" : "a GPT") (\(fs))"
-        return container == .raw ? where_ : "\(container == .vpc ? "VHD" : container.rawValue) holding a \(where_)"
+        let what = bootsFromESP ? "disk with a GPT and an EFI system partition" : where_
+        return container == .raw ? what : "\(container == .vpc ? "VHD" : container == .vhdx ? "VHDX" : container.rawValue) holding a \(what)"
     }
 }
 
@@ -39,8 +44,32 @@ public enum BootImageKind: Sendable, Equatable {
     case initrd
     /// A bootable ISO 9660 image (BIOS, El Torito): QEMU's firmware boots it, no -kernel.
     case iso
-    /// A disk image (raw, VHD, qcow2, vmdk) with the root file system on it.
+    /// A disk image (raw, VHD, VHDX, qcow2, vmdk) with the root file system on it.
     case disk(DiskLayout)
+    /// An ISO whose El Torito catalog has an EFI image (iso-efi, iso-efi-initrd); `bios`: a
+    /// BIOS entry too (iso-hybrid). OVMF boots it, or SeaBIOS with `--firmware bios` when `bios`.
+    case efiISO(bios: Bool)
+    /// A unified kernel image (a PE file with a `.linux` section): OVMF runs it as the kernel.
+    case uki
+
+    /// The firmware boots it with the command line it was written with (no -kernel, no -append).
+    public var bootsItself: Bool {
+        switch self {
+        case .iso, .efiISO: return true
+        case .disk(let layout): return layout.bootsFromESP
+        case .initrd, .uki: return false
+        }
+    }
+
+    /// Only UEFI firmware boots it.
+    public var needsEFI: Bool {
+        switch self {
+        case .efiISO(let bios): return !bios
+        case .uki: return true
+        case .disk(let layout): return layout.bootsFromESP
+        case .initrd, .iso: return false
+        }
+    }
 
     /// A raw disk with an MBR partition table; the root (ext4) is its first partition.
     public static let partitionedDisk = BootImageKind.disk(DiskLayout(table: .mbr, filesystem: .ext4))
@@ -79,7 +108,9 @@ public enum BootImageKind: Sendable, Equatable {
         let unknown = RootfsError("\(path) is neither an initrd, an ISO nor a disk image",
                                   hint: "expected a cpio archive (plain or compressed), an ISO 9660 image, or a raw, VHD, qcow2 or vmdk disk image",
                                   details: ["first bytes: " + head.prefix(8).map { String(format: "%02x", $0) }.joined(separator: " ")])
-        guard let first = detect(head: head, tail: tail) else { throw unknown }
+        guard var first = detect(head: head, tail: tail) else { throw unknown }
+        if first == .iso, let efi = elToritoEFI(read: file.read) { first = .efiISO(bios: efi.bios) }
+        if first == .uki { return try classifyPE(path: path, head: head) }
         guard case .disk(let guess) = first else { return first }
         let container = guess.container
         // Before qemu-img or QEMU open it: a container naming another file (a backing
@@ -140,6 +171,12 @@ public enum BootImageKind: Sendable, Equatable {
         if has([0x51, 0x46, 0x49, 0xfb], at: 0) { return .disk(DiskLayout(container: .qcow2, table: .mbr, filesystem: .unknown)) }
         if has(Array("KDMV".utf8), at: 0) { return .disk(DiskLayout(container: .vmdk, table: .mbr, filesystem: .unknown)) }
         if has(Array("conectix".utf8), at: 0) { return .disk(DiskLayout(container: .vpc, table: .mbr, filesystem: .unknown)) }
+        if has(Array("vhdxfile".utf8), at: 0) { return .disk(DiskLayout(container: .vhdx, table: .mbr, filesystem: .unknown)) }
+        // A PE image ("MZ", then "PE\0\0" where e_lfanew points): a UKI, or a bare kernel (told apart by detect(path:)).
+        if has(Array("MZ".utf8), at: 0), head.count >= 64 {
+            let lfanew = Int(littleEndian(head, 0x3c, 4))
+            if lfanew < head.count - 4, has([0x50, 0x45, 0, 0], at: lfanew) { return .uki }
+        }
         let container: DiskLayout.Container = tail.count == 512 && Array(tail.prefix(8)) == Array("conectix".utf8) ? .vpc : .raw
         // From the head alone: a table pointing beyond it is judged when the whole file is read.
         let found = (try? layout(container: container) { offset, count in
@@ -165,8 +202,15 @@ public enum BootImageKind: Sendable, Equatable {
         return DiskLayout(container: container, table: table, filesystem: filesystem(at: offset, read: read))
     }
 
-    /// ext2/3/4: 0xEF53 at 56 in the superblock at 1024; erofs: 0xE0F5E1E2 at 1024.
+    /// ext2/3/4: 0xEF53 at 56 in the superblock at 1024; erofs: 0xE0F5E1E2 at 1024; squashfs:
+    /// "hsqs" at 0; FAT: the boot sector's 0x55AA and "FAT" at 0x36 (FAT12/16) or 0x52 (FAT32).
     static func filesystem(at start: Int, read: (Int, Int) -> [UInt8]) -> DiskLayout.Filesystem {
+        let boot = read(start, 512)
+        if boot.count == 512 {
+            if Array(boot.prefix(4)) == Array("hsqs".utf8) { return .squashfs }
+            if boot[510] == 0x55, boot[511] == 0xaa,
+               Array(boot[0x36..<0x39]) == Array("FAT".utf8) || Array(boot[0x52..<0x55]) == Array("FAT".utf8) { return .vfat }
+        }
         let superblock = read(start + 1024, 64)
         guard superblock.count == 64 else { return .unknown }
         if littleEndian(superblock, 0, 4) == 0xE0F5_E1E2 { return .erofs }
@@ -180,12 +224,74 @@ public enum BootImageKind: Sendable, Equatable {
         return value
     }
 
+    // MARK: EFI
+
+    /// The El Torito catalog of an ISO: which platforms its bootable entries are for. The boot
+    /// record is sector 17 ("EL TORITO SPECIFICATION", the catalog's sector at 0x47); each
+    /// 32-byte catalog entry is the validation entry (platform at 1), the default entry, then
+    /// section headers (0x90, 0x91 the last; platform at 1, entry count at 2) and their entries
+    /// (0x88 bootable). nil when the ISO has no EFI entry. Bounded: at most one catalog sector.
+    static func elToritoEFI(read: (Int, Int) -> [UInt8]) -> (bios: Bool, efi: Bool)? {
+        let record = read(17 * 2048, 2048)
+        guard record.count == 2048, record[0] == 0, Array(record[1..<6]) == Array("CD001".utf8),
+              Array(record[7..<30]) == Array("EL TORITO SPECIFICATION".utf8) else { return nil }
+        let sector = Int(littleEndian(record, 0x47, 4))
+        guard sector > 17, sector < Int(UInt32.max), let offset = Int(exactly: Int64(sector) * 2048) else { return nil }
+        let catalog = read(offset, 2048)
+        guard catalog.count == 2048, catalog[0] == 1, catalog[30] == 0x55, catalog[31] == 0xaa else { return nil }
+        var platforms: [UInt8] = []
+        if catalog[32] == 0x88 { platforms.append(catalog[1]) }
+        var index = 64
+        while index + 32 <= catalog.count {
+            let header = catalog[index]
+            guard header == 0x90 || header == 0x91 else { break }
+            let platform = catalog[index + 1]
+            let count = Int(littleEndian(catalog, index + 2, 2))
+            index += 32
+            for _ in 0..<count where index + 32 <= catalog.count {
+                if catalog[index] == 0x88 { platforms.append(platform) }
+                index += 32
+            }
+            if header == 0x91 { break }
+        }
+        guard platforms.contains(0xef) else { return nil }
+        return (platforms.contains(0), true)
+    }
+
+    /// A PE file: a unified kernel image when it has a `.linux` section; a bare kernel
+    /// (an EFI-stub bzImage, "HdrS" at 0x202) or another EFI program is refused clearly.
+    static func classifyPE(path: String, head: [UInt8]) throws -> BootImageKind {
+        let pe = try PEImage(head: head, what: path)
+        if pe.sections.contains(where: { $0.nameText == ".linux" }) { return .uki }
+        if head.count > 0x206, Array(head[0x202..<0x206]) == Array("HdrS".utf8) {
+            throw RootfsError("\(path) is a kernel, not an image to boot",
+                              hint: "pass it as --kernel with an initrd or a disk image, or write --format uki to boot it alone")
+        }
+        throw RootfsError("\(path) is an EFI program without a .linux section, not a unified kernel image",
+                          hint: "write one with rootfs image --format uki")
+    }
+
+    /// The `.cmdline` section of a UKI (what it was written with), nil when it has none or it is not text.
+    public static func ukiCommandLine(path: String) -> String? {
+        guard let file = ImageFile(path: path) else { return nil }
+        defer { file.close() }
+        guard let pe = try? PEImage(head: file.read(at: 0, count: headBytes), what: path),
+              let section = pe.sections.first(where: { $0.nameText == ".cmdline" }), section.virtualSize <= 4096 else { return nil }
+        let bytes = file.read(at: Int(section.pointerToRawData), count: Int(section.virtualSize)).prefix { $0 != 0 }
+        guard bytes.allSatisfy({ $0 >= 0x20 && $0 < 0x7f }) else { return nil }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
     // MARK: Kernel+initrd bundles
 
     /// LinuxKit's bundle next to `NAME-initrd.img`: `NAME-kernel` (when it
     /// exists) and the content of `NAME-cmdline` (when it exists).
+    /// The same for LinuxKit's kernel+squashfs and kernel+erofs: NAME-squashfs.img, NAME-erofs.img.
     public static func bundleCompanions(ofInitrd image: String) -> (kernel: String?, cmdline: String?) {
-        let suffix = "-initrd.img"
+        bundleCompanions(of: image, suffix: "-initrd.img")
+    }
+
+    public static func bundleCompanions(of image: String, suffix: String) -> (kernel: String?, cmdline: String?) {
         guard image.hasSuffix(suffix) else { return (nil, nil) }
         let prefix = String(image.dropLast(suffix.count))
         let kernel = FS.isRegularFile(prefix + "-kernel") ? prefix + "-kernel" : nil
@@ -237,6 +343,8 @@ enum ContainerHeader {
         case .qcow2: try qcow2(path: path, head: head)
         case .vmdk: try vmdk(path: path, file: file, head: head)
         case .vpc: try vhd(path: path, head: head, tail: tail)
+        case .vhdx:
+            if try VHDXProbe.hasParent(what: path, read: file.read) { throw refuse(path, "a VHDX differencing disk's parent") }
         }
     }
 

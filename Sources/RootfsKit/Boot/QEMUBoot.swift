@@ -12,6 +12,14 @@ public enum Accelerator: String, Sendable, CaseIterable {
     case tcg
 }
 
+/// Which firmware QEMU starts: SeaBIOS (QEMU's default) or OVMF (UEFI).
+public enum Firmware: String, Sendable, CaseIterable {
+    /// OVMF for what only UEFI boots (a UKI, an EFI ISO, an ESP disk), SeaBIOS otherwise.
+    case auto
+    case bios
+    case efi
+}
+
 /// What to boot and how.
 public struct BootOptions: Sendable {
     /// An initrd, an ISO or a disk image (raw, VHD, qcow2, vmdk).
@@ -47,6 +55,10 @@ public struct BootOptions: Sendable {
     public var kvmProbeSeconds: Double = 10
     /// `--kata`: Kata's kernel parameters and devices (KataBoot.swift).
     public var kata: KataBoot?
+    /// `--firmware`: a hybrid ISO boots with the BIOS when asked, everything else with OVMF when asked.
+    public var firmware: Firmware = .auto
+    /// OVMF as Debian's ovmf package installs it (`-bios`).
+    public var ovmf = "/usr/share/ovmf/OVMF.fd"
 
     public init(image: String, kernel: String?, command: [String] = []) {
         self.image = image
@@ -87,9 +99,9 @@ public struct QEMUBoot: Sendable {
 
     /// The guest kernel's command line.
     public func kernelCommandLine(kind: BootImageKind) throws -> String {
-        if kind == .iso {
-            throw RootfsError("an ISO boots with the kernel command line it was written with",
-                              hint: "boot it without a command (rootfs boot waits for the agent to be ready), or boot the kernel+initrd format")
+        if kind.bootsItself {
+            throw RootfsError("\(kind == .iso || kind.disk == nil ? "an ISO" : "a disk booted from its EFI system partition") boots with the kernel command line it was written with",
+                              hint: "boot it without a command (rootfs boot waits for the agent to be ready), or boot the kernel+initrd or uki format")
         }
         var parameters: [String] = []
         let fromImage = options.imageCommandLine.trimmingCharacters(in: .whitespaces)
@@ -114,7 +126,8 @@ public struct QEMUBoot: Sendable {
         } else {
             // ttyS1: the command's output; ttyS2: the agent's status lines, on a device of
             // their own (the console is shared with the kernel and every guest daemon).
-            parameters += ["\(AgentProtocol.outputParameter)=ttyS1", "\(AgentProtocol.statusParameter)=ttyS2"]
+            let (output, status) = usesEFI(kind) ? ("ttyS2", "ttyS3") : ("ttyS1", "ttyS2")
+            parameters += ["\(AgentProtocol.outputParameter)=\(output)", "\(AgentProtocol.statusParameter)=\(status)"]
         }
         if let hostname = options.hostname {
             parameters.append("\(AgentProtocol.hostnameParameter)=\(hostname)")
@@ -157,14 +170,21 @@ public struct QEMUBoot: Sendable {
         let nvdimm = options.kata?.root == .pmem && kind.disk != nil
         let memory = nvdimm ? try KataBoot.nvdimmMemory(memoryMB: options.memoryMB, imageBytes: FS.fileSize(options.image)) : String(options.memoryMB)
         arguments += ["-m", memory, "-nographic", "-no-reboot", "-nic", "none"]
+        // OVMF as a ROM (-bios): no variable store is written, nothing outlives the boot.
+        if usesEFI(kind) { arguments += ["-bios", options.ovmf] }
         switch kind {
-        case .iso:
-            // The firmware (SeaBIOS) boots the CD: isolinux loads the ISO's own kernel and initrd.
+        case .iso, .efiISO:
+            // The firmware boots the CD: isolinux (SeaBIOS) or the El Torito EFI image (OVMF) loads the ISO's own kernel.
             arguments += ["-drive", "if=ide,index=2,media=cdrom,format=raw,\(Self.fileOption(options.image))", "-boot", "d"]
         case .initrd:
             arguments += ["-kernel", try kernelPath(), "-initrd", options.image]
+        case .uki:
+            // OVMF loads the UKI as an EFI program; with Secure Boot off systemd's stub takes
+            // the command line it is given (-append) instead of its .cmdline.
+            arguments += ["-kernel", options.image]
         case .disk(let disk):
-            arguments += ["-kernel", try kernelPath()]
+            // An ESP disk: OVMF boots \EFI\BOOT\BOOTX64.EFI from it, no -kernel.
+            if !disk.bootsFromESP { arguments += ["-kernel", try kernelPath()] }
             if let initrd = options.initrd { arguments += ["-initrd", initrd] }
             // -snapshot: writes go to a temporary overlay, the image stays as it is.
             // The file protocol forced and commas doubled: no part of the path is an option or a
@@ -181,7 +201,7 @@ public struct QEMUBoot: Sendable {
                 arguments += ["-drive", drive, "-device", "nvme,drive=d0,serial=rootfs", "-snapshot"]
             }
         }
-        if kind != .iso { arguments += ["-append", try kernelCommandLine(kind: kind)] }
+        if !kind.bootsItself { arguments += ["-append", try kernelCommandLine(kind: kind)] }
         if options.interactive {
             // ttyS0 (console and the command) on the terminal, ttyS1 (status) to a file.
             arguments += ["-serial", "mon:stdio",
@@ -189,10 +209,13 @@ public struct QEMUBoot: Sendable {
         } else {
             // ttyS0 (console) to a file, ttyS1 (the command's output) on stdout, ttyS2 (status)
             // to a file. append=on: QEMU writes with O_APPEND, so the watcher can cut the
-            // console file back when a guest floods it.
+            // console file back when a guest floods it. Under OVMF the output and status move
+            // to COM3 and COM4 (ttyS2, ttyS3): OVMF writes its console (and the EFI stub's lines)
+            // to COM1 and COM2, the only ports its SioBusDxe knows; COM2 goes nowhere.
             arguments += ["-monitor", "none",
-                          "-chardev", "file,id=console,append=on,path=\(Self.quoted(consoleLog))", "-serial", "chardev:console",
-                          "-serial", "stdio",
+                          "-chardev", "file,id=console,append=on,path=\(Self.quoted(consoleLog))", "-serial", "chardev:console"]
+                + (usesEFI(kind) ? ["-serial", "null"] : [])
+                + ["-serial", "stdio",
                           "-chardev", "file,id=status,append=on,path=\(Self.quoted(statusLog))", "-serial", "chardev:status"]
         }
         return ToolCommand(options.qemu, arguments)
@@ -225,17 +248,39 @@ public struct QEMUBoot: Sendable {
         return kernel
     }
 
+    /// Whether QEMU starts OVMF: for what only UEFI boots, an EFI ISO, or when `--firmware efi` asks.
+    func usesEFI(_ kind: BootImageKind) -> Bool {
+        if case .efiISO = kind { return true }
+        return kind.needsEFI || options.firmware == .efi
+    }
+
+    /// The kind as the firmware choice makes it: a hybrid ISO with `--firmware bios` is an ISO
+    /// SeaBIOS boots; what only UEFI boots is refused with `--firmware bios`.
+    func applyingFirmware(_ kind: BootImageKind) throws -> BootImageKind {
+        guard options.firmware == .bios else { return kind }
+        if case .efiISO(bios: true) = kind { return .iso }
+        if kind.needsEFI {
+            throw RootfsError("\(options.image) boots with UEFI firmware only (\(kind == .uki ? "a unified kernel image" : kind.disk != nil ? "an EFI system partition disk" : "an EFI-only ISO")), not with --firmware bios",
+                              hint: "drop --firmware bios (OVMF boots it), or write --format iso-hybrid for an ISO that boots both ways")
+        }
+        return kind
+    }
+
     /// Whether the run stops at the ready line (no command, not interactive).
     var stopsWhenReady: Bool { options.command.isEmpty && !options.interactive }
 
     /// The options completed for an image: a bundle's kernel and cmdline next to its initrd.
     public static func resolve(_ options: BootOptions, kind: BootImageKind) -> BootOptions {
         var resolved = options
-        if kind == .initrd {
-            let companions = BootImageKind.bundleCompanions(ofInitrd: options.image)
-            if resolved.kernel == nil { resolved.kernel = companions.kernel }
-            if resolved.imageCommandLine.isEmpty, let cmdline = companions.cmdline { resolved.imageCommandLine = cmdline }
+        var companions: (kernel: String?, cmdline: String?) = (nil, nil)
+        if kind == .initrd { companions = BootImageKind.bundleCompanions(ofInitrd: options.image) }
+        // kernel+squashfs, kernel+erofs: NAME-kernel and NAME-cmdline next to NAME-squashfs.img / NAME-erofs.img.
+        if let disk = kind.disk, disk.table == .none, disk.filesystem == .squashfs || disk.filesystem == .erofs {
+            companions = BootImageKind.bundleCompanions(of: options.image, suffix: "-\(disk.filesystem.rawValue).img")
         }
+        if kind == .uki { companions.cmdline = BootImageKind.ukiCommandLine(path: options.image) }
+        if resolved.kernel == nil { resolved.kernel = companions.kernel }
+        if resolved.imageCommandLine.isEmpty, let cmdline = companions.cmdline { resolved.imageCommandLine = cmdline }
         return resolved
     }
 
@@ -251,7 +296,7 @@ public struct QEMUBoot: Sendable {
         guard FileManager.default.isReadableFile(atPath: options.image) else {
             throw RootfsError("cannot read the image \(options.image)")
         }
-        let kind = try await BootImageKind.detect(path: options.image, runner: runner)
+        let kind = try applyingFirmware(try await BootImageKind.detect(path: options.image, runner: runner))
         var boot = QEMUBoot(options: Self.resolve(options, kind: kind))
         boot.runner = runner
         return try await boot.run(kind: kind, onOutput: onOutput, onNote: onNote)
@@ -259,15 +304,18 @@ public struct QEMUBoot: Sendable {
 
     func run(kind: BootImageKind, onOutput: @escaping @Sendable ([UInt8]) -> Void,
              onNote: @escaping @Sendable (String) -> Void) async throws -> BootResult {
-        if kind == .iso && (!options.command.isEmpty || options.interactive) {
+        if kind.bootsItself && (!options.command.isEmpty || options.interactive) {
             _ = try kernelCommandLine(kind: kind)  // throws: an ISO's command line is fixed
         }
-        if kind == .iso && options.kernel != nil { onNote("ignoring --kernel: the ISO boots its own kernel") }
-        if options.initrd != nil && kind.disk == nil {
-            throw RootfsError("--initrd boots a disk image with an initramfs; \(options.image) is \(kind == .iso ? "an ISO" : "an initrd itself")",
-                              hint: "drop --initrd")
+        if (kind.bootsItself || kind == .uki) && options.kernel != nil { onNote("ignoring --kernel: the image boots its own kernel") }
+        if options.initrd != nil && (kind.disk == nil || kind.bootsItself) {
+            let what = kind == .initrd ? "an initrd itself" : kind == .uki ? "a UKI (its initrd is inside)" : kind.disk == nil ? "an ISO" : "an EFI disk (its UKI brings the initrd)"
+            throw RootfsError("--initrd boots a disk image with an initramfs; \(options.image) is \(what)", hint: "drop --initrd")
         }
-        if kind != .iso {
+        if usesEFI(kind) && !FileManager.default.isReadableFile(atPath: options.ovmf) {
+            throw RootfsError("\(options.image) boots with UEFI firmware and OVMF (\(options.ovmf)) is missing", hint: "apt-get install ovmf")
+        }
+        if !kind.bootsItself && kind != .uki {
             let kernel = try kernelPath()
             if !FileManager.default.isReadableFile(atPath: kernel) {
                 throw RootfsError("cannot read the kernel \(kernel)", hint: "scripts/fetch-test-kernel.sh fetches a Debian cloud kernel")
@@ -279,7 +327,13 @@ public struct QEMUBoot: Sendable {
         guard ProcessRunner.which(options.qemu) != nil else {
             throw RootfsError("\(options.qemu) not found", hint: "apt-get install qemu-system-x86")
         }
-        if let disk = kind.disk { onNote("booting a \(disk)") } else if kind == .iso { onNote("booting the ISO with the BIOS") }
+        if let disk = kind.disk { onNote("booting a \(disk)\(usesEFI(kind) ? " with OVMF" : "")") }
+        switch kind {
+        case .iso: onNote("booting the ISO with the BIOS")
+        case .efiISO: onNote("booting the ISO with OVMF (UEFI)")
+        case .uki: onNote("booting the unified kernel image with OVMF (UEFI)")
+        default: break
+        }
         let accelerator = await chooseAccelerator(onNote: onNote)
         return try await attempt(kind: kind, accelerator: accelerator, onOutput: onOutput, onNote: onNote)
     }
@@ -299,7 +353,7 @@ public struct QEMUBoot: Sendable {
         let command = try qemuCommand(kind: kind, accelerator: accelerator, consoleLog: consoleLog, statusLog: statusLog)
 
         let watcher = ConsoleWatcher(statusPath: statusLog, consolePath: options.interactive ? nil : consoleLog,
-                                     tailLimit: Self.tailLines, readyFromConsole: kind == .iso && stopsWhenReady)
+                                     tailLimit: Self.tailLines, readyFromConsole: kind.bootsItself && stopsWhenReady)
         let timeout = options.timeout
         let stopsWhenReady = stopsWhenReady
         let started = ContinuousClock.now
@@ -360,7 +414,7 @@ public struct QEMUBoot: Sendable {
         let timeoutText = String(format: "%g", timeout)
         if state.timedOut {
             if state.readySeconds == nil {
-                throw RootfsError("the guest did not become ready within \(timeoutText) s", hint: kind == .iso
+                throw RootfsError("the guest did not become ready within \(timeoutText) s", hint: kind.bootsItself
                     ? "the ISO's kernel command line needs console=ttyS0 (rootfs image --cmdline) and the agent as init; a slow machine may need a longer --timeout"
                     : "is rootfs-agent the guest's init? A slow machine may need a longer --timeout", details: details)
             }

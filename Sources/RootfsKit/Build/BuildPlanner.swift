@@ -80,8 +80,27 @@ public struct BuildPlanner: Sendable {
         let wantsRootfs = options.formats.contains(.rootfs)
         let rootfsDir = FS.absolute(rootfsOption ?? (wantsRootfs ? OutputFormat.rootfs.outputPath(directory: formatDir, name: distro.name) : buildDir + "/rootfs"))
         var formatOutputs: [FormatOutput] = []
-        for f in options.formats where f != .rootfs && !formatOutputs.contains(where: { $0.format == f }) {
+        // A distro's own default outputs (DEFAULT_FORMATS, lcow's kernel+initrd and vhdx) replace
+        // NAME.initrd and NAME.img when no output is asked.
+        let defaultFormats: [OutputFormat] = anyOutput ? [] : try config.defaultFormats.map { (text: String) throws -> OutputFormat in
+            do { return try OutputFormat.parse(text) } catch let error as RootfsError {
+                throw RootfsError("DEFAULT_FORMATS of \(distro.name) names \(error.message)", hint: error.hint)
+            }
+        }
+        let bundles: Set<OutputFormat> = [.kernelInitrd, .isoBios, .uki, .isoEFI, .isoEFIInitrd, .isoHybrid, .rawEFI, .qcow2EFI,
+                                          .kernelSquashfs, .kernelErofs, .tarKernelInitrd]
+        if let needs = defaultFormats.first(where: bundles.contains), options.imageOptions.kernel == nil {
+            throw RootfsError("\(distro.name)'s default outputs (\(defaultFormats.map(\.rawValue).joined(separator: ", "))) need a kernel for \(needs.rawValue): none was given",
+                              hint: "pass --kernel FILE, or name the outputs with --format (e.g. --format initrd --format vhdx)")
+        }
+        for f in options.formats + defaultFormats where f != .rootfs && !formatOutputs.contains(where: { $0.format == f }) {
             formatOutputs.append(FormatOutput(format: f, path: f.outputPath(directory: formatDir, name: distro.name)))
+        }
+        // kernel+initrd, kernel+squashfs and kernel+erofs all write NAME-kernel and NAME-cmdline.
+        let prefixed = formatOutputs.filter { [.kernelInitrd, .kernelSquashfs, .kernelErofs].contains($0.format) }
+        if prefixed.count > 1 {
+            throw RootfsError("\(prefixed.map(\.format.rawValue).joined(separator: " and ")) all write \(prefixed[0].path)-kernel and \(prefixed[0].path)-cmdline",
+                              hint: "ask for one of them per build, and write the others with `rootfs image TREE --format F -o OTHER-NAME`")
         }
         if let d = options.outputDirectory, FS.exists(d) && !FS.isDirectory(d) {
             throw RootfsError("-o \(d) is not a directory", hint: "give the directory the formats are written to")
@@ -89,8 +108,9 @@ public struct BuildPlanner: Sendable {
         for case .overlay(let path) in options.overlays where !FS.exists(path) {
             throw RootfsError("--overlay \(path) does not exist", hint: "give a directory or a tar archive")
         }
-        let initrd = anyOutput ? options.initrd.map(FS.absolute) : buildDir + "/\(distro.name).initrd"
-        let image = anyOutput ? options.image.map(FS.absolute) : buildDir + "/\(distro.name).img"
+        let classicDefaults = !anyOutput && defaultFormats.isEmpty
+        let initrd = !classicDefaults ? options.initrd.map(FS.absolute) : buildDir + "/\(distro.name).initrd"
+        let image = !classicDefaults ? options.image.map(FS.absolute) : buildDir + "/\(distro.name).img"
         if let initrd, options.initrd != nil { try FS.requireParentDirectory(of: initrd, option: "--initrd") }
         if let image, options.image != nil { try FS.requireParentDirectory(of: image, option: "--image") }
         if rootfsOption != nil {
@@ -141,6 +161,10 @@ public struct BuildPlanner: Sendable {
         hookEnv["AGENT_BIN"] = agent.guestName
         hookEnv["BIN_AGENT"] = agent.guestName
         if let debug = env["DEBUG"], !debug.isEmpty { hookEnv["DEBUG"] = debug }
+        // A hook in a container gets only the plan's environment: without this, mmdebstrap there
+        // would stamp the build day into /etc/shadow and the logs, and container builds would
+        // not be reproducible while host builds are.
+        if let epoch { hookEnv["SOURCE_DATE_EPOCH"] = String(epoch) }
 
         var plan = BuildPlan(distro: distro, config: config, architecture: arch, agent: agent, extraPackages: extra,
                              rootfsDirectory: rootfsDir, force: options.force, compression: options.compression,

@@ -152,6 +152,9 @@ public struct ContainerBuild: Sendable, Equatable {
         var build = ContainerBuild(engine: engine, image: image, proxyEnvironment: proxies(from: env),
                                    containerName: uniqueName(distro: distro.name))
         build.remote = remoteReason(engine.kind, environment: env)
+        // A remote Podman service runs containers with its own runtime: `podman --remote`
+        // has no --runtime flag.
+        if build.remote != nil && engine.kind == .podman { build.engine.runtime = nil }
         return build
     }
 }

@@ -96,7 +96,8 @@ struct RemoteHookRun {
     }
 
     static func dropPrefix(_ prefix: [UInt8], from path: [UInt8]) throws -> [UInt8] {
-        if path == prefix || path == prefix + [47] { return [46] }
+        // The walk's own root ("."), and the copied directory itself: both the tree's root.
+        if path == [46] || path == prefix || path == prefix + [47] { return [46] }
         guard path.starts(with: prefix + [47]) else {
             throw RootfsError("the remote engine's copy of the tree holds \(String(decoding: path, as: UTF8.self).debugDescription) outside rootfs/",
                               hint: "the engine's `cp` output is not what was asked for; nothing was written")

@@ -25,6 +25,9 @@ public struct DistroConfig: Sendable, Equatable, Codable {
     public static let initProcesses = ["systemd", "agent", "kata-agent"]
     public var archExcludeList: [String] { words(values["ARCH_EXCLUDE_LIST"]) }
     public var repoURL: String? { values["REPO_URL"].flatMap { $0.isEmpty ? nil : $0 } }
+    /// DEFAULT_FORMATS: the formats a build writes when none is asked (no --format, --initrd,
+    /// --image or --rootfs-dir); empty: the rootfs directory, NAME.initrd and NAME.img.
+    public var defaultFormats: [String] { words(values["DEFAULT_FORMATS"]) }
     /// Host tools the hook needs: words, each a `|`-separated list of alternatives.
     public var hostTools: [[String]] { words(values["HOST_TOOLS"]).map { $0.split(separator: "|").map(String.init) } }
 
@@ -47,7 +50,7 @@ public struct ConfigEvaluator: Sendable {
     /// Variables always read back, whether or not config.sh sets them.
     public static let knownVariables = ["OS_NAME", "OS_VERSION", "PACKAGES", "INIT_PROCESS", "ARCH_EXCLUDE_LIST",
                                         "REPO_URL", "HOST_TOOLS", "EXTRA_PKGS", "EXTRA_PKG", "AGENT_INIT", "ARCH",
-                                        "MIRROR", "GPG_KEY_URL", "METALINK", "SECCOMP", "SELINUX", "LIBC"]
+                                        "MIRROR", "GPG_KEY_URL", "METALINK", "SECCOMP", "SELINUX", "LIBC", "DEFAULT_FORMATS"]
 
     /// Reads back the known variables and every variable config.sh adds, NUL-separated.
     /// The config file and the library come in as $1 and $2, never spliced into the script.

@@ -6,7 +6,7 @@ import Testing
 
 /// Every bootable format, written from the real Debian tree (root, network:
 /// mmdebstrap) with `rootfs image` and booted with the real `rootfs boot`
-/// under QEMU (TCG here), plus the lcow distro's kernel+initrd and VHD.
+/// under QEMU (TCG here; OVMF for the UKI), plus the lcow distro's kernel+initrd, VHD and VHDX.
 /// Each test prints its time to readiness so that regressions show.
 @Suite(.serialized, .requires(.root, .network, .qemu, .busybox), .tags(.root, .network, .qemu, .busybox)) struct FormatBootTestsRequiringQEMUAndNetwork {
     struct Case: Sendable, CustomTestStringConvertible {
@@ -36,6 +36,10 @@ import Testing
              root: "root: nvme0n1 erofs ro"),
         Case(name: "kernel+initrd", write: ["-o", "DIR/debian", "--format", "kernel+initrd", "--kernel", "KERNEL"],
              boot: "DIR/debian-initrd.img", passKernel: false, root: "root: none rootfs rw"),
+        Case(name: "vhdx", write: ["-o", "DIR/debian.vhdx"], boot: "DIR/debian.vhdx", root: "root: nvme0n1p1 ext4 rw"),
+        // Under OVMF: the UKI brings kernel and initrd (the tree), rootfs boot's command line replaces its .cmdline.
+        Case(name: "uki", write: ["-o", "DIR/debian.efi", "--kernel", "KERNEL"], boot: "DIR/debian.efi", passKernel: false,
+             root: "root: none rootfs rw"),
     ]
 
     @Test(arguments: cases) func bootsWithRootfsBoot(_ c: Case) async throws {
@@ -103,6 +107,19 @@ import Testing
         #expect(r.stdout.contains("runc version"), "\(r.stdout)")
         #expect(r.stderr.contains("VHD"), "\(r.stderr)")
         report("lcow vhd", r.stderr)
+    }
+
+    /// LCOW's "VHD: a VHDx file": the same disk as a dynamic VHDX, known by content.
+    @Test func lcowVHDXBootsAndRunsRunc() async throws {
+        let env = try await BootEnvironment.shared.prepare()
+        let lcow = try await BootEnvironment.shared.lcow()
+        let check = try await Fixtures.run("/usr/bin/qemu-img", ["check", "-f", "vhdx", lcow.vhdx])
+        #expect(check.status == 0, "\(check.stdout)\(check.stderr)")
+        let r = try await Fixtures.rootfs(["boot", lcow.vhdx, "--kernel", env.kernel, "--timeout", "180", "--", "runc", "--version"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("runc version"), "\(r.stdout)")
+        #expect(r.stderr.contains("VHDX holding"), "\(r.stderr)")
+        report("lcow vhdx", r.stderr)
     }
 
     func report(_ name: String, _ stderr: String) {
@@ -173,6 +190,7 @@ actor BootEnvironment {
     struct Lcow: Sendable {
         var initrd: String
         var vhd: String
+        var vhdx: String
     }
 
     private var prepared: Task<Prepared, any Error>?
@@ -202,11 +220,11 @@ actor BootEnvironment {
         let task = Task<Lcow, any Error> {
             let dir = env.work + "/lcow"
             try FS.makeDirectories(dir)
-            let r = try await Fixtures.rootfs(["build", "lcow", "--format", "kernel+initrd", "--format", "vhd",
+            let r = try await Fixtures.rootfs(["build", "lcow", "--format", "kernel+initrd", "--format", "vhd", "--format", "vhdx",
                                                "--kernel", env.kernel, "-o", dir + "/out"],
                                               environment: ["SOURCE_DATE_EPOCH": "1700000000"], workingDirectory: dir)
             guard r.status == 0 else { throw RootfsError("rootfs build lcow failed (\(r.status)): \(r.stderr.suffix(3000))") }
-            return Lcow(initrd: dir + "/out/lcow-initrd.img", vhd: dir + "/out/lcow.vhd")
+            return Lcow(initrd: dir + "/out/lcow-initrd.img", vhd: dir + "/out/lcow.vhd", vhdx: dir + "/out/lcow.vhdx")
         }
         lcowBuild = task
         return try await task.value

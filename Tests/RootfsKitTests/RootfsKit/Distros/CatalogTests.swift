@@ -69,6 +69,23 @@ enum Catalog {
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty, "a dry run wrote something")
     }
 
+    /// lcow's DEFAULT_FORMATS: kernel+initrd and vhdx when no output is asked; they need --kernel.
+    @Test func lcowDefaultOutputsAreKernelInitrdAndVHDX() async throws {
+        let dir = try Fixtures.temporaryDirectory("lcow-defaults")
+        defer { FS.remove(dir) }
+        try "kernel".write(toFile: dir + "/vmlinuz", atomically: false, encoding: .utf8)
+        let r = try await Fixtures.rootfs(["build", "lcow", "--dry-run", "--kernel", dir + "/vmlinuz"],
+                                          environment: ["REPO_URL": ""], workingDirectory: dir)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("\(dir)/build/lcow/lcow.vhdx"), "\(r.stdout)")
+        #expect(r.stdout.contains("\(dir)/build/lcow/lcow"), "\(r.stdout)")
+        #expect(!r.stdout.contains("lcow.img") && !r.stdout.contains("lcow.initrd"), "\(r.stdout)")
+        let refused = try await Fixtures.rootfs(["build", "lcow", "--dry-run"], environment: ["REPO_URL": ""], workingDirectory: dir)
+        #expect(refused.status != 0 && refused.stderr.contains("need a kernel for kernel+initrd") && refused.stderr.contains("--kernel"),
+                "\(refused.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["vmlinuz"], "a dry run wrote something")
+    }
+
     @Test func ubuntuWithoutAMirrorIsRefusedBeforeAnythingIsWritten() async throws {
         let dir = try Fixtures.temporaryDirectory("ubuntu-nomirror")
         defer { FS.remove(dir) }

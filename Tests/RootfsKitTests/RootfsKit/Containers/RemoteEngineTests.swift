@@ -1,0 +1,140 @@
+import Foundation
+import Testing
+import Synchronization
+@testable import RootfsKit
+@testable import RootfsImage
+@testable import RootfsSupport
+
+/// `--docker` and `--podman` on an engine that cannot see this host's files: a second
+/// dockerd with its own socket and data root (DOCKER_HOST), and `podman system service`
+/// on its own socket (CONTAINER_HOST). Nothing may be bind-mounted into the builder
+/// container, and the tree must come back with the owners a host build gives.
+@Suite(.serialized, .requires(.root, .network, .docker, .podman), .tags(.root, .network, .docker, .podman))
+struct RemoteEngineTests {
+    /// Starts `executable` in the background; stopped (SIGTERM, then waited for) by the returned closure.
+    static func start(_ executable: String, _ arguments: [String], log: String) throws -> @Sendable () -> Void {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        return { process.terminate(); process.waitUntilExit() }
+    }
+
+    /// Waits until `command` succeeds (the engine answers on its socket).
+    static func waitFor(_ command: [String], environment: [String: String], seconds: Int = 90) async throws {
+        for _ in 0..<(seconds * 2) {
+            if try await Fixtures.run("/usr/bin/env", command, environment: environment).status == 0 { return }
+            try await Task.sleep(for: .milliseconds(500))
+        }
+        throw RootfsError("\(command.joined(separator: " ")) never answered")
+    }
+
+    /// Records the mounts of every rootfs builder container the engine shows while `body` runs.
+    /// The watcher is a thread of its own: the test pool's few threads may all be waiting on
+    /// builds, and a task there could starve for the whole build.
+    static func watchingMounts(_ engine: String, environment: [String: String],
+                               _ body: @Sendable () async throws -> Void) async throws -> [String] {
+        let seen = Collected()
+        let stop = StopFlag()
+        let thread = Thread {
+            func output(_ arguments: [String]) -> String? {
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+                p.arguments = [engine] + arguments
+                p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+                let pipe = Pipe()
+                p.standardOutput = pipe
+                p.standardError = FileHandle.nullDevice
+                guard (try? p.run()) != nil else { return nil }
+                let data = pipe.fileHandleForReading.readDataToEndOfFile()
+                p.waitUntilExit()
+                return p.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
+            }
+            while !stop.isSet {
+                for id in (output(["ps", "-a", "-q", "--filter", "name=rootfs-build-"]) ?? "").split(separator: "\n") {
+                    if let mounts = output(["inspect", "--format", "{{json .Mounts}}", String(id)]) {
+                        seen.append(Array((mounts.trimmingCharacters(in: .whitespacesAndNewlines) + "\n").utf8))
+                    }
+                }
+                Thread.sleep(forTimeInterval: 0.3)
+            }
+        }
+        thread.start()
+        defer { stop.set() }
+        try await body()
+        return seen.text.split(separator: "\n").map(String.init)
+    }
+
+    /// The remote build's tree against a host build of the same distro and options.
+    static func expectHostOwners(_ tar: String) async throws {
+        let host = try await Fixtures.debian.tree(agentInit: true)
+        let diff = try await Fixtures.rootfs(["diff", "--ignore-mtime", tar, host.directory])
+        // The build record names the engine; the builder image's mmdebstrap is a newer version
+        // than the host's (TreeCompare.toolVersionDifferences). Nothing else may differ.
+        let allowed = TreeCompare.toolVersionDifferences.union(["var/lib/osbuilder/osbuilder.yaml"])
+        let lines = diff.stdout.split(separator: "\n").filter { line in !allowed.contains { line.contains("/" + $0 + ":") || line.hasSuffix("/" + $0) } }
+        #expect(lines.isEmpty, "\(diff.stdout)\(diff.stderr)")
+        let entries = Dictionary(uniqueKeysWithValues: try ArchiveReader.list(tar).map { ($0.path, $0) })
+        #expect(entries["etc/shadow"].map { "\($0.uid):\($0.gid)" } == "0:42")
+    }
+
+    @Test func aSecondDockerdThroughDockerHost() async throws {
+        try await ContainerTrees.shared.seedBaseImage(.docker)
+        let work = try Fixtures.temporaryDirectory("remote-docker")
+        let socket = "unix://" + work + "/docker.sock"
+        let stop = try Self.start("/usr/bin/env", ["dockerd", "--host", socket, "--data-root", work + "/data", "--exec-root", work + "/exec",
+                                                   "--pidfile", work + "/docker.pid", "--bridge", "none", "--iptables=false"],
+                                  log: work + "/dockerd.log")
+        defer { stop(); FS.remove(work) }
+        let env = ["DOCKER_HOST": socket, "SOURCE_DATE_EPOCH": "1700000000"]
+        try await Self.waitFor(["docker", "info"], environment: env)
+        // Its store is its own: the base image travels to it through its API.
+        try await OCIFixtures.run("docker", ["save", "-o", work + "/base.tar", "debian:trixie"])
+        #expect(try await Fixtures.run("/usr/bin/env", ["docker", "load", "-i", work + "/base.tar"], environment: env).status == 0)
+
+        let plan = try await Fixtures.rootfs(["build", "debian", "--docker", "--agent-init", "--dry-run"], environment: env, workingDirectory: work)
+        #expect(plan.stdout.contains("remote engine (DOCKER_HOST=\(socket)): nothing bind-mounted"), "\(plan.stdout)")
+        let mounts = try await Self.watchingMounts("docker", environment: env) {
+            let build = try await Fixtures.rootfs(["build", "debian", "--docker", "--agent-init", "--format", "tar", "-o", work + "/out"],
+                                                  environment: env, workingDirectory: work)
+            #expect(build.status == 0, "\(build.stderr.suffix(3000))")
+        }
+        #expect(!mounts.isEmpty, "the builder container was never seen")
+        #expect(mounts.allSatisfy { $0 == "[]" || $0 == "null" }, "\(mounts)")
+        try await Self.expectHostOwners(work + "/out/debian.tar")
+        // No container is left on the remote engine.
+        let left = try await Fixtures.run("/usr/bin/env", ["docker", "ps", "-a", "-q"], environment: env)
+        #expect(left.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "\(left.stdout)")
+    }
+
+    @Test func podmanThroughContainerHost() async throws {
+        try await ContainerTrees.shared.seedBaseImage(.podman)
+        let work = try Fixtures.temporaryDirectory("remote-podman")
+        let socket = "unix://" + work + "/podman.sock"
+        let stop = try Self.start("/usr/bin/env", ["podman", "system", "service", "--time=0", socket], log: work + "/podman.log")
+        defer { stop(); FS.remove(work) }
+        let env = ["CONTAINER_HOST": socket, "SOURCE_DATE_EPOCH": "1700000000"]
+        try await Self.waitFor(["podman", "--remote", "info"], environment: env)
+        let plan = try await Fixtures.rootfs(["build", "debian", "--podman", "--agent-init", "--dry-run"], environment: env, workingDirectory: work)
+        #expect(plan.stdout.contains("remote engine (CONTAINER_HOST=\(socket)): nothing bind-mounted"), "\(plan.stdout)")
+        let mounts = try await Self.watchingMounts("podman", environment: env) {
+            let build = try await Fixtures.rootfs(["build", "debian", "--podman", "--agent-init", "--format", "tar", "-o", work + "/out"],
+                                                  environment: env, workingDirectory: work)
+            #expect(build.status == 0, "\(build.stderr.suffix(3000))")
+        }
+        #expect(!mounts.isEmpty, "the builder container was never seen")
+        #expect(mounts.allSatisfy { $0 == "[]" || $0 == "null" }, "\(mounts)")
+        try await Self.expectHostOwners(work + "/out/debian.tar")
+    }
+}
+
+/// A flag one thread sets and another polls.
+final class StopFlag: Sendable {
+    private let value = Mutex(false)
+    var isSet: Bool { value.withLock { $0 } }
+    func set() { value.withLock { $0 = true } }
+}
