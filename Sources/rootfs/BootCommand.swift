@@ -42,6 +42,8 @@ struct BootCommand: AsyncParsableCommand {
     var kata = false
     @Option(help: ArgumentHelp("--kata: the kernel's lib/modules/<version> for the stage-1 initrd (default: next to the kernel, ROOT/boot/vmlinuz-V -> ROOT/lib/modules/V).", valueName: "dir"))
     var modules: String?
+    @Option(name: .customLong("root-hash"), help: ArgumentHelp("A verity disk's root-hash file (Kata's root_hash_<variant>.txt; default: the one next to the image that matches it). It is checked against the image before the guest starts.", valueName: "file"))
+    var rootHash: String?
     @Flag(help: "Attach the terminal to the guest console (default command: /bin/sh).")
     var interactive = false
 
@@ -64,6 +66,16 @@ struct BootCommand: AsyncParsableCommand {
     func run() async throws {
         var options = BootOptions(image: image, kernel: kernel, command: command)
         options.initrd = initrd
+        let verityStage: String?
+        do {
+            verityStage = try await verityOptions(&options) { note in FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8)) }
+        } catch let error as RootfsError {
+            // The same `error: …` and exit status as every failure inside CommandRunner.
+            let (json, e) = (json, error)
+            try await CommandRunner.run(json: json) { throw e }
+            return
+        }
+        defer { if let verityStage { FS.remove(verityStage) } }
         let stageOne = try await kataOptions(&options)
         defer { if let stageOne { FS.remove(stageOne) } }
         options.timeout = timeout

@@ -36,6 +36,10 @@ struct ImageFlags: ParsableArguments {
     var dax = false
     @Flag(name: .customLong("vhdx-fixed"), help: "Write a fixed VHDX (every block stored) instead of a dynamic one (vhdx only).")
     var vhdxFixed = false
+    @Flag(help: "dm-verity: the hash tree of the file system as partition 2 (sha256, 4 KiB blocks, no superblock, as Kata's MEASURED_ROOTFS=yes), and Kata's root_hash_<variant>.txt next to the image (raw and qcow2 only).")
+    var verity = false
+    @Option(help: ArgumentHelp("The variant in the root-hash file's name, root_hash_<variant>.txt, as Kata's BUILD_VARIANT (default: BUILD_VARIANT; none gives Kata's root_hash_.txt).", valueName: "NAME"))
+    var variant: String?
     @Option(help: ArgumentHelp("Kernel for kernel+initrd and iso-bios (default: the tree's /boot/vmlinuz*).", valueName: "FILE"))
     var kernel: String?
     @Option(help: "Kernel command line for kernel+initrd and iso-bios.")
@@ -47,6 +51,7 @@ struct ImageFlags: ParsableArguments {
         guard freeSpace <= Self.maxFreeSpaceMiB else {
             throw ValidationError("--free-space \(freeSpace) MiB is more than an ext4 image holds (at most \(Self.maxFreeSpaceMiB) MiB, 16 TiB)")
         }
+        if let variant { try VerityDisk.validateVariant(variant, option: "--variant") }
         if noPartitionTable && partitionTable == .gpt {
             throw ValidationError("--no-partition-table and --partition-table gpt contradict each other")
         }
@@ -58,6 +63,8 @@ struct ImageFlags: ParsableArguments {
         o.partitionTable = noPartitionTable ? .none : partitionTable
         o.filesystem = filesystem
         o.dax = dax
+        o.verity = verity
+        o.variant = variant
         o.vhdxFixed = vhdxFixed
         o.ext4Writer = ext4Writer
         o.kernel = kernel.map(FS.absolute)

@@ -7,8 +7,13 @@ public struct MBR: Sendable, Equatable {
     public var partitionStartSector: UInt32
     public var partitionSectors: UInt32
     public var partitionType: UInt8 = 0x83
+    /// A second primary partition (start sector, sectors): a verity disk's hash tree, as
+    /// Kata's image_builder.sh makes it with parted (type 0x83, not active).
+    public var secondPartition: (start: UInt32, sectors: UInt32)? = nil
 
-    /// The 512-byte sector 0: no boot code, one primary partition, the signature.
+    public static func == (a: MBR, b: MBR) -> Bool { a.bytes == b.bytes }
+
+    /// The 512-byte sector 0: no boot code, one or two primary partitions, the signature.
     public var bytes: [UInt8] {
         var b = [UInt8](repeating: 0, count: 512)
         func put32(_ v: UInt32, at o: Int) { for i in 0..<4 { b[o + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) } }
@@ -20,6 +25,14 @@ public struct MBR: Sendable, Equatable {
         b[p + 5] = 0xfe; b[p + 6] = 0xff; b[p + 7] = 0xff  // CHS end: use LBA
         put32(partitionStartSector, at: p + 8)
         put32(partitionSectors, at: p + 12)
+        if let second = secondPartition {
+            let q = p + 16
+            b[q + 1] = 0xfe; b[q + 2] = 0xff; b[q + 3] = 0xff
+            b[q + 4] = partitionType
+            b[q + 5] = 0xfe; b[q + 6] = 0xff; b[q + 7] = 0xff
+            put32(second.start, at: q + 8)
+            put32(second.sectors, at: q + 12)
+        }
         b[510] = 0x55; b[511] = 0xaa
         return b
     }
@@ -40,6 +53,10 @@ public struct DiskImageWriter: Sendable {
     public var dax = false
     /// Which program writes ext4: rootfs's own writer (default) or `mke2fs -d`.
     public var ext4Writer: Ext4WriterKind = .native
+    /// `--verity`: partition 2 holds the dm-verity hash tree of partition 1 (VerityDisk.swift).
+    public var verity = false
+    /// The guest's architecture: a verity GPT disk's Discoverable Partitions types.
+    public var architecture = hostArchitecture()
 
     public init(freeSpaceMiB: Int = 64, label: String = "rootfs", epoch: Int? = nil) {
         self.freeSpaceMiB = freeSpaceMiB
@@ -124,6 +141,32 @@ public struct DiskImageWriter: Sendable {
 
     @discardableResult
     public func write(source: TreeSource, to output: String) async throws -> (stats: WriteStats, uuid: String) {
+        let written = try await writeDisk(source: source, to: output)
+        return (written.stats, written.uuid)
+    }
+
+    /// What `writeDisk` wrote: sizes, the file system UUID and, with `verity`, the tree's parameters.
+    public struct DiskWritten: Sendable {
+        public var stats: WriteStats
+        public var uuid: String
+        public var verity: VerityParameters?
+    }
+
+    /// `--verity` needs two partitions and no DAX header (Kata's measured images are
+    /// SKIP_DAX_HEADER=yes): refused before anything is written.
+    public static func requireVerityLayout(partitionTable: PartitionTable, dax: Bool) throws {
+        if partitionTable == .none {
+            throw RootfsError("--verity puts the hash tree in a second partition: it needs a partition table",
+                              hint: "drop --no-partition-table (MBR by default, or --partition-table gpt), or write the tree of a bare image with `rootfs verity`")
+        }
+        if dax {
+            throw RootfsError("--verity and --dax together are not supported (Kata's measured images are built with SKIP_DAX_HEADER=yes)",
+                              hint: "drop --dax")
+        }
+    }
+
+    public func writeDisk(source: TreeSource, to output: String) async throws -> DiskWritten {
+        if verity { try Self.requireVerityLayout(partitionTable: partitionTable, dax: dax) }
         if dax && partitionTable != .mbr {
             throw RootfsError("--dax needs an MBR partition table (Kata's NVDIMM layout)",
                               hint: "drop --partition-table gpt / --no-partition-table, or drop --dax")
@@ -152,23 +195,66 @@ public struct DiskImageWriter: Sendable {
         let written = try await fsWriter.write(into: target, disk: self)
         let filesystemBytes = written.filesystemBytes
         stats.inputBytes = written.inputBytes
+        // Verity: partition 2, at the next MiB after the file system, holds the tree of its
+        // blocks, hashed straight from the image just written (streaming, no loop device).
+        var verityParameters: VerityParameters?
+        var hashPartitionBytes: Int64 = 0
+        let hashStart = base + roundUp(filesystemBytes, Self.partitionOffset)
+        if verity {
+            guard filesystemBytes % Int64(VerityHashTree.blockSize) == 0 else {
+                throw RootfsError("the file system of \(output) is \(filesystemBytes) bytes, not whole 4 KiB blocks: dm-verity cannot cover it all")
+            }
+            let dataBlocks = UInt64(filesystemBytes) / UInt64(VerityHashTree.blockSize)
+            hashPartitionBytes = max(Self.partitionOffset, roundUp(try VerityHashTree.hashSize(dataBlocks: dataBlocks), Self.partitionOffset))
+            guard ftruncate(fd, off_t(hashStart + hashPartitionBytes + tail)) == 0 else {
+                throw RootfsError("cannot size \(output): \(FS.errnoText())")
+            }
+            let salt = try VerityDisk.salt(epoch: epoch, data: temporary, offset: base, length: filesystemBytes)
+            var borrowed = OwnedFileDescriptor(taking: fd, name: output)
+            defer { _ = borrowed.release() }
+            verityParameters = try VerityHashTree.write(data: borrowed, offset: base, length: filesystemBytes,
+                                                        hash: borrowed, hashOffset: hashStart, salt: salt)
+        }
+        let diskEnd = verity ? hashStart + hashPartitionBytes : base + filesystemBytes
         let signatureSource = uuid.replacingOccurrences(of: "-", with: "").prefix(8)
         let signature = UInt32(signatureSource, radix: 16) ?? 0
         let diskStart = dax ? DAXHeader.size : 0
         switch partitionTable {
         case .mbr:
-            let mbr = MBR(diskSignature: signature, partitionStartSector: UInt32(Self.partitionOffset / 512),
+            var mbr = MBR(diskSignature: signature, partitionStartSector: UInt32(Self.partitionOffset / 512),
                           partitionSectors: UInt32(filesystemBytes / 512))
+            if verity {
+                guard let start = UInt32(exactly: hashStart / 512), let sectors = UInt32(exactly: hashPartitionBytes / 512),
+                      UInt32(exactly: (hashStart + hashPartitionBytes) / 512) != nil else {
+                    throw RootfsError("\(output) is \(formatBytes(diskEnd)): too big for an MBR (2 TiB)", hint: "use --partition-table gpt")
+                }
+                mbr.secondPartition = (start, sectors)
+            }
             try FS.write(mbr.bytes, to: fd, at: diskStart, name: output)
             if dax {
                 try FS.write(DAXHeader.header(innerPartitionOffset: Self.partitionOffset, partitionBytes: filesystemBytes,
                                               signature: signature), to: fd, at: 0, name: output)
             }
         case .gpt:
-            let sectors = UInt64((Self.partitionOffset + filesystemBytes + tail) / 512)
-            let gpt = GPT(diskSectors: sectors, firstSector: UInt64(Self.partitionOffset / 512),
+            let sectors = UInt64((diskEnd + tail) / 512)
+            var gpt = GPT(diskSectors: sectors, firstSector: UInt64(Self.partitionOffset / 512),
                           lastSector: UInt64((Self.partitionOffset + filesystemBytes) / 512) - 1,
                           diskGUID: derivedGUID("disk", uuid), partitionGUID: derivedGUID("part", uuid), partitionName: label)
+            if let p = verityParameters {
+                // The Discoverable Partitions Specification: root and root-verity types, and (as
+                // systemd-repart does) the partition UUIDs from the root hash's halves.
+                let types = VerityDisk.discoverableTypes(architecture: architecture)
+                if let types { gpt.typeGUID = types.root }
+                let hash = Array(p.rootHash)
+                func guid(_ h: ArraySlice<Character>) -> String {
+                    let c = Array(h)
+                    return String(c[0..<8]) + "-" + String(c[8..<12]) + "-" + String(c[12..<16]) + "-" + String(c[16..<20]) + "-" + String(c[20..<32])
+                }
+                gpt.partitionGUID = guid(hash[0..<32])
+                gpt.morePartitions = [GPT.Partition(typeGUID: types?.verity ?? GPT.linuxFilesystemType, partitionGUID: guid(hash[32..<64]),
+                                                    firstSector: UInt64(hashStart / 512), lastSector: UInt64((hashStart + hashPartitionBytes) / 512) - 1,
+                                                    name: label + "-verity")]
+            }
             for (lba, bytes) in gpt.sectors { try FS.write(bytes, to: fd, at: Int64(lba) * 512, name: output) }
         case .none:
             break
@@ -176,8 +262,8 @@ public struct DiskImageWriter: Sendable {
         try Task.checkCancellation()
         try FS.rename(temporary, to: output)
         keep = true
-        stats.outputBytes = base + filesystemBytes + tail
-        return (stats, uuid)
+        stats.outputBytes = diskEnd + tail
+        return DiskWritten(stats: stats, uuid: uuid, verity: verityParameters)
     }
 
     /// Formats whose tools read only a directory cannot keep a tar's owners

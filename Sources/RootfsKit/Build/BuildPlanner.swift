@@ -112,8 +112,22 @@ public struct BuildPlanner: Sendable {
         outputs += formatOutputs
         if keepRootfs { outputs.insert(FormatOutput(format: .rootfs, path: rootfsDir), at: 0) }
         try ImageOptions.requireVHDXFixedFits(options.imageOptions, formats: outputs.map(\.format))
+        try ImageOptions.requireVerityFits(options.imageOptions, formats: outputs.map(\.format))
         let epoch = try sourceDateEpoch(env)
         var imageOptions = options.imageOptions
+        if imageOptions.verity {
+            if imageOptions.variant == nil, let v = env["BUILD_VARIANT"], !v.isEmpty {
+                try VerityDisk.validateVariant(v, option: "BUILD_VARIANT")
+                imageOptions.variant = v
+            }
+            imageOptions.architecture = arch
+            // Each verity disk writes root_hash_<variant>.txt next to itself: two in one directory would overwrite each other's.
+            let dirs = outputs.filter { $0.format == .raw || $0.format == .qcow2 }.map { FS.parent($0.path) }
+            if Set(dirs).count < dirs.count {
+                throw RootfsError("two --verity disks in one directory would write the same \(VerityDisk.rootHashFileName(variant: imageOptions.variant))",
+                                  hint: "write one verity disk per directory (or per build), or convert the raw one with qemu-img afterwards")
+            }
+        }
         imageOptions.epoch = epoch
         imageOptions.compression = options.compression
 
