@@ -190,3 +190,48 @@ import Testing
         #expect(try SHA256.hexDigest(ofFile: staged.run + "/e.img") == SHA256.hexDigest(ofFile: dir + "/root/e.img"))
     }
 }
+
+/// `rootfs build --verity` on the busybox test distro: the root hash in `--json`, the manifest and the
+/// root-hash file agree with the disk (veritysetup), ROOTFS_ONLY extension images, and the refusals.
+@Suite(.requires(.busybox, .root, .veritysetup), .tags(.busybox, .root, .veritysetup)) struct VerityBuildTestsRequiringBusybox {
+    @Test func buildWritesTheRootHashEverywhere() async throws {
+        let distros = try busyboxDistros()
+        let dir = try Fixtures.temporaryDirectory("verity-build")
+        defer { FS.remove(distros); FS.remove(dir) }
+        let r = try await Fixtures.rootfs(["build", "bb", "--distros-dir", distros, "--image", dir + "/bb.img", "--verity", "--json"],
+                                          environment: VerityDiskTests.epoch.merging(["BUILD_VARIANT": "measured"]) { $1 }, workingDirectory: dir)
+        try #require(r.status == 0, "\(r.stderr)")
+        let fields = try VerityDiskTests.rootHashFields(dir + "/root_hash_measured.txt")
+        let doc = try jsonObject(r.stdout)
+        let outputs = try #require(doc["outputs"] as? [[String: Any]])
+        let image = try #require(outputs.first { ($0["kind"] as? String) == "image" })
+        let verity = try #require(image["verity"] as? [String: Any], "\(image)")
+        #expect(verity["rootHash"] as? String == fields["root_hash"] && verity["salt"] as? String == fields["salt"])
+        #expect(image["rootHashFile"] as? String == dir + "/root_hash_measured.txt")
+        let manifest = try jsonObject(try String(contentsOfFile: dir + "/bb.manifest.json", encoding: .utf8))
+        let listed = try #require((manifest["outputs"] as? [[String: Any]])?.first { ($0["kind"] as? String) == "image" })
+        #expect((listed["verity"] as? [String: Any])?["rootHash"] as? String == fields["root_hash"], "\(listed)")
+        let parts = try await VerityDiskTests.partitions(dir + "/bb.img")
+        try #require(parts.count == 2)
+        try VerityDiskTests.extract(dir + "/bb.img", parts[0], to: dir + "/p1")
+        let verify = try await VerityDiskTests.veritysetup(["verify", "--no-superblock", "--salt=" + (fields["salt"] ?? ""),
+                                                           "--hash-offset=\(parts[1].start)", dir + "/p1", dir + "/bb.img", fields["root_hash"] ?? ""])
+        #expect(verify.status == 0, "\(verify.stderr)")
+
+        // ROOTFS_ONLY: the distro tree alone (no init, no agent) as an erofs+verity extension image.
+        try FS.makeDirectories(dir + "/ext")
+        let ext = try await Fixtures.rootfs(["build", "bb", "--distros-dir", distros, "--image", dir + "/ext/bb.img", "--verity",
+                                             "--fs", "erofs", "--no-manifest"],
+                                            environment: VerityDiskTests.epoch.merging(["ROOTFS_ONLY": "yes"]) { $1 }, workingDirectory: dir)
+        #expect(ext.status == 0 && FS.isRegularFile(dir + "/ext/root_hash_.txt"), "\(ext.stderr)")
+
+        // Refused before anything is written: a tar beside the disk, and two verity disks in one directory.
+        let tar = try await Fixtures.rootfs(["build", "bb", "--distros-dir", distros, "--format", "tar", "--format", "raw",
+                                             "-o", dir + "/t", "--verity"], workingDirectory: dir)
+        #expect(tar.status != 0 && tar.stderr.contains("--verity cannot apply to the tar output"), "\(tar.stderr)")
+        #expect(!FS.exists(dir + "/t/bb.img"))
+        let two = try await Fixtures.rootfs(["build", "bb", "--distros-dir", distros, "--format", "qcow2", "--format", "raw",
+                                             "-o", dir + "/two", "--verity"], workingDirectory: dir)
+        #expect(two.status != 0 && two.stderr.contains("same root_hash_.txt"), "\(two.stderr)")
+    }
+}
