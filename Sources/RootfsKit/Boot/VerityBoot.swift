@@ -49,9 +49,16 @@ public struct VerityBoot: Sendable, Equatable {
             return nil
         }
         let size = Int64(file.size)
-        let partitions = try PartitionProbe.partitions(what: image, size: size) { offset, count in
-            guard let o = Int(exactly: offset) else { return [] }
-            return file.read(at: o, count: count)
+        let partitions: [(offset: Int64, size: Int64)]
+        do {
+            partitions = try PartitionProbe.partitions(what: image, size: size) { offset, count in
+                guard let o = Int(exactly: offset) else { return [] }
+                return file.read(at: o, count: count)
+            }
+        } catch {
+            // Not asked for verity: a table that cannot be read is for the image detection to report.
+            if rootHashFile == nil { return nil }
+            throw error
         }
         let candidates: [String]
         if let rootHashFile {

@@ -31,6 +31,9 @@ struct VerityBootTestsRequiringQEMUAndNetwork {
         #expect(r.stderr.contains("verity disk: root hash"), "\(r.stderr)")
         print("VerityBootTests: agentInit=\(agentInit): \(r.stderr.split(separator: "\n").first { $0.contains("ready in") } ?? "no ready line")")
         guard agentInit else { return }
+        // As Kata's runtime boots it: virtio-blk, dm-mod.create over /dev/vda1 and /dev/vda2.
+        let kata = try await Fixtures.rootfs(["boot", image, "--kata", "--kernel", env.kernel, "--timeout", "240", "--", "sh", "-c", Self.script])
+        #expect(kata.status == 3 && kata.stdout.contains("root: /dev/dm-0 dm-0 ext4 ro"), "--kata: \(kata.stdout) \(kata.stderr.suffix(2000))")
 
         // One data block changed after the build (the file system's first block: its superblock):
         // the guest's dm-verity refuses it and rootfs boot says so.
