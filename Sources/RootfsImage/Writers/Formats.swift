@@ -98,7 +98,7 @@ public struct ImageOptions: Sendable {
             default: why = "rootfs writes the hash tree as partition 2 of a raw disk (or its qcow2 conversion) only"
             }
             throw RootfsError("--verity cannot apply to the \(bad.rawValue) output: \(why)",
-                              hint: "write --format raw (or qcow2) with --verity, and other formats in a build without --verity; `rootfs verity FILE` hashes any file system image")
+                              hint: "with --verity ask for disk outputs only (--image FILE, --format raw or qcow2; a build with no output option also writes an initrd), and other formats in a build without --verity; `rootfs verity FILE` hashes any file system image")
         }
         if !formats.contains(where: carriers.contains) {
             throw RootfsError("--verity applies to raw and qcow2 disk images, and none is asked for", hint: "add --image FILE or --format raw")
