@@ -235,3 +235,31 @@ import Testing
         #expect(two.status != 0 && two.stderr.contains("same root_hash_.txt"), "\(two.stderr)")
     }
 }
+
+/// Crafted tables and root-hash files given to `rootfs boot --root-hash`: clear errors, never a trap.
+@Suite struct VerityHostileInputTests {
+    @Test func craftedPartitionsAndRootHashFilesAreClearErrors() throws {
+        let dir = try Fixtures.temporaryDirectory("verity-hostile"); defer { FS.remove(dir) }
+        // Partition 2 of an MBR reaching far beyond the 1 MiB file.
+        var mbr = MBR(diskSignature: 1, partitionStartSector: 2048, partitionSectors: 8)
+        mbr.secondPartition = (4096, 0xFFFF_FFF0)
+        var image = [UInt8](repeating: 0, count: 1 << 20)
+        image.replaceSubrange(0..<512, with: mbr.bytes)
+        try writeFile(dir + "/d.img", image)
+        let good = "root_hash=\(String(repeating: "a", count: 64)),salt=00,data_blocks=1,data_block_size=4096,hash_block_size=4096\n"
+        try writeFile(dir + "/r.txt", Array(good.utf8))
+        #expect { try VerityBoot.resolve(image: dir + "/d.img", rootHashFile: dir + "/r.txt") } throws: { error in
+            (error as? RootfsError)?.message.contains("beyond the end of the file") == true
+        }
+        // Fields out of range or missing.
+        for bad in ["root_hash=zz,salt=00,data_blocks=1,data_block_size=4096,hash_block_size=4096",
+                    "root_hash=\(String(repeating: "a", count: 64)),salt=00,data_blocks=18446744073709551615,data_block_size=4096,hash_block_size=4096",
+                    "root_hash=\(String(repeating: "a", count: 64)),salt=00,data_blocks=1,data_block_size=512,hash_block_size=4096",
+                    "root_hash=\(String(repeating: "a", count: 64)),data_blocks=1,data_block_size=4096,hash_block_size=4096"] {
+            #expect(throws: RootfsError.self, "\(bad)") {
+                let p = try VerityDisk.parseRootHashFile(bad, what: "f")
+                _ = try VerityDisk.table(p, dataDevice: "/dev/a", hashDevice: "/dev/b")
+            }
+        }
+    }
+}
