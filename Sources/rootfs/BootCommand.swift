@@ -48,6 +48,8 @@ struct BootCommand: AsyncParsableCommand {
     var modules: String?
     @Option(help: "Firmware: auto (OVMF for a UKI, an EFI ISO or an EFI system partition disk, else SeaBIOS), bios (a hybrid ISO's isolinux) or efi (OVMF).")
     var firmware: String = "auto"
+    @Option(name: .customLong("root-hash"), help: ArgumentHelp("A verity disk's root-hash file (Kata's root_hash_<variant>.txt; default: the one next to the image that matches it). It is checked against the image before the guest starts.", valueName: "file"))
+    var rootHash: String?
     @Flag(help: "Attach the terminal to the guest console (default command: /bin/sh).")
     var interactive = false
 
@@ -74,6 +76,16 @@ struct BootCommand: AsyncParsableCommand {
         var options = BootOptions(image: image, kernel: kernel, command: command)
         options.initrd = initrd
         options.firmware = Firmware(rawValue: firmware) ?? .auto
+        let verityStage: String?
+        do {
+            verityStage = try await verityOptions(&options) { note in FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8)) }
+        } catch let error as RootfsError {
+            // The same `error: …` and exit status as every failure inside CommandRunner.
+            let (json, e) = (json, error)
+            try await CommandRunner.run(json: json) { throw e }
+            return
+        }
+        defer { if let verityStage { FS.remove(verityStage) } }
         let stageOne = try await kata ? kataOptions(&options) : rootModuleOptions(&options)
         defer { if let stageOne { FS.remove(stageOne) } }
         options.timeout = timeout

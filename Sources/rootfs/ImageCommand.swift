@@ -20,26 +20,42 @@ struct ImageCommand: AsyncParsableCommand {
     @OptionGroup var imageFlags: ImageFlags
     @OptionGroup var compose: ComposeFlags
     @Flag(name: .customLong("agent-init"), help: "Require the agent to be /sbin/init.") var agentInit = false
+    @Flag(name: .customLong("no-agent-check"), help: "Write a tree with no init and no agent (an extension image such as Kata's coco, devkit or gpu ones, or a sysext; not bootable): the init and agent checks are skipped.")
+    var noAgentCheck = false
 
     func run() async throws {
-        let (tree, output, formatText, agentInit) = (tree, output, format, agentInit)
+        let (tree, output, formatText, agentInit, noAgentCheck) = (tree, output, format, agentInit, noAgentCheck)
         let console = global.makeConsole()
         let flags = imageFlags, compose = compose, compression = compression
         try await CommandRunner.run {
             let format = try formatText.map(OutputFormat.parse) ?? OutputFormat.infer(fromPath: output) ?? .raw
-            let options = try flags.options(epoch: try sourceDateEpoch(), compression: compression,
+            var options = try flags.options(epoch: try sourceDateEpoch(), compression: compression,
                                             environment: ProcessInfo.processInfo.environment)
+            if options.variant == nil, let v = ProcessInfo.processInfo.environment["BUILD_VARIANT"], !v.isEmpty {
+                try VerityDisk.validateVariant(v, option: "BUILD_VARIANT")
+                options.variant = v
+            }
             try ImageOptions.requireVHDXFixedFits(options, formats: [format])
+            try ImageOptions.requireVerityFits(options, formats: [format])
             let exports = EngineImageExports()
             defer { exports.removeAll() }
             let tree = try await exports.resolve(tree)
-            try RootfsChecker.requireTreeSource(at: tree, agentInit: agentInit)
+            if noAgentCheck {
+                guard try FS.exists(tree) || ImageReference.parse(tree) != nil else {
+                    throw RootfsError("\(tree) does not exist", hint: "give a rootfs directory or a tar archive")
+                }
+            } else {
+                try RootfsChecker.requireTreeSource(at: tree, agentInit: agentInit)
+            }
             try FS.requireParentDirectory(of: output, option: "-o")
             let (source, cleanup) = try TreeSource.composed(tree, overlays: try await compose.specs(exports: exports), near: FS.absolute(output))
             defer { cleanup() }
             let writer = ImageWriter(options: options)
             for o in try await writer.write(format, source: source, to: FS.absolute(output)) {
                 console.result("\(o.kind): \(o.path)  \(formatBytes(o.bytes))")
+                if let p = o.verity, let file = o.rootHashFile {
+                    console.result("root hash: \(p.rootHash)  salt: \(p.salt)  (\(file))")
+                }
             }
         }
     }

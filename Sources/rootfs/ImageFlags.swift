@@ -52,6 +52,10 @@ struct ImageFlags: ParsableArguments {
     var align: Int?
     @Flag(name: .customLong("vhdx-fixed"), help: "Write a fixed VHDX (every block stored) instead of a dynamic one (vhdx only).")
     var vhdxFixed = false
+    @Flag(help: "dm-verity: the hash tree of the file system as partition 2 (sha256, 4 KiB blocks, no superblock, as Kata's MEASURED_ROOTFS=yes), and Kata's root_hash_<variant>.txt next to the image (raw and qcow2 only).")
+    var verity = false
+    @Option(help: ArgumentHelp("The variant in the root-hash file's name, root_hash_<variant>.txt, as Kata's BUILD_VARIANT (default: BUILD_VARIANT; none gives Kata's root_hash_.txt).", valueName: "NAME"))
+    var variant: String?
     @Option(help: ArgumentHelp("Kernel for kernel+initrd, iso-bios, the EFI formats (uki, iso-efi, iso-efi-initrd, iso-hybrid, raw-efi, qcow2-efi) and LinuxKit's bundles (default: the tree's /boot/vmlinuz*).", valueName: "FILE"))
     var kernel: String?
     @Option(help: "Kernel command line for kernel+initrd, iso-bios, the EFI formats (the UKI's .cmdline) and LinuxKit's bundles.")
@@ -67,6 +71,7 @@ struct ImageFlags: ParsableArguments {
             throw ValidationError("--align \(align) is not an image size step: give a whole number of MiB from 1 to \(DiskImageWriter.maxAlignmentMiB) (Kata's default is 128)")
         }
         if dax && skipDaxHeader { throw ValidationError("--dax and --skip-dax-header contradict each other") }
+        if let variant { try VerityDisk.validateVariant(variant, option: "--variant") }
         if noPartitionTable && partitionTable == .gpt {
             throw ValidationError("--no-partition-table and --partition-table gpt contradict each other")
         }
@@ -86,6 +91,8 @@ struct ImageFlags: ParsableArguments {
         o.partitionTable = noPartitionTable ? .none : partitionTable
         o.filesystem = filesystem
         o.dax = dax
+        o.verity = verity
+        o.variant = variant
         o.vhdxFixed = vhdxFixed
         o.ext4Writer = ext4Writer
         o.kernel = kernel.map(FS.absolute)

@@ -1,6 +1,6 @@
 import RootfsSupport
 
-/// A DOS partition table (sector 0 of a raw disk) with one primary partition, as Kata's
+/// A DOS partition table (sector 0 of a raw disk) with one primary partition (two on a verity disk), as Kata's
 /// image_builder.sh makes with parted (`mklabel msdos`, one partition to the last sector).
 /// Its sector fields are 32 bits wide: a disk above 2 TiB cannot be described by it.
 public struct MBR: Sendable, Equatable {
@@ -12,6 +12,11 @@ public struct MBR: Sendable, Equatable {
     public var partitionStartSector: UInt32
     public var partitionSectors: UInt32
     public var partitionType: UInt8 = 0x83
+    /// A second primary partition (start sector, sectors): a verity disk's hash tree, as
+    /// Kata's image_builder.sh makes it with parted (type 0x83, not active).
+    public var secondPartition: (start: UInt32, sectors: UInt32)? = nil
+
+    public static func == (a: MBR, b: MBR) -> Bool { a.bytes == b.bytes }
 
     public init(diskSignature: UInt32, partitionStartSector: UInt32, partitionSectors: UInt32, partitionType: UInt8 = 0x83) {
         self.diskSignature = diskSignature
@@ -47,6 +52,14 @@ public struct MBR: Sendable, Equatable {
         e.put([0xfe, 0xff, 0xff], at: entry + 5)              // CHS end unused
         e.put(partitionStartSector, at: entry + 8)
         e.put(partitionSectors, at: entry + 12)
+        if let second = secondPartition {
+            let next = entry + 16
+            e.put([0x00, 0xfe, 0xff, 0xff], at: next)         // not active
+            e.put(partitionType, at: next + 4)
+            e.put([0xfe, 0xff, 0xff], at: next + 5)
+            e.put(second.start, at: next + 8)
+            e.put(second.sectors, at: next + 12)
+        }
         e.put([0x55, 0xaa], at: 510)
         return e.bytes
     }

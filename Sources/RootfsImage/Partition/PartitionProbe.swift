@@ -78,6 +78,51 @@ public struct PartitionProbe: Sendable {
         return Found(table: .gpt, firstPartitionOffset: offset)
     }
 
+    /// The first `limit` partitions of an MBR (primary entries) or a GPT, in table order, as byte
+    /// ranges checked against `size`: a verity disk's data and hash partitions.
+    public static func partitions(what: String, size: Int64, limit: Int = 4,
+                                  read: (Int64, Int) throws -> [UInt8]) throws -> [(offset: Int64, size: Int64)] {
+        let mbr = try read(0, 512)
+        guard mbr.count == 512, mbr[510] == 0x55, mbr[511] == 0xaa else { return [] }
+        let decoder = BinaryDecoder(mbr, what: "the MBR of \(what)")
+        var ranges: [(first: UInt64, sectors: UInt64)] = []
+        if try decoder.u8(446 + 4) == 0xee {
+            let bytes = try read(sectorSize, 92)
+            guard bytes.count == 92, Array(bytes.prefix(8)) == Array("EFI PART".utf8) else { return [] }
+            let header = BinaryDecoder(bytes, what: "the GPT header of \(what)")
+            let entriesLBA = try header.u64(72), count = try header.u32(80), entrySize = try header.u32(84)
+            guard entrySize >= 128, entrySize <= 4096, entrySize.nonzeroBitCount == 1, entriesLBA >= 2 else {
+                throw RootfsError("the GPT of \(what) is corrupt (entries at LBA \(entriesLBA), \(entrySize) bytes each)")
+            }
+            let entriesOffset = try byteOffset(lba: entriesLBA, what: "the GPT entries of \(what)")
+            for n in 0..<min(Int(count), limit) {
+                let at = try Checked.add(entriesOffset, Int64(n) * Int64(entrySize), "a GPT entry of \(what)")
+                let entry = try read(at, 48)
+                guard entry.count == 48 else { break }
+                let e = BinaryDecoder(entry, what: "GPT entry \(n + 1) of \(what)")
+                let first = try e.u64(32), last = try e.u64(40)
+                if first == 0 { break }
+                guard last >= first else { throw RootfsError("GPT entry \(n + 1) of \(what) ends before it starts", hint: "the table is corrupt") }
+                ranges.append((first, last - first + 1))
+            }
+        } else {
+            for n in 0..<min(4, limit) {
+                let start = UInt64(try decoder.u32(446 + 16 * n + 8)), sectors = UInt64(try decoder.u32(446 + 16 * n + 12))
+                if start == 0 || sectors == 0 { break }
+                ranges.append((start, sectors))
+            }
+        }
+        return try ranges.enumerated().map { n, r in
+            let offset = try byteOffset(lba: r.first, what: "partition \(n + 1) of \(what)")
+            let bytes = try byteOffset(lba: r.sectors, what: "the size of partition \(n + 1) of \(what)")
+            guard try Checked.add(offset, bytes, "the end of partition \(n + 1) of \(what)") <= size else {
+                throw RootfsError("partition \(n + 1) of \(what) lies beyond the end of the file (\(size) bytes)",
+                                  hint: "the image is truncated or its partition table is corrupt")
+            }
+            return (offset, bytes)
+        }
+    }
+
     /// LBA * 512 as a file offset, or a clear error when it cannot be one.
     static func byteOffset(lba: UInt64, what: String) throws -> Int64 {
         let (bytes, overflow) = lba.multipliedReportingOverflow(by: UInt64(sectorSize))

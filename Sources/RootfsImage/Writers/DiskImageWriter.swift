@@ -19,6 +19,10 @@ public struct DiskImageWriter: Sendable {
     public var alignmentMiB: Int?
     /// Which program writes ext4: rootfs's own writer (default) or `mke2fs -d`.
     public var ext4Writer: Ext4WriterKind = .native
+    /// `--verity`: partition 2 holds the dm-verity hash tree of partition 1 (VerityDisk.swift).
+    public var verity = false
+    /// The guest's architecture: a verity GPT disk's Discoverable Partitions types.
+    public var architecture = hostArchitecture()
 
     public init(freeSpaceMiB: Int = 64, label: String = "rootfs", epoch: Int? = nil) {
         self.freeSpaceMiB = freeSpaceMiB
@@ -136,6 +140,32 @@ public struct DiskImageWriter: Sendable {
 
     @discardableResult
     public func write(source: TreeSource, to output: String) async throws -> (stats: WriteStats, uuid: String) {
+        let written = try await writeDisk(source: source, to: output)
+        return (written.stats, written.uuid)
+    }
+
+    /// What `writeDisk` wrote: sizes, the file system UUID and, with `verity`, the tree's parameters.
+    public struct DiskWritten: Sendable {
+        public var stats: WriteStats
+        public var uuid: String
+        public var verity: VerityParameters?
+    }
+
+    /// `--verity` needs two partitions and no DAX header (Kata's measured images are
+    /// SKIP_DAX_HEADER=yes): refused before anything is written.
+    public static func requireVerityLayout(partitionTable: PartitionTable, dax: Bool) throws {
+        if partitionTable == .none {
+            throw RootfsError("--verity puts the hash tree in a second partition: it needs a partition table",
+                              hint: "drop --no-partition-table (MBR by default, or --partition-table gpt), or write the tree of a bare image with `rootfs verity`")
+        }
+        if dax {
+            throw RootfsError("--verity and --dax together are not supported (Kata's measured images are built with SKIP_DAX_HEADER=yes)",
+                              hint: "drop --dax")
+        }
+    }
+
+    public func writeDisk(source: TreeSource, to output: String) async throws -> DiskWritten {
+        if verity { try Self.requireVerityLayout(partitionTable: partitionTable, dax: dax) }
         if dax && partitionTable != .mbr {
             throw RootfsError("--dax needs an MBR partition table (Kata's NVDIMM layout)",
                               hint: "drop --partition-table gpt / --no-partition-table, or drop --dax")
@@ -167,13 +197,43 @@ public struct DiskImageWriter: Sendable {
         let written = try await fsWriter.write(into: target, disk: self)
         // The partition spans the rounded image; the file system keeps its own size inside it.
         let partitionBytes = try target.partitionBytes(forFilesystem: written.filesystemBytes)
+        let filesystemBytes = written.filesystemBytes
         stats.inputBytes = written.inputBytes
+        // Verity: partition 2, at the next MiB after the file system, holds the tree of its
+        // blocks, hashed straight from the image just written (streaming, no loop device).
+        var verityParameters: VerityParameters?
+        var hashPartitionBytes: Int64 = 0
+        // After partition 1 as aligned (--align): the hash tree never shares its last MiB.
+        let hashStart = base + roundUp(partitionBytes, Self.partitionOffset)
+        if verity {
+            guard filesystemBytes % Int64(VerityHashTree.blockSize) == 0 else {
+                throw RootfsError("the file system of \(output) is \(filesystemBytes) bytes, not whole 4 KiB blocks: dm-verity cannot cover it all")
+            }
+            let dataBlocks = UInt64(filesystemBytes) / UInt64(VerityHashTree.blockSize)
+            hashPartitionBytes = max(Self.partitionOffset, roundUp(try VerityHashTree.hashSize(dataBlocks: dataBlocks), Self.partitionOffset))
+            guard ftruncate(fd, off_t(hashStart + hashPartitionBytes + tail)) == 0 else {
+                throw RootfsError("cannot size \(output): \(FS.errnoText())")
+            }
+            let salt = try VerityDisk.salt(epoch: epoch, data: temporary, offset: base, length: filesystemBytes)
+            var borrowed = OwnedFileDescriptor(taking: fd, name: output)
+            defer { _ = borrowed.release() }
+            verityParameters = try VerityHashTree.write(data: borrowed, offset: base, length: filesystemBytes,
+                                                        hash: borrowed, hashOffset: hashStart, salt: salt)
+        }
+        let diskEnd = verity ? hashStart + hashPartitionBytes : base + partitionBytes
         let signatureSource = uuid.replacingOccurrences(of: "-", with: "").prefix(8)
         let signature = UInt32(signatureSource, radix: 16) ?? 0
         let diskStart = dax ? DAXHeader.size : 0
         switch partitionTable {
         case .mbr:
-            let mbr = try MBR(diskSignature: signature, partitionStart: Self.partitionOffset, partitionBytes: partitionBytes, what: output)
+            var mbr = try MBR(diskSignature: signature, partitionStart: Self.partitionOffset, partitionBytes: partitionBytes, what: output)
+            if verity {
+                let hashEnd = try Checked.add(hashStart, hashPartitionBytes, "the end of the hash partition of \(output)")
+                guard hashEnd <= MBR.maxDiskBytes, let start = UInt32(exactly: hashStart / 512), let sectors = UInt32(exactly: hashPartitionBytes / 512) else {
+                    throw RootfsError("\(output) would be \(formatBytes(diskEnd)): too big for an MBR (2 TiB)", hint: "use --partition-table gpt")
+                }
+                mbr.secondPartition = (start, sectors)
+            }
             try FS.write(mbr.bytes, to: fd, at: diskStart, name: output)
             if dax {
                 let header = try DAXHeader(innerPartitionOffset: Self.partitionOffset, partitionBytes: partitionBytes,
@@ -181,10 +241,25 @@ public struct DiskImageWriter: Sendable {
                 try FS.write(header.encoded(), to: fd, at: 0, name: output)
             }
         case .gpt:
-            let sectors = UInt64((Self.partitionOffset + partitionBytes + tail) / 512)
-            let gpt = GPT(diskSectors: sectors, firstSector: UInt64(Self.partitionOffset / 512),
+            let sectors = UInt64((diskEnd + tail) / 512)
+            var gpt = GPT(diskSectors: sectors, firstSector: UInt64(Self.partitionOffset / 512),
                           lastSector: UInt64((Self.partitionOffset + partitionBytes) / 512) - 1,
                           diskGUID: derivedGUID("disk", uuid), partitionGUID: derivedGUID("part", uuid), partitionName: label)
+            if let p = verityParameters {
+                // The Discoverable Partitions Specification: root and root-verity types, and (as
+                // systemd-repart does) the partition UUIDs from the root hash's halves.
+                let types = VerityDisk.discoverableTypes(architecture: architecture)
+                if let types { gpt.typeGUID = types.root }
+                let hash = Array(p.rootHash)
+                func guid(_ h: ArraySlice<Character>) -> String {
+                    let c = Array(h)
+                    return String(c[0..<8]) + "-" + String(c[8..<12]) + "-" + String(c[12..<16]) + "-" + String(c[16..<20]) + "-" + String(c[20..<32])
+                }
+                gpt.partitionGUID = guid(hash[0..<32])
+                gpt.morePartitions = [GPT.Partition(typeGUID: types?.verity ?? GPT.linuxFilesystemType, partitionGUID: guid(hash[32..<64]),
+                                                    firstSector: UInt64(hashStart / 512), lastSector: UInt64((hashStart + hashPartitionBytes) / 512) - 1,
+                                                    name: label + "-verity")]
+            }
             for (lba, bytes) in gpt.sectors { try FS.write(bytes, to: fd, at: Int64(lba) * 512, name: output) }
         case .none:
             break
@@ -192,8 +267,8 @@ public struct DiskImageWriter: Sendable {
         try Task.checkCancellation()
         try FS.rename(temporary, to: output)
         keep = true
-        stats.outputBytes = base + partitionBytes + tail
-        return (stats, uuid)
+        stats.outputBytes = diskEnd + tail
+        return DiskWritten(stats: stats, uuid: uuid, verity: verityParameters)
     }
 
     /// Formats whose tools read only a directory cannot keep a tar's owners

@@ -106,6 +106,8 @@ public struct DiskFormatWriter: FormatWriter {
         w.dax = options.dax
         w.alignmentMiB = options.alignmentMiB
         w.ext4Writer = options.ext4Writer
+        w.verity = options.verity
+        if let architecture = options.architecture { w.architecture = architecture }
         w.runner = runner
         return w
     }
@@ -116,13 +118,14 @@ public struct DiskFormatWriter: FormatWriter {
             "\(disk.filesystem.rawValue) \(uuid), \(disk.partitionTable == .none ? "no partition table" : disk.partitionTable.rawValue.uppercased()), \(formatBytes(bytes))"
         }
         if format == .raw {
-            let (stats, uuid) = try await disk.write(source: source, to: output)
-            context.note?(describe(uuid, stats.outputBytes))
-            return [BuildOutput(kind: "raw", path: output, bytes: stats.outputBytes)]
+            let written = try await disk.writeDisk(source: source, to: output)
+            context.note?(describe(written.uuid, written.stats.outputBytes))
+            return [try Self.withVerity(BuildOutput(kind: "raw", path: output, bytes: written.stats.outputBytes), written, context: context)]
         }
         let raw = FS.siblingTemporaryPath(for: output) + ".raw"
         defer { unlink(raw) }
-        let (stats, uuid) = try await disk.write(source: source, to: raw)
+        let written = try await disk.writeDisk(source: source, to: raw)
+        let (stats, uuid) = (written.stats, written.uuid)
         context.note?(describe(uuid, stats.outputBytes))
         let bytes: Int64
         switch format {
@@ -136,7 +139,19 @@ public struct DiskFormatWriter: FormatWriter {
             bytes = try await QemuImgConverter(runner: context.runner, epoch: context.options.epoch)
                 .convert(raw: raw, to: output, format: format, uuid: uuid)
         }
-        return [BuildOutput(kind: format.rawValue, path: output, bytes: bytes)]
+        return [try Self.withVerity(BuildOutput(kind: format.rawValue, path: output, bytes: bytes), written, context: context)]
+    }
+
+    /// A verity disk's root hash and salt on its record, and Kata's root-hash file next to it.
+    static func withVerity(_ output: BuildOutput, _ written: DiskImageWriter.DiskWritten, context: FormatWriteContext) throws -> BuildOutput {
+        guard let p = written.verity else { return output }
+        var output = output
+        let file = FS.parent(output.path) + "/" + VerityDisk.rootHashFileName(variant: context.options.variant)
+        try VerityHashTree.writeKataParameters(p, to: file)
+        output.verity = p
+        output.rootHashFile = file
+        context.note?("verity root hash \(p.rootHash), salt \(p.salt), \(p.dataBlocks) data blocks: \(file)")
+        return output
     }
 }
 

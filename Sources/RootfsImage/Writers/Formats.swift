@@ -118,8 +118,35 @@ public struct ImageOptions: Sendable {
         }
     }
 
+    /// `--verity` fits raw disks and their qcow2 conversion only (the hash tree is partition 2
+    /// of the disk, VerityDisk.swift): any other format is refused before anything is written.
+    public static func requireVerityFits(_ options: ImageOptions, formats: [OutputFormat]) throws {
+        guard options.verity else { return }
+        let carriers: Set<OutputFormat> = [.raw, .qcow2]
+        if let bad = formats.first(where: { !carriers.contains($0) && $0 != .rootfs }) {
+            let why: String
+            switch bad {
+            case .tar, .tarGz, .tarZst, .oci, .dockerArchive: why = "an archive of files has no block device for dm-verity to protect"
+            case .initrd, .kernelInitrd: why = "an initrd is unpacked into memory (tmpfs): there are no blocks for dm-verity to check"
+            default: why = "rootfs writes the hash tree as partition 2 of a raw disk (or its qcow2 conversion) only"
+            }
+            throw RootfsError("--verity cannot apply to the \(bad.rawValue) output: \(why)",
+                              hint: "with --verity ask for disk outputs only (--image FILE, --format raw or qcow2; a build with no output option also writes an initrd), and other formats in a build without --verity; `rootfs verity FILE` hashes any file system image")
+        }
+        if !formats.contains(where: carriers.contains) {
+            throw RootfsError("--verity applies to raw and qcow2 disk images, and none is asked for", hint: "add --image FILE or --format raw")
+        }
+        try DiskImageWriter.requireVerityLayout(partitionTable: options.partitionTable, dax: options.dax)
+    }
+
     public var compression: Compression = .zstd
     public var freeSpaceMiB = 64
+    /// `--verity`: a dm-verity hash tree as partition 2 and Kata's root_hash_<variant>.txt next to the disk.
+    public var verity = false
+    /// `--variant` / BUILD_VARIANT: the root-hash file's name (`root_hash_<variant>.txt`).
+    public var variant: String?
+    /// The guest's architecture (a verity GPT disk's partition types); nil: this host's.
+    public var architecture: String?
     public var partitionTable: PartitionTable = .mbr
     public var filesystem: FilesystemType = .ext4
     public var dax = false

@@ -7,6 +7,10 @@ public struct BuildOutput: Sendable, Equatable, Codable {
     public var bytes: Int64
     /// The SHA-256 of a file output (nil for the rootfs directory).
     public var sha256: String? = nil
+    /// A `--verity` disk's tree: root hash, salt, blocks (nil otherwise, and then not in the JSON).
+    public var verity: VerityParameters? = nil
+    /// Where its Kata root-hash file (`root_hash_<variant>.txt`) was written.
+    public var rootHashFile: String? = nil
 
     public init(kind: String, path: String, bytes: Int64, sha256: String? = nil) {
         self.kind = kind

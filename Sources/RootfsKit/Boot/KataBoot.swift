@@ -107,6 +107,9 @@ public struct KataStageOneInitrd: Sendable {
     public var modules: KernelModules
     public var busybox: String
     public var runner = ProcessRunner()
+    /// The static rootfs-agent, copied in as /bin/rootfs-agent for `dm-create`: it sets up the
+    /// mapping dm-mod.create= describes when the kernel did not (no CONFIG_DM_INIT; VerityBoot.swift).
+    public var deviceMapperTool: String?
 
     public init(modules: KernelModules, busybox: String) {
         self.modules = modules
@@ -170,7 +173,14 @@ public struct KataStageOneInitrd: Sendable {
             let guest = "/lib/modules/\(modules.kernelVersion)/\(module)"
             try OverlayApplier(tree: tree).apply(.file(guestPath: guest, hostPath: modules.directory + "/" + module))
         }
-        try installer.writeFile("/init", contents: Array(Self.initScript(kernelVersion: modules.kernelVersion, load: load).utf8), mode: 0o755)
+        if let tool = deviceMapperTool {
+            guard FS.isRegularFile(tool), ELF.isStatic(tool) else {
+                throw RootfsError("the stage-1 initrd needs the static rootfs-agent at \(tool) to set up dm-verity", hint: "swift build the rootfs-agent product next to rootfs")
+            }
+            try installer.writeFile("/bin/rootfs-agent", contentsOf: tool, mode: 0o755)
+        }
+        try installer.writeFile("/init", contents: Array(Self.initScript(kernelVersion: modules.kernelVersion, load: load,
+                                                                         deviceMapper: deviceMapperTool != nil).utf8), mode: 0o755)
         for dir in ["/proc", "/sys", "/dev", "/newroot"] { _ = try tree.hostPathForCreating(dir + "/.keep"); }
         try InitrdWriter(compression: .gzip, epoch: 0).write(source: .directory(stage), to: path)
     }
@@ -183,8 +193,13 @@ public struct KataStageOneInitrd: Sendable {
         }
     }
 
-    static func initScript(kernelVersion: String, load: [String]) -> String {
-        let inserts = load.map { "$b insmod /lib/modules/\(kernelVersion)/\($0) || echo \"stage-1: insmod \($0) failed\"" }
+    static func initScript(kernelVersion: String, load: [String], deviceMapper: Bool = false) -> String {
+        var inserts = load.map { "$b insmod /lib/modules/\(kernelVersion)/\($0) || echo \"stage-1: insmod \($0) failed\"" }
+        if deviceMapper {
+            // dm-mod.create= is read by the kernel only with CONFIG_DM_INIT: otherwise the same mapping
+            // is made here from the same parameter, so the root (/dev/dm-0) is the same either way.
+            inserts.append("[ -b /dev/dm-0 ] || ! $b grep -q 'dm.mod.create=' /proc/cmdline || /bin/rootfs-agent dm-create || echo \"stage-1: device-mapper setup failed\"")
+        }
         return """
         #!/bin/busybox sh
         b=/bin/busybox

@@ -59,6 +59,8 @@ public struct BootOptions: Sendable {
     public var firmware: Firmware = .auto
     /// OVMF as Debian's ovmf package installs it (`-bios`).
     public var ovmf = "/usr/share/ovmf/OVMF.fd"
+    /// A `--verity` disk: the root is its dm-verity mapping (VerityBoot.swift).
+    public var verity: VerityBoot?
 
     public init(image: String, kernel: String?, command: [String] = []) {
         self.image = image
@@ -109,7 +111,16 @@ public struct QEMUBoot: Sendable {
         // no_timer_check: a guest slowed down by TCG on a busy host can fail the IO-APIC
         // timer check and panic ("IO-APIC + timer doesn't work"); a virtual timer needs no check.
         parameters += ["console=ttyS0", "panic=-1", "no_timer_check"]
-        if let kata = options.kata, let disk = kind.disk {
+        if let verity = options.verity, let disk = kind.disk {
+            // The root is /dev/dm-0, read-only: Kata's dm-mod.create, or the stage-1 initrd's mapping from it.
+            let fs = disk.filesystem == .unknown ? "ext4" : disk.filesystem.rawValue
+            if let kata = options.kata {
+                parameters += kata.kernelParameters + (try verity.kernelParameters(kata: true))
+                    + kata.rootParameters(filesystem: fs).filter { !$0.hasPrefix("root=") }
+            } else {
+                parameters += (try verity.kernelParameters(kata: false)) + ["rootfstype=\(fs)", "ro"]
+            }
+        } else if let kata = options.kata, let disk = kind.disk {
             parameters += kata.kernelParameters + kata.rootParameters(filesystem: disk.filesystem == .unknown ? "ext4" : disk.filesystem.rawValue)
         } else if let disk = kind.disk {
             parameters.append("root=\(disk.rootDevice)")
@@ -410,6 +421,11 @@ public struct QEMUBoot: Sendable {
         if !qemuErrors.isEmpty {
             details.append("qemu said:")
             details += qemuErrors.suffix(10).map { "  " + $0 }
+        }
+        if let verity = options.verity, let line = VerityBoot.corruption(in: state.tail + state.panicTail) {
+            throw RootfsError("dm-verity refused a block of \(options.image): its content does not match the root hash in \(verity.rootHashFile) (the image was changed after it was built)",
+                              hint: "rebuild the image with --verity, or restore it; the guest said: \(line.trimmingCharacters(in: .whitespaces))",
+                              details: details)
         }
         let timeoutText = String(format: "%g", timeout)
         if state.timedOut {

@@ -160,7 +160,9 @@ public struct BuildPlan: Sendable {
             let table = o.partitionTable == .none ? "no partition table" : o.partitionTable.rawValue.uppercased()
             return "\(output.kind): \(output.path) (\(output.format.rawValue), \(table), \(o.filesystem.rawValue)"
                 + (o.filesystem == .ext4 ? " by \(o.ext4Writer.rawValue)" : "") + (o.dax ? ", DAX header" : "")
-                + (o.alignmentMiB.map { ", size in \($0) MiB steps" } ?? "") + ", \(o.freeSpaceMiB) MiB free)"
+                + (o.alignmentMiB.map { ", size in \($0) MiB steps" } ?? "")
+                + (o.verity ? ", dm-verity tree in partition 2, \(VerityDisk.rootHashFileName(variant: o.variant)) beside it" : "")
+                + ", \(o.freeSpaceMiB) MiB free)"
         default:
             return "\(output.kind): \(output.path)"
         }

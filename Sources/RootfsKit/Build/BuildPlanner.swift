@@ -142,8 +142,22 @@ public struct BuildPlanner: Sendable {
         outputs += formatOutputs
         if keepRootfs { outputs.insert(FormatOutput(format: .rootfs, path: rootfsDir), at: 0) }
         try ImageOptions.requireVHDXFixedFits(options.imageOptions, formats: outputs.map(\.format))
+        try ImageOptions.requireVerityFits(options.imageOptions, formats: outputs.map(\.format))
         let epoch = try sourceDateEpoch(env)
         var imageOptions = options.imageOptions
+        if imageOptions.verity {
+            if imageOptions.variant == nil, let v = env["BUILD_VARIANT"], !v.isEmpty {
+                try VerityDisk.validateVariant(v, option: "BUILD_VARIANT")
+                imageOptions.variant = v
+            }
+            imageOptions.architecture = arch
+            // Each verity disk writes root_hash_<variant>.txt next to itself: two in one directory would overwrite each other's.
+            let dirs = outputs.filter { $0.format == .raw || $0.format == .qcow2 }.map { FS.parent($0.path) }
+            if Set(dirs).count < dirs.count {
+                throw RootfsError("two --verity disks in one directory would write the same \(VerityDisk.rootHashFileName(variant: imageOptions.variant))",
+                                  hint: "write one verity disk per directory (or per build), or convert the raw one with qemu-img afterwards")
+            }
+        }
         imageOptions.epoch = epoch
         imageOptions.compression = options.compression
         (imageOptions.dax, imageOptions.alignmentMiB) = try Self.kataDiskDefaults(options, profile: profile, partitionTable: imageOptions.partitionTable)
@@ -257,13 +271,15 @@ public struct BuildPlanner: Sendable {
     /// Kata's image_builder.sh defaults for disk images: the DAX header (SKIP_DAX_HEADER=no) and
     /// IMAGE_SIZE_ALIGNMENT_MB=128 under the Kata profile. The flags win, then the variables; the
     /// variable IMAGE_SIZE_ALIGNMENT_MB counts for every build. Kata's layout is MBR only, so a
-    /// GPT or bare disk gets the header only when --dax asks (and is then refused by the writer).
+    /// GPT or bare disk gets the header only when --dax asks (and is then refused by the writer),
+    /// and so does a --verity disk.
     static func kataDiskDefaults(_ options: BuildOptions, profile: GuestProfileChoice,
                                  partitionTable: PartitionTable) throws -> (dax: Bool, alignmentMiB: Int?) {
         let env = options.environment
         let kata = profile.kata != nil
         let skip = env["SKIP_DAX_HEADER"].map { ["yes", "true", "1"].contains($0.lowercased()) } ?? false
-        let dax = options.daxHeader ?? (kata && !skip && partitionTable == .mbr)
+        // Kata's measured (verity) images are built with SKIP_DAX_HEADER=yes: --verity turns the default off.
+        let dax = options.daxHeader ?? (kata && !skip && partitionTable == .mbr && !options.imageOptions.verity)
         let fromEnvironment = try env["IMAGE_SIZE_ALIGNMENT_MB"].flatMap { $0.isEmpty ? nil : $0 }
             .map { try DiskImageWriter.alignmentMiB(parsing: $0, from: "IMAGE_SIZE_ALIGNMENT_MB") }
         return (dax, options.imageOptions.alignmentMiB ?? fromEnvironment ?? (kata ? 128 : nil))

@@ -33,6 +33,9 @@ public struct BuildManifest: Sendable, Codable, Equatable {
         public var path: String
         public var bytes: Int64?
         public var sha256: String?
+        /// A `--verity` disk: its root hash, salt and blocks, and the root-hash file beside it.
+        public var verity: VerityParameters? = nil
+        public var rootHashFile: String? = nil
     }
 
     public var manifestVersion = 1
@@ -62,7 +65,8 @@ public struct BuildManifest: Sendable, Codable, Equatable {
             options: Options(packages: facts.packages, extraPackages: facts.extraPackages,
                              initProcess: facts.initProcess, compression: facts.compression.rawValue,
                              freeSpaceMiB: facts.freeSpaceMiB, sourceDateEpoch: facts.sourceDateEpoch),
-            outputs: outputs.map { Output(kind: $0.kind, path: $0.path, bytes: $0.kind == "rootfs" ? nil : $0.bytes, sha256: $0.sha256) })
+            outputs: outputs.map { Output(kind: $0.kind, path: $0.path, bytes: $0.kind == "rootfs" ? nil : $0.bytes, sha256: $0.sha256,
+                                           verity: $0.verity, rootHashFile: $0.rootHashFile) })
     }
 
     public func json() throws -> Data {
