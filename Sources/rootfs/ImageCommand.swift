@@ -28,11 +28,14 @@ struct ImageCommand: AsyncParsableCommand {
             let format = try formatText.map(OutputFormat.parse) ?? OutputFormat.infer(fromPath: output) ?? .raw
             let options = flags.options(epoch: try sourceDateEpoch(), compression: compression)
             try ImageOptions.requireVHDXFixedFits(options, formats: [format])
+            try ImageOptions.requireBlockSizeFits(options, formats: [format])
             try RootfsChecker.requireTreeSource(at: tree, agentInit: agentInit)
             try FS.requireParentDirectory(of: output, option: "-o")
             let (source, cleanup) = try TreeSource.composed(tree, overlays: try compose.specs(), near: FS.absolute(output))
             defer { cleanup() }
-            let writer = ImageWriter(options: options)
+            var writer = ImageWriter(options: options)
+            // What was written (the erofs size beside ext4's...), as `rootfs build` shows it.
+            writer.note = { line in console.info(line) }
             for o in try await writer.write(format, source: source, to: FS.absolute(output)) {
                 console.result("\(o.kind): \(o.path)  \(formatBytes(o.bytes))")
             }

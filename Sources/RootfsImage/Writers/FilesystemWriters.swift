@@ -13,11 +13,26 @@ public struct FilesystemImageWriter: Sendable {
     public var label: String
     public var runner = ProcessRunner()
     public var allRoot = geteuid() != 0
+    /// erofs only: the compressor (lz4hc, as Kata's image_builder.sh, unless told otherwise).
+    public var erofsCompression: ErofsCompression = .lz4hc
+
+    public init(kind: Kind, epoch: Int?, uuid: String, label: String, runner: ProcessRunner = ProcessRunner(),
+                erofsCompression: ErofsCompression = .lz4hc) {
+        self.kind = kind
+        self.epoch = epoch
+        self.uuid = uuid
+        self.label = label
+        self.runner = runner
+        self.erofsCompression = erofsCompression
+    }
 
     public func command(directory: String, output: String) -> ToolCommand {
         switch kind {
         case .erofs:
             var args = ["--quiet", "-U", uuid]
+            // Kata's image_builder.sh: `mkfs.erofs -zlz4hc -Enoinline_data`. No inline data keeps each
+            // file's tail in its own block (the layout Kata measures); uncompressed keeps mkfs.erofs's defaults.
+            if erofsCompression != .none { args += ["-z" + erofsCompression.rawValue, "-Enoinline_data"] }
             if let epoch { args += ["-T", String(epoch)] }
             if allRoot { args.append("--all-root") }
             return ToolCommand("mkfs.erofs", args + [output, directory])

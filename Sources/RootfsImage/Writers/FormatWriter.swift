@@ -99,12 +99,15 @@ public struct DiskFormatWriter: FormatWriter {
         w.filesystem = options.filesystem
         w.dax = options.dax
         w.ext4Writer = options.ext4Writer
+        w.blockSize = options.blockSize ?? 4096
+        w.erofsCompression = options.erofsCompression
         w.runner = runner
         return w
     }
 
     public func write(source: TreeSource, to output: String, context: FormatWriteContext) async throws -> [BuildOutput] {
-        let disk = Self.diskWriter(context.options, runner: context.runner)
+        var disk = Self.diskWriter(context.options, runner: context.runner)
+        disk.note = context.note
         let describe = { (uuid: String, bytes: Int64) in
             "\(disk.filesystem.rawValue) \(uuid), \(disk.partitionTable == .none ? "no partition table" : disk.partitionTable.rawValue.uppercased()), \(formatBytes(bytes))"
         }
@@ -144,11 +147,17 @@ public struct FilesystemImageFormatWriter: FormatWriter {
         defer { cleanup() }
         let temporary = FS.siblingTemporaryPath(for: output)
         defer { unlink(temporary) }
+        if kind == .erofs { try FilesystemType.erofs.requireBlockSize(context.options.blockSize ?? 4096) }
         let writer = FilesystemImageWriter(kind: kind, epoch: context.options.epoch, uuid: disk.filesystemUUID(),
-                                           label: context.options.label, runner: context.runner)
+                                           label: context.options.label, runner: context.runner,
+                                           erofsCompression: context.options.erofsCompression)
         try await writer.run(directory: root, output: temporary)
         try Task.checkCancellation()
         try FS.rename(temporary, to: output)
+        if kind == .erofs {
+            context.note?("erofs \(writer.erofsCompression.rawValue), 4096-byte blocks: \(formatBytes(FS.fileSize(output)))"
+                          + (ErofsFilesystem.ext4Comparison(tree: root, disk: disk).map { "; \($0)" } ?? ""))
+        }
         return [BuildOutput(kind: kind.rawValue, path: output, bytes: FS.fileSize(output))]
     }
 }

@@ -9,7 +9,7 @@ public struct DiskLayout: Sendable, Equatable, CustomStringConvertible {
     public enum Container: String, Sendable, Equatable { case raw, vpc, qcow2, vmdk }
     public enum Table: String, Sendable, Equatable { case mbr, gpt, none }
     /// `unknown`: no rootfstype is passed and the kernel tries what it knows.
-    public enum Filesystem: String, Sendable, Equatable { case ext4, erofs, unknown }
+    public enum Filesystem: String, Sendable, Equatable { case ext4, erofs, xfs, unknown }
 
     public var container: Container
     public var table: Table
@@ -165,8 +165,9 @@ public enum BootImageKind: Sendable, Equatable {
         return DiskLayout(container: container, table: table, filesystem: filesystem(at: offset, read: read))
     }
 
-    /// ext2/3/4: 0xEF53 at 56 in the superblock at 1024; erofs: 0xE0F5E1E2 at 1024.
+    /// ext2/3/4: 0xEF53 at 56 in the superblock at 1024; erofs: 0xE0F5E1E2 at 1024; xfs: "XFSB" at 0.
     static func filesystem(at start: Int, read: (Int, Int) -> [UInt8]) -> DiskLayout.Filesystem {
+        if read(start, 4) == Array("XFSB".utf8) { return .xfs }
         let superblock = read(start + 1024, 64)
         guard superblock.count == 64 else { return .unknown }
         if littleEndian(superblock, 0, 4) == 0xE0F5_E1E2 { return .erofs }

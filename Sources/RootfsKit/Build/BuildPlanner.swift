@@ -112,6 +112,7 @@ public struct BuildPlanner: Sendable {
         outputs += formatOutputs
         if keepRootfs { outputs.insert(FormatOutput(format: .rootfs, path: rootfsDir), at: 0) }
         try ImageOptions.requireVHDXFixedFits(options.imageOptions, formats: outputs.map(\.format))
+        try ImageOptions.requireBlockSizeFits(options.imageOptions, formats: outputs.map(\.format))
         let epoch = try sourceDateEpoch(env)
         var imageOptions = options.imageOptions
         imageOptions.epoch = epoch
