@@ -58,10 +58,16 @@ private func writeTar(_ members: [Member], to path: String) throws {
     try archive.close()
 }
 
+/// What `rootfs image` checks a tree has: an init and the agent (scripts are enough here).
+private let bootable: [Member] = [
+    .dir("."), .dir("sbin"), .dir("usr"), .dir("usr/bin"), .file("usr/bin/rootfs-agent", "#!/bin/sh\n", 0o755),
+    Member(path: Array("sbin/init".utf8), mode: 0o120777, target: Array("../usr/bin/rootfs-agent".utf8)),
+]
+
 /// A small tree with everything whose owner or mode a file system can lose: owners no
 /// file on this host has, setuid/setgid, a sticky directory, devices, a fifo, links.
-private let ownedTree: [Member] = [
-    .dir("."), .dir("etc"), .dir("sbin"), .dir("dev"), .dir("tmp", 0o1777), .dir("home"), .dir("home/u", 0o750, uid: 1234, gid: 5678),
+private let ownedTree: [Member] = bootable + [
+    .dir("etc"), .dir("dev"), .dir("tmp", 0o1777), .dir("home"), .dir("home/u", 0o750, uid: 1234, gid: 5678),
     .file("etc/shadow", "root:*:1::::::\n", 0o640, gid: 42),
     .file("home/u/notes", "mine\n", 0o600, uid: 1234, gid: 5678),
     .file("sbin/su", "#!/bin/sh\n", 0o4755),
@@ -95,7 +101,7 @@ private let ownedTree: [Member] = [
         #expect(st.st_uid == 65534, "written by nobody")
         let repair = try await check("xfs_repair", ["-n", "-f", image])
         #expect(repair.contains("Phase 7"), "\(repair)")
-        for (path, want) in [("/etc/shadow", ["core.mode = 0100640", "core.uid = 0", "core.gid = 42"]),
+        let expected: [(String, [String])] = [("/etc/shadow", ["core.mode = 0100640", "core.uid = 0", "core.gid = 42"]),
                              ("/home/u", ["core.mode = 040750", "core.uid = 1234", "core.gid = 5678"]),
                              ("/home/u/notes", ["core.mode = 0100600", "core.uid = 1234", "core.gid = 5678"]),
                              ("/sbin/su", ["core.mode = 0104755"]), ("/sbin/su-again", ["core.mode = 0104755"]),
@@ -103,7 +109,8 @@ private let ownedTree: [Member] = [
                              ("/tmp", ["core.mode = 041777"]),
                              ("/dev/null", ["core.mode = 020666"]), ("/dev/sda", ["core.mode = 060660", "core.gid = 6"]),
                              ("/dev/fifo", ["core.mode = 010644"]), ("/etc/mtab", ["core.mode = 0120777"]),
-                             ("/etc/a$b", ["core.mode = 0100644"]), ("/etc/x:y", ["core.mode = 0100644"])] {
+                             ("/etc/a$b", ["core.mode = 0100644"]), ("/etc/x:y", ["core.mode = 0100644"])]
+        for (path, want) in expected {
             let fields = try await xfsInode(image, path)
             for w in want { #expect(fields.contains(w), "\(path): \(fields)") }
         }
@@ -117,17 +124,19 @@ private let ownedTree: [Member] = [
         #expect(!listing.contains("proto") && !listing.contains(" f\n"), "no staging name leaks into the tree: \(listing)")
     }
 
-    @Test(arguments: [
+    static let hostileNames: [(String, [UInt8])] = [
         ("a name with a space", Array("etc/with space".utf8)), ("a newline", Array("etc/new\nline".utf8)),
         ("a tab", Array("etc/tab\there".utf8)), ("a control byte", Array("etc/bell".utf8) + [7]),
         ("a comment", Array("etc/:comment".utf8)), ("the end of a directory", Array("etc/$".utf8)),
         ("DEL", Array("etc/x".utf8) + [0x7f]), ("a carriage return", Array("etc/cr\r".utf8)),
         // A name that, spliced in as is, would add an entry whose content mkfs.xfs reads from a host path.
         ("a forged entry", Array("etc/evil -u-777 0 0 /etc/shadow\nleak".utf8)),
-    ])
+    ]
+
+    @Test(arguments: hostileNames)
     func xfsRefusesNamesItsProtofileCannotHold(_ what: String, _ name: [UInt8]) async throws {
         let dir = try Fixtures.temporaryDirectory("xfs-hostile"); defer { FS.remove(dir) }
-        let members = [Member.dir("."), .dir("etc"), .file("etc/ok", "fine\n"), .file(name, "x\n")]
+        let members: [Member] = bootable + [.dir("etc"), .file("etc/ok", "fine\n"), .file(name, "x\n")]
         try writeTar(members, to: dir + "/t.tar")
         let r = try await Fixtures.rootfs(["image", dir + "/t.tar", "-o", dir + "/x.img", "--fs", "xfs"])
         #expect(r.status != 0, "\(what): accepted")
@@ -142,17 +151,30 @@ private let ownedTree: [Member] = [
 
     @Test func xfsRefusesAHostileLinkTargetAndASocket() async throws {
         let dir = try Fixtures.temporaryDirectory("xfs-hostile2"); defer { FS.remove(dir) }
-        try writeTar([.dir("."), Member(path: Array("l".utf8), mode: 0o120777, target: Array("x /etc/shadow".utf8))], to: dir + "/l.tar")
+        try writeTar(bootable + [Member(path: Array("l".utf8), mode: 0o120777, target: Array("x /etc/shadow".utf8))], to: dir + "/l.tar")
         let l = try await Fixtures.rootfs(["image", dir + "/l.tar", "-o", dir + "/l.img", "--fs", "xfs"])
         #expect(l.status != 0 && l.stderr.contains("its link target holds a space"), "\(l.stderr)")
-        try writeTar([.dir("."), Member(path: Array("s".utf8), mode: 0o140755)], to: dir + "/s.tar")
-        let s = try await Fixtures.rootfs(["image", dir + "/s.tar", "-o", dir + "/s.img", "--fs", "xfs"])
+        // A tar cannot hold a socket: a directory with one, bound here.
+        try FS.makeDirectories(dir + "/s/sbin")
+        try FS.makeDirectories(dir + "/s/usr/bin")
+        try "#!/bin/sh\n".write(toFile: dir + "/s/usr/bin/rootfs-agent", atomically: false, encoding: .utf8)
+        chmod(dir + "/s/usr/bin/rootfs-agent", 0o755)
+        symlink("../usr/bin/rootfs-agent", dir + "/s/sbin/init")
+        let sock = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(sock) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let path = Array((dir + "/s/sock").utf8CString)
+        withUnsafeMutableBytes(of: &address.sun_path) { buf in for (i, c) in path.enumerated() where i < buf.count { buf[i] = UInt8(bitPattern: c) } }
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(sock, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        let s = try await Fixtures.rootfs(["image", dir + "/s", "-o", dir + "/s.img", "--fs", "xfs"])
         #expect(s.status != 0 && s.stderr.contains("socket"), "\(s.stderr)")
     }
 
     @Test(arguments: [1024, 2048]) func ext4BlockSizesAreE2fsckClean(_ size: Int) async throws {
         let dir = try Fixtures.temporaryDirectory("ext4-bs"); defer { FS.remove(dir) }
-        try writeTar(ownedTree, to: dir + "/t.tar")
+        // Without the non-UTF-8 name: mke2fs's debugfs fix-up (times, owners) does not find it (a limit of that writer).
+        try writeTar(ownedTree.filter { $0.path.allSatisfy { $0 < 0x80 } }, to: dir + "/t.tar")
         let r = try await Fixtures.rootfs(["image", dir + "/t.tar", "-o", dir + "/x.img", "--block-size", String(size), "--no-partition-table"],
                                           environment: epochEnv)
         try #require(r.status == 0, "\(r.stderr)")
@@ -172,7 +194,7 @@ private let ownedTree: [Member] = [
 
     @Test func badFilesystemOptionsAreRefusedBeforeWriting() async throws {
         let dir = try Fixtures.temporaryDirectory("fs-bad"); defer { FS.remove(dir) }
-        try writeTar([.dir("."), .file("x", "x\n")], to: dir + "/t.tar")
+        try writeTar(bootable + [.file("x", "x\n")], to: dir + "/t.tar")
         let cases: [([String], String)] = [
             (["--fs", "erofs", "--erofs-compression", "zstd"], "unknown --erofs-compression 'zstd'"),
             (["--fs", "erofs", "--block-size", "1024"], "cannot be used with erofs"),
@@ -219,7 +241,9 @@ private let ownedTree: [Member] = [
         // The compressor is the one asked for, as the super block says.
         let lz4hcInfo = try await check("dump.erofs", [dir + "/lz4hc.erofs"])
         let noneInfo = try await check("dump.erofs", [dir + "/none.erofs"])
-        #expect(lz4hcInfo.contains("lz4_0padding") || lz4hcInfo.lowercased().contains("compr"), "\(lz4hcInfo)")
+        // mkfs.erofs sets the lz4 "0padding" feature only when it compresses.
+        #expect(lz4hcInfo.contains("0padding"), "\(lz4hcInfo)")
+        #expect(!noneInfo.contains("0padding"), "\(noneInfo)")
         let sizes = ["lz4hc.erofs", "lz4.erofs", "none.erofs", "ext4.img"].map { ($0, FS.fileSize(dir + "/" + $0)) }
         print("MeasuredFilesystemTests: Debian tree: " + sizes.map { "\($0.0) \(formatBytes($0.1))" }.joined(separator: ", "))
         let size = Dictionary(uniqueKeysWithValues: sizes)
