@@ -97,12 +97,13 @@ public struct ErofsFilesystem: FilesystemWriter {
     public var readsDirectory: Bool { true }
 
     public func write(into target: FilesystemTarget, disk: DiskImageWriter) async throws -> FilesystemWritten {
-        try DiskImageWriter.refuseLosingOwnership(target.source, format: "an erofs file system", disk.ownershipFromSource(target.source))
         let fsFile = FS.siblingTemporaryPath(for: target.output) + ".erofs"
         defer { unlink(fsFile) }
         try await FilesystemImageWriter(kind: .erofs, epoch: disk.epoch, uuid: target.uuid, label: disk.label, runner: disk.runner,
                                         erofsCompression: disk.erofsCompression)
             .run(directory: target.directory, output: fsFile)
+        // Not root, from an archive: owners, modes and devices from the archive (see ErofsOwnership).
+        if disk.ownershipFromSource(target.source) { try ErofsOwnership.apply(source: target.source, image: fsFile) }
         let size = FS.fileSize(fsFile)
         let filesystemBytes = roundUp(size, 1 << 20)
         try target.size(filesystemBytes: filesystemBytes)

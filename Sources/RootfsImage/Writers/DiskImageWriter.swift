@@ -192,7 +192,7 @@ public struct DiskImageWriter: Sendable {
     static func refuseLosingOwnership(_ source: TreeSource, format: String, _ loses: Bool) throws {
         guard loses else { return }
         throw RootfsError("\(format) from \(source) needs root: an ordinary user cannot give the extracted files their owners (root:shadow, setuid root...), so the image would be wrong",
-                          hint: "run this step as root (sudo rootfs image ...), or write a format that keeps the tar's owners without root: tar, initrd, raw/qcow2/vhd/vmdk with --fs ext4")
+                          hint: "run this step as root (sudo rootfs image ...), or write a format that keeps the tar's owners without root: tar, initrd, erofs, raw/qcow2/vhd/vmdk with --fs ext4, erofs or xfs")
     }
 
     /// Whether owners and modes must be set from the source after mke2fs: an

@@ -142,7 +142,8 @@ public struct FilesystemImageFormatWriter: FormatWriter {
 
     public func write(source: TreeSource, to output: String, context: FormatWriteContext) async throws -> [BuildOutput] {
         let disk = DiskFormatWriter.diskWriter(context.options, runner: context.runner)
-        try DiskImageWriter.refuseLosingOwnership(source, format: "a \(kind.rawValue) image", disk.ownershipFromSource(source))
+        // erofs gets a tar's owners back without root (ErofsOwnership); mksquashfs has no such fix-up.
+        if kind == .squashfs { try DiskImageWriter.refuseLosingOwnership(source, format: "a squashfs image", disk.ownershipFromSource(source)) }
         let (root, cleanup) = try source.materialized(near: output)
         defer { cleanup() }
         let temporary = FS.siblingTemporaryPath(for: output)
@@ -152,6 +153,7 @@ public struct FilesystemImageFormatWriter: FormatWriter {
                                            label: context.options.label, runner: context.runner,
                                            erofsCompression: context.options.erofsCompression)
         try await writer.run(directory: root, output: temporary)
+        if kind == .erofs && disk.ownershipFromSource(source) { try ErofsOwnership.apply(source: source, image: temporary) }
         try Task.checkCancellation()
         try FS.rename(temporary, to: output)
         if kind == .erofs {

@@ -88,6 +88,35 @@ private let ownedTree: [Member] = bootable + [
         try await check("xfs_db", ["-r", "-c", "path " + path, "-c", "print core.mode core.uid core.gid", image])
     }
 
+    @Test func erofsFromATarWithoutRootIsTheImageRootWrites() async throws {
+        let dir = try Fixtures.temporaryDirectory("erofs-owners"); defer { FS.remove(dir) }
+        chmod(dir, 0o777)
+        try writeTar(ownedTree, to: dir + "/t.tar")
+        chmod(dir + "/t.tar", 0o644)
+        let nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", Fixtures.rootfsBinary]
+        for (name, extra) in [("x.erofs", [String]()), ("x.img", ["--fs", "erofs", "--no-partition-table"])] {
+            let rootless = try await Fixtures.run(nobody[0], Array(nobody.dropFirst()) + ["image", dir + "/t.tar", "-o", dir + "/nobody-" + name] + extra,
+                                                  environment: epochEnv)
+            try #require(rootless.status == 0, "\(rootless.stderr)")
+            let root = try await Fixtures.rootfs(["image", dir + "/t.tar", "-o", dir + "/root-" + name] + extra, environment: epochEnv)
+            try #require(root.status == 0, "\(root.stderr)")
+            _ = try await check("fsck.erofs", [dir + "/nobody-" + name])
+            // Root extracts with real owners and device nodes; nobody patches mkfs.erofs's --all-root image: the same bytes.
+            #expect(try bytes(dir + "/nobody-" + name) == bytes(dir + "/root-" + name), "\(name): root and rootless differ")
+        }
+        let image = dir + "/nobody-x.erofs"
+        let expected: [(String, [String])] = [
+            ("/etc/shadow", ["Uid: 0   Gid: 42", "Access: 0640"]), ("/home/u/notes", ["Uid: 1234   Gid: 5678", "Access: 0600"]),
+            ("/home/u", ["Uid: 1234   Gid: 5678", "Access: 0750"]), ("/sbin/wall", ["Gid: 5"]),
+            ("/dev/null", ["char dev", "Access: 0666"]), ("/dev/sda", ["block dev", "Gid: 6"]),
+        ]
+        // (dump.erofs prints the permission bits only: setuid, setgid and sticky are checked by the equal bytes above.)
+        for (path, want) in expected {
+            let info = try await check("dump.erofs", ["--path=" + path, image])
+            for w in want { #expect(info.contains(w), "\(path): \(info)") }
+        }
+    }
+
     @Test func xfsFromATarKeepsOwnersModesAndDevicesWithoutRoot() async throws {
         let dir = try Fixtures.temporaryDirectory("xfs-owners"); defer { FS.remove(dir) }
         chmod(dir, 0o777)
