@@ -141,7 +141,8 @@ struct ErofsOwnership {
         guard type == item.fileType else {
             throw RootfsError("\(name): \(debugName(item.path)) has another type in the erofs image than in the tree")
         }
-        put16(&b, 4, UInt16(type | item.permissions))
+        // A link's mode is 0777 whatever the archive says (Linux cannot chmod a link): mkfs.erofs's stays, as in a root build.
+        if type != FileType.lnk { put16(&b, 4, UInt16(type | item.permissions)) }
         if node.extended {
             put32(&b, 24, item.uid)
             put32(&b, 28, item.gid)
@@ -163,5 +164,3 @@ struct ErofsOwnership {
 private func le16(_ b: [UInt8], _ o: Int) -> UInt16 { UInt16(b[o]) | UInt16(b[o + 1]) << 8 }
 private func le32(_ b: [UInt8], _ o: Int) -> UInt32 { (0..<4).reduce(UInt32(0)) { $0 | UInt32(b[o + $1]) << (8 * UInt32($1)) } }
 private func le64(_ b: [UInt8], _ o: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(b[o + $1]) << (8 * UInt64($1)) } }
-private func put16(_ b: inout [UInt8], _ o: Int, _ v: UInt16) { b[o] = UInt8(v & 0xff); b[o + 1] = UInt8(v >> 8) }
-private func put32(_ b: inout [UInt8], _ o: Int, _ v: UInt32) { for i in 0..<4 { b[o + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) } }
