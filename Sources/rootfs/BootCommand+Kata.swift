@@ -21,6 +21,7 @@ extension BootCommand {
     /// have both as modules, so the stage-1 initrd loads the root's module when the modules are
     /// found (--modules, or next to the kernel). Returns the initrd to remove afterwards.
     func rootModuleOptions(_ options: inout BootOptions) async throws -> String? {
+        if kataRoot != nil { throw ValidationError("--kata-root is how --kata attaches the image: add --kata") }
         guard options.initrd == nil, FileManager.default.isReadableFile(atPath: options.image),
               case .disk(let disk) = try await BootImageKind.detect(path: options.image),
               disk.table == .none, disk.filesystem == .squashfs || disk.filesystem == .erofs else {

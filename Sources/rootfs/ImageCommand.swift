@@ -37,6 +37,7 @@ struct ImageCommand: AsyncParsableCommand {
             }
             try ImageOptions.requireVHDXFixedFits(options, formats: [format])
             try ImageOptions.requireVerityFits(options, formats: [format])
+            try ImageOptions.requireBlockSizeFits(options, formats: [format])
             let exports = EngineImageExports()
             defer { exports.removeAll() }
             let tree = try await exports.resolve(tree)
@@ -50,7 +51,9 @@ struct ImageCommand: AsyncParsableCommand {
             try FS.requireParentDirectory(of: output, option: "-o")
             let (source, cleanup) = try TreeSource.composed(tree, overlays: try await compose.specs(exports: exports), near: FS.absolute(output))
             defer { cleanup() }
-            let writer = ImageWriter(options: options)
+            var writer = ImageWriter(options: options)
+            // What was written (the erofs size beside ext4's...), as `rootfs build` shows it.
+            writer.note = { line in console.info(line) }
             for o in try await writer.write(format, source: source, to: FS.absolute(output)) {
                 console.result("\(o.kind): \(o.path)  \(formatBytes(o.bytes))")
                 if let p = o.verity, let file = o.rootHashFile {

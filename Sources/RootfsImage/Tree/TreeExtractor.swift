@@ -84,6 +84,9 @@ public struct TreeExtractor {
                         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
                         guard fd >= 0 else { throw RootfsError("cannot create \(path): \(FS.errnoText())") }
                         close(fd)
+                        // The placeholder gets the device's mode and time (below), so that a tool reading the
+                        // directory (mkfs.erofs) lays it out as it does the real device of a root extraction.
+                        try Self.setMetadata(path, item, keepOwnership: false, ownerAccess: ownerAccess)
                         onItem?(item, path)
                         return
                     }

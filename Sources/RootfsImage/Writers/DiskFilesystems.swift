@@ -60,11 +60,13 @@ public protocol FilesystemWriter: Sendable {
 }
 
 extension FilesystemType {
-    /// The writer of this file system (for ext4, the one `--ext4-writer` names).
-    public func writer(ext4: Ext4WriterKind) -> any FilesystemWriter {
+    /// The writer of this file system (for ext4, the one `--ext4-writer` names; the native
+    /// writer lays out 4096-byte blocks only, so other block sizes are written by mke2fs).
+    public func writer(ext4: Ext4WriterKind, blockSize: Int = 4096) -> any FilesystemWriter {
         switch self {
-        case .ext4: return ext4 == .native ? NativeExt4Filesystem() : Mke2fsFilesystem()
+        case .ext4: return ext4 == .native && blockSize == 4096 ? NativeExt4Filesystem() : Mke2fsFilesystem()
         case .erofs: return ErofsFilesystem()
+        case .xfs: return XfsFilesystem()
         }
     }
 }
@@ -115,15 +117,28 @@ public struct ErofsFilesystem: FilesystemWriter {
     public var readsDirectory: Bool { true }
 
     public func write(into target: FilesystemTarget, disk: DiskImageWriter) async throws -> FilesystemWritten {
-        try DiskImageWriter.refuseLosingOwnership(target.source, format: "an erofs file system", disk.ownershipFromSource(target.source))
         let fsFile = FS.siblingTemporaryPath(for: target.output) + ".erofs"
         defer { unlink(fsFile) }
-        try await FilesystemImageWriter(kind: .erofs, epoch: disk.epoch, uuid: target.uuid, label: disk.label, runner: disk.runner)
+        try await FilesystemImageWriter(kind: .erofs, epoch: disk.epoch, uuid: target.uuid, label: disk.label, runner: disk.runner,
+                                        erofsCompression: disk.erofsCompression)
             .run(directory: target.directory, output: fsFile)
+        // Not root, from an archive: owners, modes and devices from the archive (see ErofsOwnership).
+        if disk.ownershipFromSource(target.source) { try ErofsOwnership.apply(source: target.source, image: fsFile) }
         let size = FS.fileSize(fsFile)
         let filesystemBytes = roundUp(size, 1 << 20)
         try target.size(filesystemBytes: filesystemBytes)
         try FS.copyFile(fsFile, into: target.fd, at: target.offset)
+        disk.note?("erofs \(disk.erofsCompression.rawValue), 4096-byte blocks: \(formatBytes(size))"
+                   + (Self.ext4Comparison(tree: target.directory, disk: disk).map { "; \($0)" } ?? ""))
         return FilesystemWritten(filesystemBytes: filesystemBytes, inputBytes: size)
+    }
+
+    /// "ext4 of the same tree: N": what the default file system would take, from the native
+    /// writer's plan of the directory already extracted (a walk of its metadata, nothing written).
+    static func ext4Comparison(tree: String, disk: DiskImageWriter) -> String? {
+        let writer = Ext4Writer(label: disk.label, uuid: Ext4Writer.uuidBytes(disk.filesystemUUID()), epoch: disk.epoch,
+                                freeSpaceMiB: disk.freeSpaceMiB)
+        guard let plan = try? writer.plan(source: .directory(tree)) else { return nil }
+        return "ext4 of the same tree: \(formatBytes(plan.filesystemBytes))"
     }
 }

@@ -23,6 +23,12 @@ public struct DiskImageWriter: Sendable {
     public var verity = false
     /// The guest's architecture: a verity GPT disk's Discoverable Partitions types.
     public var architecture = hostArchitecture()
+    /// The file system's block size (`--block-size`, Kata's BLOCK_SIZE).
+    public var blockSize = 4096
+    /// What mkfs.erofs compresses with (`--erofs-compression`).
+    public var erofsCompression: ErofsCompression = .lz4hc
+    /// One line for the user about the file system written (erofs: its size beside ext4's).
+    public var note: (@Sendable (String) -> Void)?
 
     public init(freeSpaceMiB: Int = 64, label: String = "rootfs", epoch: Int? = nil) {
         self.freeSpaceMiB = freeSpaceMiB
@@ -70,7 +76,7 @@ public struct DiskImageWriter: Sendable {
         var env: [String: String] = [:]
         if let epoch { env["E2FSPROGS_FAKE_TIME"] = String(epoch) }
         return ToolCommand("mke2fs", [
-            "-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0", "-L", label, "-U", uuid,
+            "-q", "-F", "-t", "ext4", "-b", String(blockSize), "-m", "0", "-L", label, "-U", uuid,
             "-N", String(sizing.inodes), "-J", "size=\(sizing.journalMiB)",
             "-E", "offset=\(offset),hash_seed=\(uuid),root_owner=0:0",
             "-d", root, image, "\(sizing.filesystemBytes / 1024)k",
@@ -171,7 +177,8 @@ public struct DiskImageWriter: Sendable {
                               hint: "drop --partition-table gpt / --no-partition-table, or drop --dax")
         }
         let alignment = try alignmentBytes()
-        let fsWriter = filesystem.writer(ext4: ext4Writer)
+        try filesystem.requireBlockSize(blockSize)
+        let fsWriter = filesystem.writer(ext4: ext4Writer, blockSize: blockSize)
         let root: String
         let cleanup: @Sendable () -> Void
         if fsWriter.readsDirectory {
@@ -276,7 +283,7 @@ public struct DiskImageWriter: Sendable {
     static func refuseLosingOwnership(_ source: TreeSource, format: String, _ loses: Bool) throws {
         guard loses else { return }
         throw RootfsError("\(format) from \(source) needs root: an ordinary user cannot give the extracted files their owners (root:shadow, setuid root...), so the image would be wrong",
-                          hint: "run this step as root (sudo rootfs image ...), or write a format that keeps the tar's owners without root: tar, initrd, raw/qcow2/vhd/vmdk with --fs ext4")
+                          hint: "run this step as root (sudo rootfs image ...), or write a format that keeps the tar's owners without root: tar, initrd, erofs, raw/qcow2/vhd/vmdk with --fs ext4, erofs or xfs")
     }
 
     /// Whether owners and modes must be set from the source after mke2fs: an
@@ -306,9 +313,42 @@ public enum PartitionTable: String, Sendable, CaseIterable, Codable {
 
 /// The file system of a raw disk image. Only file systems with a writer
 /// (DiskFilesystems.swift) are cases, so `--fs` offers nothing it refuses.
-/// (xfs is not one: mkfs.xfs of xfsprogs 6.1 cannot fill a file system from a directory without mounting it.)
 public enum FilesystemType: String, Sendable, CaseIterable, Codable {
     case ext4, erofs
+    /// By mkfs.xfs from a protofile we write (XfsProtofile.swift): owners from the source, no root, no loop device.
+    case xfs
+
+    /// The block sizes (`--block-size`) each file system can be written with.
+    public var blockSizes: [Int] {
+        switch self {
+        case .ext4, .xfs: return [1024, 2048, 4096]
+        // mkfs.erofs 1.5 has no block size option: it uses the page size (4096 on x86-64 and
+        // arm64), and Kata's image_builder.sh refuses any other ("Invalid block size for erofs").
+        case .erofs: return [4096]
+        }
+    }
+
+    public func requireBlockSize(_ size: Int) throws {
+        guard !blockSizes.contains(size) else { return }
+        if self == .erofs {
+            throw RootfsError("--block-size \(size) cannot be used with erofs: erofs is written with 4096-byte blocks only",
+                              hint: "mkfs.erofs uses the page size (4096) and kernels mount erofs only with blocks of the page size; Kata refuses any other size too. Drop --block-size or give 4096")
+        }
+        throw RootfsError("--block-size \(size) cannot be used with \(rawValue)",
+                          hint: "\(rawValue) is written with blocks of \(blockSizes.map(String.init).joined(separator: ", ")) bytes")
+    }
+}
+
+/// `--erofs-compression`: what mkfs.erofs compresses file data with.
+public enum ErofsCompression: String, Sendable, CaseIterable, Codable {
+    case lz4hc, lz4, none
+
+    /// Parses a flag value, with a clear error naming the choices.
+    public static func parse(_ text: String) throws -> ErofsCompression {
+        if let c = ErofsCompression(rawValue: text.lowercased()) { return c }
+        throw RootfsError("unknown --erofs-compression '\(text)'",
+                          hint: "give lz4hc (Kata's, the default), lz4 or none; mkfs.erofs 1.5 has no other compressor")
+    }
 }
 
 func roundUp(_ value: Int64, _ unit: Int64) -> Int64 { (value + unit - 1) / unit * unit }

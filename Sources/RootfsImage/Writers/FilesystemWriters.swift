@@ -15,11 +15,26 @@ public struct FilesystemImageWriter: Sendable {
     public var allRoot = geteuid() != 0
     /// Leave the tree's /boot out (kernel+squashfs, kernel+erofs: the kernel is a file of its own, as in LinuxKit).
     public var excludeBoot = false
+    /// erofs only: the compressor (lz4hc, as Kata's image_builder.sh, unless told otherwise).
+    public var erofsCompression: ErofsCompression = .lz4hc
+
+    public init(kind: Kind, epoch: Int?, uuid: String, label: String, runner: ProcessRunner = ProcessRunner(),
+                erofsCompression: ErofsCompression = .lz4hc) {
+        self.kind = kind
+        self.epoch = epoch
+        self.uuid = uuid
+        self.label = label
+        self.runner = runner
+        self.erofsCompression = erofsCompression
+    }
 
     public func command(directory: String, output: String) -> ToolCommand {
         switch kind {
         case .erofs:
             var args = ["--quiet", "-U", uuid]
+            // Kata's image_builder.sh: `mkfs.erofs -zlz4hc -Enoinline_data`. No inline data keeps each
+            // file's tail in its own block (the layout Kata measures); uncompressed keeps mkfs.erofs's defaults.
+            if erofsCompression != .none { args += ["-z" + erofsCompression.rawValue, "-Enoinline_data"] }
             if let epoch { args += ["-T", String(epoch)] }
             if allRoot { args.append("--all-root") }
             if excludeBoot { args.append("--exclude-path=boot") }

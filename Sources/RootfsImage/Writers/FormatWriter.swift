@@ -108,12 +108,15 @@ public struct DiskFormatWriter: FormatWriter {
         w.ext4Writer = options.ext4Writer
         w.verity = options.verity
         if let architecture = options.architecture { w.architecture = architecture }
+        w.blockSize = options.blockSize ?? 4096
+        w.erofsCompression = options.erofsCompression
         w.runner = runner
         return w
     }
 
     public func write(source: TreeSource, to output: String, context: FormatWriteContext) async throws -> [BuildOutput] {
-        let disk = Self.diskWriter(context.options, runner: context.runner)
+        var disk = Self.diskWriter(context.options, runner: context.runner)
+        disk.note = context.note
         let describe = { (uuid: String, bytes: Int64) in
             "\(disk.filesystem.rawValue) \(uuid), \(disk.partitionTable == .none ? "no partition table" : disk.partitionTable.rawValue.uppercased()), \(formatBytes(bytes))"
         }
@@ -165,17 +168,25 @@ public struct FilesystemImageFormatWriter: FormatWriter {
 
     public func write(source: TreeSource, to output: String, context: FormatWriteContext) async throws -> [BuildOutput] {
         let disk = DiskFormatWriter.diskWriter(context.options, runner: context.runner)
-        try DiskImageWriter.refuseLosingOwnership(source, format: "a \(kind.rawValue) image", disk.ownershipFromSource(source))
+        // erofs gets a tar's owners back without root (ErofsOwnership); mksquashfs has no such fix-up.
+        if kind == .squashfs { try DiskImageWriter.refuseLosingOwnership(source, format: "a squashfs image", disk.ownershipFromSource(source)) }
         let (root, cleanup) = try source.materialized(near: output)
         defer { cleanup() }
         let temporary = FS.siblingTemporaryPath(for: output)
         defer { unlink(temporary) }
+        if kind == .erofs { try FilesystemType.erofs.requireBlockSize(context.options.blockSize ?? 4096) }
         var writer = FilesystemImageWriter(kind: kind, epoch: context.options.epoch, uuid: disk.filesystemUUID(),
-                                           label: context.options.label, runner: context.runner)
+                                           label: context.options.label, runner: context.runner,
+                                           erofsCompression: context.options.erofsCompression)
         writer.excludeBoot = excludeBoot
         try await writer.run(directory: root, output: temporary)
+        if kind == .erofs && disk.ownershipFromSource(source) { try ErofsOwnership.apply(source: source, image: temporary) }
         try Task.checkCancellation()
         try FS.rename(temporary, to: output)
+        if kind == .erofs {
+            context.note?("erofs \(writer.erofsCompression.rawValue), 4096-byte blocks: \(formatBytes(FS.fileSize(output)))"
+                          + (ErofsFilesystem.ext4Comparison(tree: root, disk: disk).map { "; \($0)" } ?? ""))
+        }
         return [BuildOutput(kind: kind.rawValue, path: output, bytes: FS.fileSize(output))]
     }
 }

@@ -95,6 +95,14 @@ public enum OutputFormat: String, Sendable, CaseIterable, Codable {
         return table.first { name.hasSuffix($0.0) }?.1
     }
 
+    /// The formats written as a disk image by DiskImageWriter (so `--fs` and `--block-size` apply).
+    public var isDiskImage: Bool {
+        switch self {
+        case .raw, .qcow2, .vhd, .vmdk, .vhdx, .dynamicVHD, .containerDisk: return true
+        default: return false
+        }
+    }
+
     /// The formats offered in `--help` and named in errors.
     public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
 
@@ -139,7 +147,25 @@ public struct ImageOptions: Sendable {
         try DiskImageWriter.requireVerityLayout(partitionTable: options.partitionTable, dax: options.dax)
     }
 
+    /// `--block-size` must be one the file systems asked for can use (ext4 1024/2048/4096,
+    /// xfs 1024-4096, erofs 4096 only): refused before anything is written.
+    public static func requireBlockSizeFits(_ options: ImageOptions, formats: [OutputFormat]) throws {
+        guard let size = options.blockSize else { return }
+        let disks = formats.contains { $0.isDiskImage }
+        let bareErofs = formats.contains(.erofs)
+        if disks { try options.filesystem.requireBlockSize(size) }
+        if bareErofs { try FilesystemType.erofs.requireBlockSize(size) }
+        if !disks && !bareErofs {
+            throw RootfsError("--block-size applies to disk images and erofs outputs only, and none is asked for",
+                              hint: "add --format raw (or an output ending in .img), or drop --block-size")
+        }
+    }
+
     public var compression: Compression = .zstd
+    /// `--erofs-compression`: lz4hc by default, as Kata's image_builder.sh (`mkfs.erofs -zlz4hc -Enoinline_data`).
+    public var erofsCompression: ErofsCompression = .lz4hc
+    /// `--block-size` (Kata's BLOCK_SIZE); nil: 4096.
+    public var blockSize: Int?
     public var freeSpaceMiB = 64
     /// `--verity`: a dm-verity hash tree as partition 2 and Kata's root_hash_<variant>.txt next to the disk.
     public var verity = false

@@ -10,7 +10,7 @@ public struct DiskLayout: Sendable, Equatable, CustomStringConvertible {
     public enum Table: String, Sendable, Equatable { case mbr, gpt, none }
     /// `unknown`: no rootfstype is passed and the kernel tries what it knows. `vfat`: the first
     /// partition is FAT; with a GPT, an EFI system partition (raw-efi): the firmware boots it.
-    public enum Filesystem: String, Sendable, Equatable { case ext4, erofs, squashfs, vfat, unknown }
+    public enum Filesystem: String, Sendable, Equatable { case ext4, erofs, xfs, squashfs, vfat, unknown }
 
     public var container: Container
     public var table: Table
@@ -202,9 +202,10 @@ public enum BootImageKind: Sendable, Equatable {
         return DiskLayout(container: container, table: table, filesystem: filesystem(at: offset, read: read))
     }
 
-    /// ext2/3/4: 0xEF53 at 56 in the superblock at 1024; erofs: 0xE0F5E1E2 at 1024; squashfs:
-    /// "hsqs" at 0; FAT: the boot sector's 0x55AA and "FAT" at 0x36 (FAT12/16) or 0x52 (FAT32).
+    /// ext2/3/4: 0xEF53 at 56 in the superblock at 1024; erofs: 0xE0F5E1E2 at 1024; xfs: "XFSB" at 0;
+    /// squashfs: "hsqs" at 0; FAT: the boot sector's 0x55AA and "FAT" at 0x36 (FAT12/16) or 0x52 (FAT32).
     static func filesystem(at start: Int, read: (Int, Int) -> [UInt8]) -> DiskLayout.Filesystem {
+        if read(start, 4) == Array("XFSB".utf8) { return .xfs }
         let boot = read(start, 512)
         if boot.count == 512 {
             if Array(boot.prefix(4)) == Array("hsqs".utf8) { return .squashfs }

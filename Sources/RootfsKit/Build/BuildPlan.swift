@@ -159,7 +159,9 @@ public struct BuildPlan: Sendable {
         case .raw, .qcow2, .vhd, .vmdk:
             let table = o.partitionTable == .none ? "no partition table" : o.partitionTable.rawValue.uppercased()
             return "\(output.kind): \(output.path) (\(output.format.rawValue), \(table), \(o.filesystem.rawValue)"
-                + (o.filesystem == .ext4 ? " by \(o.ext4Writer.rawValue)" : "") + (o.dax ? ", DAX header" : "")
+                + (o.filesystem == .ext4 ? " by \((o.blockSize ?? 4096) == 4096 ? o.ext4Writer.rawValue : "mke2fs")" : "")
+                + (o.filesystem == .erofs ? " \(o.erofsCompression.rawValue)" : "")
+                + (o.blockSize.map { ", \($0)-byte blocks" } ?? "") + (o.dax ? ", DAX header" : "")
                 + (o.alignmentMiB.map { ", size in \($0) MiB steps" } ?? "")
                 + (o.verity ? ", dm-verity tree in partition 2, \(VerityDisk.rootHashFileName(variant: o.variant)) beside it" : "")
                 + ", \(o.freeSpaceMiB) MiB free)"

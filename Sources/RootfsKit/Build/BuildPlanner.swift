@@ -143,6 +143,7 @@ public struct BuildPlanner: Sendable {
         if keepRootfs { outputs.insert(FormatOutput(format: .rootfs, path: rootfsDir), at: 0) }
         try ImageOptions.requireVHDXFixedFits(options.imageOptions, formats: outputs.map(\.format))
         try ImageOptions.requireVerityFits(options.imageOptions, formats: outputs.map(\.format))
+        try ImageOptions.requireBlockSizeFits(options.imageOptions, formats: outputs.map(\.format))
         let epoch = try sourceDateEpoch(env)
         var imageOptions = options.imageOptions
         if imageOptions.verity {

@@ -176,9 +176,11 @@ public struct ContainerEngine: Sendable, Equatable {
 
     /// Creates (does not start) the container `runCommand` would run, with nothing
     /// mounted: a remote engine cannot see this host's paths (RemoteHookRun.swift).
+    /// `--rm`: the engine removes it when it exits, and also when the engine itself restarts
+    /// after going away mid-build, so no container outlives the build.
     public func createCommand(name: String, image: String, entrypoint: String, arguments: [String],
                               environment: [String: String], workingDirectory: String?) -> ToolCommand {
-        containerCommand(["create"], name: name, image: image, entrypoint: entrypoint, arguments: arguments,
+        containerCommand(["create", "--rm"], name: name, image: image, entrypoint: entrypoint, arguments: arguments,
                          mounts: [], environment: environment, workingDirectory: workingDirectory)
     }
 

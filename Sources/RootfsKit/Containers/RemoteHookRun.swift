@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// The hook in a builder container on a remote engine (DOCKER_HOST=tcp://…, ssh://…,
 /// another socket; DOCKER_CONTEXT; CONTAINER_HOST for Podman). The engine cannot see
@@ -19,46 +20,80 @@ struct RemoteHookRun {
     var build: ContainerBuild
     var runner: ProcessRunner
 
+    /// Wraps the hook: when it succeeds, print a marker line and wait until the tree has
+    /// been copied out (a file appears), then exit with the hook's status. The container
+    /// is `--rm`, so the copy must happen while it still runs. A fixed script: nothing in
+    /// it comes from the distro or the guest. (A hook can print the marker itself: it
+    /// then only ends its own build early.)
+    static let wrapper = """
+        "${@:2}"; s=$?
+        if [ "$s" -eq 0 ]; then
+            printf '\\n%s\\n' "$1"
+            while [ ! -e /rootfs-build/copied ]; do sleep 0.2; done
+        fi
+        exit "$s"
+        """
+
     func run(_ invocation: HookInvocation, onLine: @escaping @Sendable (String) -> Void) async throws {
-        let engine = build.engine, name = build.containerName
+        let engine = build.engine, name = build.containerName, endpoint = build.remote ?? "remote"
         // Beside the hook's work directory (same file system), never inside it: the
         // confinement check allows only the tree there.
         let stage = try FS.makeSiblingTemporaryDirectory(for: FS.parent(invocation.rootfsDirectory))
         defer { FS.remove(stage) }
         let staged = stage + "/rootfs-build"
         try await stageInputs(invocation, into: staged)
+        let copiedMarker = stage + "/copied"
+        FileManager.default.createFile(atPath: copiedMarker, contents: nil)
 
         // The same paths as the local run: staged copies stand where the mounts would be.
         let mounts = build.mounts(for: invocation)
         var (arguments, environment, workdir) = build.containerSide(of: invocation, mounts: mounts)
         // The tree always comes back as a directory copied out; a host path means nothing there.
         environment["ROOTFS_TAR"] = nil
-        let create = engine.createCommand(name: name, image: build.image.tag, entrypoint: "bash", arguments: arguments,
+        let marker = "rootfs-remote-hook-done-" + String(UInt64.random(in: 0 ... .max), radix: 16)
+        let create = engine.createCommand(name: name, image: build.image.tag, entrypoint: "bash",
+                                          arguments: ["--noprofile", "--norc", "-c", Self.wrapper, "rootfs-remote", marker, "bash"] + arguments,
                                           environment: environment, workingDirectory: workdir)
-        onLine("container: \(name) on a remote engine (\(build.remote ?? "remote")): inputs copied in, the tree copied out as a tar "
+        onLine("container: \(name) on a remote engine (\(endpoint)): inputs copied in, the tree copied out as a tar "
                + "(\(engine.kind.rawValue) rm --force \(name) stops it)")
+        let fetched = stage + "/tree.tar"
+        let copy = CopyOut()
         do {
             try await runner.capture(create)
             try await runner.capture(engine.copyIntoCommand(staged, container: name, directory: "/"))
             try await withTaskCancellationHandler {
-                try await runner.stream(engine.startAttachedCommand(name), onLine: onLine)
+                try await runner.stream(engine.startAttachedCommand(name)) { [runner] line in
+                    guard line == marker else { return onLine(line) }
+                    // The hook succeeded and the container waits: copy the tree out, then let it exit.
+                    copy.start {
+                        try await runner.capture(engine.copyOutCommand(container: name, path: ContainerPaths.rootfs), standardOutputTo: fetched)
+                        try await runner.capture(engine.copyIntoCommand(copiedMarker, container: name, directory: "/rootfs-build/"))
+                    }
+                }
             } onCancel: {
                 let remove = engine.removeContainerCommand(name)
                 Task.detached { _ = try? await ProcessRunner().capture(remove) }
             }
-            let fetched = stage + "/tree.tar"
-            try await runner.capture(engine.copyOutCommand(container: name, path: ContainerPaths.rootfs), standardOutputTo: fetched)
-            await engine.removeContainer(name)
-            try receive(fetched, into: invocation, scratch: stage)
+            guard try await copy.wait() else {
+                throw RootfsError("the builder container on the remote engine (\(endpoint)) ended without handing back the tree")
+            }
         } catch {
             await engine.removeContainer(name)
+            if error is CancellationError { throw error }
+            // The engine itself gone (the hook's own failure leaves it answering)?
+            if (try? await runner.capture(engine.infoCommand())) == nil {
+                throw RootfsError("the remote \(engine.kind.displayName) engine (\(endpoint)) went away during the build",
+                                  hint: "nothing was written to the outputs; the builder container is created with --rm, so the engine removes it when it comes back",
+                                  details: (error as? ToolFailure)?.outputTail ?? [])
+            }
             if let failure = error as? ToolFailure, failure.command.arguments.first != "start" {
-                throw RootfsError("the remote \(engine.kind.displayName) engine (\(build.remote ?? "remote")) failed at `\(failure.command.arguments.prefix(2).joined(separator: " "))` (\(failure.status))",
+                throw RootfsError("the remote \(engine.kind.displayName) engine (\(endpoint)) failed at `\(failure.command.arguments.prefix(2).joined(separator: " "))` (\(failure.status))",
                                   hint: "check that the engine answers (`\(engine.kind.rawValue) info` with the same environment); nothing was written to the outputs",
                                   details: failure.outputTail)
             }
             throw error
         }
+        try receive(fetched, into: invocation, scratch: stage)
     }
 
     /// /rootfs-build as the container expects it: distro/, lib/ (when apart), distros/
@@ -103,5 +138,24 @@ struct RemoteHookRun {
                               hint: "the engine's `cp` output is not what was asked for; nothing was written")
         }
         return Array(path.dropFirst(prefix.count + 1))
+    }
+}
+
+/// The copy-out started from the output stream (a synchronous callback), awaited after it.
+final class CopyOut: Sendable {
+    private let task = Mutex<Task<Void, any Error>?>(nil)
+
+    func start(_ body: @escaping @Sendable () async throws -> Void) {
+        task.withLock { current in
+            guard current == nil else { return }
+            current = Task { try await body() }
+        }
+    }
+
+    /// Whether a copy ran (and it succeeded: its error is thrown).
+    func wait() async throws -> Bool {
+        guard let running = task.withLock({ $0 }) else { return false }
+        try await running.value
+        return true
     }
 }

@@ -18,6 +18,8 @@ import Testing
         /// Boot with the test kernel (no: an ISO brings its own, a bundle finds NAME-kernel).
         var passKernel = true
         var erofs = false
+        /// A file system the test kernel has as a module (xfs): the stage-1 initrd loads it.
+        var moduleFilesystem: String?
         /// The guest's root: its block device (from /sys/dev/block, "none" for an initramfs), type and rw/ro.
         var root: String?
         var testDescription: String { name }
@@ -34,6 +36,11 @@ import Testing
         Case(name: "vmdk", write: ["-o", "DIR/debian.vmdk"], boot: "DIR/debian.vmdk", root: "root: nvme0n1p1 ext4 rw"),
         Case(name: "erofs (bare)", write: ["-o", "DIR/debian.erofs"], boot: "DIR/debian.erofs", erofs: true,
              root: "root: nvme0n1 erofs ro"),
+        // lz4hc above is the default (Kata's); lz4 is the other compressor. xfs: mkfs.xfs from our protofile.
+        Case(name: "erofs lz4 (bare)", write: ["-o", "DIR/lz4.erofs", "--erofs-compression", "lz4"], boot: "DIR/lz4.erofs", erofs: true,
+             root: "root: nvme0n1 erofs ro"),
+        Case(name: "raw xfs", write: ["-o", "DIR/xfs.img", "--fs", "xfs"], boot: "DIR/xfs.img", moduleFilesystem: "xfs",
+             root: "root: nvme0n1p1 xfs rw"),
         Case(name: "kernel+initrd", write: ["-o", "DIR/debian", "--format", "kernel+initrd", "--kernel", "KERNEL"],
              boot: "DIR/debian-initrd.img", passKernel: false, root: "root: none rootfs rw"),
         Case(name: "vhdx", write: ["-o", "DIR/debian.vhdx"], boot: "DIR/debian.vhdx", root: "root: nvme0n1p1 ext4 rw"),
@@ -53,6 +60,7 @@ import Testing
         var args = ["boot", fill(c.boot), "--timeout", "180"]
         if c.passKernel { args += ["--kernel", env.kernel] }
         if c.erofs, let stage1 = try await env.erofsStage1() { args += ["--initrd", stage1] }
+        if let fs = c.moduleFilesystem, let stage1 = try await env.stage1(loading: fs) { args += ["--initrd", stage1] }
         if c.name == "iso-bios" {
             // The ISO's command line is fixed: booting it proves it reaches the agent, then the guest is stopped.
             let r = try await Fixtures.rootfs(args)
@@ -138,23 +146,27 @@ actor BootEnvironment {
 
         /// A kernel whose erofs is a module cannot mount an erofs root by itself: a
         /// small initramfs (busybox, the kernel's own libcrc32c.ko and erofs.ko) loads
-        /// it, mounts root= read-only and switches to it. nil when erofs is built in.
-        func erofsStage1() async throws -> String? {
+        /// it, mounts root= (read-only unless `rw` is on the command line) and switches to it.
+        /// nil when erofs is built in.
+        func erofsStage1() async throws -> String? { try await stage1(loading: "erofs") }
+
+        /// The same for any file system module whose only dependency is libcrc32c (erofs, xfs).
+        func stage1(loading filesystem: String) async throws -> String? {
             let boot = FS.parent(kernel)
             let name = FS.basename(kernel)
             guard name.hasPrefix("vmlinuz-") else { return nil }
             let version = String(name.dropFirst("vmlinuz-".count))
             let config = (try? String(contentsOfFile: boot + "/config-" + version, encoding: .utf8)) ?? ""
-            if config.isEmpty || config.contains("\nCONFIG_EROFS_FS=y") { return nil }
+            if config.isEmpty || config.contains("\nCONFIG_\(filesystem.uppercased())_FS=y") { return nil }
             let modules = FS.parent(boot) + "/lib/modules/" + version + "/kernel"
-            let needed = [modules + "/lib/libcrc32c.ko", modules + "/fs/erofs/erofs.ko"]
+            let needed = [modules + "/lib/libcrc32c.ko", modules + "/fs/\(filesystem)/\(filesystem).ko"]
             for m in needed where !FS.isRegularFile(m) {
-                throw RootfsError("the test kernel has erofs as a module, and \(m) is missing",
+                throw RootfsError("the test kernel has \(filesystem) as a module, and \(m) is missing",
                                   hint: "use the kernel scripts/fetch-test-kernel.sh unpacks (it keeps lib/modules)")
             }
-            let output = work + "/stage1.img"
+            let output = work + "/stage1-\(filesystem).img"
             if FS.isRegularFile(output) { return output }
-            let root = work + "/stage1"
+            let root = work + "/stage1-\(filesystem)"
             FS.remove(root)
             try FS.makeDirectories(root + "/bin")
             try FS.makeDirectories(root + "/modules")
@@ -168,13 +180,13 @@ actor BootEnvironment {
             $b mount -t proc proc /proc
             $b mount -t devtmpfs devtmpfs /dev
             for m in /modules/*.ko; do $b insmod "$m" || echo "stage1: insmod $m failed"; done
-            root=; fstype=
+            root=; fstype=; mode=ro
             for p in $($b cat /proc/cmdline); do
-                case "$p" in root=*) root=${p#root=} ;; rootfstype=*) fstype=${p#rootfstype=} ;; esac
+                case "$p" in root=*) root=${p#root=} ;; rootfstype=*) fstype=${p#rootfstype=} ;; rw) mode=rw ;; esac
             done
             n=0
             while [ ! -b "$root" ] && [ $n -lt 100 ]; do $b sleep 0.1; n=$((n + 1)); done
-            $b mount -t "$fstype" -o ro "$root" /newroot || { echo "stage1: cannot mount $root"; exit 1; }
+            $b mount -t "$fstype" -o "$mode" "$root" /newroot || { echo "stage1: cannot mount $root"; exit 1; }
             $b umount /proc
             $b mount --move /dev /newroot/dev
             exec $b switch_root /newroot /sbin/init

@@ -109,6 +109,39 @@ struct RemoteEngineTests {
         // No container is left on the remote engine.
         let left = try await Fixtures.run("/usr/bin/env", ["docker", "ps", "-a", "-q"], environment: env)
         #expect(left.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "\(left.stdout)")
+
+        // The engine goes away mid-build: a clear error naming it, no output, and when it
+        // comes back it holds no builder container.
+        let building = Task {
+            try await Fixtures.rootfs(["build", "debian", "--docker", "--agent-init", "--format", "tar", "-o", work + "/gone"],
+                                      environment: env, workingDirectory: work)
+        }
+        var seen = false
+        for _ in 0..<600 where !seen {
+            try await Task.sleep(for: .milliseconds(200))
+            let ids = try await Fixtures.run("/usr/bin/env", ["docker", "ps", "-q", "--filter", "name=rootfs-build-"], environment: env)
+            seen = !ids.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty
+        }
+        #expect(seen, "the second build's container never ran")
+        let pid = try String(contentsOfFile: work + "/docker.pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        _ = Fixtures.status("/bin/kill", ["-9", pid])
+        let gone = try await building.value
+        #expect(gone.status != 0)
+        #expect(gone.stderr.contains("went away") && gone.stderr.contains(socket), "\(gone.stderr.suffix(2000))")
+        #expect(!FS.exists(work + "/gone/debian.tar"))
+        let restart = try Self.start("/usr/bin/env", ["dockerd", "--host", socket, "--data-root", work + "/data", "--exec-root", work + "/exec",
+                                                      "--pidfile", work + "/docker.pid", "--bridge", "none", "--iptables=false"],
+                                     log: work + "/dockerd-again.log")
+        defer { restart() }
+        try await Self.waitFor(["docker", "info"], environment: env)
+        var remaining = "?"
+        for _ in 0..<60 {
+            remaining = try await Fixtures.run("/usr/bin/env", ["docker", "ps", "-a", "-q"], environment: env).stdout
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            if remaining.isEmpty { break }
+            try await Task.sleep(for: .milliseconds(500))
+        }
+        #expect(remaining.isEmpty, "containers left after the engine came back: \(remaining)")
     }
 
     @Test func podmanThroughContainerHost() async throws {
