@@ -30,6 +30,10 @@ struct ImageCommand: AsyncParsableCommand {
             try ImageOptions.requireVHDXFixedFits(options, formats: [format])
             try RootfsChecker.requireTreeSource(at: tree, agentInit: agentInit)
             try FS.requireParentDirectory(of: output, option: "-o")
+            try FormatOutput(format: format, path: FS.absolute(output)).requireReplaceable(option: "-o")
+            // One writer per output at a time, as for `rootfs build`.
+            let lock = try OutputLock(output: FS.absolute(output))
+            defer { withExtendedLifetime(lock) {} }
             let (source, cleanup) = try TreeSource.composed(tree, overlays: try compose.specs(), near: FS.absolute(output))
             defer { cleanup() }
             let writer = ImageWriter(options: options)

@@ -19,6 +19,9 @@ struct InitrdCommand: AsyncParsableCommand {
         try await CommandRunner.run {
             try RootfsChecker.requireTreeSource(at: rootfs, agentInit: agentInit)
             try FS.requireParentDirectory(of: output, option: "-o")
+            try FS.requireReplaceableOutput(output, option: "-o")
+            let lock = try OutputLock(output: FS.absolute(output))
+            defer { withExtendedLifetime(lock) {} }
             let (source, cleanup) = try TreeSource.composed(rootfs, overlays: try compose.specs(), near: FS.absolute(output))
             defer { cleanup() }
             let stats = try InitrdWriter(compression: compression, epoch: try sourceDateEpoch()).write(source: source, to: output)
