@@ -85,3 +85,51 @@ private func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x"
         #expect(!extendedNames.contains(hex(Array("etc/\u{FFFD}\u{FFFD}".utf8))))
     }
 }
+
+/// Paths longer than PATH_MAX (4096 bytes) in an archive are extracted (every name is
+/// made relative to its parent's descriptor), and a FIFO swapped in for a walked file
+/// never blocks the reader.
+@Suite struct LongPathAndSwapTests {
+    @Test func pathsBeyondPathMaxAreExtracted() async throws {
+        let dir = try Fixtures.temporaryDirectory("longpath"); defer { FS.remove(dir) }
+        // 30 directories of 150 bytes: a 4.5 KB path.
+        let script = """
+        import tarfile, io, sys
+        with tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT) as t:
+            path = ''
+            for i in range(30):
+                path = (path + '/' if path else '') + ('d%02d' % i) * 50
+                d = tarfile.TarInfo(path); d.type = tarfile.DIRTYPE; d.mode = 0o755; t.addfile(d)
+            f = tarfile.TarInfo(path + '/deep'); data = b'deep data\\n'; f.size = len(data); t.addfile(f, io.BytesIO(data))
+        """
+        _ = try await Fixtures.run("/usr/bin/python3", ["-c", script, dir + "/long.tar"])
+        let result = try await Fixtures.rootfs(["image", dir + "/long.tar", "-o", dir + "/tree", "--format", "rootfs"])
+        #expect(result.status == 0, "\(result.stderr)")
+        // Read back name by name (a second reader: Python with dir_fd).
+        let check = """
+        import os, sys
+        fd = os.open(sys.argv[1], os.O_RDONLY)
+        for i in range(30):
+            nfd = os.open(('d%02d' % i) * 50, os.O_RDONLY, dir_fd=fd); os.close(fd); fd = nfd
+        f = os.open('deep', os.O_RDONLY, dir_fd=fd); sys.stdout.write(os.read(f, 100).decode())
+        """
+        let read = try await Fixtures.run("/usr/bin/python3", ["-c", check, dir + "/tree"])
+        #expect(read.stdout == "deep data\n", "\(read.stderr)")
+    }
+
+    @Test func aFIFOSwappedInForAWalkedFileDoesNotBlockTheReader() throws {
+        let dir = try Fixtures.temporaryDirectory("fifoswap"); defer { FS.remove(dir) }
+        try "plain\n".write(toFile: dir + "/file", atomically: false, encoding: .utf8)
+        var outcome: String?
+        let start = Date()
+        try TreeWalker(root: dir).walk { entry in
+            guard entry.path == Array("file".utf8) else { return }
+            // The race: between the walker's fstatat and its open, the file becomes a FIFO.
+            unlink(dir + "/file")
+            #expect(mkfifo(dir + "/file", 0o644) == 0)
+            do { close(try entry.openContent()); outcome = "opened" } catch { outcome = "\(error)" }
+        }
+        #expect(outcome?.contains("changed while it was read") == true, "\(outcome ?? "nil")")
+        #expect(Date().timeIntervalSince(start) < 5)
+    }
+}
