@@ -11,7 +11,7 @@ public enum OrphanReaper {
     private typealias Prctl = @convention(c) (Int32, UInt, UInt, UInt, UInt) -> Int32
     /// prctl(2) is variadic in C, so Swift does not import it: taken from libc by name
     /// (integer arguments pass the same way to a variadic function on x86-64 and arm64).
-    nonisolated(unsafe) private static let prctl: Prctl? = dlsym(nil, "prctl").map { unsafeBitCast($0, to: Prctl.self) }
+    private static let prctl: Prctl? = dlsym(nil, "prctl").map { unsafeBitCast($0, to: Prctl.self) }
     private static let setChildSubreaper: Int32 = 36  // PR_SET_CHILD_SUBREAPER, <linux/prctl.h>
 
     public static func stoppingOrphans<T>(grace: Duration = .seconds(2), _ body: () async throws -> T) async throws -> T {
