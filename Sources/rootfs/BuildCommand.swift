@@ -36,7 +36,9 @@ struct BuildCommand: AsyncParsableCommand {
     var kata = false
     @Flag(name: .customLong("rootfs-only"), help: "Only the distro tree: no agent, no init, no checks (ROOTFS_ONLY=yes; Kata's extension images).")
     var rootfsOnly = false
-    @Flag(help: "Replace an existing, non-empty rootfs directory.") var force = false
+    @Flag(help: "Replace an existing, non-empty rootfs directory that an earlier rootfs build wrote.") var force = false
+    @Flag(name: .customLong("force-any-directory"), help: "With --force: replace any non-empty directory (not /, your home or a mount point) even if rootfs did not build it.")
+    var forceAnyDirectory = false
     @Option(help: "Initrd compression.") var compression: Compression = .zstd
     @Option(help: ArgumentHelp("Where the hook runs: host (default), docker, podman, or auto (the host when it has the distro's tools, else an engine that answers).", valueName: "ENGINE"))
     var engine: EngineChoice?
@@ -104,7 +106,8 @@ struct BuildCommand: AsyncParsableCommand {
         options.agentInit = agentInit
         options.kata = kata ? true : nil
         options.rootfsOnly = rootfsOnly
-        options.force = force
+        options.force = force || forceAnyDirectory
+        options.forceAnyDirectory = forceAnyDirectory
         options.compression = compression
         options.freeSpaceMiB = imageFlags.freeSpace
         options.outputDirectory = outputDirectory

@@ -23,6 +23,11 @@ struct ExtendCommand: AsyncParsableCommand {
             let specs = try await compose.specs(exports: exports)
             guard !specs.isEmpty else { throw RootfsError("nothing to add", hint: "give --overlay DIR|TAR or --file GUEST=HOST") }
             if let output { try FS.requireParentDirectory(of: output, option: "-o") }
+            // The result replaces IMAGE (or NEW): a symlink or special file there is refused, not replaced.
+            try FS.requireReplaceableOutput(output ?? image, option: output == nil ? "IMAGE" : "-o")
+            // IMAGE is read while NEW (or IMAGE itself) is written: both locked, in one order.
+            let locks = try Set([FS.absolute(image), FS.absolute(output ?? image)]).sorted().map { try OutputLock(output: $0) }
+            defer { withExtendedLifetime(locks) {} }
             let before = FS.fileSize(image)
             let (kind, bytes) = try await ImageExtender(epoch: try sourceDateEpoch())
                 .extend(image: image, overlays: specs, output: output)

@@ -49,6 +49,10 @@ struct ImageCommand: AsyncParsableCommand {
                 try RootfsChecker.requireTreeSource(at: tree, agentInit: agentInit)
             }
             try FS.requireParentDirectory(of: output, option: "-o")
+            try FormatOutput(format: format, path: FS.absolute(output)).requireReplaceable(option: "-o")
+            // One writer per output at a time, as for `rootfs build`.
+            let lock = try OutputLock(output: FS.absolute(output))
+            defer { withExtendedLifetime(lock) {} }
             let (source, cleanup) = try TreeSource.composed(tree, overlays: try await compose.specs(exports: exports), near: FS.absolute(output))
             defer { cleanup() }
             var writer = ImageWriter(options: options)

@@ -22,6 +22,9 @@ struct InitrdCommand: AsyncParsableCommand {
             let rootfs = try await exports.resolve(rootfs)
             try RootfsChecker.requireTreeSource(at: rootfs, agentInit: agentInit)
             try FS.requireParentDirectory(of: output, option: "-o")
+            try FS.requireReplaceableOutput(output, option: "-o")
+            let lock = try OutputLock(output: FS.absolute(output))
+            defer { withExtendedLifetime(lock) {} }
             let (source, cleanup) = try TreeSource.composed(rootfs, overlays: try await compose.specs(exports: exports), near: FS.absolute(output))
             defer { cleanup() }
             let stats = try InitrdWriter(compression: compression, epoch: try sourceDateEpoch()).write(source: source, to: output)

@@ -218,6 +218,8 @@ public final class ArchiveReader {
     }
 
     public init(path: String) throws {
+        // A cpio name size libarchive would reserve before reading (0xffffffff: 4 GiB) is refused first.
+        try CpioHeaderScan.check(path)
         guard let a = archive_read_new() else { throw RootfsError("libarchive: out of memory") }
         pointer = a
         archive_read_support_filter_all(a)

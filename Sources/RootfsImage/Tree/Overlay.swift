@@ -66,12 +66,12 @@ public struct OverlayApplier {
     private func copyFile(host: String, guest: String) throws {
         var st = stat()
         guard stat(host, &st) == 0 else { throw RootfsError("cannot read \(host): \(FS.errnoText())") }
-        let destination = try tree.hostPathForCreating(guest)
+        let destination = try tree.hostPathForCreating(bytes: Array(guest.utf8))
         try removeNonDirectory(destination, guest: guest, label: "--file \(guest)")
         let input = open(host, O_RDONLY | O_CLOEXEC)
         guard input >= 0 else { throw RootfsError("cannot read \(host): \(FS.errnoText())") }
         defer { close(input) }
-        let output = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        let output = destination.withCString { open($0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
         guard output >= 0 else { throw RootfsError("cannot create \(guest) in the rootfs: \(FS.errnoText())") }
         defer { close(output) }
         try copyAll(from: input, to: output, what: host)
@@ -81,14 +81,14 @@ public struct OverlayApplier {
     }
 
     /// Removes what sits at `path` if it is not a directory (a file or a link: replaced, not followed).
-    private func removeNonDirectory(_ path: String, guest: String, label: String) throws {
+    private func removeNonDirectory(_ path: [UInt8], guest: String, label: String) throws {
         var st = stat()
-        guard lstat(path, &st) == 0 else { return }
+        guard path.withCString({ lstat($0, &st) }) == 0 else { return }
         if (st.st_mode & S_IFMT) == S_IFDIR {
             throw RootfsError("\(label): \(guest) is a directory in the rootfs and cannot be replaced by a file",
                               hint: "remove it in the hook, or put the file elsewhere")
         }
-        guard unlink(path) == 0 else { throw RootfsError("cannot replace \(guest) in the rootfs: \(FS.errnoText())") }
+        guard path.withCString({ unlink($0) }) == 0 else { throw RootfsError("cannot replace \(guest) in the rootfs: \(FS.errnoText())") }
     }
 
     /// Lays a tar archive over the tree's root, keeping its owners (Kata's tarballs: the agent, CoCo, pause, hooks).
@@ -96,57 +96,59 @@ public struct OverlayApplier {
         try apply(.archive(path), at: [], forceRoot: false, label: label)
     }
 
+    /// Every guest and host path is bytes: a name that is not UTF-8 is written exactly
+    /// (two such names never collide into one U+FFFD spelling).
     private func apply(_ source: TreeSource, at prefix: [String], forceRoot: Bool, label: String) throws {
-        var placed: [[UInt8]: String] = [:]
+        var placed: [[UInt8]: [UInt8]] = [:]
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
         defer { buffer.deallocate() }
-        var directories: [(String, TreeItem)] = []
+        var directories: [([UInt8], TreeItem)] = []
+        let slash = UInt8(ascii: "/")
         try source.walk { original in
             var item = original
             if forceRoot { item.uid = 0; item.gid = 0 }
-            let relative = item.isRoot ? [] : [item.pathString]
-            let parts = prefix + relative
+            let parts = prefix.map { Array($0.utf8) } + (item.isRoot ? [] : [item.path])
             if parts.isEmpty { return }  // the overlay's root does not change the tree's root
-            let guest = "/" + parts.joined(separator: "/")
+            let guestBytes = [slash] + Array(parts.joined(separator: [slash]))
+            let guest = String(decoding: guestBytes, as: UTF8.self)  // for messages only
             if item.fileType == FileType.dir {
                 // An existing directory (or a link to one, as /lib -> usr/lib) is kept; missing ones are made.
-                switch tree.resolve(guest) {
-                case .found(let host, _) where FS.isDirectory(host):
-                    if case .found(let unfollowed, _) = tree.resolve(guest, followLast: false), unfollowed == host {
+                if case .found(let host, _) = tree.resolve(bytes: guestBytes), Self.isDirectory(host) {
+                    if case .found(let unfollowed, _) = tree.resolve(bytes: guestBytes, followLast: false), unfollowed == host {
                         directories.append((host, item))
                     }
                     return
-                default:
-                    let destination = try tree.hostPathForCreating(guest)
-                    try removeNonDirectory(destination, guest: guest, label: label)
-                    guard mkdir(destination, 0o700) == 0 else {
-                        throw RootfsError("cannot create \(guest) in the rootfs: \(FS.errnoText())")
-                    }
-                    directories.append((destination, item))
-                    return
                 }
+                let destination = try tree.hostPathForCreating(bytes: guestBytes)
+                try removeNonDirectory(destination, guest: guest, label: label)
+                guard destination.withCString({ mkdir($0, 0o700) }) == 0 else {
+                    throw RootfsError("cannot create \(guest) in the rootfs: \(FS.errnoText())")
+                }
+                directories.append((destination, item))
+                return
             }
-            let destination = try tree.hostPathForCreating(guest)
+            let destination = try tree.hostPathForCreating(bytes: guestBytes)
             try removeNonDirectory(destination, guest: guest, label: label)
             if let first = item.hardLinkTo {
-                guard let firstHost = placed[first], link(firstHost, destination) == 0 else {
+                guard let firstHost = placed[first],
+                      firstHost.withCString({ from in destination.withCString { link(from, $0) } }) == 0 else {
                     throw RootfsError("\(label): cannot make the hard link \(guest): \(FS.errnoText())")
                 }
                 return
             }
             switch item.fileType {
             case FileType.reg:
-                let fd = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+                let fd = destination.withCString { open($0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
                 guard fd >= 0 else { throw RootfsError("cannot create \(guest) in the rootfs: \(FS.errnoText())") }
                 defer { close(fd) }
                 try item.copyContent(buffer: buffer) { chunk in try FS.writeAll(chunk, to: fd, name: "\(guest) in the rootfs") }
                 placed[item.path] = destination
             case FileType.lnk:
-                guard (item.linkTarget ?? []).withCString({ symlink($0, destination) }) == 0 else {
+                guard (item.linkTarget ?? []).withCString({ target in destination.withCString { symlink(target, $0) } }) == 0 else {
                     throw RootfsError("cannot create the link \(guest) in the rootfs: \(FS.errnoText())")
                 }
             default:
-                guard mknod(destination, mode_t(item.mode & ~0o7777) | 0o600, dev_t(item.rdev)) == 0 else {
+                guard destination.withCString({ mknod($0, mode_t(item.mode & ~0o7777) | 0o600, dev_t(item.rdev)) }) == 0 else {
                     throw RootfsError("\(label): cannot create the special file \(guest): \(FS.errnoText())")
                 }
             }
@@ -155,6 +157,11 @@ public struct OverlayApplier {
         for (host, item) in directories.reversed() {
             try TreeExtractor.setMetadata(host, item, keepOwnership: keepOwnership)
         }
+    }
+
+    private static func isDirectory(_ path: [UInt8]) -> Bool {
+        var st = stat()
+        return path.withCString { stat($0, &st) } == 0 && (st.st_mode & S_IFMT) == S_IFDIR
     }
 }
 

@@ -289,9 +289,18 @@ struct ArchiveTreeReader {
         var scan = Scan()
         var previous: [UInt8]?
         var directories = Set<[UInt8]>()
+        // Plain files seen so far: a hard link in canonical order names one of them. A link
+        // to a link (c -> b -> a) or to a later member goes the spool's way, which resolves
+        // every link to its root before grouping.
+        var files = Set<[UInt8]>()
         while let e = try nextHeader(r) {
             let it = try item(from: e)
-            if let target = it.hardLinkTo { scan.linkCounts[target, default: 1] += 1 }
+            if let target = it.hardLinkTo {
+                scan.linkCounts[target, default: 1] += 1
+                if !files.contains(target) { scan.canonical = false }
+            } else if it.fileType == FileType.reg {
+                files.insert(it.path)
+            }
             if it.isRoot { scan.hasRoot = previous == nil }
             if let previous, !canonicalPrecedes(previous, it.path) { scan.canonical = false }
             if !it.isRoot && !directories.contains(parentPath(it.path)) && parentPath(it.path) != [46] { scan.canonical = false }
@@ -379,17 +388,28 @@ struct ArchiveTreeReader {
                 parent = parentPath(parent)
             }
         }
-        // Hard-link groups: the first name in canonical order holds the content.
+        // Hard-link groups: every link resolved to its root (c -> b -> a is a's group, whatever
+        // the members' order), then the first name in canonical order holds the content.
         var groups: [[UInt8]: [[UInt8]]] = [:]
         for (p, h) in headers {
-            if let target = h.item.hardLinkTo {
-                guard headers[target]?.item.fileType == FileType.reg else {
-                    throw RootfsError("\(path): hard link \(String(decoding: p, as: UTF8.self)) points to a missing or non-regular member")
+            guard h.item.hardLinkTo != nil else { continue }
+            var root = p
+            var seen: Set<[UInt8]> = [p]
+            while let next = headers[root]?.item.hardLinkTo {
+                guard seen.insert(next).inserted else {
+                    throw RootfsError("\(path): hard link \(String(decoding: p, as: UTF8.self)) is part of a cycle of hard links",
+                                      hint: "the archive is damaged: each hard link must lead to a regular member")
                 }
-                groups[target, default: [target]].append(p)
+                root = next
             }
+            guard headers[root]?.item.fileType == FileType.reg, headers[root]?.item.hardLinkTo == nil else {
+                throw RootfsError("\(path): hard link \(String(decoding: p, as: UTF8.self)) points to a missing or non-regular member")
+            }
+            groups[root, default: [root]].append(p)
         }
-        for (owner, var members) in groups {
+        // Sorted owners: the same bytes every run.
+        for owner in groups.keys.sorted(by: canonicalPrecedes) {
+            var members = groups[owner]!
             members.sort(by: canonicalPrecedes)
             let first = members[0]
             let data = headers[owner]!

@@ -15,19 +15,20 @@ public struct TreeEntry {
     public var fileType: mode_t { stat.st_mode & S_IFMT }
     public var pathString: String { String(decoding: path, as: UTF8.self) }
 
-    /// Opens a regular file's content without following links.
+    /// Opens a regular file's content without following links. O_NONBLOCK: a FIFO
+    /// swapped in since the walk's fstatat would block open(2) for ever; the descriptor
+    /// is then checked to be the very file that was walked (same device, inode and type).
     public func openContent() throws -> Int32 {
-        let fd = name.withCString { openat(parentFD, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
+        let fd = name.withCString { openat(parentFD, $0, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) }
         guard fd >= 0 else { throw RootfsError("cannot read \(pathString) in the tree: \(FS.errnoText())") }
-        return fd
-    }
-}
-
-extension Array where Element == UInt8 {
-    func withCString<R>(_ body: (UnsafePointer<CChar>) throws -> R) rethrows -> R {
-        try (self + [0]).withUnsafeBufferPointer { buffer in
-            try buffer.withMemoryRebound(to: CChar.self) { try body($0.baseAddress!) }
+        var now = Foundation.stat()
+        guard fstat(fd, &now) == 0, (now.st_mode & S_IFMT) == S_IFREG, now.st_ino == stat.st_ino, now.st_dev == stat.st_dev else {
+            close(fd)
+            throw RootfsError("\(pathString) in the tree changed while it was read (it is no longer the regular file walked)",
+                              hint: "stop whatever is writing to the tree and run again")
         }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        return fd
     }
 }
 

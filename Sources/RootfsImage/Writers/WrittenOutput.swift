@@ -1,3 +1,5 @@
+import RootfsSupport
+
 /// One output a writer produced: what it is, where, how big, and its digest.
 /// It lives with the writers (not with the build) so that writers never
 /// refer to the layer above them.
@@ -17,5 +19,27 @@ public struct BuildOutput: Sendable, Equatable, Codable {
         self.path = path
         self.bytes = bytes
         self.sha256 = sha256
+    }
+}
+
+extension FormatOutput {
+    /// The paths this output's writer renames into place, and whether each is a
+    /// directory: what is checked before any work (an existing /dev/null, FIFO,
+    /// socket, device or symlink there is refused, never replaced).
+    public var writtenPaths: [(path: String, isDirectory: Bool)] {
+        switch format {
+        case .rootfs, .oci, .containerDisk: return [(path, true)]
+        case .kernelInitrd:
+            let p = KernelBundleWriter(options: ImageOptions()).paths(prefix: path)
+            return [(p.kernel, false), (p.initrd, false), (p.cmdline, false)]
+        default: return [(path, false)]
+        }
+    }
+
+    /// Refuses, before any work, an existing output of another kind (see `writtenPaths`).
+    public func requireReplaceable(option: String) throws {
+        for written in writtenPaths {
+            try FS.requireReplaceableOutput(written.path, option: option, directory: written.isDirectory)
+        }
     }
 }

@@ -16,6 +16,8 @@ public struct BuildOptions: Sendable {
     /// `--rootfs-only` (or ROOTFS_ONLY=yes): the distro tree, no agent, no init, no checks.
     public var rootfsOnly = false
     public var force = false
+    /// `--force-any-directory`: `--force` for a directory that holds no rootfs build record.
+    public var forceAnyDirectory = false
     /// Free space in disk images' file systems (`--free-space`; the same as `imageOptions.freeSpaceMiB`).
     public var freeSpaceMiB: Int {
         get { imageOptions.freeSpaceMiB }
@@ -75,5 +77,50 @@ public enum PackageName {
             throw RootfsError("invalid package name in \(option): '\(bad)'",
                               hint: "package names are letters, digits and . _ + - : = ~ / @, and do not start with '-'")
         }
+    }
+}
+
+/// Settings that reach command lines and rendered files (mmdebstrap's suite and
+/// mirror arguments, dnf.conf, apt.conf, the builder's Dockerfile). A value starting
+/// with '-' would become an option (`--customize-hook=` runs host commands), a
+/// newline or any other control character would add a line to a rendered file.
+public enum SettingValue {
+    /// C0 controls, DEL and C1 controls (U+0080-U+009F).
+    public static func hasControlCharacter(_ value: String) -> Bool {
+        value.unicodeScalars.contains { $0.value < 0x20 || (0x7F ... 0x9F).contains($0.value) }
+    }
+
+    /// OS_VERSION: letters, digits and . _ + - ~ :, not starting with '-' (`bookworm`, `3.23`, `9-stream`).
+    public static func validateVersion(_ value: String, source: String) throws {
+        guard value.isEmpty || (!value.hasPrefix("-") && value.unicodeScalars.allSatisfy { c in
+            (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || (c >= "0" && c <= "9") || "._+-~:".unicodeScalars.contains(c)
+        }) else {
+            throw RootfsError("invalid OS_VERSION in \(source): '\(printable(value))'",
+                              hint: "a version is letters, digits and . _ + - ~ : (bookworm, 3.23, 10), and does not start with '-'")
+        }
+    }
+
+    /// A URL-like word (REPO_URL, METALINK, GPG_KEY_URL, MIRROR, a proxy): no leading '-',
+    /// no blank, no control character, no double quote (apt.conf quotes the proxy).
+    public static func validateWord(_ value: String, name: String, source: String) throws {
+        guard value.isEmpty || (!value.hasPrefix("-") && !hasControlCharacter(value)
+                                && !value.unicodeScalars.contains { $0 == " " || $0 == "\"" || $0.properties.isWhitespace }) else {
+            throw RootfsError("invalid \(name) in \(source): '\(printable(value))'",
+                              hint: "\(name) is one word (a URL): no blank, quote or control character (newline, tab...), and it does not start with '-'")
+        }
+    }
+
+    /// The value with its control characters shown as \u{..}, for an error message.
+    static func printable(_ value: String) -> String {
+        String(value.unicodeScalars.map { hasControlCharacter(String($0)) ? "\\u{\(String($0.value, radix: 16))}" : String($0) }.joined())
+    }
+
+    /// The environment's proxy settings, passed into builder containers and rendered
+    /// into dnf's and apt's configuration.
+    public static let proxyNames = ["http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"]
+    public static let urlNames = ["REPO_URL", "METALINK", "GPG_KEY_URL", "MIRROR"]
+
+    public static func validateProxies(_ environment: [String: String]) throws {
+        for name in proxyNames { if let value = environment[name] { try validateWord(value, name: name, source: "the environment") } }
     }
 }

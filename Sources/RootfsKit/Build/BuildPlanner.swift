@@ -36,6 +36,8 @@ public struct BuildPlanner: Sendable {
         var agentInit = options.agentInit || ["yes", "true", "1"].contains((env["AGENT_INIT"] ?? "").lowercased())
         let arch = env["ARCH"].flatMap { $0.isEmpty ? nil : $0 } ?? hostArchitecture()
         var overrides = [String: String]()
+        if let v = options.osVersion { try SettingValue.validateVersion(v, source: "--os-version") }
+        try SettingValue.validateProxies(env)
         if let v = options.osVersion { overrides["OS_VERSION"] = v }
         overrides["AGENT_INIT"] = agentInit ? "yes" : "no"
         overrides["ARCH"] = arch
@@ -51,6 +53,12 @@ public struct BuildPlanner: Sendable {
         if config.archExcludeList.contains(arch) {
             throw RootfsError("distro '\(distro.name)' cannot be built for \(arch): ARCH_EXCLUDE_LIST in \(distro.configPath) excludes it (ARCH_EXCLUDE_LIST=\"\(config.archExcludeList.joined(separator: " "))\")",
                               hint: "build another distro for \(arch) (see `rootfs list`), or set ARCH to an architecture the distro supports")
+        }
+        // config.sh computes them from the environment too (OS_VERSION=${OS_VERSION:-...}): checked as evaluated.
+        try SettingValue.validateVersion(config.osVersion ?? "", source: "\(distro.configPath) (or the environment)")
+        for name in SettingValue.urlNames {
+            try SettingValue.validateWord(config.values[name] ?? "", name: name, source: "\(distro.configPath) (or the environment)")
+            try SettingValue.validateWord(env[name] ?? "", name: name, source: "the environment")
         }
         if let bad = config.packages.first(where: { !PackageName.isValid($0) }) {
             throw RootfsError("PACKAGES in \(distro.configPath) holds an invalid package name: \(bad)")
@@ -115,10 +123,17 @@ public struct BuildPlanner: Sendable {
         if let image, options.image != nil { try FS.requireParentDirectory(of: image, option: "--image") }
         if rootfsOption != nil {
             try FS.requireParentDirectory(of: rootfsDir, option: "--rootfs-dir")
+            // A symlink, FIFO or device named by -r is refused as such, before "not empty" is asked.
+            try FS.requireReplaceableOutput(rootfsDir, option: "--rootfs-dir", directory: true)
         }
         if !options.force && !FS.isMissingOrEmptyDirectory(rootfsDir) && (rootfsOption != nil || !anyOutput || wantsRootfs) {
             try problem(RootfsError("the rootfs directory \(rootfsDir) is not empty",
                               hint: "pass --force to replace it (it is replaced only once the new build succeeded), or choose another --rootfs-dir"))
+        }
+        if options.force && !FS.isMissingOrEmptyDirectory(rootfsDir) && (rootfsOption != nil || !anyOutput || wantsRootfs) {
+            // Before the hook runs: --force replaces a tree, and a wrong -r would lose a home directory.
+            do { try ForceGuard(environment: env).check(rootfsDir, anyDirectory: options.forceAnyDirectory) }
+            catch let error as RootfsError { try problem(error) }
         }
         if FS.exists(rootfsDir) && !FS.isDirectory(rootfsDir) {
             throw RootfsError("\(rootfsDir) exists and is not a directory")
@@ -141,6 +156,12 @@ public struct BuildPlanner: Sendable {
         }
         outputs += formatOutputs
         if keepRootfs { outputs.insert(FormatOutput(format: .rootfs, path: rootfsDir), at: 0) }
+        // Before any work: an existing output of another kind (/dev/null, a FIFO, a symlink) is refused.
+        for output in outputs {
+            let option = output.format == .rootfs ? "--rootfs-dir" : output.kind == "image" ? "--image"
+                : output.path == initrd && options.initrd != nil ? "--initrd" : "--format \(output.format.rawValue)"
+            try output.requireReplaceable(option: option)
+        }
         try ImageOptions.requireVHDXFixedFits(options.imageOptions, formats: outputs.map(\.format))
         try ImageOptions.requireVerityFits(options.imageOptions, formats: outputs.map(\.format))
         try ImageOptions.requireBlockSizeFits(options.imageOptions, formats: outputs.map(\.format))

@@ -14,6 +14,18 @@ struct HookConfinement {
     }
 
     func check(distro: Distro) throws {
+        // A bind mount of a host directory or a /proc left in the tree would be archived or
+        // walked: refused with their list (the work directory's removal detaches them, never
+        // deleting through them). Kernel paths from mountinfo, compared as bytes.
+        if let real = FS.realDirectoryPath(work) {
+            let mounts = FS.mountPoints(underReal: real)
+            if !mounts.isEmpty {
+                let shown = mounts.map { String(decoding: $0, as: UTF8.self) }
+                throw RootfsError("build_rootfs() of distro '\(distro.name)' left \(mounts.count) file system(s) mounted in its tree: \(shown.joined(separator: ", "))",
+                                  hint: "unmount what the hook mounts (umount in build_rootfs() of \(distro.libraryPath)) before it returns; nothing was written to the outputs",
+                                  details: shown)
+            }
+        }
         let names = (try? FileManager.default.contentsOfDirectory(atPath: work)) ?? []
         let strays = names.filter { !allowed.contains($0) }.sorted()
         guard !strays.isEmpty else { return }

@@ -77,7 +77,15 @@ public struct HookStage: Sendable {
         }
         console.detail("running: \(invocation.hostCommand.environment.count) variables, bash build_rootfs \(invocation.rootfsDirectory)")
         do {
-            try await plan.hookExecutor.run(invocation, runner: runner) { [console] line in console.toolLine(line) }
+            if plan.hookExecutor.isHost {
+                // Daemons the hook started (gpg-agent...) are stopped when it ends, success or not.
+                // In a container they end with the container (its own PID namespace).
+                try await OrphanReaper.stoppingOrphans {
+                    try await plan.hookExecutor.run(invocation, runner: runner) { [console] line in console.toolLine(line) }
+                }
+            } else {
+                try await plan.hookExecutor.run(invocation, runner: runner) { [console] line in console.toolLine(line) }
+            }
         } catch let failure as ToolFailure {
             // A hook's own `die` message says best what went wrong: it leads the error.
             let died = failure.outputTail.last(where: { $0.hasPrefix("ERROR: ") }).map { ": " + $0.dropFirst("ERROR: ".count) } ?? ""

@@ -40,10 +40,8 @@ public final class RootlessTree {
         extractor.keepOwnership = geteuid() == 0
         extractor.ownerAccess = !extractor.keepOwnership
         extractor.devicePlaceholders = true
-        extractor.onItem = { [self] item, host in
-            var st = stat()
-            guard lstat(host, &st) == 0 else { return }
-            originals[item.path] = Original(uid: item.uid, gid: item.gid, mode: item.mode, rdev: item.rdev, inode: UInt64(st.st_ino))
+        extractor.onItem = { [self] item, inode in
+            originals[item.path] = Original(uid: item.uid, gid: item.gid, mode: item.mode, rdev: item.rdev, inode: inode)
         }
         try extractor.extract(.archive(tar))
     }
@@ -52,8 +50,9 @@ public final class RootlessTree {
     /// Items the build added or replaced (another inode) belong to root:root.
     func restore(_ item: inout TreeItem) {
         var st = stat()
-        let host = item.isRoot ? root : root + "/" + item.pathString
-        let sameInode = lstat(host, &st) == 0
+        // Bytes: a name that is not UTF-8 finds its own record, never another's.
+        let host = item.isRoot ? Array(root.utf8) : Array(root.utf8) + [UInt8(ascii: "/")] + item.path
+        let sameInode = host.withCString { lstat($0, &st) } == 0
         if let original = originals[item.path], sameInode, UInt64(st.st_ino) == original.inode {
             item.uid = original.uid
             item.gid = original.gid

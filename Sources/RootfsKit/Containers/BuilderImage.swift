@@ -26,7 +26,11 @@ public struct BuilderImage: Sendable, Equatable {
 
     /// Fills in the placeholders `@NAME@` (upper case, digits, `_`) from `values`;
     /// an unknown one is an error naming the template. Other `@` are kept.
-    public static func render(template: String, values: [String: String], templatePath: String) throws -> String {
+    /// Every value but the `trusted` ones (rootfs's own multi-line placeholders) is refused
+    /// if it holds a control character: a newline in OS_VERSION or a config.sh value would
+    /// add instructions to the Dockerfile.
+    public static func render(template: String, values: [String: String], templatePath: String,
+                              trusted: Set<String> = []) throws -> String {
         var out = ""
         var rest = Substring(template)
         while let start = rest.firstIndex(of: "@") {
@@ -38,6 +42,10 @@ public struct BuilderImage: Sendable, Equatable {
                     guard let value = values[name] else {
                         throw RootfsError("\(templatePath): unknown placeholder @\(name)@",
                                           hint: "placeholders are " + values.keys.sorted().map { "@\($0)@" }.joined(separator: ", "))
+                    }
+                    if !trusted.contains(name) && SettingValue.hasControlCharacter(value) {
+                        throw RootfsError("\(templatePath): the value of @\(name)@ holds a control character (newline, tab...): '\(SettingValue.printable(value))'",
+                                          hint: "set \(name) (config.sh or the environment) to a value on one line; it is written into the builder's Dockerfile")
                     }
                     out += value
                     rest = rest[rest.index(after: end)...]
@@ -154,7 +162,9 @@ public struct BuilderImage: Sendable, Equatable {
         // Any config.sh variable is a placeholder too (Kata-style @INSTALL_...@ values).
         let values = configValues.merging(kataPlaceholders(environment: environment)) { $1 }.merging(["OS_VERSION": osVersion, "OS_NAME": osName, "DISTRO": distro.name,
                                            "ARCH": architecture]) { $1 }
-        var dockerfile = try render(template: template, values: values, templatePath: path)
+        try SettingValue.validateProxies(environment)
+        var dockerfile = try render(template: template, values: values, templatePath: path,
+                                    trusted: Set(kataPlaceholders(environment: [:]).keys))
         guard let original = fromImage(of: dockerfile) else {
             throw RootfsError("\(path) has no FROM line", hint: "start it with FROM <image> (e.g. FROM @OS_NAME@:@OS_VERSION@)")
         }

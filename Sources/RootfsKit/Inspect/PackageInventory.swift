@@ -44,10 +44,14 @@ public struct PackageInventory: Sendable, Codable, Equatable {
     public static func read(tree root: String, runner: ProcessRunner = ProcessRunner()) async throws -> PackageInventory {
         let guest = GuestTree(root: root)
         if let status = guest.hostPath(resolving: dpkgStatus), FS.isRegularFile(status) {
-            return PackageInventory(database: .dpkg, packages: try parseDpkgStatus(try readText(status)))
+            var packages: [InstalledPackage] = []
+            try forEachParagraph(ofFile: status) { if let p = try dpkgPackage($0) { packages.append(p) } }
+            return PackageInventory(database: .dpkg, packages: packages)
         }
         if let installed = guest.hostPath(resolving: apkInstalled), FS.isRegularFile(installed) {
-            return PackageInventory(database: .apk, packages: parseApkInstalled(try readText(installed)))
+            var packages: [InstalledPackage] = []
+            try forEachParagraph(ofFile: installed) { if let p = apkPackage($0) { packages.append(p) } }
+            return PackageInventory(database: .apk, packages: packages)
         }
         for dbpath in rpmDatabases {
             guard let host = guest.hostPath(resolving: dbpath), FS.isDirectory(host),
@@ -77,51 +81,59 @@ public struct PackageInventory: Sendable, Codable, Equatable {
 
     /// Paragraphs of `Key: value` fields (dpkg's status file); continuation lines are dropped.
     static func paragraphs(_ text: String, separator: Character = ":") -> [[String: String]] {
+        var parser = ParagraphParser(separator: separator.asciiValue ?? UInt8(ascii: ":"))
         var result: [[String: String]] = []
-        var current: [String: String] = [:]
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            let line = String(raw)
-            if line.trimmingCharacters(in: .whitespaces).isEmpty {
-                if !current.isEmpty { result.append(current); current = [:] }
-                continue
-            }
-            if line.first == " " || line.first == "\t" { continue }
-            guard let colon = line.firstIndex(of: separator) else { continue }
-            let key = String(line[..<colon])
-            let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
-            if current[key] == nil { current[key] = value }
-        }
-        if !current.isEmpty { result.append(current) }
+        parser.feed(Array(text.utf8)) { result.append($0) }
+        parser.finish { result.append($0) }
         return result
+    }
+
+    /// The same, streamed from a file in 1 MiB chunks: a 1 GB status file is never held
+    /// whole (memory: one chunk, one line of at most `ParagraphParser.lineLimit`, one paragraph).
+    static func forEachParagraph(ofFile path: String, _ body: ([String: String]) throws -> Void) throws {
+        let file = try OwnedFileDescriptor(path: path, flags: O_RDONLY | O_CLOEXEC)
+        var parser = ParagraphParser(separator: UInt8(ascii: ":"))
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = try chunk.withUnsafeMutableBytes { try file.read(into: $0) }
+            if n == 0 { break }
+            try parser.feed(chunk[..<n], body)
+        }
+        try parser.finish(body)
+    }
+
+    /// One dpkg status paragraph as a package (nil for not-installed and config-files).
+    static func dpkgPackage(_ fields: [String: String]) throws -> InstalledPackage? {
+        guard let name = fields["Package"], let status = fields["Status"] else { return nil }
+        let state = status.split(separator: " ").last.map(String.init) ?? ""
+        guard !["not-installed", "config-files"].contains(state) else { return nil }
+        let bytes = try fields["Installed-Size"].flatMap { Int64($0) }.map { kib -> Int64 in
+            let (bytes, overflow) = kib.multipliedReportingOverflow(by: 1024)
+            guard !overflow, kib >= 0 else {
+                throw RootfsError("the dpkg status file says package \(name) has an Installed-Size of \(kib) KiB, which no package has",
+                                  hint: "the tree's var/lib/dpkg/status is corrupt")
+            }
+            return bytes
+        }
+        return InstalledPackage(name: name, version: fields["Version"] ?? "", architecture: fields["Architecture"] ?? "",
+                                installedBytes: bytes)
+    }
+
+    static func apkPackage(_ fields: [String: String]) -> InstalledPackage? {
+        guard let name = fields["P"] else { return nil }
+        return InstalledPackage(name: name, version: fields["V"] ?? "", architecture: fields["A"] ?? "",
+                                installedBytes: fields["I"].flatMap { Int64($0) })
     }
 
     /// Installed packages of a dpkg status file (every state but not-installed and config-files).
     /// `Installed-Size` is in KiB: a value whose bytes do not fit in 63 bits is a clear error (not a trap).
     public static func parseDpkgStatus(_ text: String) throws -> [InstalledPackage] {
-        try paragraphs(text).compactMap { fields -> InstalledPackage? in
-            guard let name = fields["Package"], let status = fields["Status"] else { return nil }
-            let state = status.split(separator: " ").last.map(String.init) ?? ""
-            guard !["not-installed", "config-files"].contains(state) else { return nil }
-            let bytes = try fields["Installed-Size"].flatMap { Int64($0) }.map { kib -> Int64 in
-                let (bytes, overflow) = kib.multipliedReportingOverflow(by: 1024)
-                guard !overflow, kib >= 0 else {
-                    throw RootfsError("the dpkg status file says package \(name) has an Installed-Size of \(kib) KiB, which no package has",
-                                      hint: "the tree's var/lib/dpkg/status is corrupt")
-                }
-                return bytes
-            }
-            return InstalledPackage(name: name, version: fields["Version"] ?? "", architecture: fields["Architecture"] ?? "",
-                                    installedBytes: bytes)
-        }.sorted()
+        try paragraphs(text).compactMap(dpkgPackage).sorted()
     }
 
     /// apk's installed database: paragraphs of one-letter fields (P name, V version, A arch, I size).
     public static func parseApkInstalled(_ text: String) -> [InstalledPackage] {
-        paragraphs(text).compactMap { fields in
-            guard let name = fields["P"] else { return nil }
-            return InstalledPackage(name: name, version: fields["V"] ?? "", architecture: fields["A"] ?? "",
-                                    installedBytes: fields["I"].flatMap { Int64($0) })
-        }.sorted()
+        paragraphs(text).compactMap(apkPackage).sorted()
     }
 
     /// The files apk's installed database lists per package (F: directory, R: file in it).
@@ -146,5 +158,46 @@ public struct PackageInventory: Sendable, Codable, Equatable {
             guard f.count >= 4, !f[0].isEmpty, f[0] != "gpg-pubkey" else { return nil }
             return InstalledPackage(name: f[0], version: f[1], architecture: f[2], installedBytes: Int64(f[3]))
         }.sorted()
+    }
+}
+
+/// `Key: value` paragraphs from bytes fed in any pieces. A line longer than `lineLimit`
+/// keeps its first `lineLimit` bytes (no field rootfs reads is longer), so memory stays
+/// bounded whatever the file holds.
+struct ParagraphParser {
+    static let lineLimit = 64 << 10
+    let separator: UInt8
+    private var line: [UInt8] = []
+    private var current: [String: String] = [:]
+
+    init(separator: UInt8) { self.separator = separator }
+
+    mutating func feed<C: Collection>(_ bytes: C, _ body: ([String: String]) throws -> Void) rethrows where C.Element == UInt8 {
+        for byte in bytes {
+            if byte == UInt8(ascii: "\n") {
+                try endLine(body)
+            } else if line.count < Self.lineLimit {
+                line.append(byte)
+            }
+        }
+    }
+
+    mutating func finish(_ body: ([String: String]) throws -> Void) rethrows {
+        if !line.isEmpty { try endLine(body) }
+        if !current.isEmpty { try body(current); current = [:] }
+    }
+
+    private mutating func endLine(_ body: ([String: String]) throws -> Void) rethrows {
+        defer { line.removeAll(keepingCapacity: true) }
+        let blank: (UInt8) -> Bool = { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: "\r") }
+        if line.allSatisfy(blank) {
+            if !current.isEmpty { try body(current); current = [:] }
+            return
+        }
+        if line.first == UInt8(ascii: " ") || line.first == UInt8(ascii: "\t") { return }
+        guard let colon = line.firstIndex(of: separator) else { return }
+        let key = String(decoding: line[..<colon], as: UTF8.self)
+        let value = String(decoding: line[(colon + 1)...], as: UTF8.self).trimmingCharacters(in: .whitespaces)
+        if current[key] == nil { current[key] = value }
     }
 }

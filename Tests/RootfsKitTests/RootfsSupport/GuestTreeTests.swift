@@ -79,6 +79,6 @@ import Testing
     }
 
     @Test func mountinfoEscapesAreDecoded() {
-        #expect(FS.unescapeMountField(#"/tmp/a\040b\011c\134d"#) == "/tmp/a b\tc\\d")
+        #expect(FS.unescapeMountField(Array(#"/tmp/a\040b\011c\134d"#.utf8)) == Array("/tmp/a b\tc\\d".utf8))
     }
 }

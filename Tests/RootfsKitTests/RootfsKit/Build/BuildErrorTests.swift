@@ -119,10 +119,17 @@ import Testing
         #expect(r.status != 0)
         #expect(r.stderr.contains("is not empty") && r.stderr.contains("--force"))
         #expect(try String(contentsOfFile: tree + "/precious", encoding: .utf8) == "mine")
-        let forced = try await rootfs(["build", "bb", "--agent-init", "-r", tree, "--force"])
+        // Not a tree rootfs built: --force alone refuses it, --force-any-directory replaces it.
+        let refused = try await rootfs(["build", "bb", "--agent-init", "-r", tree, "--force"])
+        #expect(refused.status != 0 && refused.stderr.contains("holds no rootfs build"), "\(refused.stderr)")
+        #expect(try String(contentsOfFile: tree + "/precious", encoding: .utf8) == "mine")
+        let forced = try await rootfs(["build", "bb", "--agent-init", "-r", tree, "--force-any-directory"])
         #expect(forced.status == 0, "\(forced.stderr)")
         #expect(!FS.exists(tree + "/precious"))
         #expect(FS.isRegularFile(tree + "/bin/busybox"))
+        // A tree rootfs built is replaced with --force alone.
+        let again = try await rootfs(["build", "bb", "--agent-init", "-r", tree, "--force"])
+        #expect(again.status == 0, "\(again.stderr)")
     }
 
     @Test func badAgentsAreRefusedByName() async throws {
