@@ -16,7 +16,7 @@ let isInit = getpid() == 1
 
 // Only look at our own flags: as PID 1 the kernel passes unknown parameters as arguments.
 if !isInit {
-    let flags = CommandLine.arguments.dropFirst()
+    let flags = commandLineArguments().dropFirst()
     if flags.contains("--version") || flags.contains("-V") {
         print("rootfs-agent \(agentVersion) (protocol 1)")
         exit(0)
