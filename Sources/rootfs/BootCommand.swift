@@ -38,6 +38,9 @@ struct BootCommand: AsyncParsableCommand {
     @Option(help: "Accelerator: auto (KVM when it works, else TCG), kvm or tcg.")
     var accel: String = "auto"
 
+    @Option(help: ArgumentHelp("The guest's architecture: x86_64 or aarch64 (default: the ELF machine of an initrd's init, else the host's).", valueName: "arch"))
+    var arch: String?
+
     @Flag(help: "Boot a disk image the way Kata's runtime does: Kata's kernel parameters (systemd.unit=kata-containers.target...), the root on virtio-blk /dev/vda1, read-only; a stage-1 initrd with the modules when the kernel's package has them (docs/AGENT.md).")
     var kata = false
     @Option(help: ArgumentHelp("--kata: the kernel's lib/modules/<version> for the stage-1 initrd (default: next to the kernel, ROOT/boot/vmlinuz-V -> ROOT/lib/modules/V).", valueName: "dir"))
@@ -71,6 +74,7 @@ struct BootCommand: AsyncParsableCommand {
         options.append = append
         options.interactive = interactive
         options.accelerator = Accelerator(rawValue: accel) ?? .auto
+        options.architecture = try arch.map { try Architecture.parse($0, option: "--arch") }
         options.term = ProcessInfo.processInfo.environment["TERM"]
         let boot = QEMUBoot(options: options)
         let (json, command) = (json, command)
