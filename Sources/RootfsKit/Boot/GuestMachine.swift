@@ -68,28 +68,35 @@ public enum GuestArchitecture {
     /// Nil when it cannot be told (not an archive, no ELF init: a script, a disk image).
     public static func ofInitrd(_ path: String) -> Architecture? {
         guard let links = try? symlinks(in: path) else { return nil }
-        // The kernel runs /init; rootfs's initrds make it a link to /sbin/init and on to the agent.
-        var current = "init"
-        for _ in 0..<16 {
-            guard let target = links[current] else { break }
-            current = resolve(target, from: current)
-        }
+        // The kernel runs /init; rootfs's initrds make it a link to /sbin/init and on to the
+        // agent, and merged-/usr trees make /sbin itself a link (to usr/sbin).
+        guard let current = resolve("init", links: links) else { return nil }
         guard let header = try? head(of: current, in: path), let machine = ELF.machine(header: header) else { return nil }
         return Architecture(elfMachine: machine)
     }
 
-    static func normalize(_ path: String) -> String {
-        var parts: [Substring] = []
-        for part in path.split(separator: "/") where part != "." && !part.isEmpty {
-            if part == ".." { _ = parts.popLast() } else { parts.append(part) }
+    /// A path inside the archive with every link on the way followed (in any component),
+    /// as the guest's kernel would; nil for a loop.
+    static func resolve(_ path: String, links: [String: String]) -> String? {
+        var pending = path.split(separator: "/").map(String.init)
+        var resolved: [String] = []
+        var hops = 0
+        while !pending.isEmpty {
+            let part = pending.removeFirst()
+            if part == "." || part.isEmpty { continue }
+            if part == ".." { _ = resolved.popLast(); continue }
+            let candidate = (resolved + [part]).joined(separator: "/")
+            guard let target = links[candidate] else { resolved.append(part); continue }
+            hops += 1
+            if hops > 40 { return nil }
+            if target.hasPrefix("/") { resolved = [] }
+            pending = target.split(separator: "/").map(String.init) + pending
         }
-        return parts.joined(separator: "/")
+        return resolved.joined(separator: "/")
     }
 
-    static func resolve(_ target: String, from link: String) -> String {
-        if target.hasPrefix("/") { return normalize(target) }
-        let parent = link.split(separator: "/").dropLast().joined(separator: "/")
-        return normalize(parent + "/" + target)
+    static func normalize(_ path: String) -> String {
+        path.split(separator: "/").filter { $0 != "." && !$0.isEmpty }.joined(separator: "/")
     }
 
     static func symlinks(in path: String) throws -> [String: String] {
