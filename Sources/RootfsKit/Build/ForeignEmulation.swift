@@ -36,7 +36,10 @@ public struct ForeignEmulation: Sendable, Equatable {
     }
 
     /// Nil when the host runs the target's binaries itself.
-    public static func plan(for architecture: Architecture, environment: [String: String] = ProcessInfo.processInfo.environment)
+    /// `binfmtDirectory` and `formats` (binfmt-support's formats, which qemu-user-static
+    /// installs) are parameters for the tests.
+    public static func plan(for architecture: Architecture, environment: [String: String] = ProcessInfo.processInfo.environment,
+                            binfmtDirectory: String = ForeignEmulation.binfmtDirectory, formats: String = "/usr/share/binfmts")
         -> ForeignEmulation? {
         guard architecture != Architecture.host else { return nil }
         let entry = binfmtDirectory + "/qemu-" + architecture.qemuUserName
@@ -49,14 +52,15 @@ public struct ForeignEmulation: Sendable, Equatable {
         if !FS.isDirectory(binfmtDirectory) {
             result.missing = RootfsError("building for \(architecture.rawValue) on this \(hostArchitecture()) host needs binfmt_misc, and \(binfmtDirectory) does not exist",
                                          hint: "the kernel lacks binfmt_misc (CONFIG_BINFMT_MISC): build on a host that has it, or on a \(architecture.rawValue) host")
-        } else if !FS.exists("/usr/share/binfmts/\(result.entryName)") {
-            result.missing = RootfsError("building for \(architecture.rawValue) on this \(hostArchitecture()) host needs qemu-user, and package qemu-user-static is not installed (no /usr/share/binfmts/\(result.entryName))",
+        } else if !FS.exists("\(formats)/\(result.entryName)") {
+            result.missing = RootfsError("building for \(architecture.rawValue) on this \(hostArchitecture()) host needs qemu-user, and package qemu-user-static is not installed (no \(formats)/\(result.entryName))",
                                          hint: packages)
         } else if ProcessRunner.which("update-binfmts", path: environment["PATH"]) == nil {
             result.missing = RootfsError("building for \(architecture.rawValue) needs update-binfmts to enable \(result.entryName), and package binfmt-support is not installed",
                                          hint: packages)
         } else if getuid() != 0 {
-            result.missing = RootfsError("building for \(architecture.rawValue) needs binfmt_misc set up: \(result.actions.joined(separator: "; ")), which only root may do",
+            result.missing = RootfsError("building for \(architecture.rawValue) needs binfmt_misc set up: \(result.actions.joined(separator: "; ")), which only root may do"
+                                         + (mounted ? "" : " (binfmt_misc is not mounted on \(binfmtDirectory))"),
                                          hint: "run those as root once (they stay until reboot), then build again")
         }
         return result

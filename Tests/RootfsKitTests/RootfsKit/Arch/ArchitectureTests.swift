@@ -172,3 +172,42 @@ import Testing
         #expect(try String(contentsOfFile: rootfs + "/usr/share/rootfs-arm/arch.txt", encoding: .utf8) == "aarch64\n")
     }
 }
+
+/// What a host without qemu-user or binfmt_misc is told (the checks read the files the real
+/// set-up reads, here in a temporary directory standing in for /proc/sys/fs/binfmt_misc and
+/// /usr/share/binfmts).
+@Suite struct ForeignEmulationTests {
+    @Test func eachMissingPieceIsNamed() throws {
+        let dir = try Fixtures.temporaryDirectory("binfmt")
+        defer { FS.remove(dir) }
+        let foreign: Architecture = Architecture.host == .aarch64 ? .x86_64 : .aarch64
+        let entry = "qemu-" + foreign.rawValue
+        // No binfmt_misc in the kernel at all.
+        let noKernel = try #require(ForeignEmulation.plan(for: foreign, binfmtDirectory: dir + "/none", formats: dir + "/formats"))
+        #expect(noKernel.missing?.message.contains("needs binfmt_misc") == true, "\(String(describing: noKernel.missing))")
+        // binfmt_misc there but not mounted, and qemu-user-static not installed.
+        try FS.makeDirectories(dir + "/binfmt")
+        try FS.makeDirectories(dir + "/formats")
+        let noPackage = try #require(ForeignEmulation.plan(for: foreign, binfmtDirectory: dir + "/binfmt", formats: dir + "/formats"))
+        #expect(noPackage.missing?.message.contains("package qemu-user-static is not installed") == true)
+        #expect(noPackage.missing?.hint?.contains("qemu-user-static binfmt-support") == true)
+        #expect(noPackage.actions.first?.hasPrefix("mount -t binfmt_misc") == true)
+        // The emulator's format is there, update-binfmts is not (binfmt-support).
+        try "package qemu-user-static\n".write(toFile: dir + "/formats/" + entry, atomically: true, encoding: .utf8)
+        let noTool = try #require(ForeignEmulation.plan(for: foreign, environment: ["PATH": dir + "/empty"],
+                                                        binfmtDirectory: dir + "/binfmt", formats: dir + "/formats"))
+        #expect(noTool.missing?.message.contains("package binfmt-support is not installed") == true, "\(String(describing: noTool.missing))")
+        // Mounted and enabled: nothing to do, nothing missing.
+        try "enabled\n".write(toFile: dir + "/binfmt/status", atomically: true, encoding: .utf8)
+        try "enabled\ninterpreter /usr/libexec/qemu-binfmt/x\n".write(toFile: dir + "/binfmt/" + entry, atomically: true, encoding: .utf8)
+        let ready = try #require(ForeignEmulation.plan(for: foreign, binfmtDirectory: dir + "/binfmt", formats: dir + "/formats"))
+        #expect(ready.missing == nil)
+        #expect(ready.actions.isEmpty)
+        // Registered but disabled: it will be enabled, not re-registered.
+        try "disabled\n".write(toFile: dir + "/binfmt/" + entry, atomically: true, encoding: .utf8)
+        let disabled = try #require(ForeignEmulation.plan(for: foreign, binfmtDirectory: dir + "/binfmt", formats: dir + "/formats"))
+        #expect(disabled.actions == ["update-binfmts --enable \(entry)"])
+        // The host's own architecture needs none of it.
+        if let host = Architecture.host { #expect(ForeignEmulation.plan(for: host) == nil) }
+    }
+}
