@@ -1,13 +1,33 @@
 #!/bin/sh
 # Fetches the kernel the boot tests use: the image that Debian's
-# linux-image-cloud-amd64 metapackage depends on, unpacked (not installed)
+# linux-image-cloud-amd64 (or -arm64) metapackage depends on, unpacked (not installed)
 # into DEST_DIR. Prints the path of the vmlinuz. Does nothing when a kernel
 # is already there. The mirror is whatever apt is configured with.
 #
-#   scripts/fetch-test-kernel.sh [DEST_DIR]     (default: .build-kernel)
+#   scripts/fetch-test-kernel.sh [--arch ARCH] [DEST_DIR]
+#
+# ARCH is Kata's uname -m name: x86_64 (the default; DEST_DIR .build-kernel) or aarch64
+# (linux-image-cloud-arm64; DEST_DIR .build-kernel-aarch64). A foreign kernel needs apt to
+# know that architecture: `dpkg --add-architecture arm64 && apt-get update`.
+# Debian has no cloud kernel for s390x and ppc64el (their kernels are not fetched here).
 set -eu
 
-dest=${1:-.build-kernel}
+arch=x86_64
+if [ "${1:-}" = --arch ]; then
+    arch=${2:?--arch needs a value}
+    shift 2
+fi
+case "$arch" in
+    x86_64) flavour=cloud-amd64; apt_arch=""; default_dest=.build-kernel ;;
+    aarch64) flavour=cloud-arm64; apt_arch=":arm64"; default_dest=.build-kernel-aarch64 ;;
+    *) echo "fetch-test-kernel: no test kernel for $arch here (known: x86_64 aarch64)" >&2; exit 1 ;;
+esac
+if [ -n "$apt_arch" ] && ! { dpkg --print-architecture; dpkg --print-foreign-architectures; } | grep -qx "${apt_arch#:}"; then
+    echo "fetch-test-kernel: apt does not know the ${apt_arch#:} architecture: run 'dpkg --add-architecture ${apt_arch#:} && apt-get update' first" >&2
+    exit 1
+fi
+
+dest=${1:-$default_dest}
 mkdir -p "$dest"
 dest=$(cd "$dest" && pwd)
 
@@ -22,10 +42,10 @@ if [ -n "$existing" ]; then
 fi
 
 # The versioned package the metapackage points at, e.g. linux-image-6.1.0-28-cloud-amd64.
-pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null \
-    | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n 1)
+pkg=$(apt-cache depends "linux-image-$flavour$apt_arch" 2>/dev/null \
+    | sed -n "s/^ *Depends: \(linux-image-[0-9][^ ]*-$flavour\)\(:[a-z0-9]*\)\{0,1\}\$/\1/p" | head -n 1)
 if [ -z "$pkg" ]; then
-    echo "fetch-test-kernel: cannot resolve linux-image-cloud-amd64 (run 'apt-get update' first)" >&2
+    echo "fetch-test-kernel: cannot resolve linux-image-$flavour$apt_arch (run 'apt-get update' first)" >&2
     exit 1
 fi
 
@@ -34,7 +54,7 @@ trap 'rm -rf "$work"' EXIT
 # apt-get download writes into the current directory; as root it needs the
 # _apt user to be able to write there, so use a world-writable temp dir.
 chmod 0777 "$work"
-(cd "$work" && apt-get download "$pkg" >&2)
+(cd "$work" && apt-get download "$pkg$apt_arch" >&2)
 deb=$(ls "$work"/*.deb | head -n 1)
 unpacked=$(mktemp -d "$dest/.root.XXXXXX")
 trap 'rm -rf "$work" "$unpacked"' EXIT

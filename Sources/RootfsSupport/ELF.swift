@@ -20,6 +20,27 @@ public enum ELF {
         return true
     }
 
+    /// e_machine of an ELF file (either byte order), or nil when it is not ELF.
+    public static func machine(_ path: String) -> UInt16? {
+        guard let h = readPrefix(path, count: 20) else { return nil }
+        return machine(header: h)
+    }
+
+    /// e_machine from the first 20 bytes of a file.
+    public static func machine(header h: [UInt8]) -> UInt16? {
+        guard h.count >= 20, h[0..<4] == [0x7f, 0x45, 0x4c, 0x46] else { return nil }
+        switch h[5] {
+        case 1: return UInt16(h[18]) | UInt16(h[19]) << 8  // little-endian
+        case 2: return UInt16(h[18]) << 8 | UInt16(h[19])  // big-endian (s390x)
+        default: return nil
+        }
+    }
+
+    /// A readable name for an e_machine: ours by their uname -m names, others by number.
+    public static func machineName(_ machine: UInt16) -> String {
+        Architecture(elfMachine: machine)?.rawValue ?? "ELF machine \(machine)"
+    }
+
     private static func readPrefix(_ path: String, count: Int) -> [UInt8]? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }

@@ -5,6 +5,33 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CAgentSupport
+
+#if hasFeature(Embedded)
+// Embedded Swift (the agent for other architectures, scripts/build-agent.sh) has no
+// Glibc module: the C library comes in through CAgentSupport's header, and errno is
+// a macro there that Swift does not import.
+var errno: Int32 { __errno_location().pointee }
+
+/// The agent's own arguments: Embedded Swift has no CommandLine.
+func commandLineArguments() -> [String] {
+    let bytes = readFile("/proc/self/cmdline") ?? []
+    return bytes.split(separator: 0, omittingEmptySubsequences: false).dropLast().map {
+        String(decoding: $0, as: UTF8.self)
+    }
+}
+
+func open(_ path: UnsafePointer<CChar>, _ flags: Int32) -> Int32 { rootfs_agent_open(path, flags, 0) }
+func fcntl(_ fd: Int32, _ command: Int32) -> Int32 { rootfs_agent_fcntl(fd, command) }
+func ioctl(_ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?) -> Int32 {
+    rootfs_agent_ioctl(fd, request, argument)
+}
+func ioctl(_ fd: Int32, _ request: UInt, _ argument: Int32) -> Int32 {
+    rootfs_agent_ioctl(fd, request, UnsafeMutableRawPointer(bitPattern: Int(argument)))
+}
+#else
+func commandLineArguments() -> [String] { CommandLine.arguments }
+#endif
 
 /// The C library's errno as text.
 func errorText(_ code: Int32 = errno) -> String {
@@ -52,7 +79,7 @@ func exists(_ path: String) -> Bool {
 
 func isDirectory(_ path: String) -> Bool {
     var info = stat()
-    return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
+    return stat(path, &info) == 0 && (info.st_mode & mode_t(S_IFMT)) == mode_t(S_IFDIR)
 }
 
 /// Whether `path` is a mount point: its device differs from its parent's,

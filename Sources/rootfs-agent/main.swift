@@ -16,7 +16,7 @@ let isInit = getpid() == 1
 
 // Only look at our own flags: as PID 1 the kernel passes unknown parameters as arguments.
 if !isInit {
-    let flags = CommandLine.arguments.dropFirst()
+    let flags = commandLineArguments().dropFirst()
     // A stage-1 initrd's device-mapper setup (DeviceMapper.swift): the agent binary is
     // static and already there, so the initrd needs no dmsetup and no libraries.
     if flags.first == "dm-create" { exit(DeviceMapper.main()) }

@@ -40,6 +40,9 @@ struct BootCommand: AsyncParsableCommand {
     @Option(help: "Accelerator: auto (KVM when it works, else TCG), kvm or tcg.")
     var accel: String = "auto"
 
+    @Option(help: ArgumentHelp("The guest's architecture: x86_64 or aarch64 (default: the ELF machine of an initrd's init, else the host's).", valueName: "arch"))
+    var arch: String?
+
     @Flag(help: "Boot a disk image the way Kata's runtime does: Kata's kernel parameters (systemd.unit=kata-containers.target...), the root read-only on virtio-blk /dev/vda1 or an NVDIMM /dev/pmem0p1 (--kata-root); a stage-1 initrd with the modules when the kernel's package has them (docs/AGENT.md).")
     var kata = false
     @Option(name: .customLong("kata-root"), help: ArgumentHelp("--kata: attach the image as virtio-blk (default; root /dev/vda1) or pmem (an NVDIMM backed by the raw image file, as Kata's runtime does by default; root /dev/pmem0p1, mounted with dax when the image has Kata's DAX header).", valueName: "virtio-blk|pmem"))
@@ -93,6 +96,7 @@ struct BootCommand: AsyncParsableCommand {
         options.append = append
         options.interactive = interactive
         options.accelerator = Accelerator(rawValue: accel) ?? .auto
+        options.architecture = try arch.map { try Architecture.parse($0, option: "--arch") }
         options.term = ProcessInfo.processInfo.environment["TERM"]
         let boot = QEMUBoot(options: options)
         let (json, command) = (json, command)

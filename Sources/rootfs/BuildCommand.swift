@@ -31,6 +31,8 @@ struct BuildCommand: AsyncParsableCommand {
     var extraPackages: [String] = []
     @Option(help: ArgumentHelp("Install this agent binary (default: the reference rootfs-agent).", valueName: "PATH"))
     var agent: String?
+    @Option(help: ArgumentHelp("Build for this architecture: x86_64, aarch64, s390x or ppc64le (ARCH; default: the host's). Another architecture's binaries run through qemu-user.", valueName: "ARCH"))
+    var arch: String?
     @Flag(name: .customLong("agent-init"), help: "Make the agent /sbin/init (no systemd).") var agentInit = false
     @Flag(help: "Make a Kata guest (kata-containers.target, Kata's agent unit, tmp.mount, empty resolv.conf and machine-id, pruned units; docs/AGENT.md). On by default with --agent, AGENT_SOURCE_BIN, AGENT_TARBALL or AGENT_BIN=kata-agent.")
     var kata = false
@@ -104,6 +106,7 @@ struct BuildCommand: AsyncParsableCommand {
         options.extraPackages = extraPackages
         options.agentPath = agent
         options.agentInit = agentInit
+        options.architecture = arch
         options.kata = kata ? true : nil
         options.rootfsOnly = rootfsOnly
         options.force = force || forceAnyDirectory

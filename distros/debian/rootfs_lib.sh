@@ -21,6 +21,9 @@ build_rootfs() {
             --dpkgopt='path-exclude=/usr/share/locale/*'
             --dpkgopt='path-exclude=/usr/share/info/*')
         [ -n "$include" ] && args+=("--include=$include")
+        # DEB_ARCH (rootfs sets it from --arch/ARCH): another architecture's maintainer scripts
+        # run through qemu-user, which rootfs has set up in binfmt_misc before the hook runs.
+        [ -n "${DEB_ARCH:-}" ] && args+=("--architectures=$DEB_ARCH")
         # Reproducible: mmdebstrap copies the host's /etc/hostname and /etc/resolv.conf; drop them
         # and any cache or log that would carry times (mmdebstrap removes most with SOURCE_DATE_EPOCH).
         args+=(--customize-hook='rm -f "$1"/etc/hostname "$1"/etc/resolv.conf "$1"/var/cache/ldconfig/aux-cache "$1"/var/log/dpkg.log "$1"/var/log/alternatives.log "$1"/var/log/apt/history.log "$1"/var/log/apt/term.log "$1"/var/log/apt/eipp.log.xz')
@@ -31,12 +34,13 @@ build_rootfs() {
             args+=(--mode=unshare)
             target=$ROOTFS_TAR
         fi
-        info "mmdebstrap ${OS_VERSION} (${#packages[@]} packages on top of minbase)"
+        info "mmdebstrap ${OS_VERSION} ${DEB_ARCH:-} (${#packages[@]} packages on top of minbase)"
         mmdebstrap "${args[@]}" "$OS_VERSION" "$target" "${mirror[@]}"
     elif check_program debootstrap; then
         [ "$(id -u)" = 0 ] || die "debootstrap needs root; install mmdebstrap to build Debian as an ordinary user (unshare mode)"
         local -a args=(--variant=minbase)
         [ -n "$include" ] && args+=("--include=$include")
+        [ -n "${DEB_ARCH:-}" ] && args+=("--arch=$DEB_ARCH")
         info "debootstrap ${OS_VERSION} (mmdebstrap not found)"
         debootstrap "${args[@]}" "$OS_VERSION" "$rootfs_dir" "${mirror[@]}"
         rm -rf "$rootfs_dir"/var/lib/apt/lists/* "$rootfs_dir"/var/cache/apt/archives/*.deb

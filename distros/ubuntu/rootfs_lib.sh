@@ -19,6 +19,8 @@ _ubuntu_command() {
         ubuntu_cmd+=("--include=$(IFS=,; printf '%s' "${packages[*]}")")
     fi
     [ -n "${KEYRING:-}" ] && ubuntu_cmd+=("--keyring=$KEYRING")
+    # DEB_ARCH (rootfs sets it from --arch/ARCH, as Kata's hook reads it): arm64, ppc64el, s390x...
+    [ -n "${DEB_ARCH:-}" ] && ubuntu_cmd+=("--architectures=$DEB_ARCH")
     ubuntu_cmd+=("$OS_VERSION" "$rootfs_dir" "$REPO_URL")
 }
 

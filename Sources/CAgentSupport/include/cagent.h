@@ -1,5 +1,28 @@
 #ifndef ROOTFS_CAGENT_H
 #define ROOTFS_CAGENT_H
+#ifdef ROOTFS_AGENT_EMBEDDED
+// The agent for other architectures is Embedded Swift (scripts/build-agent.sh), which
+// has no Glibc module: everything the agent calls in the C library comes in here.
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+// Swift imports no variadic C function; Glibc's overlay wraps these three, so must we.
+static inline int rootfs_agent_open(const char *path, int flags, mode_t mode) { return open(path, flags, mode); }
+static inline int rootfs_agent_fcntl(int fd, int command) { return fcntl(fd, command); }
+static inline int rootfs_agent_ioctl(int fd, unsigned long request, void *argument) { return ioctl(fd, request, argument); }
+#endif
 #include <stdint.h>
 // The C library calls the agent needs that Swift's Glibc module lacks.
 int rootfs_agent_power_off(void);

@@ -44,6 +44,8 @@ public struct BootOptions: Sendable {
     public var interactive = false
     public var accelerator: Accelerator = .auto
     public var qemu = "qemu-system-x86_64"
+    /// The guest's architecture (`--arch`, else the ELF machine of an initrd's init); nil: the host's.
+    public var architecture: Architecture?
     /// The guest's hostname (the agent's default when nil).
     public var hostname: String?
     /// TERM for an interactive command.
@@ -67,6 +69,15 @@ public struct BootOptions: Sendable {
         self.kernel = kernel
         self.command = command
     }
+
+    /// The QEMU machine for the guest's architecture (an unbootable one fails in `QEMUBoot.run`).
+    public var machine: GuestMachine {
+        (try? GuestMachine.forArchitecture(architecture ?? Architecture.host ?? .x86_64))
+            ?? (try! GuestMachine.forArchitecture(.x86_64))
+    }
+
+    /// The emulator: `qemu` for x86_64 guests (it can be overridden), the architecture's otherwise.
+    public var qemuExecutable: String { machine.architecture == .x86_64 ? qemu : machine.qemu }
 }
 
 /// How a boot ended when the agent reported a status.
@@ -110,7 +121,8 @@ public struct QEMUBoot: Sendable {
         if !fromImage.isEmpty { parameters.append(fromImage) }
         // no_timer_check: a guest slowed down by TCG on a busy host can fail the IO-APIC
         // timer check and panic ("IO-APIC + timer doesn't work"); a virtual timer needs no check.
-        parameters += ["console=ttyS0", "panic=-1", "no_timer_check"]
+        let machine = options.machine
+        parameters += ["console=\(machine.console)", "panic=-1", "no_timer_check"]
         if let verity = options.verity, let disk = kind.disk {
             // The root is /dev/dm-0, read-only: Kata's dm-mod.create, or the stage-1 initrd's mapping from it.
             let fs = disk.filesystem == .unknown ? "ext4" : disk.filesystem.rawValue
@@ -129,7 +141,7 @@ public struct QEMUBoot: Sendable {
         }
         var command = options.command
         if options.interactive {
-            parameters += ["quiet", "\(AgentProtocol.ttyParameter)=ttyS0", "\(AgentProtocol.statusParameter)=ttyS1"]
+            parameters += ["quiet", "\(AgentProtocol.ttyParameter)=\(machine.console)", "\(AgentProtocol.statusParameter)=\(machine.outputPort)"]
             if let term = options.term, !term.isEmpty, term.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }) {
                 parameters.append("\(AgentProtocol.termParameter)=\(term)")
             }
@@ -137,7 +149,7 @@ public struct QEMUBoot: Sendable {
         } else {
             // ttyS1: the command's output; ttyS2: the agent's status lines, on a device of
             // their own (the console is shared with the kernel and every guest daemon).
-            let (output, status) = usesEFI(kind) ? ("ttyS2", "ttyS3") : ("ttyS1", "ttyS2")
+            let (output, status) = usesEFI(kind) ? ("ttyS2", "ttyS3") : (machine.outputPort, machine.statusPort)
             parameters += ["\(AgentProtocol.outputParameter)=\(output)", "\(AgentProtocol.statusParameter)=\(status)"]
         }
         if let hostname = options.hostname {
@@ -174,10 +186,12 @@ public struct QEMUBoot: Sendable {
         } else {
             arguments += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
         }
+        let machine = options.machine
         switch accelerator {
-        case .kvm: arguments += ["-accel", "kvm", "-cpu", "host"]
+        case .kvm: arguments += ["-accel", "kvm"]
         case .tcg, .auto: arguments += ["-accel", "tcg"]
         }
+        arguments += machine.machineArguments(kvm: accelerator == .kvm)
         let nvdimm = options.kata?.root == .pmem && kind.disk != nil
         let memory = nvdimm ? try KataBoot.nvdimmMemory(memoryMB: options.memoryMB, imageBytes: FS.fileSize(options.image)) : String(options.memoryMB)
         arguments += ["-m", memory, "-nographic", "-no-reboot", "-nic", "none"]
@@ -216,7 +230,7 @@ public struct QEMUBoot: Sendable {
         if options.interactive {
             // ttyS0 (console and the command) on the terminal, ttyS1 (status) to a file.
             arguments += ["-serial", "mon:stdio",
-                          "-chardev", "file,id=status,append=on,path=\(Self.quoted(statusLog))", "-serial", "chardev:status"]
+                          "-chardev", "file,id=status,append=on,path=\(Self.quoted(statusLog))"] + machine.extraPort(chardev: "status")
         } else {
             // ttyS0 (console) to a file, ttyS1 (the command's output) on stdout, ttyS2 (status)
             // to a file. append=on: QEMU writes with O_APPEND, so the watcher can cut the
@@ -225,11 +239,11 @@ public struct QEMUBoot: Sendable {
             // to COM1 and COM2, the only ports its SioBusDxe knows; COM2 goes nowhere.
             arguments += ["-monitor", "none",
                           "-chardev", "file,id=console,append=on,path=\(Self.quoted(consoleLog))", "-serial", "chardev:console"]
-                + (usesEFI(kind) ? ["-serial", "null"] : [])
-                + ["-serial", "stdio",
-                          "-chardev", "file,id=status,append=on,path=\(Self.quoted(statusLog))", "-serial", "chardev:status"]
+            arguments += machine.extraPortsArePCI ? ["-chardev", "stdio,id=output"] + machine.extraPort(chardev: "output")
+                : (usesEFI(kind) ? ["-serial", "null"] : []) + ["-serial", "stdio"]
+            arguments += ["-chardev", "file,id=status,append=on,path=\(Self.quoted(statusLog))"] + machine.extraPort(chardev: "status")
         }
-        return ToolCommand(options.qemu, arguments)
+        return ToolCommand(options.qemuExecutable, arguments)
     }
 
     /// A value inside a QEMU option list (`-drive a=b,c=d`): a comma is written twice,
@@ -284,7 +298,11 @@ public struct QEMUBoot: Sendable {
     public static func resolve(_ options: BootOptions, kind: BootImageKind) -> BootOptions {
         var resolved = options
         var companions: (kernel: String?, cmdline: String?) = (nil, nil)
-        if kind == .initrd { companions = BootImageKind.bundleCompanions(ofInitrd: options.image) }
+        if kind == .initrd {
+            companions = BootImageKind.bundleCompanions(ofInitrd: options.image)
+            // The image says what it is: the ELF machine of its init picks the QEMU machine.
+            if resolved.architecture == nil { resolved.architecture = GuestArchitecture.ofInitrd(options.image) }
+        }
         // kernel+squashfs, kernel+erofs: NAME-kernel and NAME-cmdline next to NAME-squashfs.img / NAME-erofs.img.
         if let disk = kind.disk, disk.table == .none, disk.filesystem == .squashfs || disk.filesystem == .erofs {
             companions = BootImageKind.bundleCompanions(of: options.image, suffix: "-\(disk.filesystem.rawValue).img")
@@ -326,18 +344,29 @@ public struct QEMUBoot: Sendable {
         if usesEFI(kind) && !FileManager.default.isReadableFile(atPath: options.ovmf) {
             throw RootfsError("\(options.image) boots with UEFI firmware and OVMF (\(options.ovmf)) is missing", hint: "apt-get install ovmf")
         }
+        let machine = try GuestMachine.forArchitecture(options.architecture ?? Architecture.host ?? .x86_64)
         if !kind.bootsItself && kind != .uki {
+            let fetch = "scripts/fetch-test-kernel.sh" + (machine.architecture == .x86_64 ? "" : " --arch \(machine.architecture.rawValue)")
+            guard options.kernel != nil else {
+                throw RootfsError("no kernel to boot the \(machine.architecture.rawValue) image \(options.image) with",
+                                  hint: "pass --kernel FILE, a kernel for \(machine.architecture.rawValue) (\(fetch) fetches Debian's)")
+            }
             let kernel = try kernelPath()
             if !FileManager.default.isReadableFile(atPath: kernel) {
-                throw RootfsError("cannot read the kernel \(kernel)", hint: "scripts/fetch-test-kernel.sh fetches a Debian cloud kernel")
+                throw RootfsError("cannot read the kernel \(kernel)", hint: "\(fetch) fetches a Debian cloud kernel")
+            }
+            if let kernelArchitecture = GuestMachine.kernelArchitecture(kernel), kernelArchitecture != machine.architecture {
+                throw RootfsError("the kernel \(kernel) is for \(kernelArchitecture.rawValue), but the image is for \(machine.architecture.rawValue)",
+                                  hint: "pass --kernel with a kernel for \(machine.architecture.rawValue) (\(fetch) fetches Debian's), or --arch if the image's architecture was guessed wrong")
             }
         }
         if let initrd = options.initrd, !FileManager.default.isReadableFile(atPath: initrd) {
             throw RootfsError("cannot read the initrd \(initrd)")
         }
-        guard ProcessRunner.which(options.qemu) != nil else {
-            throw RootfsError("\(options.qemu) not found", hint: "apt-get install qemu-system-x86")
+        guard ProcessRunner.which(options.qemuExecutable) != nil else {
+            throw RootfsError("\(options.qemuExecutable) not found", hint: "apt-get install \(machine.qemuPackage)")
         }
+        if machine.architecture != Architecture.host { onNote("booting an \(machine.architecture.rawValue) guest (\(machine.qemuExecutableName))") }
         if let disk = kind.disk { onNote("booting a \(disk)\(usesEFI(kind) ? " with OVMF" : "")") }
         switch kind {
         case .iso: onNote("booting the ISO with the BIOS")
@@ -469,6 +498,8 @@ public struct QEMUBoot: Sendable {
         case .kvm, .tcg: return options.accelerator
         case .auto: break
         }
+        // KVM runs guests of the host's own architecture only.
+        guard options.machine.kvmPossible else { return .tcg }
         guard options.kernel != nil else {
             // The probe boots a kernel; an ISO brings its own, inside.
             if let known = KVMProbeCache().load(), known.usable { return .kvm }
@@ -493,7 +524,7 @@ public struct QEMUBoot: Sendable {
     /// Not any byte: the firmware (SeaBIOS) prints before the kernel runs, and on
     /// hosts where KVM guests hang early that output alone would pass the probe.
     func probeKVM() async -> (Bool, String) {
-        let command = ToolCommand(options.qemu, [
+        let command = ToolCommand(options.qemuExecutable, [
             "-accel", "kvm", "-cpu", "host", "-m", "128", "-nographic", "-no-reboot", "-nic", "none",
             "-monitor", "none", "-serial", "stdio", "-kernel", options.kernel ?? "", "-append", "console=ttyS0 panic=-1",
         ])
@@ -519,7 +550,7 @@ public struct QEMUBoot: Sendable {
             if sawOutput.isSet { return (true, "") }
             // "qemu-system-x86_64: ../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion ... failed."
             var said = outcome.standardError.split(separator: "\n").last.map(String.init) ?? ""
-            if said.hasPrefix(options.qemu + ": ") { said.removeFirst(options.qemu.count + 2) }
+            if said.hasPrefix(options.qemuExecutable + ": ") { said.removeFirst(options.qemuExecutable.count + 2) }
             if let location = try? Regex(#"^\S+\.c:\d+: "#) { said.replace(location, with: "") }  // QEMU's source file and line
             while said.hasSuffix(".") { said.removeLast() }
             return (false, said.isEmpty ? "the kernel printed nothing within \(String(format: "%g", limit)) s" : said)

@@ -15,7 +15,9 @@ public struct AgentSpec: Sendable, Equatable {
 
     /// Finds and vets the agent binary: `--agent`, else AGENT_SOURCE_BIN, else
     /// the rootfs-agent built next to this executable.
-    public static func resolve(agentPath: String?, agentInit: Bool,
+    /// For another architecture than the host's, the reference agent is rootfs-agent-ARCH
+    /// next to rootfs (scripts/build-agent.sh builds it), and a given agent must be ELF for it.
+    public static func resolve(agentPath: String?, agentInit: Bool, architecture: Architecture? = Architecture.host,
                                environment: [String: String] = ProcessInfo.processInfo.environment) throws -> AgentSpec {
         let given = agentPath ?? environment["AGENT_SOURCE_BIN"].flatMap { $0.isEmpty ? nil : $0 }
         let option = agentPath != nil ? "--agent" : "AGENT_SOURCE_BIN"
@@ -34,6 +36,26 @@ public struct AgentSpec: Sendable, Equatable {
             guard ELF.isELF(path) else {
                 throw RootfsError("\(option) \(given) is not an ELF executable",
                                   hint: "the guest needs a compiled Linux binary, not a script")
+            }
+            if let architecture, let machine = ELF.machine(path), machine != architecture.elfMachine {
+                throw RootfsError("\(option) \(given) is an ELF executable for \(ELF.machineName(machine)), but the build is for \(architecture.rawValue)",
+                                  hint: "give an agent built for \(architecture.rawValue), or build for \(ELF.machineName(machine)) with --arch")
+            }
+        } else if let architecture, architecture != Architecture.host {
+            // The host's SwiftPM build makes the host's agent only; other architectures come from
+            // scripts/build-agent.sh (Embedded Swift, docs/AGENT.md), written next to rootfs.
+            let name = "rootfs-agent-" + architecture.rawValue
+            guard let dir = FS.executableDirectory(), FS.isRegularFile(dir + "/" + name) else {
+                let how = [.aarch64, .x86_64].contains(architecture)
+                    ? "build it with `scripts/build-agent.sh --arch \(architecture.rawValue)` (it writes \(name) next to rootfs), or pass --agent PATH"
+                    : "no Swift toolchain here builds it for \(architecture.rawValue) (docs/AGENT.md): pass --agent PATH, an agent built for \(architecture.rawValue)"
+                throw RootfsError("no agent given and the reference agent \(name) for \(architecture.rawValue) was not found next to rootfs", hint: how)
+            }
+            path = dir + "/" + name
+            reference = true
+            guard ELF.machine(path) == architecture.elfMachine, ELF.isStatic(path) else {
+                throw RootfsError("\(path) is not a static \(architecture.rawValue) executable",
+                                  hint: "rebuild it with `scripts/build-agent.sh --arch \(architecture.rawValue)`")
             }
         } else {
             guard let dir = FS.executableDirectory(), FS.isRegularFile(dir + "/rootfs-agent") else {

@@ -11,6 +11,8 @@ public struct BuildOptions: Sendable {
     public var extraPackages: [String] = []
     public var agentPath: String?
     public var agentInit = false
+    /// `--arch` (Kata's uname -m names); nil: ARCH, else the host's.
+    public var architecture: String?
     /// `--kata` (true); nil: the Kata guest profile is on whenever the agent is Kata's (KataProfile.swift).
     public var kata: Bool?
     /// `--rootfs-only` (or ROOTFS_ONLY=yes): the distro tree, no agent, no init, no checks.

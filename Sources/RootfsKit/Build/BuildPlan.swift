@@ -36,6 +36,8 @@ public struct BuildPlan: Sendable {
     /// The manifest and SPDX SBOM written next to the outputs (nil: not written).
     public var manifestPath: String?
     public var sbomPath: String?
+    /// qemu-user for another architecture's binaries (nil: the host runs them).
+    public var emulation: ForeignEmulation?
     /// Runs the hook: on this host, or in a builder container.
     public var hookExecutor: HookExecutor = .host
     /// Directory (root) or tar (rootless): see TreeTransport.
@@ -81,6 +83,7 @@ public struct BuildPlan: Sendable {
         let tools = config.hostTools.map { $0.joined(separator: "|") }
         target.append("host tools: \(tools.isEmpty ? "(none declared)" : tools.joined(separator: " "))"
                       + (missingHostTools.isEmpty ? "" : " (missing: \(missingHostTools.joined(separator: ", ")))"))
+        if let emulation { target.append(emulation.summary) }
         if hookExecutor.isHost { target += config.hostChanges.map { "changes this host: \($0) (add --docker or --podman to leave the host alone)" } }
         result.append(PlanSection("guest", target))
 

@@ -34,13 +34,17 @@ public struct BuildPlanner: Sendable {
         }
 
         var agentInit = options.agentInit || ["yes", "true", "1"].contains((env["AGENT_INIT"] ?? "").lowercased())
-        let arch = env["ARCH"].flatMap { $0.isEmpty ? nil : $0 } ?? hostArchitecture()
+        let archText = options.architecture ?? env["ARCH"].flatMap { $0.isEmpty ? nil : $0 } ?? hostArchitecture()
+        let architecture = try Architecture.parse(archText, option: options.architecture != nil ? "--arch" : "ARCH")
+        let arch = architecture.rawValue
         var overrides = [String: String]()
         if let v = options.osVersion { try SettingValue.validateVersion(v, source: "--os-version") }
         try SettingValue.validateProxies(env)
         if let v = options.osVersion { overrides["OS_VERSION"] = v }
         overrides["AGENT_INIT"] = agentInit ? "yes" : "no"
         overrides["ARCH"] = arch
+        // Kata's ubuntu hook reads DEB_ARCH; RPM and apk take ARCH itself.
+        overrides["DEB_ARCH"] = architecture.debianName
         overrides["EXTRA_PKGS"] = extra.joined(separator: " ")
         overrides["EXTRA_PKG"] = extra.joined(separator: " ")
         let config = fromImage != nil ? ImageBuild.config(name: distro.name, environment: env)
@@ -68,7 +72,7 @@ public struct BuildPlanner: Sendable {
         do { try profile.kata?.validate() } catch let error as RootfsError { try problem(error) }
         let agent: AgentSpec
         do {
-            agent = try profile.agent(agentPath: options.agentPath, agentInit: agentInit, environment: env)
+            agent = try profile.agent(agentPath: options.agentPath, agentInit: agentInit, architecture: architecture, environment: env)
         } catch let error as RootfsError {
             try problem(error)
             // Dry run: show where the agent would have come from.
@@ -207,6 +211,9 @@ public struct BuildPlanner: Sendable {
                              buildDirectory: buildDir, logPath: buildDir + "/build.log", hookEnvironment: hookEnv,
                              epoch: epoch, outputs: outputs, overlays: options.overlays, imageOptions: imageOptions)
         plan.missingHostTools = missingTools
+        // Another architecture's binaries run through qemu-user (binfmt_misc): what is there, what would be set up.
+        plan.emulation = ForeignEmulation.plan(for: architecture)
+        if let missing = plan.emulation?.missing { try problem(missing) }
         plan.profile = profile
         // Host or builder container; a host without the distro's tools is refused with the flag that would work.
         do {

@@ -31,7 +31,8 @@ struct ComposeStage {
             try OverlayApplier(tree: guest).apply(plan.overlays)
         }
         if !plan.profile.rootfsOnly {
-            try RootfsChecker(tree: guest).require(agentInit: plan.agent.isInit, agentNames: [plan.agent.guestName])
+            try RootfsChecker(tree: guest).require(agentInit: plan.agent.isInit, agentNames: [plan.agent.guestName],
+                                                   architecture: Architecture(rawValue: plan.architecture))
         }
         // Rootless: the finished tree travels as a tar with the owners restored; every writer reads it.
         var source = TreeSource.directory(tree)

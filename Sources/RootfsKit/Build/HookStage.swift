@@ -23,6 +23,8 @@ public struct HookStage: Sendable {
 
     /// Runs build_rootfs() into a new work directory. On failure the work directory is removed.
     public func run(_ plan: BuildPlan, logPath: String) async throws -> Result {
+        // Before anything is written: another architecture's maintainer scripts need qemu-user.
+        try await plan.emulation?.setUp(runner: runner, console: console)
         let work = try FS.makeSiblingTemporaryDirectory(for: plan.rootfsDirectory)
         do {
             return try await run(plan, work: work, logPath: logPath)

@@ -494,7 +494,8 @@ public struct GuestProfileChoice: Sendable, Equatable {
 extension GuestProfileChoice {
     /// The agent this profile installs: none (ROOTFS_ONLY), the one in AGENT_TARBALL, or the binary
     /// (`--agent`, AGENT_SOURCE_BIN, the reference agent; under the Kata profile it is named kata-agent).
-    public func agent(agentPath: String?, agentInit: Bool, environment env: [String: String]) throws -> AgentSpec {
+    public func agent(agentPath: String?, agentInit: Bool, architecture: Architecture? = Architecture.host,
+                      environment env: [String: String]) throws -> AgentSpec {
         let named = env["AGENT_BIN"].flatMap { $0.isEmpty ? nil : $0 }
         if rootfsOnly {
             return AgentSpec(sourcePath: "", guestName: "", isInit: false, isReferenceAgent: false)
@@ -502,7 +503,7 @@ extension GuestProfileChoice {
         if let tarball = kata?.agentTarball {
             return AgentSpec(sourcePath: FS.absolute(tarball), guestName: named ?? "kata-agent", isInit: agentInit, isReferenceAgent: false)
         }
-        var agent = try AgentSpec.resolve(agentPath: agentPath, agentInit: agentInit, environment: env)
+        var agent = try AgentSpec.resolve(agentPath: agentPath, agentInit: agentInit, architecture: architecture, environment: env)
         // The reference agent is the stand-in for kata-agent: same name, same units.
         if kata != nil && agent.isReferenceAgent && named == nil { agent.guestName = "kata-agent" }
         return agent

@@ -14,7 +14,10 @@ public struct RootfsChecker: Sendable {
     }
 
     /// What is wrong with the tree; empty when it is fine.
-    public func problems(agentInit: Bool, agentNames: [String] = candidateAgentNames()) -> [String] {
+    /// With `architecture`, the init and the agent must also be ELF executables for it
+    /// (a script init is fine: its interpreter is the distro's).
+    public func problems(agentInit: Bool, agentNames: [String] = candidateAgentNames(),
+                         architecture: Architecture? = nil) -> [String] {
         var problems: [String] = []
         guard FS.isDirectory(tree.root) else { return ["\(tree.root) is not a directory"] }
         let initHost = executable("/sbin/init", what: "the init", problems: &problems)
@@ -33,12 +36,18 @@ public struct RootfsChecker: Sendable {
         if agentInit, let initHost, let agentHost, FS.realpath(initHost) != FS.realpath(agentHost) {
             problems.append("--agent-init: /sbin/init is not the agent")
         }
+        if let architecture {
+            for (what, host) in [("/sbin/init", initHost), ("the agent", agentHost)] {
+                guard let host, let machine = ELF.machine(host), machine != architecture.elfMachine else { continue }
+                problems.append("\(what) is an ELF executable for \(ELF.machineName(machine)), but the rootfs is for \(architecture.rawValue)")
+            }
+        }
         return problems
     }
 
     /// Throws one error listing every problem.
-    public func require(agentInit: Bool, agentNames: [String] = candidateAgentNames()) throws {
-        let found = problems(agentInit: agentInit, agentNames: agentNames)
+    public func require(agentInit: Bool, agentNames: [String] = candidateAgentNames(), architecture: Architecture? = nil) throws {
+        let found = problems(agentInit: agentInit, agentNames: agentNames, architecture: architecture)
         guard found.isEmpty else {
             throw RootfsError("\(tree.root) is not a bootable rootfs", hint: agentInit
                               ? "build it with `rootfs build DISTRO --agent-init`, or install the agent as /sbin/init"

@@ -16,6 +16,7 @@ extension Tag {
     @Tag static var qemuImg: Self
     @Tag static var veritysetup: Self
     @Tag static var efi: Self
+    @Tag static var foreignArch: Self
 }
 
 /// One thing a test needs. On a laptop a missing one skips the test with the
@@ -23,7 +24,7 @@ extension Tag {
 /// skipped: the test runs and fails loudly if the machine lacks it, and
 /// `.ci/run` fails a run whose log shows a skipped test.
 enum Need: Sendable, CaseIterable, CustomStringConvertible {
-    case root, network, qemu, docker, podman, dnf, busybox, swiftpm, qemuImg, veritysetup, efi
+    case root, network, qemu, docker, podman, dnf, busybox, swiftpm, qemuImg, veritysetup, efi, foreignArch
 
     var description: String {
         switch self {
@@ -37,6 +38,7 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
         case .swiftpm: "the swift package manager"
         case .qemuImg: "qemu-img (qemu-utils)"
         case .veritysetup: "veritysetup (cryptsetup-bin)"
+        case .foreignArch: "qemu-system-aarch64, qemu-user-static, binfmt-support and apt knowing arm64 (apt: qemu-system-arm qemu-user-static binfmt-support; dpkg --add-architecture arm64)"
         case .efi: "OVMF, systemd's EFI stub, mtools, dosfstools, gdisk and objdump (apt: ovmf systemd-boot-efi mtools dosfstools gdisk binutils)"
         }
     }
@@ -54,6 +56,7 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
         case .qemuImg: .qemuImg
         case .veritysetup: .veritysetup
         case .efi: .efi
+        case .foreignArch: .foreignArch
         }
     }
 
@@ -74,6 +77,10 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
         case .swiftpm: return Need.onPath("swift")
         case .qemuImg: return Need.onPath("qemu-img")
         case .veritysetup: return Need.onPath("veritysetup") || FileManager.default.isExecutableFile(atPath: "/sbin/veritysetup")
+        case .foreignArch:
+            return Need.onPath("qemu-system-aarch64") && Need.onPath("update-binfmts")
+                && FileManager.default.isReadableFile(atPath: "/usr/share/binfmts/qemu-aarch64")
+                && Fixtures.status("/bin/sh", ["-c", "dpkg --print-foreign-architectures | grep -qx arm64"]) == 0
         case .efi:
             return FileManager.default.isReadableFile(atPath: "/usr/share/ovmf/OVMF.fd")
                 && FileManager.default.isReadableFile(atPath: "/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
