@@ -19,6 +19,10 @@ _ubuntu_command() {
         ubuntu_cmd+=("--include=$(IFS=,; printf '%s' "${packages[*]}")")
     fi
     [ -n "${KEYRING:-}" ] && ubuntu_cmd+=("--keyring=$KEYRING")
+    # rootfs's package cache (ROOTFS_PACKAGE_CACHE), when there is one: see hook-helpers.sh.
+    local -a mmdebstrap_cache=()
+    mmdebstrap_cache_args
+    ubuntu_cmd+=("${mmdebstrap_cache[@]}")
     ubuntu_cmd+=("$OS_VERSION" "$rootfs_dir" "$REPO_URL")
 }
 

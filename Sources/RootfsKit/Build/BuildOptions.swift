@@ -44,6 +44,11 @@ public struct BuildOptions: Sendable {
     public var builderBase: String?
     /// How the tree travels from the hook to the writers (default: directory as root, tar otherwise).
     public var transport: TreeTransport = .current
+    /// `--cache-dir DIR` (nil: ROOTFS_CACHE_DIR, else the default; see CacheDirectory).
+    public var cacheDirectory: String?
+    /// `--no-cache`: neither use nor fill the tree cache. `--refresh`: rebuild and replace the entry.
+    public var noCache = false
+    public var refresh = false
     public var environment: [String: String]
 
     public init(distro: String, environment: [String: String] = ProcessInfo.processInfo.environment) {

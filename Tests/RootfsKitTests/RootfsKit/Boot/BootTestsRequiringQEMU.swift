@@ -34,8 +34,13 @@ import Testing
     @Test func parallelGzipInitrdBootsThroughTheCLI() async throws {
         let fixture = try await BootFixture.shared.prepare()
         let tmp = try Fixtures.temporaryDirectory("bootgz"); defer { FS.remove(tmp) }
-        let root = FS.parent(fixture.initrd) + "/root"
-        let made = try await Fixtures.rootfs(["initrd", "-q", "--compression", "gzip", root, "-o", tmp + "/x.initrd"])
+        // The fixture's tree (agent as /sbin/init), with the agent where `rootfs initrd`'s check looks for it.
+        let root = tmp + "/root"
+        try ToolCommandSync.run(["cp", "-a", FS.parent(fixture.initrd) + "/root", root])
+        try FS.makeDirectories(root + "/usr/bin")
+        try ToolCommandSync.run(["mv", root + "/sbin/init", root + "/usr/bin/rootfs-agent"])
+        symlink("/usr/bin/rootfs-agent", root + "/sbin/init")
+        let made = try await Fixtures.rootfs(["initrd", "-q", "--agent-init", "--compression", "gzip", root, "-o", tmp + "/x.initrd"])
         #expect(made.status == 0, "\(made.stderr)")
         try ToolCommandSync.run(["gzip", "-t", tmp + "/x.initrd"])
         let r = try await Fixtures.rootfs(["boot", tmp + "/x.initrd", "--kernel", fixture.kernel, "--accel", "tcg",
