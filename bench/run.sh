@@ -3,7 +3,7 @@
 # the machine's floor, on one machine in one run. See bench/README.md.
 #
 #   bench/run.sh [--runs N] [--quick] [--work DIR] [--rootfs BIN] [--kernel FILE]
-#                [--sections initrd,image,build,scale,boot] [--out FILE] [--append]
+#                [--sections initrd,image,build,scale,boot,cache] [--out FILE] [--append]
 #
 # Needs root (Kata's disk method mounts loop devices; mmdebstrap), network
 # (mmdebstrap), and: jq parted qemu-utils qemu-system-x86 cpio zstd gzip pigz e2fsprogs.
@@ -17,7 +17,7 @@ quick=no
 work=${BENCH_WORK:-/var/tmp/rootfs-bench}
 rootfs_bin=${ROOTFS:-}
 kernel=${KERNEL:-}
-sections=initrd,image,build,scale,boot
+sections=initrd,image,build,scale,boot,cache
 out=""
 runs_given=no
 append=no
@@ -247,6 +247,18 @@ if has boot; then
     fi
 fi
 
+# ---------------------------------------------------------------- 6. cache
+if has cache; then
+    say "6. cache: rootfs build debian with an empty cache (cold) vs a warm one (tree cache hit), interleaved"
+    for r in $(seq 1 "$runs"); do
+        rm -rf "$work/cache-cold" "$work/c-out"
+        measure cache cold "$r" - "$rootfs_bin" build -q debian --format tar --no-manifest -o "$work/c-out" --cache-dir "$work/cache-cold"
+        [ "$r" -gt 1 ] || "$rootfs_bin" build -q debian --format tar --no-manifest -o "$work/c-out" --cache-dir "$work/cache-warm" >/dev/null 2>&1
+        measure cache warm "$r" - "$rootfs_bin" build -q debian --format tar --no-manifest -o "$work/c-out" --cache-dir "$work/cache-warm"
+    done
+    rm -rf "$work/cache-cold"
+fi
+
 # ---------------------------------------------------------------- report
 # Ratios: ours / baseline of the median wall times (and sizes); each with its target.
 ratios='[
@@ -263,7 +275,8 @@ ratios='[
   ["scale 100MB: initrd / floor",            "scale",  "t100m/initrd", "t100m/floor", "seconds", 1.5,  "within 1.5x"],
   ["scale 1GB: initrd / floor",              "scale",  "t1g/initrd",   "t1g/floor",   "seconds", 1.5,  "within 1.5x"],
   ["scale 100k files: initrd / floor",       "scale",  "t100k/initrd", "t100k/floor", "seconds", 1.5,  "within 1.5x"],
-  ["boot: ready, zstd / gzip initrd",        "boot",   "initrd-zst",   "initrd-gz",   "seconds", null, ""]
+  ["boot: ready, zstd / gzip initrd",        "boot",   "initrd-zst",   "initrd-gz",   "seconds", null, ""],
+  ["cache: warm / cold rebuild",             "cache",  "warm",         "cold",        "seconds", 0.1,  "at least 10x faster"]
 ]'
 notes_json=$(printf '%s\n' "${notes[@]+"${notes[@]}"}" | jq -R . | jq -sc 'map(select(length > 0))')
 jq -s --argjson ratios "$ratios" --argjson runs "$runs" --arg date "$date_tag" --arg host "$(uname -srm)" \

@@ -38,6 +38,30 @@ import Testing
         #expect(!paths.contains { $0.hasSuffix(".deb") })
         #expect(!paths.contains { $0.contains("var/lib/apt/lists/") && $0.hasSuffix("_InRelease") })
     }
+
+    private func treeCacheResult(_ json: String) throws -> String? {
+        let doc = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
+        return (doc?["treeCache"] as? [String: Any])?["result"] as? String
+    }
+
+    /// The tree cache on a real Debian tree: the warm build skips the hook and writes the cold
+    /// build's bytes (owners, modes and times survive the cached tar).
+    @Test func warmDebianBuildSkipsTheHookAndGivesTheSameBytes() async throws {
+        let dir = try Fixtures.temporaryDirectory("treecache-debian")
+        defer { FS.remove(dir) }
+        let env = ["SOURCE_DATE_EPOCH": "1700000000", "ROOTFS_CACHE_DIR": dir + "/cache"]
+        let args = ["build", "debian", "--agent-init", "--format", "tar", "--format", "raw", "--no-manifest", "--json"]
+        let cold = try await Fixtures.rootfs(args + ["-o", dir + "/cold"], environment: env)
+        #expect(cold.status == 0, "\(cold.stderr.suffix(3000))")
+        #expect(try treeCacheResult(cold.stdout) == "miss", "\(cold.stdout.suffix(600))")
+        let warm = try await Fixtures.rootfs(args + ["-o", dir + "/warm"], environment: env)
+        #expect(warm.status == 0, "\(warm.stderr.suffix(3000))")
+        #expect(try treeCacheResult(warm.stdout) == "hit", "\(warm.stdout.suffix(600))")
+        #expect(warm.stderr.contains("build_rootfs skipped") && !warm.stderr.contains("mmdebstrap"), "\(warm.stderr.suffix(2000))")
+        for file in ["debian.tar", "debian.img"] {
+            #expect(try SHA256.hexDigest(ofFile: dir + "/cold/" + file) == SHA256.hexDigest(ofFile: dir + "/warm/" + file), "\(file)")
+        }
+    }
 }
 
 @Suite struct CacheDirectoryTests {

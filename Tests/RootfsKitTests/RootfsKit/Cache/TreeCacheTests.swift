@@ -48,6 +48,25 @@ import Testing
         #expect(await RepositoryState.read(osName: "debian", osVersion: "suite", repoURL: nil, runner: runner).hasPrefix("unknown"))
     }
 
+    /// `rootfs cache prune` while a build reads an entry (a shared lock on its record): the entry is kept.
+    @Test func pruneKeepsAnEntryBeingRead() throws {
+        let dir = try Fixtures.temporaryDirectory("treeprune"); defer { FS.remove(dir) }
+        try FS.makeDirectories(dir + "/tree/etc")
+        try "x\n".write(toFile: dir + "/tree/etc/file", atomically: true, encoding: .utf8)
+        let cache = TreeCache(cache: CacheDirectory(root: dir + "/cache"))
+        let key = inputs()
+        try cache.store(key, tree: dir + "/tree")
+        #expect(cache.lookup(key).hit)
+        let fd = open(cache.recordPath(key.key), O_RDONLY)
+        #expect(flock(fd, LOCK_SH) == 0)
+        #expect(cache.prune(olderThan: nil).isEmpty)
+        #expect(cache.lookup(key).hit)
+        close(fd)
+        #expect(cache.prune(olderThan: nil) == [key.key])
+        #expect(!cache.lookup(key).hit)
+        #expect(cache.restore(key, to: dir + "/restored") != nil, "a pruned entry is not restored")
+    }
+
     @Test func durations() throws {
         #expect(try CacheCommandDuration.parse("30d") == 30 * 86400)
         #expect(try CacheCommandDuration.parse("90") == 90)
