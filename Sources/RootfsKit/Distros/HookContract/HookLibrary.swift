@@ -36,6 +36,10 @@ public enum HookLibrary {
             --setup-hook='mkdir -p "$1"/var/cache/apt/archives "$1"/var/lib/apt/lists'
             "--setup-hook=sync-in $c/archives /var/cache/apt/archives/"
             "--setup-hook=sync-in $c/lists /var/lib/apt/lists/"
+            # sync-in gives the two directories the cache directory's owner and mode (the user's,
+            # rootless), and the cached lock files (kept by the clean-up) theirs: put back what
+            # mmdebstrap makes without a cache (apt makes new lock files).
+            --setup-hook='chown 0:0 "$1"/var/cache/apt/archives "$1"/var/lib/apt/lists && chmod 0755 "$1"/var/cache/apt/archives "$1"/var/lib/apt/lists && rm -f "$1"/var/cache/apt/archives/lock "$1"/var/lib/apt/lists/lock'
             "--customize-hook=sync-out /var/cache/apt/archives $c/archives"
             "--customize-hook=sync-out /var/lib/apt/lists $c/lists")
     }
