@@ -15,11 +15,11 @@ let package = Package(
         .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.2"),
     ],
     targets: [
-        // libarchive, found through pkg-config (apt: libarchive-dev).
+        // libarchive, found through pkg-config (apt: libarchive-dev), with zstd and zlib used directly.
         .systemLibrary(
             name: "CArchive",
             pkgConfig: "libarchive",
-            providers: [.apt(["libarchive-dev", "libzstd-dev"])]
+            providers: [.apt(["libarchive-dev", "libzstd-dev", "zlib1g-dev"])]
         ),
         // Everything real: distro discovery, the build, the image writer.
         // The host/agent protocol: pure Swift, shared by RootfsKit and the agent.

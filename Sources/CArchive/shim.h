@@ -4,4 +4,6 @@
 #include <archive_entry.h>
 /* zstd directly, for multi-threaded compression with small jobs (bounded memory). */
 #include <zstd.h>
+/* zlib directly, for gzip deflated in independent blocks on several cores (ParallelGzip). */
+#include <zlib.h>
 #endif

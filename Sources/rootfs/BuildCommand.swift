@@ -48,6 +48,10 @@ struct BuildCommand: AsyncParsableCommand {
     @Flag(help: "Run the hook in a Podman builder container (same as --engine podman; USE_PODMAN=true).") var podman = false
     @Option(name: .customLong("builder-base"), help: ArgumentHelp("The builder image's FROM image (BUILDER_BASE; default: Dockerfile.in's, IMAGE_REGISTRY-prefixed).", valueName: "IMAGE"))
     var builderBase: String?
+    @Option(name: .customLong("cache-dir"), help: ArgumentHelp("The cache shared by builds: downloaded packages (ROOTFS_CACHE_DIR; default: $XDG_CACHE_HOME/rootfs, or /var/cache/rootfs as root). An unusable one is a warning.", valueName: "DIR"))
+    var cacheDir: String?
+    @Flag(name: .customLong("no-cache"), help: "Neither use nor fill the tree cache (the hook runs).") var noCache = false
+    @Flag(help: "Run the hook and replace the tree cache's entry for this build.") var refresh = false
     @Option(name: .customLong("format"), help: ArgumentHelp(
         "Write this format (repeatable): \(OutputFormat.names). Replaces the default outputs.", valueName: "F"))
     var formats: [String] = []
@@ -81,6 +85,8 @@ struct BuildCommand: AsyncParsableCommand {
         var slowestPhase: Console.PhaseTime?
         var seconds: Double
         var log: String
+        /// The tree cache: hit, miss (and why), refresh, off.
+        var treeCache: TreeCacheOutcome.State
     }
 
     /// `--json` output of a dry run.
@@ -118,6 +124,9 @@ struct BuildCommand: AsyncParsableCommand {
         options.dryRun = dryRun
         options.engine = engineChoice
         options.builderBase = builderBase
+        options.cacheDirectory = cacheDir
+        options.noCache = noCache
+        options.refresh = refresh
         options.manifest = !noManifest
         options.sbom = sbom
         let console = global.makeConsole(json: json)
@@ -154,7 +163,8 @@ struct BuildCommand: AsyncParsableCommand {
             if json {
                 try printJSON(Report(distro: plan.distro.name, osVersion: plan.config.osVersion ?? "",
                                      architecture: plan.architecture, outputs: outputs, phases: console.phases,
-                                     slowestPhase: slowest, seconds: seconds, log: plan.logPath))
+                                     slowestPhase: slowest, seconds: seconds, log: plan.logPath,
+                                     treeCache: plan.treeCacheOutcome.value))
             }
             for output in outputs {
                 let size = output.kind == "rootfs" ? "" : "  " + formatBytes(output.bytes)

@@ -1,5 +1,5 @@
 # build_rootfs ROOTFS_DIR: bootstraps Debian OS_VERSION into ROOTFS_DIR.
-# Environment: OS_VERSION, PACKAGES, EXTRA_PKGS, REPO_URL, ARCH (see README: the hook contract).
+# Environment: OS_VERSION, PACKAGES, EXTRA_PKGS, REPO_URL, ARCH, ROOTFS_PACKAGE_CACHE (see README: the hook contract).
 build_rootfs() {
     local rootfs_dir=$1
     local -a packages=()
@@ -24,6 +24,10 @@ build_rootfs() {
         # DEB_ARCH (rootfs sets it from --arch/ARCH): another architecture's maintainer scripts
         # run through qemu-user, which rootfs has set up in binfmt_misc before the hook runs.
         [ -n "${DEB_ARCH:-}" ] && args+=("--architectures=$DEB_ARCH")
+        # rootfs's package cache (ROOTFS_PACKAGE_CACHE), when there is one: see hook-helpers.sh.
+        local -a mmdebstrap_cache=()
+        mmdebstrap_cache_args
+        args+=("${mmdebstrap_cache[@]}")
         # Reproducible: mmdebstrap copies the host's /etc/hostname and /etc/resolv.conf; drop them
         # and any cache or log that would carry times (mmdebstrap removes most with SOURCE_DATE_EPOCH).
         args+=(--customize-hook='rm -f "$1"/etc/hostname "$1"/etc/resolv.conf "$1"/var/cache/ldconfig/aux-cache "$1"/var/log/dpkg.log "$1"/var/log/alternatives.log "$1"/var/log/apt/history.log "$1"/var/log/apt/term.log "$1"/var/log/apt/eipp.log.xz')

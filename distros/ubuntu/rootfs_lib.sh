@@ -21,6 +21,10 @@ _ubuntu_command() {
     [ -n "${KEYRING:-}" ] && ubuntu_cmd+=("--keyring=$KEYRING")
     # DEB_ARCH (rootfs sets it from --arch/ARCH, as Kata's hook reads it): arm64, ppc64el, s390x...
     [ -n "${DEB_ARCH:-}" ] && ubuntu_cmd+=("--architectures=$DEB_ARCH")
+    # rootfs's package cache (ROOTFS_PACKAGE_CACHE), when there is one: see hook-helpers.sh.
+    local -a mmdebstrap_cache=()
+    mmdebstrap_cache_args
+    ubuntu_cmd+=("${mmdebstrap_cache[@]}")
     ubuntu_cmd+=("$OS_VERSION" "$rootfs_dir" "$REPO_URL")
 }
 

@@ -13,14 +13,19 @@ public final class ArchiveWriteHandle {
 
     let pointer: OpaquePointer
     private var closed = false
-    /// zstd is done here rather than by libarchive's filter (see ZstdSink).
-    private var zstd: ZstdSink?
-    private let zstdLevel: Int
-    private let compressionIsZstd: Bool
+    /// The sink as libarchive's client pointer (kept alive as long as the handle).
+    private var box: SinkBox?
+    /// zstd and gzip are done here rather than by libarchive's filters (see ZstdSink, ParallelGzipSink).
+    private var sink: (any CompressionSink)? { box?.sink }
+    private let compression: Compression
+    private let level: Int?
+    private let gzipWorkers: Int?
 
-    init(format: Format, compression: Compression, level: Int? = nil, threads: Int = 0) throws {
-        zstdLevel = level ?? 3
-        compressionIsZstd = compression == .zstd
+    /// `gzipWorkers`: nil for the machine's cores; the bytes do not depend on it (see ParallelGzip).
+    init(format: Format, compression: Compression, level: Int? = nil, threads: Int = 0, gzipWorkers: Int? = nil) throws {
+        self.compression = compression
+        self.level = level
+        self.gzipWorkers = gzipWorkers
         guard let a = archive_write_new() else { throw RootfsError("libarchive: out of memory") }
         pointer = a
         switch format {
@@ -28,14 +33,9 @@ public final class ArchiveWriteHandle {
         case .paxRestricted: try check(archive_write_set_format_pax_restricted(a), "set the tar format")
         }
         switch compression {
-        case .zstd:
-            // The archive goes uncompressed to ZstdSink, which compresses it.
+        case .zstd, .gzip:
+            // The archive goes uncompressed to ZstdSink or ParallelGzipSink, which compress it.
             try check(archive_write_add_filter_none(a), "set no compression")
-        case .gzip:
-            try check(archive_write_add_filter_gzip(a), "add the gzip filter")
-            try check(archive_write_set_filter_option(a, "gzip", "compression-level", String(level ?? 6)), "set the gzip level")
-            // No time stamp in the gzip header: the same tree gives the same bytes.
-            try check(archive_write_set_filter_option(a, "gzip", "timestamp", nil), "drop the gzip time stamp")
         case .none:
             try check(archive_write_add_filter_none(a), "set no compression")
         }
@@ -49,19 +49,25 @@ public final class ArchiveWriteHandle {
     }
 
     func open(fd: Int32) throws {
-        if compressionIsZstd {
-            let sink = try ZstdSink(fd: fd, level: zstdLevel)
-            zstd = sink
+        let made: (any CompressionSink)?
+        switch compression {
+        case .zstd: made = try ZstdSink(fd: fd, level: level ?? 3)
+        case .gzip: made = ParallelGzipSink(fd: fd, gzip: ParallelGzip(level: level ?? ParallelGzip.defaultLevel, workers: gzipWorkers))
+        case .none: made = nil
+        }
+        if let made {
+            let box = SinkBox(made)
+            self.box = box
             let write: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, UnsafeRawPointer?, Int) -> Int = { _, client, buffer, length in
-                let sink = Unmanaged<ZstdSink>.fromOpaque(client!).takeUnretainedValue()
-                return sink.compress(UnsafeRawBufferPointer(start: buffer, count: length), end: false) ? length : -1
+                let box = Unmanaged<SinkBox>.fromOpaque(client!).takeUnretainedValue()
+                return box.sink.compress(UnsafeRawBufferPointer(start: buffer, count: length), end: false) ? length : -1
             }
             let close: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Int32 = { _, client in
-                let sink = Unmanaged<ZstdSink>.fromOpaque(client!).takeUnretainedValue()
-                return sink.compress(UnsafeRawBufferPointer(start: nil, count: 0), end: true) ? ARCHIVE_OK : ARCHIVE_FATAL
+                let box = Unmanaged<SinkBox>.fromOpaque(client!).takeUnretainedValue()
+                return box.sink.compress(UnsafeRawBufferPointer(start: nil, count: 0), end: true) ? ARCHIVE_OK : ARCHIVE_FATAL
             }
-            let status = archive_write_open(pointer, Unmanaged.passUnretained(sink).toOpaque(), nil, write, close)
-            if status < ARCHIVE_WARN { throw sink.error ?? error("open the output") }
+            let status = archive_write_open(pointer, Unmanaged.passUnretained(box).toOpaque(), nil, write, close)
+            if status < ARCHIVE_WARN { throw made.error ?? error("open the output") }
             return
         }
         try check(archive_write_open_fd(pointer, fd), "open the output")
@@ -75,7 +81,7 @@ public final class ArchiveWriteHandle {
         var offset = 0
         while offset < buffer.count {
             let n = archive_write_data(pointer, buffer.baseAddress! + offset, buffer.count - offset)
-            if n < 0 { throw zstd?.error ?? error("write data") }
+            if n < 0 { throw sink?.error ?? error("write data") }
             if n == 0 { throw RootfsError("libarchive wrote nothing while writing data") }
             offset += n
         }
@@ -86,12 +92,12 @@ public final class ArchiveWriteHandle {
     }
 
     /// Bytes written to the output so far (after compression).
-    var bytesWritten: Int64 { zstd?.written ?? archive_filter_bytes(pointer, -1) }
+    var bytesWritten: Int64 { sink?.written ?? archive_filter_bytes(pointer, -1) }
 
     func close() throws {
         closed = true
         let status = archive_write_close(pointer)
-        if status < ARCHIVE_WARN, let failure = zstd?.error { throw failure }
+        if status < ARCHIVE_WARN, let failure = sink?.error { throw failure }
         try check(status, "finish the archive")
     }
 
@@ -108,6 +114,23 @@ public final class ArchiveWriteHandle {
                            hint: code == ENOSPC ? "the disk holding the output is full: free space there or write elsewhere" : nil)
     }
 }
+
+/// A compressor between libarchive's uncompressed stream and the output file.
+protocol CompressionSink: AnyObject {
+    /// Takes `data` (or, with `end`, finishes the stream); false after a failure, in `error`.
+    func compress(_ data: UnsafeRawBufferPointer, end: Bool) -> Bool
+    var written: Int64 { get }
+    var error: RootfsError? { get }
+}
+
+/// An existential sink behind one class pointer, for libarchive's C callbacks.
+final class SinkBox {
+    let sink: any CompressionSink
+    init(_ sink: any CompressionSink) { self.sink = sink }
+}
+
+extension ZstdSink: CompressionSink {}
+extension ParallelGzipSink: CompressionSink {}
 
 /// zstd compression of the archive stream, done with libzstd directly: two workers
 /// with 1 MiB jobs. libarchive's own zstd filter (3.6.2) can only use zstd's default

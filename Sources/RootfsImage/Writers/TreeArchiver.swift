@@ -28,6 +28,8 @@ public struct TreeArchiver {
     var progress: WriteProgress?
     /// Changes each item before it is written (rootless builds: owners and modes from the hook's tar).
     public var transform: ((inout TreeItem) throws -> Void)? = nil
+    /// gzip workers (nil: the machine's cores). The bytes are the same for any number.
+    public var gzipWorkers: Int? = nil
 
     public init(format: ArchiveWriteHandle.Format, compression: Compression, level: Int? = nil, epoch: Int? = nil,
                 syntheticLinks: [(path: String, target: String)] = [], progress: WriteProgress? = nil,
@@ -66,7 +68,8 @@ public struct TreeArchiver {
 
     func write(source: TreeSource, fd: Int32) throws -> WriteStats {
         let threads = Self.zstdThreads(processors: ProcessInfo.processInfo.activeProcessorCount)
-        let archive = try ArchiveWriteHandle(format: format, compression: compression, level: level, threads: threads)
+        let archive = try ArchiveWriteHandle(format: format, compression: compression, level: level, threads: threads,
+                                             gzipWorkers: gzipWorkers)
         try archive.open(fd: fd)
         let entry = ArchiveEntryHandle()
         var stats = WriteStats()
@@ -183,6 +186,8 @@ public struct InitrdWriter: Sendable {
     public var epoch: Int?
     /// Called as the initrd grows (see `WriteProgress`).
     public var progress: WriteProgress?
+    /// gzip workers (nil: the machine's cores). The bytes are the same for any number.
+    public var gzipWorkers: Int?
 
     public init(compression: Compression = .zstd, level: Int? = nil, epoch: Int? = nil) {
         self.compression = compression
@@ -197,7 +202,9 @@ public struct InitrdWriter: Sendable {
 
     @discardableResult
     public func write(source: TreeSource, to output: String) throws -> WriteStats {
-        try TreeArchiver(format: .cpioNewc, compression: compression, level: level, epoch: epoch,
-                         syntheticLinks: [("init", "/sbin/init")], progress: progress).write(source: source, to: output)
+        var archiver = TreeArchiver(format: .cpioNewc, compression: compression, level: level, epoch: epoch,
+                                    syntheticLinks: [("init", "/sbin/init")], progress: progress)
+        archiver.gzipWorkers = gzipWorkers
+        return try archiver.write(source: source, to: output)
     }
 }

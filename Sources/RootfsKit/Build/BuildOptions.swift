@@ -56,6 +56,11 @@ public struct BuildOptions: Sendable {
     public var fromImage: String?
     /// What the user wrote for `--from-image` (for messages and the build record).
     public var fromImageLabel: String?
+    /// `--cache-dir DIR` (nil: ROOTFS_CACHE_DIR, else the default; see CacheDirectory).
+    public var cacheDirectory: String?
+    /// `--no-cache`: neither use nor fill the tree cache. `--refresh`: rebuild and replace the entry.
+    public var noCache = false
+    public var refresh = false
     public var environment: [String: String]
 
     public init(distro: String, environment: [String: String] = ProcessInfo.processInfo.environment) {

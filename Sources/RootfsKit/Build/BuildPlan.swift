@@ -42,6 +42,17 @@ public struct BuildPlan: Sendable {
     public var hookExecutor: HookExecutor = .host
     /// Directory (root) or tar (rootless): see TreeTransport.
     public var transport: TreeTransport = .directory
+    /// The cache shared by builds, and the package cache the hook gets as ROOTFS_PACKAGE_CACHE
+    /// (nil: not used, `cacheWarnings` says why).
+    public var cache = CacheDirectory(root: "")
+    public var packageCache: String?
+    /// Why a cache is not used (printed as warnings; the build goes on without it).
+    public var cacheWarnings: [String] = []
+    /// The tree cache and this build's key inputs (nil: not used); the outcome starts as the
+    /// plan's lookup and the hook stage updates it (a corrupt entry becomes a miss).
+    public var treeCache: TreeCache?
+    public var treeCacheInputs: TreeCacheInputs?
+    public var treeCacheOutcome = TreeCacheOutcome(.init(result: "off", key: "", why: []))
 
     /// Whether the finished tree is kept as a directory (a `rootfs` output).
     public var keepRootfs: Bool { outputs.contains { $0.format == .rootfs } }
@@ -124,6 +135,10 @@ public struct BuildPlan: Sendable {
     /// The sections after the tree's: agent, outputs and what follows.
     private var laterSections: [PlanSection] {
         var result: [PlanSection] = []
+        result.append(PlanSection("cache: \(cache.root)", [
+            "packages: " + (packageCache.map { "\($0) (ROOTFS_PACKAGE_CACHE: the hook's downloads, kept out of the guest)" } ?? "not used"),
+            treeCacheLine,
+        ] + cacheWarnings.map { "warning: " + $0 }))
         result.append(PlanSection("agent", [
             "\(agent.sourcePath) -> \(agent.guestPath)" + (agent.isReferenceAgent ? " (reference agent)" : ""),
             agent.isInit ? "init: /sbin/init -> \(agent.guestPath) (agent is init)"
@@ -149,6 +164,17 @@ public struct BuildPlan: Sendable {
             }))
         }
         return result
+    }
+
+    /// The tree cache's decision as the plan and the build output show it.
+    public var treeCacheLine: String {
+        let o = treeCacheOutcome.value
+        switch o.result {
+        case "hit": return "tree: hit \(o.key.prefix(16)) (build_rootfs is skipped)"
+        case "miss": return "tree: miss \(o.key.prefix(16)) (\(o.why.joined(separator: "; "))): build_rootfs runs, the tree is stored"
+        case "refresh": return "tree: refresh \(o.key.prefix(16)) (--refresh: build_rootfs runs, the entry is replaced)"
+        default: return "tree: not used" + (o.why.isEmpty ? "" : " (\(o.why.joined(separator: "; ")))")
+        }
     }
 
     /// One output as the dry run lists it: what it is, where, and the options its writer uses.

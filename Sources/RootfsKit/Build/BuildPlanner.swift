@@ -206,6 +206,23 @@ public struct BuildPlanner: Sendable {
         // not be reproducible while host builds are.
         if let epoch { hookEnv["SOURCE_DATE_EPOCH"] = String(epoch) }
 
+        // The package cache shared by builds: a warning, not a failure, when it cannot be used.
+        let cache = CacheDirectory.resolve(option: options.cacheDirectory, environment: env)
+        let packageCache = cache.packageDirectory(osName: config.osName ?? distro.name, osVersion: config.osVersion ?? "",
+                                                  architecture: arch)
+        var cacheWarnings: [String] = []
+        var usedPackageCache: String?
+        if options.dryRun {
+            // A dry run makes nothing: it names the cache and uses it in plan_rootfs only when it is there.
+            usedPackageCache = packageCache
+            if FS.isDirectory(packageCache) { hookEnv["ROOTFS_PACKAGE_CACHE"] = packageCache }
+        } else if let why = CacheDirectory.prepare(packageCache) {
+            cacheWarnings.append("the package cache is not used: \(why) (--cache-dir, ROOTFS_CACHE_DIR); building without it")
+        } else {
+            usedPackageCache = packageCache
+            hookEnv["ROOTFS_PACKAGE_CACHE"] = packageCache
+        }
+
         var plan = BuildPlan(distro: distro, config: config, architecture: arch, agent: agent, extraPackages: extra,
                              rootfsDirectory: rootfsDir, force: options.force, compression: options.compression,
                              buildDirectory: buildDir, logPath: buildDir + "/build.log", hookEnvironment: hookEnv,
@@ -214,6 +231,9 @@ public struct BuildPlanner: Sendable {
         // Another architecture's binaries run through qemu-user (binfmt_misc): what is there, what would be set up.
         plan.emulation = ForeignEmulation.plan(for: architecture)
         if let missing = plan.emulation?.missing { try problem(missing) }
+        plan.cache = cache
+        plan.packageCache = usedPackageCache
+        plan.cacheWarnings = cacheWarnings
         plan.profile = profile
         // Host or builder container; a host without the distro's tools is refused with the flag that would work.
         do {
@@ -232,6 +252,7 @@ public struct BuildPlanner: Sendable {
             if options.sbom { plan.sbomPath = base + ".spdx.json" }
         }
         plan.transport = options.transport
+        try await decideTreeCache(&plan, options: options, cache: cache)
         // plan_rootfs() checks the hook's settings (a missing REPO_URL...) before anything is written.
         do {
             if fromImage == nil { (plan.hookPlan, plan.hookWarnings) = try await hookPlan(plan) }
@@ -240,6 +261,39 @@ public struct BuildPlanner: Sendable {
         }
         plan.problems = problems
         return plan
+    }
+
+    /// The tree cache's inputs and lookup (TreeCacheInputs holds every input of the key).
+    func decideTreeCache(_ plan: inout BuildPlan, options: BuildOptions, cache: CacheDirectory) async throws {
+        if options.noCache { plan.treeCacheOutcome.set(.init(result: "off", key: "", why: ["--no-cache"])); return }
+        if plan.transport != .directory {
+            plan.treeCacheOutcome.set(.init(result: "off", key: "", why: ["rootless builds do not use the tree cache yet"]))
+            return
+        }
+        if case .image = plan.hookExecutor {
+            // The image's layers are read in process in seconds: there is no hook to skip.
+            plan.treeCacheOutcome.set(.init(result: "off", key: "", why: ["--from-image: no hook runs"]))
+            return
+        }
+        let distro = plan.distro, config = plan.config
+        var engine = plan.hookExecutor.description
+        if case .container(let build) = plan.hookExecutor { engine += " inputs \(build.image.inputsHash)" }
+        let repository = await RepositoryState.read(osName: config.osName ?? distro.name, osVersion: config.osVersion ?? "",
+                                                    repoURL: config.repoURL, runner: runner)
+        let inputs = TreeCacheInputs(
+            distro: distro.name,
+            distroFiles: try TreeCacheInputs.digestFiles(in: distro.directory, extra: [distro.configPath, distro.libraryPath]),
+            config: config.values, packages: config.packages, extraPackages: plan.extraPackages,
+            architecture: plan.architecture, engine: engine, repository: repository, epoch: plan.epoch)
+        let treeCache = TreeCache(cache: cache)
+        plan.treeCache = treeCache
+        plan.treeCacheInputs = inputs
+        if options.refresh {
+            plan.treeCacheOutcome.set(.init(result: "refresh", key: inputs.key, why: ["--refresh"]))
+            return
+        }
+        let (hit, why) = treeCache.lookup(inputs)
+        plan.treeCacheOutcome.set(.init(result: hit ? "hit" : "miss", key: inputs.key, why: why))
     }
 
     /// Runs the distro's optional plan_rootfs(): the commands build_rootfs would

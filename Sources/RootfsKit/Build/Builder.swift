@@ -34,6 +34,8 @@ public struct Builder: Sendable {
         defer { withExtendedLifetime((locks, logLock)) {} }
         try console.openLog(at: logPath)
         defer { console.closeLog() }
+        for warning in plan.cacheWarnings { console.warning(warning) }
+        console.info("cache: " + plan.treeCacheLine)
 
         let hooked = try await HookStage(console: console, runner: runner).run(plan, logPath: logPath)
         defer { FS.remove(hooked.work) }

@@ -39,6 +39,16 @@ public struct HookStage: Sendable {
         // a root build would then own apt's partial directories differently from a rootless one.
         chmod(work, 0o755)
         let tree = work + "/rootfs"
+        if let cache = plan.treeCache, let inputs = plan.treeCacheInputs, plan.treeCacheOutcome.value.result == "hit" {
+            console.phase("tree cache: hit \(inputs.key.prefix(16)): build_rootfs skipped")
+            if let why = cache.restore(inputs, to: tree) {
+                console.warning("tree cache: \(why); running build_rootfs")
+                plan.treeCacheOutcome.set(.init(result: "miss", key: inputs.key, why: [why]))
+            } else {
+                console.endPhase()
+                return Result(work: work, tree: tree, rootless: nil)
+            }
+        }
         try FS.makeDirectories(tree)
         let helper = work + "/hook-helpers.sh"
         try HookLibrary.text.write(toFile: helper, atomically: false, encoding: .utf8)
@@ -65,6 +75,17 @@ public struct HookStage: Sendable {
                               hint: "the hook must populate the directory it receives as $1 (\(plan.distro.libraryPath))")
         }
         console.endPhase()
+        if let cache = plan.treeCache, let inputs = plan.treeCacheInputs, rootless == nil,
+           ["miss", "refresh"].contains(plan.treeCacheOutcome.value.result) {
+            console.phase("tree cache: storing \(inputs.key.prefix(16))")
+            do {
+                try cache.store(inputs, tree: tree)
+            } catch {
+                console.warning("tree cache: the tree could not be stored (\(error)); the build goes on")
+                cache.remember(inputs)
+            }
+            console.endPhase()
+        }
         return Result(work: work, tree: tree, rootless: rootless)
     }
 

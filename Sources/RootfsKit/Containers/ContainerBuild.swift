@@ -15,6 +15,8 @@ public enum ContainerPaths {
     public static let helpers = root + "/hook-helpers.sh"
     /// The tree the hook fills, read-write.
     public static let rootfs = root + "/rootfs"
+    /// rootfs's package cache (ROOTFS_PACKAGE_CACHE), read-write: shared with host builds.
+    public static let packageCache = root + "/package-cache"
 }
 
 /// A build whose hook runs in a builder container: the engine, the builder
@@ -97,6 +99,9 @@ public struct ContainerBuild: Sendable, Equatable {
         }
         mounts.append(ContainerMount(source: invocation.helperPath, target: ContainerPaths.helpers, readOnly: true))
         mounts.append(ContainerMount(source: invocation.rootfsDirectory, target: ContainerPaths.rootfs, readOnly: false))
+        if let cache = invocation.environment["ROOTFS_PACKAGE_CACHE"], cache.hasPrefix("/"), FS.isDirectory(cache) {
+            mounts.append(ContainerMount(source: cache, target: ContainerPaths.packageCache, readOnly: false))
+        }
         return mounts
     }
 

@@ -50,6 +50,8 @@ struct RemoteHookRun {
         var (arguments, environment, workdir) = build.containerSide(of: invocation, mounts: mounts)
         // The tree always comes back as a directory copied out; a host path means nothing there.
         environment["ROOTFS_TAR"] = nil
+        // The package cache is a directory of this host: a remote engine cannot mount it.
+        environment["ROOTFS_PACKAGE_CACHE"] = nil
         let marker = "rootfs-remote-hook-done-" + String(UInt64.random(in: 0 ... .max), radix: 16)
         let create = engine.createCommand(name: name, image: build.image.tag, entrypoint: "bash",
                                           arguments: ["--noprofile", "--norc", "-c", Self.wrapper, "rootfs-remote", marker, "bash"] + arguments,

@@ -39,9 +39,19 @@ enum Fixtures {
     }
 
     /// Runs the real `rootfs` executable.
+    /// Each call gets a fresh, empty cache (removed afterwards) unless the test names one
+    /// (ROOTFS_CACHE_DIR or --cache-dir): a build in one test never hits another test's cached tree.
     static func rootfs(_ arguments: [String], environment: [String: String] = [:],
                        workingDirectory: String? = nil) async throws -> CLIResult {
-        try await run(rootfsBinary, arguments, environment: environment, workingDirectory: workingDirectory)
+        var env = environment
+        var fresh: String?
+        if env["ROOTFS_CACHE_DIR"] == nil && ProcessInfo.processInfo.environment["ROOTFS_CACHE_DIR"] == nil {
+            let dir = try temporaryDirectory("cache")
+            env["ROOTFS_CACHE_DIR"] = dir
+            fresh = dir
+        }
+        defer { if let fresh { FS.remove(fresh) } }
+        return try await run(rootfsBinary, arguments, environment: env, workingDirectory: workingDirectory)
     }
 
     /// Runs a program with no standard input and collects its output and exit status.

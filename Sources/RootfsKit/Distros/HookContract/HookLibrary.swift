@@ -20,6 +20,29 @@ public enum HookLibrary {
     # Kata osbuilder's names: warning, check_root.
     warning() { warn "$@"; }
     check_root() { [ "$(id -u)" = 0 ] || die "this distro's build_rootfs needs root (it calls check_root): run rootfs as root, or build with --docker"; }
+    # mmdebstrap_cache_args: fills the array mmdebstrap_cache with the mmdebstrap options that reuse
+    # ROOTFS_PACKAGE_CACHE (rootfs's package cache: downloaded .debs and apt's lists) across builds,
+    # mmdebstrap's own recipe (man mmdebstrap, sync-in/sync-out). Its clean-up removes both from the
+    # tree afterwards, so the output is the same with or without the cache. Empty without a cache.
+    mmdebstrap_cache_args() {
+        mmdebstrap_cache=()
+        local c=${ROOTFS_PACKAGE_CACHE:-}
+        [ -n "$c" ] || return 0
+        if [[ $c =~ [[:space:]] ]] || ! mkdir -p "$c/archives" "$c/lists" 2>/dev/null; then
+            warn "the package cache $c cannot be used: building without it"
+            return 0
+        fi
+        mmdebstrap_cache=(--skip=essential/unlink
+            --setup-hook='mkdir -p "$1"/var/cache/apt/archives "$1"/var/lib/apt/lists'
+            "--setup-hook=sync-in $c/archives /var/cache/apt/archives/"
+            "--setup-hook=sync-in $c/lists /var/lib/apt/lists/"
+            # sync-in gives the two directories the cache directory's owner and mode (the user's,
+            # rootless), and the cached lock files (kept by the clean-up) theirs: put back what
+            # mmdebstrap makes without a cache (apt makes new lock files).
+            --setup-hook='chown 0:0 "$1"/var/cache/apt/archives "$1"/var/lib/apt/lists && chmod 0755 "$1"/var/cache/apt/archives "$1"/var/lib/apt/lists && rm -f "$1"/var/cache/apt/archives/lock "$1"/var/lib/apt/lists/lock'
+            "--customize-hook=sync-out /var/cache/apt/archives $c/archives"
+            "--customize-hook=sync-out /var/lib/apt/lists $c/lists")
+    }
     # print_command CMD ARGS...: prints a command as a shell would read it (plan_rootfs, logs).
     print_command() {
         local a out=""

@@ -1,0 +1,61 @@
+import Foundation
+
+/// The cache shared by builds (`--cache-dir DIR`, `ROOTFS_CACHE_DIR`; by default
+/// `$XDG_CACHE_HOME/rootfs`, `~/.cache/rootfs`, or `/var/cache/rootfs` as root).
+///
+///     DIR/packages/<os>-<version>-<arch>/   the package manager's downloads (and apt's lists), for the hook
+///
+/// Nothing of it reaches the guest or the outputs: the hook copies packages in before
+/// its package manager runs and out afterwards, and the bootstrap tool's own clean-up
+/// removes them from the tree (outputs are the same bytes with a cold, warm or no cache).
+public struct CacheDirectory: Sendable, Equatable {
+    public var root: String
+
+    public init(root: String) { self.root = root }
+
+    /// Where the cache is: the flag, then ROOTFS_CACHE_DIR, then the per-user or system default.
+    public static func resolve(option: String?, environment env: [String: String], isRoot: Bool = getuid() == 0) -> CacheDirectory {
+        if let option, !option.isEmpty { return CacheDirectory(root: FS.absolute(option)) }
+        if let dir = env["ROOTFS_CACHE_DIR"], !dir.isEmpty { return CacheDirectory(root: FS.absolute(dir)) }
+        if isRoot { return CacheDirectory(root: "/var/cache/rootfs") }
+        if let xdg = env["XDG_CACHE_HOME"], xdg.hasPrefix("/") { return CacheDirectory(root: xdg + "/rootfs") }
+        let home = env["HOME"].flatMap { $0.hasPrefix("/") ? $0 : nil } ?? NSHomeDirectory()
+        return CacheDirectory(root: home + "/.cache/rootfs")
+    }
+
+    /// The package cache of one distro release and architecture. Releases and architectures
+    /// are kept apart: their packages share names but not contents.
+    public func packageDirectory(osName: String, osVersion: String, architecture: String) -> String {
+        root + "/packages/" + [osName, osVersion.isEmpty ? "default" : osVersion, architecture]
+            .map(Self.safeName).joined(separator: "-")
+    }
+
+    /// Letters, digits, `.`, `_` and `+`; anything else becomes `_` (a name from config.sh never makes a path).
+    static func safeName(_ text: String) -> String {
+        let mapped = String(text.unicodeScalars.map { c -> Character in
+            let ok = (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || (c >= "0" && c <= "9") || "._+".unicodeScalars.contains(c)
+            return ok ? Character(c) : "_"
+        })
+        return mapped.isEmpty || mapped.allSatisfy({ $0 == "." }) ? "_" : mapped
+    }
+
+    /// Makes `path` (and its parents) and checks a file can be made in it. Nil when it can
+    /// be used, else why not (the caller warns and builds without the cache).
+    public static func prepare(_ path: String) -> String? {
+        // mmdebstrap's sync-in/sync-out split their arguments at blanks.
+        if path.contains(where: { $0 == " " || $0 == "\t" || $0 == "\n" }) {
+            return "its path \(path) holds a blank, which the package tools cannot take"
+        }
+        do {
+            try FS.makeDirectories(path)
+        } catch {
+            return "\(path) cannot be made (\(error.localizedDescription))"
+        }
+        let probe = path + "/.rootfs-probe-\(getpid())"
+        let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return "\(path) is not writable: \(FS.errnoText())" }
+        close(fd)
+        unlink(probe)
+        return nil
+    }
+}
