@@ -24,6 +24,13 @@ struct RemoteEngineTests {
         return { process.terminate(); process.waitUntilExit() }
     }
 
+    /// A dockerd of the test's own: socket, data root, exec root and pid file in `work`.
+    static func startDockerd(in work: String, log: String) throws -> @Sendable () -> Void {
+        try start("/usr/bin/env", ["dockerd", "--host", "unix://" + work + "/docker.sock", "--data-root", work + "/data",
+                                   "--exec-root", work + "/exec", "--pidfile", work + "/docker.pid",
+                                   "--bridge", "none", "--iptables=false"], log: work + "/" + log)
+    }
+
     /// Waits until `command` succeeds (the engine answers on its socket).
     static func waitFor(_ command: [String], environment: [String: String], seconds: Int = 90) async throws {
         for _ in 0..<(seconds * 2) {
@@ -86,9 +93,7 @@ struct RemoteEngineTests {
         try await ContainerTrees.shared.seedBaseImage(.docker)
         let work = try Fixtures.temporaryDirectory("remote-docker")
         let socket = "unix://" + work + "/docker.sock"
-        let stop = try Self.start("/usr/bin/env", ["dockerd", "--host", socket, "--data-root", work + "/data", "--exec-root", work + "/exec",
-                                                   "--pidfile", work + "/docker.pid", "--bridge", "none", "--iptables=false"],
-                                  log: work + "/dockerd.log")
+        let stop = try Self.startDockerd(in: work, log: "dockerd.log")
         defer { stop(); FS.remove(work) }
         let env = ["DOCKER_HOST": socket, "SOURCE_DATE_EPOCH": "1700000000"]
         try await Self.waitFor(["docker", "info"], environment: env)
@@ -112,10 +117,19 @@ struct RemoteEngineTests {
 
         // The engine goes away mid-build: a clear error naming it, no output, and when it
         // comes back it holds no builder container.
-        let building = Task {
-            try await Fixtures.rootfs(["build", "debian", "--docker", "--agent-init", "--format", "tar", "-o", work + "/gone"],
-                                      environment: env, workingDirectory: work)
-        }
+        // A process of its own, not a task: the test pool's threads may all be blocked waiting.
+        let building = Process()
+        building.executableURL = URL(fileURLWithPath: Fixtures.rootfsBinary)
+        // --no-cache: the first build's tree may be in the cache, and a hit would run no container.
+        building.arguments = ["build", "debian", "--docker", "--agent-init", "--no-cache", "--format", "tar", "-o", work + "/gone"]
+        building.environment = ProcessInfo.processInfo.environment.merging(env.merging(["ROOTFS_CACHE_DIR": work + "/cache"]) { $1 }) { $1 }
+        building.currentDirectoryURL = URL(fileURLWithPath: work)
+        FileManager.default.createFile(atPath: work + "/gone.log", contents: nil)
+        let goneLog = try FileHandle(forWritingTo: URL(fileURLWithPath: work + "/gone.log"))
+        building.standardOutput = goneLog
+        building.standardError = goneLog
+        building.standardInput = FileHandle.nullDevice
+        try building.run()
         var seen = false
         for _ in 0..<600 where !seen {
             try await Task.sleep(for: .milliseconds(200))
@@ -125,13 +139,12 @@ struct RemoteEngineTests {
         #expect(seen, "the second build's container never ran")
         let pid = try String(contentsOfFile: work + "/docker.pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         _ = Fixtures.status("/bin/kill", ["-9", pid])
-        let gone = try await building.value
-        #expect(gone.status != 0)
-        #expect(gone.stderr.contains("went away") && gone.stderr.contains(socket), "\(gone.stderr.suffix(2000))")
+        building.waitUntilExit()
+        let said = try String(contentsOfFile: work + "/gone.log", encoding: .utf8)
+        #expect(building.terminationStatus != 0)
+        #expect(said.contains("went away") && said.contains(socket), "\(said.suffix(2000))")
         #expect(!FS.exists(work + "/gone/debian.tar"))
-        let restart = try Self.start("/usr/bin/env", ["dockerd", "--host", socket, "--data-root", work + "/data", "--exec-root", work + "/exec",
-                                                      "--pidfile", work + "/docker.pid", "--bridge", "none", "--iptables=false"],
-                                     log: work + "/dockerd-again.log")
+        let restart = try Self.startDockerd(in: work, log: "dockerd-again.log")
         defer { restart() }
         try await Self.waitFor(["docker", "info"], environment: env)
         var remaining = "?"
