@@ -28,6 +28,9 @@ public struct TreeArchiver {
     var progress: WriteProgress?
     /// Changes each item before it is written (rootless builds: owners and modes from the hook's tar).
     public var transform: ((inout TreeItem) throws -> Void)? = nil
+    /// Which items go into the archive (nil: all), decided before `transform`: a remote
+    /// engine's export of a whole container, of which only the tree is kept.
+    public var include: ((TreeItem) -> Bool)? = nil
     /// gzip workers (nil: the machine's cores). The bytes are the same for any number.
     public var gzipWorkers: Int? = nil
 
@@ -107,6 +110,7 @@ public struct TreeArchiver {
 
         try source.walk { original in
             try Task.checkCancellation()
+            if let include, !original.isRoot, !include(original) { return }
             var item = original
             try transform?(&item)
             if item.isRoot { rootTime = clamp(item.mtime) } else { try writeSynthetic(before: item.path) }

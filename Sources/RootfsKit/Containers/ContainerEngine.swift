@@ -194,6 +194,12 @@ public struct ContainerEngine: Sendable, Equatable {
         ToolCommand(binary, ["cp", "\(container):\(path)", "-"])
     }
 
+    /// Prints the container's whole file system as a tar stream. Podman's `cp … -` writes
+    /// every owner as 0:0 (names kept, numbers lost); its export keeps the numbers.
+    public func exportCommand(container: String) -> ToolCommand {
+        ToolCommand(binary, ["export", container])
+    }
+
     /// Starts a created container and waits, its output streamed; exits with the container's status.
     public func startAttachedCommand(_ name: String) -> ToolCommand {
         ToolCommand(binary, ["start", "--attach", name])

@@ -68,7 +68,9 @@ struct RemoteHookRun {
                     guard line == marker else { return onLine(line) }
                     // The hook succeeded and the container waits: copy the tree out, then let it exit.
                     copy.start {
-                        try await runner.capture(engine.copyOutCommand(container: name, path: ContainerPaths.rootfs), standardOutputTo: fetched)
+                        try await runner.capture(engine.kind == .podman ? engine.exportCommand(container: name)
+                                                    : engine.copyOutCommand(container: name, path: ContainerPaths.rootfs),
+                                                 standardOutputTo: fetched)
                         try await runner.capture(engine.copyIntoCommand(copiedMarker, container: name, directory: "/rootfs-build/"))
                     }
                 }
@@ -95,7 +97,9 @@ struct RemoteHookRun {
             }
             throw error
         }
-        try receive(fetched, into: invocation, scratch: stage)
+        // Docker's copy names the tree `rootfs/…`; Podman's export is the whole container.
+        let prefix = engine.kind == .podman ? String(ContainerPaths.rootfs.dropFirst()) : "rootfs"
+        try receive(fetched, prefix: prefix, wholeContainer: engine.kind == .podman, into: invocation, scratch: stage)
     }
 
     /// /rootfs-build as the container expects it: distro/, lib/ (when apart), distros/
@@ -113,18 +117,21 @@ struct RemoteHookRun {
         for (source, target) in copies { try await runner.capture(ToolCommand("cp", ["-a", "--", source, target])) }
     }
 
-    /// The copied-out tar names everything under `rootfs/`: rewritten once with that
+    /// The copied-out tar names everything under `prefix/` (Docker's copy: `rootfs/`; Podman's
+    /// export: the whole container, of which `rootfs-build/rootfs/` is kept): rewritten once with that
     /// prefix dropped, it is the tree's tar (what a rootless hook leaves in ROOTFS_TAR),
     /// else extracted into the tree directory with its owners (root).
-    func receive(_ fetched: String, into invocation: HookInvocation, scratch: String) throws {
-        let prefix = Array("rootfs".utf8)
+    func receive(_ fetched: String, prefix text: String, wholeContainer: Bool, into invocation: HookInvocation, scratch: String) throws {
+        let prefix = Array(text.utf8)
         let strip: (inout TreeItem) throws -> Void = { item in
             item.path = try Self.dropPrefix(prefix, from: item.path)
             if let target = item.hardLinkTo { item.hardLinkTo = try Self.dropPrefix(prefix, from: target) }
         }
         let tarTransport = invocation.environment["ROOTFS_TAR"]
         let tree = tarTransport ?? scratch + "/tree-stripped.tar"
-        _ = try TreeArchiver(format: .paxRestricted, compression: .none, transform: strip).write(source: .archive(fetched), to: tree)
+        var archiver = TreeArchiver(format: .paxRestricted, compression: .none, transform: strip)
+        if wholeContainer { archiver.include = { $0.path == prefix || $0.path.starts(with: prefix + [47]) } }
+        _ = try archiver.write(source: .archive(fetched), to: tree)
         unlink(fetched)
         if tarTransport == nil {
             rmdir(invocation.rootfsDirectory)
