@@ -107,6 +107,12 @@ enum GPTRoot {
         }
     }
 
+    /// The initrd GPTRootInitrd writes: /etc/initrd-release with ID=rootfs-stage1.
+    static func isStageOneInitrd() -> Bool {
+        guard let bytes = readFile("/etc/initrd-release") else { return false }
+        return String(decoding: bytes, as: UTF8.self).split(separator: "\n").contains("ID=rootfs-stage1")
+    }
+
     /// The stage-1 init: mount the API file systems, find the root, mount it on /newroot and
     /// switch to it (move the mounts, make it /, exec its /sbin/init: systemd or the agent).
     static func stageOne() -> Never {
@@ -139,8 +145,9 @@ enum GPTRoot {
         guard chdir("/newroot") == 0, mount(".", "/", nil, UInt(MS_MOVE), nil) == 0, chroot(".") == 0, chdir("/") == 0 else {
             fail("cannot switch to \(root.device): \(errorText())")
         }
+        // The kernel's init arguments (now that /proc is there to read them from).
         let argv = ["/sbin/init"] + CommandLine.arguments.dropFirst()
-        withCStringArray(argv.map { Array($0.utf8) }) { execv("/sbin/init", $0) }
+        _ = withCStringArray(argv.map { Array($0.utf8) }) { execv("/sbin/init", $0) }
         fail("cannot run /sbin/init on \(root.device): \(errorText())")
     }
 }

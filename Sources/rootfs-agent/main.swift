@@ -246,8 +246,10 @@ func runCommand(_ argv: [[UInt8]], io: CommandIO, term: String) -> ChildStatus {
 // MARK: Main
 
 // The stage-1 initrd of raw-efi / qcow2-efi (the kernel runs it as /init; /etc/initrd-release
-// marks an initrd, as systemd's convention has it): find the root by its GPT type and switch to it.
-if isInit && CommandLine.arguments.first == "/init" && exists("/etc/initrd-release") { GPTRoot.stageOne() }
+// marks an initrd, as systemd's convention has it, and ID=rootfs-stage1 ours): find the root by
+// its GPT type and switch to it. Not argv[0]: the static runtime reads the arguments from
+// /proc/self/cmdline, and /proc is not mounted yet.
+if isInit && GPTRoot.isStageOneInitrd() { GPTRoot.stageOne() }
 
 if isInit { setUpInit() }
 let console = open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC)
