@@ -33,6 +33,11 @@ public struct GPTRootInitrd: Sendable {
 
     /// Writes the initrd (gzip cpio) to `path`.
     public func write(to path: String) throws {
+        // It runs before any library is there: a dynamic binary would not start and the kernel would panic.
+        guard FS.isRegularFile(agent), ELF.isStatic(agent) else {
+            throw RootfsError("the stage-1 initrd needs the static rootfs-agent; \(agent) is not a static executable",
+                              hint: "build it with `swift build --product rootfs-agent`")
+        }
         let stage = try FS.makeSiblingTemporaryDirectory(for: path)
         defer { FS.remove(stage) }
         for dir in ["etc", "proc", "sys", "dev", "newroot"] { try FS.makeDirectories(stage + "/" + dir) }

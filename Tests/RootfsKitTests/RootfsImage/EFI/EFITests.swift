@@ -196,6 +196,16 @@ struct EFIBootTestsRequiringQEMU {
         try BootFixture.makeRoot(at: root, busybox: "/bin/busybox", agent: try BootFixture.agentBinary(), init: .agent)
         let script = "test -d /sys/firmware/efi && echo efi-booted; " + Self.rootByTypeScript
         try GPTRootInitrd(agent: try BootFixture.agentBinary(), epoch: 1_700_000_000).write(to: dir + "/stage1.initrd")
+        try GPTRootInitrd(agent: try BootFixture.agentBinary(), epoch: 1_700_000_000).write(to: dir + "/stage1-again.initrd")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/stage1.initrd")) == Data(contentsOf: URL(fileURLWithPath: dir + "/stage1-again.initrd")))
+        // What the initrd holds, listed by cpio: the agent as /init and the marker it looks for.
+        try FS.rename(dir + "/stage1-again.initrd", to: dir + "/stage1.cpio.gz")
+        _ = try await Fixtures.run("/usr/bin/gzip", ["-d", dir + "/stage1.cpio.gz"])
+        let listed = try await Fixtures.run("/usr/bin/cpio", ["-t", "--quiet", "-F", dir + "/stage1.cpio"])
+        #expect(listed.stdout.split(separator: "\n").contains("init") && listed.stdout.contains("etc/initrd-release"), "\(listed.stdout)\(listed.stderr)")
+        // A dynamic program as the agent is refused before anything is written.
+        #expect(throws: RootfsError.self) { try GPTRootInitrd(agent: "/bin/ls", epoch: nil).write(to: dir + "/bad.initrd") }
+        #expect(!FS.exists(dir + "/bad.initrd"))
         var disk = EFIDisk(kernel: fixture.kernel, initrd: dir + "/stage1.initrd", commandLine: try Self.agentParameters(["sh", "-c", script]),
                            osRelease: EFIWriterTests.osRelease, epoch: 1_700_000_000)
         disk.freeSpaceMiB = 8
