@@ -194,7 +194,8 @@ struct EFIBootTestsRequiringQEMU {
         let fixture = try await BootFixture.shared.prepare()
         let root = URL(fileURLWithPath: dir + "/root")
         try BootFixture.makeRoot(at: root, busybox: "/bin/busybox", agent: try BootFixture.agentBinary(), init: .agent)
-        let script = "test -d /sys/firmware/efi && echo efi-booted; " + Self.rootByTypeScript
+        // /sbin/init is the agent: `gpt-root` run in the booted guest names the same partition.
+        let script = "test -d /sys/firmware/efi && echo efi-booted; echo gpt-root=$(/sbin/init gpt-root); " + Self.rootByTypeScript
         try GPTRootInitrd(agent: try BootFixture.agentBinary(), epoch: 1_700_000_000).write(to: dir + "/stage1.initrd")
         try GPTRootInitrd(agent: try BootFixture.agentBinary(), epoch: 1_700_000_000).write(to: dir + "/stage1-again.initrd")
         #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/stage1.initrd")) == Data(contentsOf: URL(fileURLWithPath: dir + "/stage1-again.initrd")))
@@ -236,5 +237,6 @@ struct EFIBootTestsRequiringQEMU {
         Self.expectRootByType(result.stdout, console: console)
         #expect(console.contains("rootfs-agent stage-1: root /dev/nvme0n1p2 (GPT root type, read-write)"), "console tail: \(console.suffix(3000))")
         #expect(result.stdout.contains("efi-booted"))
+        #expect(result.stdout.contains("gpt-root=/dev/nvme0n1p2"), "stdout: \(result.stdout)")
     }
 }
