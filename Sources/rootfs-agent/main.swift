@@ -20,6 +20,8 @@ if !isInit {
     // A stage-1 initrd's device-mapper setup (DeviceMapper.swift): the agent binary is
     // static and already there, so the initrd needs no dmsetup and no libraries.
     if flags.first == "dm-create" { exit(DeviceMapper.main()) }
+    // The root partition by its GPT type (GPTRoot.swift): prints its /dev name.
+    if flags.first == "gpt-root" { exit(GPTRoot.main()) }
     if flags.contains("--version") || flags.contains("-V") {
         print("rootfs-agent \(agentVersion) (protocol 1)")
         exit(0)
@@ -242,6 +244,12 @@ func runCommand(_ argv: [[UInt8]], io: CommandIO, term: String) -> ChildStatus {
 }
 
 // MARK: Main
+
+// The stage-1 initrd of raw-efi / qcow2-efi (the kernel runs it as /init; /etc/initrd-release
+// marks an initrd, as systemd's convention has it, and ID=rootfs-stage1 ours): find the root by
+// its GPT type and switch to it. Not argv[0]: the static runtime reads the arguments from
+// /proc/self/cmdline, and /proc is not mounted yet.
+if isInit && GPTRoot.isStageOneInitrd() { GPTRoot.stageOne() }
 
 if isInit { setUpInit() }
 let console = open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC)

@@ -5,11 +5,11 @@ import Glibc
 /// partition at 1 MiB holding a unified kernel image as \EFI\BOOT\BOOTX64.EFI
 /// (the removable-media path firmware tries without any boot entry), then the
 /// root partition (ext4 from Ext4Writer), typed as the Discoverable Partitions
-/// Specification's x86-64 root so a systemd guest finds it by type. The UKI's
-/// command line also names it by PARTUUID, because a guest without
-/// systemd-gpt-auto-generator (busybox, an initrd-less cloud kernel) has no
-/// one to look the type up. Everything derives from the ext4 UUID (itself from
-/// SOURCE_DATE_EPOCH and the label), so two builds give the same bytes.
+/// Specification's x86-64 root. The UKI's command line has no root=: its
+/// initrd (GPTRootInitrd, the stage-1 rootfs-agent) finds the root by that
+/// type, as systemd-gpt-auto-generator does in a systemd initrd, and switches
+/// to it. Everything derives from the ext4 UUID (itself from SOURCE_DATE_EPOCH
+/// and the label), so two builds give the same bytes.
 public struct EFIDisk: Sendable {
     /// The EFI system partition type (UEFI specification).
     public static let espType = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -19,8 +19,9 @@ public struct EFIDisk: Sendable {
     static let alignment: Int64 = 1 << 20
 
     public var kernel: String
+    /// The UKI's initrd: the stage-1 that finds the root by type (GPTRootInitrd).
     public var initrd: String?
-    /// Kernel parameters besides root=, rootfstype= and rw (console=, the agent's).
+    /// The kernel parameters (console=, the agent's); no root=, the initrd finds it.
     public var commandLine: String
     public var osRelease: [UInt8]
     public var stub = UnifiedKernelImage.defaultStub
@@ -49,7 +50,7 @@ public struct EFIDisk: Sendable {
     public func write(source: TreeSource, to output: String) throws -> Written {
         let uuid = DiskImageWriter(label: label, epoch: epoch).filesystemUUID()
         let rootPartUUID = Self.derivedGUID("root-partition", uuid)
-        let line = "root=PARTUUID=\(rootPartUUID.lowercased()) rootfstype=ext4 rw " + commandLine
+        let line = commandLine
         let temporary = FS.siblingTemporaryPath(for: output)
         let ukiFile = temporary + ".uki"
         var keep = false

@@ -114,7 +114,7 @@ public struct EFIISOFormatWriter: FormatWriter {
 }
 
 /// `raw-efi`, `qcow2-efi`: see EFIDisk (the root partition: ext4 from Ext4Writer, `--label`,
-/// `--free-space`); qcow2-efi is that disk converted by qemu-img.
+/// `--free-space`; the UKI's initrd: GPTRootInitrd); qcow2-efi is that disk converted by qemu-img.
 public struct EFIDiskFormatWriter: FormatWriter {
     public var format: OutputFormat
 
@@ -128,12 +128,15 @@ public struct EFIDiskFormatWriter: FormatWriter {
         defer { FS.remove(work) }
         let inputs = try EFIInputs.prepare(source: source, options: options, work: work, format: format)
         defer { inputs.cleanup() }
-        var disk = EFIDisk(kernel: inputs.kernel, commandLine: options.cmdline, osRelease: inputs.osRelease, epoch: options.epoch)
+        // The UKI's initrd: the stage-1 rootfs-agent, which finds the root by its GPT type (no root=).
+        try GPTRootInitrd(agent: try GPTRootInitrd.referenceAgent(format: format.rawValue), epoch: options.epoch).write(to: work + "/stage1.initrd")
+        var disk = EFIDisk(kernel: inputs.kernel, initrd: work + "/stage1.initrd", commandLine: options.cmdline,
+                           osRelease: inputs.osRelease, epoch: options.epoch)
         disk.label = options.label
         disk.freeSpaceMiB = options.freeSpaceMiB
         let raw = format == .rawEFI ? output : work + "/disk.raw"
         let written = try disk.write(source: source, to: raw)
-        context.note?("GPT: ESP (UKI as \\EFI\\BOOT\\BOOTX64.EFI) and the x86-64 root (PARTUUID \(written.rootPartitionUUID.lowercased())), \(formatBytes(written.diskBytes))")
+        context.note?("GPT: ESP (UKI with the stage-1 initrd as \\EFI\\BOOT\\BOOTX64.EFI) and the x86-64 root (PARTUUID \(written.rootPartitionUUID.lowercased())), \(formatBytes(written.diskBytes))")
         guard format == .qcow2EFI else { return [BuildOutput(kind: format.rawValue, path: output, bytes: written.diskBytes)] }
         let bytes = try await QemuImgConverter(runner: context.runner, epoch: options.epoch)
             .convert(raw: raw, to: output, format: .qcow2, uuid: written.rootPartitionUUID)

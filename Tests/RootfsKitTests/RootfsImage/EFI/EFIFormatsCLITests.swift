@@ -120,7 +120,7 @@ struct EFIFormatsCLITests {
         let dir = try Fixtures.temporaryDirectory("efi-disk-cli"); defer { FS.remove(dir) }
         let tree = try Self.tree(in: dir)
         // The disk's own command line runs the check (an ESP disk boots with what it was written with).
-        let command = try #require(AgentProtocol.encodeCommand(["sh", "-c", "grep ' / ' /proc/mounts; test -d /sys/firmware/efi && echo efi-disk"]))
+        let command = try #require(AgentProtocol.encodeCommand(["sh", "-c", "test -d /sys/firmware/efi && echo efi-disk; " + EFIBootTestsRequiringQEMU.rootByTypeScript]))
         let line = "console=ttyS0 panic=-1 no_timer_check \(AgentProtocol.outputParameter)=ttyS1 \(AgentProtocol.commandParameter)=\(command)"
         let raw = try await Self.image(tree, "raw-efi", dir + "/t-efi.img", kernel: fixture.kernel, ["--cmdline", line, "--free-space", "8"])
         #expect(raw.status == 0, "\(raw.stderr)")
@@ -148,13 +148,35 @@ struct EFIFormatsCLITests {
         // raw-efi straight under OVMF: the UKI's command line runs the check in the root partition.
         let booted = try await EFIBootTestsRequiringQEMU.bootWithOVMF(dir + "/t-efi.img", console: dir + "/console.log")
         let console = (try? String(contentsOfFile: dir + "/console.log", encoding: .utf8)) ?? ""
-        #expect(booted.stdout.contains("/dev/root / ext4 rw") || booted.stdout.contains("/dev/nvme0n1p2 / ext4 rw"),
-                "stdout: \(booted.stdout)\nconsole tail: \(console.suffix(3000))")
+        // No root=: the UKI's stage-1 initrd found partition 2 (sgdisk above: the x86-64 root type) by its type.
+        EFIBootTestsRequiringQEMU.expectRootByType(booted.stdout, console: console)
         #expect(booted.stdout.contains("efi-disk"))
         // qcow2-efi through rootfs boot: known by content, booted from its ESP with OVMF, ready.
         let r = try await Fixtures.rootfs(["boot", dir + "/t-efi.qcow2"] + Self.boot)
         #expect(r.status == 0 && r.stderr.contains("booted: ready in"), "\(r.stderr)")
         #expect(r.stderr.contains("EFI system partition") && r.stderr.contains("OVMF"), "\(r.stderr)")
+    }
+
+    /// A systemd Debian guest (systemd is /sbin/init, the agent its service) as qcow2-efi: the
+    /// stage-1 agent finds the root by its GPT type and hands over to systemd, which starts the agent.
+    @Test func aSystemdGuestOnQcow2EFIBootsWithoutRoot() async throws {
+        let fixture = try await BootFixture.shared.prepare()
+        let debian = try await Fixtures.debian.tree(agentInit: false)
+        let dir = try Fixtures.temporaryDirectory("efi-systemd"); defer { FS.remove(dir) }
+        let command = try #require(AgentProtocol.encodeCommand(["sh", "-c", "readlink -f /sbin/init; " + EFIBootTestsRequiringQEMU.rootByTypeScript]))
+        let line = "console=ttyS0 panic=-1 no_timer_check \(AgentProtocol.outputParameter)=ttyS1 \(AgentProtocol.commandParameter)=\(command)"
+        let qcow = try await Self.image(debian.directory, "qcow2-efi", dir + "/d-efi.qcow2", kernel: fixture.kernel, ["--cmdline", line, "--free-space", "16"])
+        #expect(qcow.status == 0, "\(qcow.stderr)")
+        _ = try await Fixtures.run("/usr/bin/qemu-img", ["convert", "-f", "qcow2", "-O", "raw", dir + "/d-efi.qcow2", dir + "/d.raw"])
+        let verify = try await Fixtures.run("/usr/sbin/sgdisk", ["-v", dir + "/d.raw"])
+        #expect(verify.status == 0 && verify.stdout.contains("No problems found"), "\(verify.stdout)\(verify.stderr)")
+        let root = try await Fixtures.run("/usr/sbin/sgdisk", ["-i", "2", dir + "/d.raw"])
+        #expect(root.stdout.contains("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"), "\(root.stdout)")
+        FS.remove(dir + "/d.raw")
+        let booted = try await EFIBootTestsRequiringQEMU.bootWithOVMF(dir + "/d-efi.qcow2", console: dir + "/console.log", format: "qcow2")
+        let console = (try? String(contentsOfFile: dir + "/console.log", encoding: .utf8)) ?? ""
+        #expect(booted.stdout.contains("/systemd"), "/sbin/init is systemd: \(booted.stdout)\nconsole tail: \(console.suffix(3000))")
+        EFIBootTestsRequiringQEMU.expectRootByType(booted.stdout, console: console)
     }
 
     @Test func linuxKitBundlesAreNamedAsLinuxKitNamesThemAndBoot() async throws {

@@ -126,9 +126,9 @@ struct EFIBootTestsRequiringQEMU {
     static let firmware = "/usr/share/ovmf/OVMF.fd"
 
     /// Boots `disk` with OVMF; the agent writes the command's output to ttyS1 (returned) and powers off.
-    static func bootWithOVMF(_ disk: String, console: String, cdrom: Bool = false) async throws -> Fixtures.CLIResult {
+    static func bootWithOVMF(_ disk: String, console: String, cdrom: Bool = false, format: String = "raw") async throws -> Fixtures.CLIResult {
         let drive = cdrom ? ["-cdrom", disk]
-            : ["-drive", "file=\(disk),if=none,id=d0,format=raw,snapshot=on", "-device", "nvme,drive=d0,serial=rootfs"]
+            : ["-drive", "file=\(disk),if=none,id=d0,format=\(format),snapshot=on", "-device", "nvme,drive=d0,serial=rootfs"]
         return try await Fixtures.run("/usr/bin/timeout", ["600", "qemu-system-x86_64", "-accel", "tcg", "-m", "768", "-nographic",
             "-no-reboot", "-nic", "none", "-bios", firmware] + drive
             + ["-monitor", "none", "-serial", "file:\(console)", "-serial", "stdio"])
@@ -148,6 +148,21 @@ struct EFIBootTestsRequiringQEMU {
         let result = try await Self.bootWithOVMF(dir + "/a.iso", console: dir + "/console.log", cdrom: true)
         let console = (try? String(contentsOfFile: dir + "/console.log", encoding: .utf8)) ?? ""
         #expect(result.stdout.contains("efi-booted-from-cd"), "stdout: \(result.stdout)\nconsole tail: \(console.suffix(3000))")
+    }
+
+    /// Run in a guest of an EFI disk: its command line, the device mounted as / and what the
+    /// kernel says of that partition (PARTN, PARTNAME from the GPT), for `expectRootByType`.
+    static let rootByTypeScript = "cat /proc/cmdline; d=$(grep ' / ' /proc/mounts | cut -d' ' -f1); echo root-device=$d; cat /sys/class/block/${d#/dev/}/uevent"
+
+    /// The guest booted with no root= and its / is partition 2 of the NVMe disk, the one EFIDisk
+    /// types as the x86-64 root (the caller checks that type with sgdisk on the host).
+    static func expectRootByType(_ stdout: String, console: String) {
+        let lines = stdout.split(whereSeparator: { $0 == "\n" || $0 == "\r" }).map(String.init)
+        let cmdline = lines.first { $0.contains("\(AgentProtocol.outputParameter)=") }
+        #expect(cmdline != nil && !(cmdline ?? "").split(separator: " ").contains { $0.hasPrefix("root=") },
+                "/proc/cmdline: \(cmdline ?? "none")\nstdout: \(stdout)\nconsole tail: \(console.suffix(3000))")
+        #expect(lines.contains("root-device=/dev/nvme0n1p2") && lines.contains("PARTN=2") && lines.contains("PARTNAME=root-x86-64"),
+                "stdout: \(stdout)\nconsole tail: \(console.suffix(3000))")
     }
 
     static func agentParameters(_ command: [String]) throws -> String {
@@ -179,8 +194,20 @@ struct EFIBootTestsRequiringQEMU {
         let fixture = try await BootFixture.shared.prepare()
         let root = URL(fileURLWithPath: dir + "/root")
         try BootFixture.makeRoot(at: root, busybox: "/bin/busybox", agent: try BootFixture.agentBinary(), init: .agent)
-        let script = "grep ' / ' /proc/mounts; test -d /sys/firmware/efi && echo efi-booted; cat /proc/cmdline"
-        var disk = EFIDisk(kernel: fixture.kernel, commandLine: try Self.agentParameters(["sh", "-c", script]),
+        // /sbin/init is the agent: `gpt-root` run in the booted guest names the same partition.
+        let script = "test -d /sys/firmware/efi && echo efi-booted; echo gpt-root=$(/sbin/init gpt-root); " + Self.rootByTypeScript
+        try GPTRootInitrd(agent: try BootFixture.agentBinary(), epoch: 1_700_000_000).write(to: dir + "/stage1.initrd")
+        try GPTRootInitrd(agent: try BootFixture.agentBinary(), epoch: 1_700_000_000).write(to: dir + "/stage1-again.initrd")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/stage1.initrd")) == Data(contentsOf: URL(fileURLWithPath: dir + "/stage1-again.initrd")))
+        // What the initrd holds, listed by cpio: the agent as /init and the marker it looks for.
+        try FS.rename(dir + "/stage1-again.initrd", to: dir + "/stage1.cpio.gz")
+        _ = try await Fixtures.run("/usr/bin/gzip", ["-d", dir + "/stage1.cpio.gz"])
+        let listed = try await Fixtures.run("/usr/bin/cpio", ["-t", "--quiet", "-F", dir + "/stage1.cpio"])
+        #expect(listed.stdout.split(separator: "\n").contains("init") && listed.stdout.contains("etc/initrd-release"), "\(listed.stdout)\(listed.stderr)")
+        // A dynamic program as the agent is refused before anything is written.
+        #expect(throws: RootfsError.self) { try GPTRootInitrd(agent: "/bin/ls", epoch: nil).write(to: dir + "/bad.initrd") }
+        #expect(!FS.exists(dir + "/bad.initrd"))
+        var disk = EFIDisk(kernel: fixture.kernel, initrd: dir + "/stage1.initrd", commandLine: try Self.agentParameters(["sh", "-c", script]),
                            osRelease: EFIWriterTests.osRelease, epoch: 1_700_000_000)
         disk.freeSpaceMiB = 8
         let written = try disk.write(source: .directory(root.path), to: dir + "/disk.img")
@@ -206,9 +233,10 @@ struct EFIBootTestsRequiringQEMU {
 
         let result = try await Self.bootWithOVMF(dir + "/disk.img", console: dir + "/console.log")
         let console = (try? String(contentsOfFile: dir + "/console.log", encoding: .utf8)) ?? ""
-        #expect(result.stdout.contains("/dev/root / ext4 rw") || result.stdout.contains("/dev/nvme0n1p2 / ext4 rw"),
-                "stdout: \(result.stdout)\nconsole tail: \(console.suffix(3000))")
+        // No root= on the command line: the stage-1 agent found partition 2 by its type and switched to it.
+        Self.expectRootByType(result.stdout, console: console)
+        #expect(console.contains("rootfs-agent stage-1: root /dev/nvme0n1p2 (GPT root type, read-write)"), "console tail: \(console.suffix(3000))")
         #expect(result.stdout.contains("efi-booted"))
-        #expect(result.stdout.contains("root=PARTUUID=\(written.rootPartitionUUID.lowercased())"))
+        #expect(result.stdout.contains("gpt-root=/dev/nvme0n1p2"), "stdout: \(result.stdout)")
     }
 }
