@@ -86,7 +86,7 @@ cflags="-Xcc -DROOTFS_AGENT_EMBEDDED -Xcc -D__linux__ -Xcc -D__linux -Xcc -D__un
  -Xcc -isystem -Xcc $sysroot/usr/include/$clang_target -Xcc -isystem -Xcc $sysroot/usr/include"
 "$swiftc" "$@" -parse-as-library -module-name AgentProtocol -emit-module \
     -emit-module-path "$work/AgentProtocol.swiftmodule" \
-    "$here/Sources/AgentProtocol/AgentProtocol.swift" -c -o "$work/AgentProtocol.o"
+    "$here"/Sources/AgentProtocol/*.swift -c -o "$work/AgentProtocol.o"
 # shellcheck disable=SC2086 # cflags are words on purpose
 "$swiftc" "$@" $cflags -module-name rootfs_agent -I "$work" -I "$work/cmodule" \
     "$here"/Sources/rootfs-agent/*.swift -c -o "$work/agent.o"

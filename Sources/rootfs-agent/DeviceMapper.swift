@@ -52,7 +52,7 @@ enum DeviceMapper {
         func missing() -> String? {
             paths.first { path in
                 var st = stat()
-                return stat(path, &st) != 0 || (st.st_mode & S_IFMT) != S_IFBLK
+                return stat(path, &st) != 0 || (st.st_mode & mode_t(S_IFMT)) != mode_t(S_IFBLK)
             }
         }
         for _ in 0..<(seconds * 10) {

@@ -10,6 +10,7 @@ import Glibc
 import Musl
 #endif
 import AgentProtocol
+import CAgentSupport
 
 enum GPTRoot {
     static var machine: String {
@@ -87,7 +88,7 @@ enum GPTRoot {
             last = scan()
             if last.roots.count == 1 { return .success(last.roots[0]) }
             if last.roots.count > 1 {
-                return .failure(.init("more than one disk has a root partition: " + last.roots.map(\.device).joined(separator: ", ")))
+                return .failure(.init("more than one disk has a root partition: " + last.roots.map { $0.device }.joined(separator: ", ")))
             }
             usleep(100_000)
         }
@@ -146,7 +147,7 @@ enum GPTRoot {
             fail("cannot switch to \(root.device): \(errorText())")
         }
         // The kernel's init arguments (now that /proc is there to read them from).
-        let argv = ["/sbin/init"] + CommandLine.arguments.dropFirst()
+        let argv = ["/sbin/init"] + commandLineArguments().dropFirst()
         _ = withCStringArray(argv.map { Array($0.utf8) }) { execv("/sbin/init", $0) }
         fail("cannot run /sbin/init on \(root.device): \(errorText())")
     }

@@ -3,6 +3,7 @@
 #ifdef ROOTFS_AGENT_EMBEDDED
 // The agent for other architectures is Embedded Swift (scripts/build-agent.sh), which
 // has no Glibc module: everything the agent calls in the C library comes in here.
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
