@@ -11,24 +11,32 @@ import Synchronization
 /// container, and the tree must come back with the owners a host build gives.
 @Suite(.serialized, .requires(.root, .network, .docker, .podman), .tags(.root, .network, .docker, .podman))
 struct RemoteEngineTests {
-    /// Starts `executable` in the background; stopped (SIGTERM, then waited for) by the returned closure.
-    static func start(_ executable: String, _ arguments: [String], log: String) throws -> @Sendable () -> Void {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        FileManager.default.createFile(atPath: log, contents: nil)
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
-        return { process.terminate(); process.waitUntilExit() }
+    /// Starts `arguments` detached (setsid, not a child of the test process) with its output in
+    /// `log`; the returned closure stops it (SIGTERM, SIGKILL after 20 s) and waits until it is gone.
+    static func startDetached(_ arguments: [String], log: String) async throws -> @Sendable () -> Void {
+        let started = try await Fixtures.run("/bin/sh", ["-c", "setsid \"$@\" >\"$0\" 2>&1 </dev/null & echo $!", log] + arguments)
+        guard started.status == 0, let pid = Int32(started.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1 else {
+            throw RootfsError("cannot start \(arguments.joined(separator: " ")): \(started.stderr)")
+        }
+        return { stop(pid: pid) }
+    }
+
+    /// Sends `signal` to `pid`, then SIGKILL after 20 s; returns once it is gone.
+    static func stop(pid: Int32, signal: Int32 = SIGTERM) {
+        kill(pid, signal)
+        for step in 0..<200 {
+            if kill(pid, 0) != 0 { return }
+            if step == 100 { kill(pid, SIGKILL) }
+            usleep(200_000)
+        }
     }
 
     /// A dockerd of the test's own: socket, data root, exec root and pid file in `work`.
-    static func startDockerd(in work: String, log: String) throws -> @Sendable () -> Void {
-        try start("/usr/bin/env", ["dockerd", "--host", "unix://" + work + "/docker.sock", "--data-root", work + "/data",
-                                   "--exec-root", work + "/exec", "--pidfile", work + "/docker.pid",
-                                   "--bridge", "none", "--iptables=false"], log: work + "/" + log)
+    static func startDockerd(in work: String, log: String) async throws -> @Sendable () -> Void {
+        unlink(work + "/docker.pid")
+        return try await startDetached(["dockerd", "--host", "unix://" + work + "/docker.sock", "--data-root", work + "/data",
+                                        "--exec-root", work + "/exec", "--pidfile", work + "/docker.pid",
+                                        "--bridge", "none", "--iptables=false"], log: work + "/" + log)
     }
 
     /// Waits until `command` succeeds (the engine answers on its socket).
@@ -93,7 +101,7 @@ struct RemoteEngineTests {
         try await ContainerTrees.shared.seedBaseImage(.docker)
         let work = try Fixtures.temporaryDirectory("remote-docker")
         let socket = "unix://" + work + "/docker.sock"
-        let stop = try Self.startDockerd(in: work, log: "dockerd.log")
+        let stop = try await Self.startDockerd(in: work, log: "dockerd.log")
         defer { stop(); FS.remove(work) }
         let env = ["DOCKER_HOST": socket, "SOURCE_DATE_EPOCH": "1700000000"]
         try await Self.waitFor(["docker", "info"], environment: env)
@@ -138,13 +146,13 @@ struct RemoteEngineTests {
         }
         #expect(seen, "the second build's container never ran")
         let pid = try String(contentsOfFile: work + "/docker.pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-        _ = Fixtures.status("/bin/kill", ["-9", pid])
+        Self.stop(pid: try #require(Int32(pid)), signal: SIGKILL)
         building.waitUntilExit()
         let said = try String(contentsOfFile: work + "/gone.log", encoding: .utf8)
         #expect(building.terminationStatus != 0)
         #expect(said.contains("went away") && said.contains(socket), "\(said.suffix(2000))")
         #expect(!FS.exists(work + "/gone/debian.tar"))
-        let restart = try Self.startDockerd(in: work, log: "dockerd-again.log")
+        let restart = try await Self.startDockerd(in: work, log: "dockerd-again.log")
         defer { restart() }
         try await Self.waitFor(["docker", "info"], environment: env)
         var remaining = "?"
@@ -161,7 +169,7 @@ struct RemoteEngineTests {
         try await ContainerTrees.shared.seedBaseImage(.podman)
         let work = try Fixtures.temporaryDirectory("remote-podman")
         let socket = "unix://" + work + "/podman.sock"
-        let stop = try Self.start("/usr/bin/env", ["podman", "system", "service", "--time=0", socket], log: work + "/podman.log")
+        let stop = try await Self.startDetached(["podman", "system", "service", "--time=0", socket], log: work + "/podman.log")
         defer { stop(); FS.remove(work) }
         let env = ["CONTAINER_HOST": socket, "SOURCE_DATE_EPOCH": "1700000000"]
         try await Self.waitFor(["podman", "--remote", "info"], environment: env)
