@@ -9,34 +9,52 @@ import Synchronization
 /// dockerd with its own socket and data root (DOCKER_HOST), and `podman system service`
 /// on its own socket (CONTAINER_HOST). Nothing may be bind-mounted into the builder
 /// container, and the tree must come back with the owners a host build gives.
-@Suite(.serialized, .requires(.root, .network, .docker, .podman), .tags(.root, .network, .docker, .podman))
+@Suite(.serialized, .requires(.root, .network, .docker, .podman), .tags(.root, .network, .docker, .podman),
+       .timeLimit(.minutes(40)))
 struct RemoteEngineTests {
-    /// Starts `arguments` detached (setsid, not a child of the test process) with its output in
-    /// `log`; the returned closure stops it (SIGTERM, SIGKILL after 20 s) and waits until it is gone.
+    /// Starts `arguments` in the background with its output in `log`; the returned closure
+    /// stops it (SIGTERM, SIGKILL after 20 s) and returns once it is gone or a zombie. It never
+    /// calls waitUntilExit: Foundation did not reap a daemon killed with -9 here, and waiting on
+    /// it hung the test.
     static func startDetached(_ arguments: [String], log: String) async throws -> @Sendable () -> Void {
-        let started = try await Fixtures.run("/bin/sh", ["-c", "setsid \"$@\" >\"$0\" 2>&1 </dev/null & echo $!", log] + arguments)
-        guard started.status == 0, let pid = Int32(started.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1 else {
-            throw RootfsError("cannot start \(arguments.joined(separator: " ")): \(started.stderr)")
-        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        let pid = process.processIdentifier
         return { stop(pid: pid) }
+    }
+
+    /// Whether `pid` still runs (a zombie does not).
+    static func running(_ pid: Int32) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+        guard let close = stat.lastIndex(of: ")") else { return false }
+        return !stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z")
     }
 
     /// Sends `signal` to `pid`, then SIGKILL after 20 s; returns once it is gone.
     static func stop(pid: Int32, signal: Int32 = SIGTERM) {
         kill(pid, signal)
         for step in 0..<200 {
-            if kill(pid, 0) != 0 { return }
+            if !running(pid) { return }
             if step == 100 { kill(pid, SIGKILL) }
             usleep(200_000)
         }
     }
 
-    /// A dockerd of the test's own: socket, data root, exec root and pid file in `work`.
-    static func startDockerd(in work: String, log: String) async throws -> @Sendable () -> Void {
-        unlink(work + "/docker.pid")
-        return try await startDetached(["dockerd", "--host", "unix://" + work + "/docker.sock", "--data-root", work + "/data",
-                                        "--exec-root", work + "/exec", "--pidfile", work + "/docker.pid",
-                                        "--bridge", "none", "--iptables=false"], log: work + "/" + log)
+    /// A dockerd of the test's own: socket, data root, exec root and pid file in `work`. A restart
+    /// gets a new pid file: the killed daemon may linger as a zombie of ours, which dockerd's
+    /// pid-file check would take for a running daemon.
+    static func startDockerd(in work: String, log: String, pidFile: String = "docker.pid") async throws -> @Sendable () -> Void {
+        try await startDetached(["dockerd", "--host", "unix://" + work + "/docker.sock", "--data-root", work + "/data",
+                                 "--exec-root", work + "/exec", "--pidfile", work + "/" + pidFile,
+                                 "--bridge", "none", "--iptables=false"], log: work + "/" + log)
     }
 
     /// Waits until `command` succeeds (the engine answers on its socket).
@@ -152,7 +170,7 @@ struct RemoteEngineTests {
         #expect(building.terminationStatus != 0)
         #expect(said.contains("went away") && said.contains(socket), "\(said.suffix(2000))")
         #expect(!FS.exists(work + "/gone/debian.tar"))
-        let restart = try await Self.startDockerd(in: work, log: "dockerd-again.log")
+        let restart = try await Self.startDockerd(in: work, log: "dockerd-again.log", pidFile: "docker-again.pid")
         defer { restart() }
         try await Self.waitFor(["docker", "info"], environment: env)
         var remaining = "?"
