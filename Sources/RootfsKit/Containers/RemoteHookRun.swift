@@ -41,12 +41,12 @@ struct RemoteHookRun {
         let stage = try FS.makeSiblingTemporaryDirectory(for: FS.parent(invocation.rootfsDirectory))
         defer { FS.remove(stage) }
         let staged = stage + "/rootfs-build"
-        try await stageInputs(invocation, into: staged)
+        let mounts = build.mounts(for: invocation)
+        try await stageInputs(mounts, into: staged)
         let copiedMarker = stage + "/copied"
         FileManager.default.createFile(atPath: copiedMarker, contents: nil)
 
         // The same paths as the local run: staged copies stand where the mounts would be.
-        let mounts = build.mounts(for: invocation)
         var (arguments, environment, workdir) = build.containerSide(of: invocation, mounts: mounts)
         // The tree always comes back as a directory copied out; a host path means nothing there.
         environment["ROOTFS_TAR"] = nil
@@ -102,19 +102,16 @@ struct RemoteHookRun {
         try receive(fetched, prefix: prefix, wholeContainer: engine.kind == .podman, into: invocation, scratch: stage)
     }
 
-    /// /rootfs-build as the container expects it: distro/, lib/ (when apart), distros/
-    /// (Kata's script_dir), hook-helpers.sh and an empty rootfs/. `cp -a` keeps the
-    /// distro's own symlinks as symlinks; each path is one argument.
-    func stageInputs(_ invocation: HookInvocation, into staged: String) async throws {
+    /// /rootfs-build as the local run would mount it (ContainerBuild.mounts, so the two never
+    /// disagree): each read-only input copied to its mount target, an empty rootfs/ for the
+    /// tree. The package cache is a host directory a remote engine cannot share: left out.
+    /// `cp -a` keeps the distro's own symlinks as symlinks; each path is one argument.
+    func stageInputs(_ mounts: [ContainerMount], into staged: String) async throws {
         try FS.makeDirectories(staged + "/rootfs")
-        let configDir = FS.parent(invocation.configPath), libraryDir = FS.parent(invocation.libraryPath)
-        var copies = [(configDir, staged + "/distro")]
-        if libraryDir != configDir { copies.append((libraryDir, staged + "/lib")) }
-        if let scriptDir = invocation.environment["script_dir"], scriptDir != "/", scriptDir.hasPrefix("/") {
-            copies.append((scriptDir, staged + "/distros"))
+        for mount in mounts where mount.target != ContainerPaths.rootfs && mount.target != ContainerPaths.packageCache {
+            let target = staged + mount.target.dropFirst(ContainerPaths.root.count)
+            try await runner.capture(ToolCommand("cp", ["-a", "--", mount.source, target]))
         }
-        copies.append((invocation.helperPath, staged + "/hook-helpers.sh"))
-        for (source, target) in copies { try await runner.capture(ToolCommand("cp", ["-a", "--", source, target])) }
     }
 
     /// The copied-out tar names everything under `prefix/` (Docker's copy: `rootfs/`; Podman's
