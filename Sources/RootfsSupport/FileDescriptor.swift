@@ -113,6 +113,21 @@ public struct OwnedFileDescriptor: ~Copyable {
         return out
     }
 
+    /// Reads from the current offset to the end of the file, refusing more than `limit`
+    /// bytes. For kernel files (/proc/self/mountinfo): their size reads as 0 and one
+    /// read(2) returns a page at most, so only reading to EOF gives the whole text.
+    public func readToEnd(limit: Int) throws -> [UInt8] {
+        var out: [UInt8] = []
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 16)
+        defer { buffer.deallocate() }
+        while true {
+            let n = try read(into: buffer)
+            if n == 0 { return out }
+            guard out.count <= limit - n else { throw RootfsError("cannot read \(name): it is larger than \(limit) bytes") }
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+        }
+    }
+
     /// Copies everything from `input` to this descriptor through a 1 MiB buffer.
     public func copyAll(from input: borrowing OwnedFileDescriptor) throws {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)

@@ -86,7 +86,10 @@ public enum FS {
             FileHandle.standardError.write(Data("warning: not removing \(path): it is no longer a directory of its own\n".utf8))
             return
         }
-        let mounts = mountPoints(underReal: real)
+        guard let mounts = mountPointsIfReadable(underReal: real) else {
+            FileHandle.standardError.write(Data("warning: not removing \(path): /proc/self/mountinfo cannot be read, so mounts inside it cannot be ruled out\n".utf8))
+            return
+        }
         if !mounts.isEmpty {
             detach(mounts)
             guard mountPoints(underReal: real).isEmpty else {
@@ -133,9 +136,18 @@ public enum FS {
     /// Mount points strictly below `real` (a kernel path, bytes), in mount order, read
     /// from /proc/self/mountinfo as bytes: a name that is not UTF-8 is compared exactly.
     public static func mountPoints(underReal real: [UInt8]) -> [[UInt8]] {
-        guard let data = FileManager.default.contents(atPath: "/proc/self/mountinfo") else { return [] }
+        mountPointsIfReadable(underReal: real) ?? []
+    }
+
+    /// nil when /proc/self/mountinfo cannot be read: `remove` then deletes nothing.
+    static func mountPointsIfReadable(underReal real: [UInt8]) -> [[UInt8]]? {
+        // Not FileManager.contents(atPath:): it trusts st_size, which is 0 here, and
+        // returned the first 4 KiB only, so a mount further down went unseen and
+        // `remove` deleted through it (seen with Docker's mounts on the host).
+        guard let data = try? OwnedFileDescriptor(path: "/proc/self/mountinfo", flags: O_RDONLY)
+            .readToEnd(limit: 64 << 20) else { return [] }
         let prefix = real == [UInt8(ascii: "/")] ? real : real + [UInt8(ascii: "/")]
-        return [UInt8](data).split(separator: UInt8(ascii: "\n")).compactMap { line -> [UInt8]? in
+        return data.split(separator: UInt8(ascii: "\n")).compactMap { line -> [UInt8]? in
             let fields = line.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: false)
             guard fields.count > 4 else { return nil }
             let point = unescapeMountField(Array(fields[4]))

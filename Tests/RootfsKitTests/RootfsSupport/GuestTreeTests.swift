@@ -78,6 +78,29 @@ import Testing
         #expect(try String(contentsOfFile: outside + "/precious", encoding: .utf8) == "keep")
     }
 
+    @Test func aMountPastMountinfosFirstPageIsSeen() throws {
+        // /proc/self/mountinfo reads as size 0; a reader that trusted the size saw one
+        // page, and `remove` deleted through a mount listed further down (CI had Docker's).
+        let filler = try Fixtures.temporaryDirectory("mount-filler")
+        let outside = try Fixtures.temporaryDirectory("host-side")
+        let tree = try Fixtures.temporaryDirectory("tree-late-mount")
+        defer { FS.remove(filler); FS.remove(outside) }
+        for i in 0..<64 {
+            try FS.makeDirectories(filler + "/\(i)")
+            try ToolCommandSync.run(["mount", "-t", "tmpfs", "-o", "size=64k", "filler", filler + "/\(i)"])
+        }
+        let table = try OwnedFileDescriptor(path: "/proc/self/mountinfo", flags: O_RDONLY).readToEnd(limit: 64 << 20)
+        #expect(table.count > 8192, "\(table.count) bytes")
+        try "keep".write(toFile: outside + "/precious", atomically: true, encoding: .utf8)
+        try FS.makeDirectories(tree + "/proc")
+        try ToolCommandSync.run(["mount", "--bind", outside, tree + "/proc"])
+        #expect(FS.mountPoints(under: tree) == [tree + "/proc"])
+        FS.remove(tree)
+        #expect(!FS.exists(tree))
+        #expect(try String(contentsOfFile: outside + "/precious", encoding: .utf8) == "keep")
+        #expect(FS.mountPoints(under: filler).count == 64)
+    }
+
     @Test func mountinfoEscapesAreDecoded() {
         #expect(FS.unescapeMountField(Array(#"/tmp/a\040b\011c\134d"#.utf8)) == Array("/tmp/a b\tc\\d".utf8))
     }

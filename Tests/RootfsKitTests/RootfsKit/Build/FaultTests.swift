@@ -17,7 +17,11 @@ private final class RunningCLI: @unchecked Sendable {
         FileManager.default.createFile(atPath: stderrPath, contents: nil)
         process.executableURL = URL(fileURLWithPath: Fixtures.rootfsBinary)
         process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        // A cache of its own (in the run's directory), as Fixtures.rootfs gives: with the
+        // shared default cache an earlier test's tree of the same distro was a hit, the
+        // hook never ran and the test waited for its grandchild in vain.
+        let cache = ["ROOTFS_CACHE_DIR": directory + "/\(label).cache"]
+        process.environment = ProcessInfo.processInfo.environment.merging(cache.merging(environment) { $1 }) { $1 }
         process.currentDirectoryURL = URL(fileURLWithPath: directory)
         process.standardOutput = FileHandle(forWritingAtPath: stdoutPath)
         process.standardError = FileHandle(forWritingAtPath: stderrPath)

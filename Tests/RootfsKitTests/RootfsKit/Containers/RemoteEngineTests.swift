@@ -80,6 +80,30 @@ struct RemoteEngineTests {
         throw RootfsError("\(command.joined(separator: " ")) never answered")
     }
 
+    /// What `engine arguments` prints, or nil when it fails; synchronous, for a thread of its own.
+    static func output(_ engine: String, _ arguments: [String], environment: [String: String]) -> String? {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = [engine] + arguments
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return nil }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return p.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
+    }
+
+    /// Runs `body` on a thread of its own and returns its result. Polls and waits go
+    /// there: in the full suite the test pool's two threads can both be blocked by
+    /// other tests for minutes, and a poll on them missed a whole build (CI saw it).
+    static func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            Thread { continuation.resume(returning: body()) }.start()
+        }
+    }
+
     /// Records the mounts of every rootfs builder container the engine shows while `body` runs.
     /// The watcher is a thread of its own: the test pool's few threads may all be waiting on
     /// builds, and a task there could starve for the whole build.
@@ -88,19 +112,7 @@ struct RemoteEngineTests {
         let seen = Collected()
         let stop = StopFlag()
         let thread = Thread {
-            func output(_ arguments: [String]) -> String? {
-                let p = Process()
-                p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-                p.arguments = [engine] + arguments
-                p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-                let pipe = Pipe()
-                p.standardOutput = pipe
-                p.standardError = FileHandle.nullDevice
-                guard (try? p.run()) != nil else { return nil }
-                let data = pipe.fileHandleForReading.readDataToEndOfFile()
-                p.waitUntilExit()
-                return p.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
-            }
+            func output(_ arguments: [String]) -> String? { Self.output(engine, arguments, environment: environment) }
             while !stop.isSet {
                 for id in (output(["ps", "-a", "-q", "--filter", "name=rootfs-build-"]) ?? "").split(separator: "\n") {
                     if let mounts = output(["inspect", "--format", "{{json .Mounts}}", String(id)]) {
@@ -169,18 +181,21 @@ struct RemoteEngineTests {
         building.standardError = goneLog
         building.standardInput = FileHandle.nullDevice
         try building.run()
-        var seen = false
-        for _ in 0..<600 where !seen {
-            try await Task.sleep(for: .milliseconds(200))
-            let ids = try await Fixtures.run("/usr/bin/env", ["docker", "ps", "-q", "--filter", "name=rootfs-build-"], environment: env)
-            seen = !ids.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty
+        // The builder container runs for minutes (mmdebstrap); up to 15 minutes for it to start.
+        let seen = await Self.onThread { [building] in
+            for _ in 0..<4500 where building.isRunning {
+                let ids = Self.output("docker", ["ps", "-q", "--filter", "name=rootfs-build-"], environment: env) ?? ""
+                if !ids.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty { return true }
+                Thread.sleep(forTimeInterval: 0.2)
+            }
+            return false
         }
-        #expect(seen, "the second build's container never ran")
+        #expect(seen, "the second build's container never ran: \((try? String(contentsOfFile: work + "/gone.log", encoding: .utf8))?.suffix(2000) ?? "")")
         let pid = try String(contentsOfFile: work + "/docker.pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         Self.stop(pid: try #require(Int32(pid)), signal: SIGKILL)
         // The whole engine goes: its containerd and shims too (they would hold the exec root).
         Self.killProcesses(mentioning: work + "/exec")
-        building.waitUntilExit()
+        await Self.onThread { [building] in building.waitUntilExit() }
         let said = try String(contentsOfFile: work + "/gone.log", encoding: .utf8)
         #expect(building.terminationStatus != 0)
         #expect(said.contains("went away") && said.contains(socket), "\(said.suffix(2000))")
