@@ -44,10 +44,34 @@ public struct TreeWalker {
         let rootFD = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard rootFD >= 0 else { throw RootfsError("cannot open the tree \(root): \(FS.errnoText())") }
         defer { close(rootFD) }
+        try refuseMounts(below: rootFD)
         var st = stat()
         guard fstat(rootFD, &st) == 0 else { throw RootfsError("cannot stat \(root): \(FS.errnoText())") }
         try visit(TreeEntry(path: Array(".".utf8), stat: st, linkTarget: nil, parentFD: rootFD, name: Array(".".utf8)))
         try walkDirectory(fd: rootFD, prefix: [], visit)
+    }
+
+    /// A /proc, /dev or host directory mounted inside the tree (a chroot left set up, a
+    /// bind mount) would be read as the guest's files: the host's processes or secrets in
+    /// the image. Refused with the list, from the kernel's mount table compared as bytes
+    /// against the path of the directory already open (no name is resolved twice).
+    /// The same refusal for a directory a tool reads itself (mkfs.erofs, mksquashfs, mke2fs -d).
+    public static func refuseMounts(inside root: String) throws {
+        let fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw RootfsError("cannot open the tree \(root): \(FS.errnoText())") }
+        defer { close(fd) }
+        try TreeWalker(root: root).refuseMounts(below: fd)
+    }
+
+    private func refuseMounts(below rootFD: Int32) throws {
+        var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/fd/\(rootFD)", &buffer, buffer.count)
+        guard n > 0, n < buffer.count else { return }
+        let mounts = FS.mountPoints(underReal: Array(buffer[..<n])).map { String(decoding: $0, as: UTF8.self) }
+        guard mounts.isEmpty else {
+            throw RootfsError("directory \(root) has \(mounts.count) file system(s) mounted inside it: \(mounts.joined(separator: ", "))",
+                              hint: "unmount them first (umount -R \(mounts[0])): rootfs never reads a tree through a mount, which would put host files in the image")
+        }
     }
 
     private func walkDirectory(fd: Int32, prefix: [UInt8], _ visit: (TreeEntry) throws -> Void) throws {

@@ -56,6 +56,8 @@ public struct FilesystemImageWriter: Sendable {
             throw RootfsError("\(tool) is not installed; it writes the \(kind.rawValue) format",
                               hint: "install \(kind == .erofs ? "erofs-utils" : "squashfs-tools") (apt-get install \(kind == .erofs ? "erofs-utils" : "squashfs-tools"))")
         }
+        // The tool reads the directory itself, through any mount inside it.
+        try TreeWalker.refuseMounts(inside: directory)
         do {
             try await runner.capture(command(directory: directory, output: output))
         } catch let failure as ToolFailure {

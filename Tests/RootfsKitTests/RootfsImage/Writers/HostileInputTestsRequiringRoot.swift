@@ -50,6 +50,32 @@ private func contains(_ path: String, _ needle: String) throws -> Bool {
         close(sock)
     }
 
+    @Test func aTreeWithAMountInsideIsRefusedByEveryCommandThatReadsIt() async throws {
+        let dir = try Fixtures.temporaryDirectory("mounted-tree")
+        let host = try Fixtures.temporaryDirectory("mounted-host")
+        defer { FS.remove(dir); FS.remove(host) }
+        try secret.write(toFile: host + "/secret", atomically: false, encoding: .utf8)
+        let tree = dir + "/tree"
+        try FS.makeDirectories(tree + "/proc")
+        try FS.makeDirectories(tree + "/etc")
+        try "guest".write(toFile: tree + "/etc/hostname", atomically: false, encoding: .utf8)
+        try await ProcessRunner().capture(ToolCommand("mount", ["--bind", host, tree + "/proc"]))
+        defer { _ = try? ProcessRunnerSync.run(["umount", tree + "/proc"]) }
+        let noCheck = "--no-agent-check"
+        for args in [["image", tree, noCheck, "-o", dir + "/x.img"], ["image", tree, noCheck, "--fs", "erofs", "-o", dir + "/x.erofs"], ["size", tree],
+                     ["diff", tree, tree]] {
+            let r = try await Fixtures.rootfs(args)
+            #expect(r.status != 0, "\(args): \(r.stdout)")
+            #expect(r.stderr.contains("mounted inside it") && r.stderr.contains(tree + "/proc"), "\(args): \(r.stderr)")
+            #expect(!FS.exists(dir + "/x.img") && !FS.exists(dir + "/x.erofs"))
+        }
+        // Unmounted, the same tree is read.
+        try await ProcessRunner().capture(ToolCommand("umount", [tree + "/proc"]))
+        let r = try await Fixtures.rootfs(["image", tree, noCheck, "-o", dir + "/x.img"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(try !contains(dir + "/x.img", secret))
+    }
+
     @Test func everyWriterKeepsOddEntriesOrRefusesWithAReasonAndNeverReadsTheHost() async throws {
         let dir = try Fixtures.temporaryDirectory("hostile")
         defer { FS.remove(dir) }
