@@ -31,7 +31,9 @@ private func readPID(_ path: String) -> Int32? {
                 if [ -n "${BIND:-}" ]; then mkdir -p "$root/mnt"; mount --bind "$BIND" "$root/mnt"; fi
                 if [ -n "${PROC:-}" ]; then mkdir -p "$root/proc"; mount -t proc proc "$root/proc"; fi
                 if [ -n "${DAEMONS:-}" ]; then
-                    setsid sh -c 'echo $$ > "$0/daemon.pid"; exec sleep 1000' "$DAEMONS" </dev/null >/dev/null 2>&1 &
+                    # The daemon keeps the hook's stdout and stderr open: a reader waiting for
+                    # their end would wait for the daemon (1000 s).
+                    setsid sh -c 'echo $$ > "$0/daemon.pid"; exec sleep 1000' "$DAEMONS" </dev/null &
                     sh -c 'echo $$ > "$0/child.pid"; exec sleep 1000' "$DAEMONS" </dev/null >/dev/null 2>&1 &
                     for _ in $(seq 1 100); do [ -s "$DAEMONS/daemon.pid" ] && [ -s "$DAEMONS/child.pid" ] && break; sleep 0.05; done
                 fi
@@ -160,8 +162,10 @@ private func readPID(_ path: String) -> Int32? {
     @Test func aSuccessfulBuildStopsTheHooksDaemons() async throws {
         let dir = work + "/daemons"
         try FS.makeDirectories(dir)
+        let started = ContinuousClock.now
         let r = try await build(["--initrd", dir + "/bb.initrd"], env: ["DAEMONS": dir])
         #expect(r.status == 0, "\(r.stderr)")
+        #expect(ContinuousClock.now - started < .seconds(300), "the build waited for the daemon holding the hook's output")
         let daemon = try #require(readPID(dir + "/daemon.pid")), child = try #require(readPID(dir + "/child.pid"))
         defer { kill(daemon, SIGKILL); kill(child, SIGKILL) }
         #expect(!alive(daemon), "the setsid() daemon outlived the build")
