@@ -131,6 +131,17 @@ struct TreeIndex {
     var contents: [String: String] = [:]
     private var root: String?
 
+    /// The largest package-database file of an archive or image read into memory (a directory's
+    /// is streamed). Debian's dpkg/status is a few MiB; a crafted tar's 10 GiB "status" was read
+    /// whole before a line was parsed.
+    static let databaseFileLimit: Int64 = 64 << 20
+
+    static func requireDatabaseSize(_ size: Int64, _ path: String, in tree: String) throws {
+        guard size > databaseFileLimit else { return }
+        throw RootfsError("\(tree): the package database file \(path) is \(size) bytes, more than the \(databaseFileLimit >> 20) MiB a package database holds",
+                          hint: "this is not a package database rootfs can read; check where the tree came from")
+    }
+
     static func isDatabaseFile(_ path: String) -> Bool {
         path.hasSuffix("/dpkg/status") || (path.contains("/dpkg/info/") && path.hasSuffix(".list"))
             || path.hasSuffix("/apk/db/installed")
@@ -167,6 +178,7 @@ struct TreeIndex {
             case 0o100000:
                 files[path] = peek.hardlink == nil ? peek.size : 0
                 if Self.isDatabaseFile(path) {
+                    try Self.requireDatabaseSize(peek.size, path, in: archive)
                     contents[path] = String(decoding: try reader.readData(of: path), as: UTF8.self)
                 }
             default: break
@@ -184,6 +196,7 @@ struct TreeIndex {
             case FileType.reg:
                 files[path] = item.hardLinkTo == nil ? item.size : 0
                 if Self.isDatabaseFile(path) && item.size > 0 {
+                    try Self.requireDatabaseSize(item.size, path, in: source.description)
                     var data: [UInt8] = []
                     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
                     defer { buffer.deallocate() }
