@@ -148,6 +148,14 @@ import Testing
         let json = try await Fixtures.rootfs(["check", "--json", qcow2])
         let report = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
         #expect(json.status == 0 && report?["ok"] as? Bool == true && report?["rootfs"] as? String == qcow2, "\(json.stdout) \(json.stderr)")
+        // An ISO 9660 image (Rock Ridge, made by xorriso) is read by libarchive in process.
+        let iso = dir + "/t.iso"
+        #expect(try await Fixtures.run("/usr/bin/xorriso", ["-as", "mkisofs", "-quiet", "-R", "-o", iso, dir + "/tree"]).status == 0)
+        let isoCheck = try await Fixtures.rootfs(["check", iso])
+        #expect(isoCheck.status == 0 && isoCheck.stdout.contains("ISO 9660 image"), "\(isoCheck.stdout) \(isoCheck.stderr)")
+        let isoCopy = dir + "/from-iso"
+        #expect(try await Fixtures.rootfs(["cp", iso + ":/etc/hostname", isoCopy]).status == 0)
+        #expect(try String(contentsOfFile: isoCopy, encoding: .utf8) == Self.hostname)
         // A tree without its agent, as a gzip tar: check says what is missing.
         unlink(dir + "/tree/usr/bin/rootfs-agent")
         let bad = dir + "/bad.tar.gz"
