@@ -9,7 +9,8 @@ struct Rootfs: AsyncParsableCommand {
         discussion: "Shell completions: rootfs --generate-completion-script bash|zsh|fish (docs/CLI.md).",
         subcommands: [ListCommand.self, BuildCommand.self, InitrdCommand.self, ImageCommand.self, ExtendCommand.self,
                       CheckCommand.self, BootCommand.self, NewCommand.self, SizeCommand.self, BuilderCommand.self,
-                      DiffCommand.self, VerityCommand.self, CacheCommand.self]
+                      DiffCommand.self, VerityCommand.self, CacheCommand.self,
+                      LsCommand.self, CpCommand.self]
     )
 
     @Flag(help: "Print the version and the commit rootfs was built from.")

@@ -32,6 +32,13 @@ public struct TreeExtractor {
     /// exactly) and a path longer than PATH_MAX is no limit, only a name's 255 bytes.
     @discardableResult
     public func extract(_ source: TreeSource) throws -> Result {
+        try extract(named: source.path, walk: source.walk)
+    }
+
+    /// The same for any walk in canonical order (`rootfs cp`'s subtree of an image, rebased
+    /// to "."): `named` is what errors call the source.
+    @discardableResult
+    public func extract(named sourceName: String, walk: ((TreeItem) throws -> Void) throws -> Void) throws -> Result {
         guard mkdir(destination, 0o700) == 0 else {
             throw RootfsError("cannot create \(destination): \(FS.errnoText())")
         }
@@ -50,7 +57,7 @@ public struct TreeExtractor {
         var stack = DirectoryStack(rootFD: rootFD, destination: dest)
         defer { stack.closeAll() }
 
-        try source.walk { item in
+        try walk { item in
             result.entries += 1
             if item.isRoot {
                 directoryItems.append(item)
@@ -58,7 +65,7 @@ public struct TreeExtractor {
             }
             let parent = parentPath(item.path)
             guard directorySet.contains(parent) else {
-                throw RootfsError("\(source.path): member \(item.pathString) lies under something that is not a directory (a link?)",
+                throw RootfsError("\(sourceName): member \(item.pathString) lies under something that is not a directory (a link?)",
                                   hint: "refusing to write through a link; fix the archive")
             }
             let dirFD = try stack.descend(to: parent)
@@ -66,7 +73,7 @@ public struct TreeExtractor {
             let path = shown(item.path)
             if let target = item.hardLinkTo {
                 guard files.contains(target) else {
-                    throw RootfsError("\(source.path): hard link \(item.pathString) points to \(String(decoding: target, as: UTF8.self)), not an earlier regular file")
+                    throw RootfsError("\(sourceName): hard link \(item.pathString) points to \(String(decoding: target, as: UTF8.self)), not an earlier regular file")
                 }
                 let targetFD = try openDirectory(parentPath(target), rootFD: rootFD)
                 defer { close(targetFD) }
@@ -151,7 +158,7 @@ public struct TreeExtractor {
     }
 
     /// The same relative to a directory descriptor; an empty `name` is the directory itself.
-    static func setMetadata(at dirFD: Int32, _ name: [UInt8], _ item: TreeItem, shown: String, keepOwnership: Bool,
+    public static func setMetadata(at dirFD: Int32, _ name: [UInt8], _ item: TreeItem, shown: String, keepOwnership: Bool,
                             ownerAccess: Bool = false, mtime: Int? = nil) throws {
         let own = name.isEmpty ? fchown(dirFD, item.uid, item.gid)
             : name.withCString { fchownat(dirFD, $0, item.uid, item.gid, AT_SYMLINK_NOFOLLOW) }

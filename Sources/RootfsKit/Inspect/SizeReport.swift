@@ -31,26 +31,52 @@ public struct SizeReport: Sendable, Codable, Equatable {
     public static func make(path: String, top: Int = 15, depth: Int = 3,
                             runner: ProcessRunner = ProcessRunner()) async throws -> SizeReport {
         let index: TreeIndex
-        var inventory: PackageInventory
+        let inventory: PackageInventory
         if FS.isDirectory(path) {
             index = try TreeIndex(directory: path)
             inventory = try await PackageInventory.read(tree: path, runner: runner)
         } else if try FS.isRegularFile(path) || ImageReference.parse(path) != nil {
             // An image (oci:, docker-archive:) is read as the tree its layers make.
             index = FS.isRegularFile(path) ? try TreeIndex(archive: path) : try TreeIndex(source: TreeSource.open(path))
-            if let status = index.content(of: PackageInventory.dpkgStatus) {
-                inventory = PackageInventory(database: .dpkg, packages: try PackageInventory.parseDpkgStatus(status))
-            } else if let installed = index.content(of: PackageInventory.apkInstalled) {
-                inventory = PackageInventory(database: .apk, packages: PackageInventory.parseApkInstalled(installed))
-            } else if PackageInventory.rpmDatabases.contains(where: { index.isDirectory($0) }) {
-                inventory = PackageInventory(database: .rpm, packages: [],
-                                             note: "an RPM database cannot be read inside an archive: extract it and run `rootfs size DIR`")
-            } else {
-                inventory = PackageInventory(database: .none, packages: [], note: "no dpkg, apk or rpm database found")
-            }
+            inventory = try archiveInventory(index)
         } else {
             throw RootfsError("\(path) does not exist", hint: "give a rootfs directory or a tar/cpio archive of one")
         }
+        return make(index: index, inventory: inventory, source: path, top: top, depth: depth)
+    }
+
+    /// The report for any image ImageOpener opened (a disk, an erofs, squashfs or ISO image...),
+    /// named as the user gave it: a directory (or an extracted file system) and an archive as
+    /// above, anything else from its canonical walk (ext4 read in process).
+    public static func make(image: OpenedImage, top: Int = 15, depth: Int = 3,
+                            runner: ProcessRunner = ProcessRunner()) async throws -> SizeReport {
+        var report: SizeReport
+        switch image.source {
+        case .directory(let path), .archive(let path):
+            report = try await make(path: path, top: top, depth: depth, runner: runner)
+        default:
+            let index = try TreeIndex(source: image.source)
+            report = make(index: index, inventory: try archiveInventory(index), source: image.name, top: top, depth: depth)
+        }
+        report.source = image.name
+        return report
+    }
+
+    /// The package database found in an index of a tree that is not a host directory.
+    static func archiveInventory(_ index: TreeIndex) throws -> PackageInventory {
+        if let status = index.content(of: PackageInventory.dpkgStatus) {
+            return PackageInventory(database: .dpkg, packages: try PackageInventory.parseDpkgStatus(status))
+        } else if let installed = index.content(of: PackageInventory.apkInstalled) {
+            return PackageInventory(database: .apk, packages: PackageInventory.parseApkInstalled(installed))
+        } else if PackageInventory.rpmDatabases.contains(where: { index.isDirectory($0) }) {
+            return PackageInventory(database: .rpm, packages: [],
+                                    note: "an RPM database cannot be read inside an archive or disk: extract it (rootfs cp IMAGE:/ DIR) and run `rootfs size DIR`")
+        } else {
+            return PackageInventory(database: .none, packages: [], note: "no dpkg, apk or rpm database found")
+        }
+    }
+
+    static func make(index: TreeIndex, inventory: PackageInventory, source path: String, top: Int, depth: Int) -> SizeReport {
 
         // Directories: every regular file counts in each of its ancestors.
         var totals: [String: (bytes: Int64, files: Int)] = [:]
