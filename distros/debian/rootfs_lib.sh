@@ -3,17 +3,17 @@
 # plan_rootfs ROOTFS_DIR prints the same command without running it (rootfs build --dry-run,
 # and the check before every build).
 
-# _debian_uid: the user build_rootfs runs as (plan_rootfs runs on the host; rootfs tells it
-# ROOTFS_HOOK_UID=0 when the hook will run in a builder container, as root).
-_debian_uid() { printf '%s' "${ROOTFS_HOOK_UID:-$(id -u)}"; }
+# _debian_uid: the user build_rootfs runs as (plan_rootfs runs on the host: rootfs tells it
+# ROOTFS_HOOK_UID, 0 when the hook will run in a builder container, as root).
+_debian_uid() { printf '%s' "${ROOTFS_HOOK_UID:-$EUID}"; }
 
 # _debian_require_subids: mmdebstrap's unshare mode maps the guest's users onto the caller's
 # subordinate ids; without a range in /etc/subuid and /etc/subgid it fails only after its
 # setup ("W: no entry in /etc/subuid"). Checked up front, with the fix.
 _debian_require_subids() {
     local user uid file missing=""
+    uid=$EUID
     user=$(id -un 2>/dev/null || true)
-    uid=$(id -u)
     for file in /etc/subuid /etc/subgid; do
         # An entry names the user or its uid: NAME:START:COUNT.
         if ! { [ -r "$file" ] && grep -Eq "^(${user:-$uid}|$uid):[0-9]+:[0-9]+$" "$file"; }; then

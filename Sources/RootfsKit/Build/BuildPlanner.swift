@@ -253,7 +253,11 @@ public struct BuildPlanner: Sendable {
         try await decideTreeCache(&plan, options: options, cache: cache)
         // plan_rootfs() checks the hook's settings (a missing REPO_URL...) before anything is written.
         do {
-            if fromImage == nil { (plan.hookPlan, plan.hookWarnings) = try await hookPlan(plan) }
+            // The user build_rootfs runs as: root in a builder container (also when the engine asked
+            // for is the problem: the plan is still the container's), else this process's.
+            let choice = options.engine ?? EngineChoice.fromEnvironment(env)
+            let inContainer = !plan.hookExecutor.isHost || choice == .docker || choice == .podman
+            if fromImage == nil { (plan.hookPlan, plan.hookWarnings) = try await hookPlan(plan, hookUID: inContainer ? 0 : geteuid()) }
         } catch let error as RootfsError {
             try problem(error)
         }
@@ -296,13 +300,13 @@ public struct BuildPlanner: Sendable {
 
     /// Runs the distro's optional plan_rootfs(): the commands build_rootfs would
     /// run, printed without running them. Nil when the distro has none.
-    func hookPlan(_ plan: BuildPlan) async throws -> ([String]?, [String]) {
+    func hookPlan(_ plan: BuildPlan, hookUID: uid_t) async throws -> ([String]?, [String]) {
         var env = plan.hookEnvironment
         env["ROOTFS_DIR"] = plan.hookTreePlaceholder
         // What HookStage gives build_rootfs: ROOTFS_TAR for a rootless build (its tree comes back as a tar).
         if plan.transport == .tar { env["ROOTFS_TAR"] = FS.parent(plan.hookTreePlaceholder) + "/rootfs.tar" }
-        // plan_rootfs runs here; a builder container runs build_rootfs as root.
-        if !plan.hookExecutor.isHost { env["ROOTFS_HOOK_UID"] = "0" }
+        // plan_rootfs runs here, build_rootfs perhaps as another user (root in a builder container).
+        env["ROOTFS_HOOK_UID"] = String(hookUID)
         let command = ToolCommand("bash", ["--noprofile", "--norc", "-c", HookLibrary.planScript, "rootfs-plan",
                                            plan.distro.configPath, plan.distro.libraryPath, plan.hookTreePlaceholder],
                                   environment: env, workingDirectory: plan.distro.directory)
