@@ -238,5 +238,10 @@ func markedBusyboxDistros(marker: String, name: String = "bb", extraLib: String 
             #expect((squashfs.stdout + squashfs.stderr).contains("--format squashfs needs root"), "\(extra): \(squashfs.stderr)")
             #expect(!FS.exists(marker), "\(extra): the hook ran")
         }
+        // erofs is not refused: mkfs.erofs's image gets the tar's owners back (ErofsOwnership), without root.
+        let erofs = try await Self.run([staged.binary, "build", "bb", "--distros-dir", distros, "--format", "erofs"], in: staged.run)
+        #expect(erofs.status == 0, "\(erofs.stderr)")
+        let image = staged.run + "/build/bb/bb.erofs"
+        #expect(try await Fixtures.run("/usr/bin/fsck.erofs", [image]).status == 0)
     }
 }
