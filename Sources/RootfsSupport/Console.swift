@@ -105,11 +105,19 @@ public final class Console: @unchecked Sendable {
         guard generation == phaseGeneration, let phase = currentPhase else { return false }
         // A writer's live progress line has the bottom line.
         if progressShown && !tickerShown { return true }
-        let text = colored("==> \(phase.name)", "1;34") + " (\(Int(Date().timeIntervalSince(phase.start))) s)"
-        if linesSincePhase == 0 {
+        let suffix = " (\(Int(Date().timeIntervalSince(phase.start))) s)"
+        let text = colored("==> \(phase.name)", "1;34") + suffix
+        // In place only when the phase line is one row: one row up would land inside a wrapped line.
+        var size = winsize()
+        let known = withUnsafeMutablePointer(to: &size) { ioctl(2, UInt(TIOCGWINSZ), $0) } == 0 && size.ws_col > 0
+        let columns = known ? Int(size.ws_col) : 80
+        if linesSincePhase == 0 && 4 + phase.name.count + suffix.count < columns {
             FileHandle.standardError.write(Data("\u{1b}[1A\r\u{1b}[K\(text)\n".utf8))
         } else {
-            FileHandle.standardError.write(Data("\r\u{1b}[K\(text)".utf8))
+            // A status line below, cut to the width (a wrapped one could not be cleared).
+            var status = "    (\(Int(Date().timeIntervalSince(phase.start))) s) \(phase.name)"
+            if columns > 1 && status.count >= columns { status = String(status.prefix(columns - 1)) }
+            FileHandle.standardError.write(Data("\r\u{1b}[K\(status)".utf8))
             progressShown = true
             tickerShown = true
         }
