@@ -22,6 +22,12 @@ public final class Console: @unchecked Sendable {
     private var progressShown = false
     private var lastProgress = Date.distantPast
     private var spinner = 0
+    /// The phase the ticker belongs to (a new phase starts a new ticker) and whether the
+    /// phase line is still the terminal's last line (then the ticker rewrites it in place).
+    private var phaseGeneration = 0
+    private var linesSincePhase = 0
+    private var tickerShown = false
+    private var reported = false
 
     /// How long one phase took.
     public struct PhaseTime: Sendable, Equatable, Codable {
@@ -69,8 +75,85 @@ public final class Console: @unchecked Sendable {
         lock.lock()
         currentPhase = (name, Date())
         lastProgress = Date()
+        phaseGeneration += 1
+        let generation = phaseGeneration
         lock.unlock()
         emit("==> \(name)", minimum: .normal, color: "1;34")
+        lock.lock()
+        linesSincePhase = 0
+        lock.unlock()
+        if interactive && level != .quiet { startTicker(generation) }
+    }
+
+    /// On a terminal only: every second, the phase's elapsed time (`==> name (17 s)`), so a
+    /// tool that prints nothing for a while is seen to be running. The phase line itself is
+    /// rewritten while it is the last line; after other lines, a status line at the bottom
+    /// (cleared before the next line, as the progress line is). Never in logs or pipes.
+    private func startTicker(_ generation: Int) {
+        let thread = Thread { [weak self] in
+            while true {
+                Thread.sleep(forTimeInterval: 1)
+                guard let self, self.tick(generation) else { return }
+            }
+        }
+        thread.start()
+    }
+
+    /// One tick; false once the phase has ended.
+    private func tick(_ generation: Int) -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        guard generation == phaseGeneration, let phase = currentPhase else { return false }
+        // A writer's live progress line has the bottom line.
+        if progressShown && !tickerShown { return true }
+        let suffix = " (\(Int(Date().timeIntervalSince(phase.start))) s)"
+        let text = colored("==> \(phase.name)", "1;34") + suffix
+        // In place only when the phase line is one row: one row up would land inside a wrapped line.
+        var size = winsize()
+        let known = withUnsafeMutablePointer(to: &size) { ioctl(2, UInt(TIOCGWINSZ), $0) } == 0 && size.ws_col > 0
+        let columns = known ? Int(size.ws_col) : 80
+        if linesSincePhase == 0 && 4 + phase.name.count + suffix.count < columns {
+            FileHandle.standardError.write(Data("\u{1b}[1A\r\u{1b}[K\(text)\n".utf8))
+        } else {
+            // A status line below, cut to the width (a wrapped one could not be cleared).
+            var status = "    (\(Int(Date().timeIntervalSince(phase.start))) s) \(phase.name)"
+            if columns > 1 && status.count >= columns { status = String(status.prefix(columns - 1)) }
+            FileHandle.standardError.write(Data("\r\u{1b}[K\(status)".utf8))
+            progressShown = true
+            tickerShown = true
+        }
+        return true
+    }
+
+    /// The name of the phase running now (nil: none).
+    public var currentPhaseName: String? {
+        lock.lock(); defer { lock.unlock() }
+        return currentPhase?.name
+    }
+
+    /// Whether `report` has shown an error (a command's error handler then does not repeat it).
+    public var errorReported: Bool {
+        lock.lock(); defer { lock.unlock() }
+        return reported
+    }
+
+    /// A line for the log files only (build.log, --log-file), not the terminal.
+    public func record(_ text: String) {
+        lock.lock(); defer { lock.unlock() }
+        let data = Data((text + "\n").utf8)
+        log?.write(data)
+        userLog?.write(data)
+    }
+
+    /// A command's final error (`error: ` with its details and hint): on stderr whatever the
+    /// level, and in the log files, so a failed build's logs end with what stopped it.
+    public func report(_ error: any Error) {
+        lock.lock(); defer { lock.unlock() }
+        clearProgressLocked()
+        let text = "\(error)\n"
+        FileHandle.standardError.write(Data((colored("error:", "1;31") + " " + text).utf8))
+        log?.write(Data(("error: " + text).utf8))
+        userLog?.write(Data(("error: " + text).utf8))
+        reported = true
     }
 
     /// The current phase ends: `    done in 1.2 s`, and its time is kept for the summary.
@@ -78,6 +161,7 @@ public final class Console: @unchecked Sendable {
         lock.lock()
         guard let phase = currentPhase else { lock.unlock(); return }
         currentPhase = nil
+        if tickerShown { clearProgressLocked() }
         let seconds = Date().timeIntervalSince(phase.start)
         finishedPhases.append(PhaseTime(name: phase.name, seconds: seconds))
         lock.unlock()
@@ -105,6 +189,7 @@ public final class Console: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         clearProgressLocked()
         let data = Data((text + "\n").utf8)
+        linesSincePhase += 1
         (resultsToStandardError ? FileHandle.standardError : FileHandle.standardOutput).write(data)
         log?.write(data)
         userLog?.write(data)
@@ -121,11 +206,14 @@ public final class Console: @unchecked Sendable {
             if final {
                 clearProgressLocked()
                 FileHandle.standardError.write(Data("    \(text)\n".utf8))
+                linesSincePhase += 1
             } else if now.timeIntervalSince(lastProgress) >= 0.1 {
                 let frames = ["|", "/", "-", "\\"]
                 spinner = (spinner + 1) % frames.count
                 FileHandle.standardError.write(Data("\r\u{1b}[K    \(frames[spinner]) \(text)".utf8))
                 progressShown = true
+                tickerShown = false
+                linesSincePhase += 1
                 lastProgress = now
             }
         } else if final || now.timeIntervalSince(lastProgress) >= plainInterval {
@@ -146,6 +234,7 @@ public final class Console: @unchecked Sendable {
         if progressShown {
             FileHandle.standardError.write(Data("\r\u{1b}[K".utf8))
             progressShown = false
+            tickerShown = false
         }
     }
 
@@ -157,6 +246,7 @@ public final class Console: @unchecked Sendable {
             clearProgressLocked()
             let shown = color.map { colored(text, $0) + "\n" }.map { Data($0.utf8) } ?? data
             FileHandle.standardError.write(shown)
+            linesSincePhase += 1
         }
         log?.write(data)
         userLog?.write(data)

@@ -89,15 +89,6 @@ struct BuildCommand: AsyncParsableCommand {
         var treeCache: TreeCacheOutcome.State
     }
 
-    /// `--json` output of a dry run.
-    struct DryRunReport: Encodable {
-        struct Section: Encodable { var title: String; var lines: [String] }
-        var dryRun = true
-        var distro: String
-        var sections: [Section]
-        var problems: [JSONError.Body]
-    }
-
     /// The engine the flags name (nil: USE_DOCKER / USE_PODMAN, else the host).
     var engineChoice: EngineChoice? { docker ? .docker : podman ? .podman : engine }
 
@@ -132,7 +123,7 @@ struct BuildCommand: AsyncParsableCommand {
         let console = global.makeConsole(json: json)
         let (dryRun, json) = (dryRun, json)
         let base = options
-        try await CommandRunner.run(json: json) {
+        try await CommandRunner.run(json: json, console: console) {
             var opts = base
             let exports = EngineImageExports()
             defer { exports.removeAll() }
@@ -145,14 +136,14 @@ struct BuildCommand: AsyncParsableCommand {
             let plan = try await builder.plan(opts)
             if dryRun {
                 if json {
-                    try printJSON(DryRunReport(distro: plan.distro.name,
-                                               sections: plan.sections.map { .init(title: $0.title, lines: $0.lines) },
-                                               problems: plan.problems.map { JSONError($0).error }))
+                    try printJSON(BuildPlanDocument(plan))
                 } else {
                     plan.summary.forEach { console.result($0) }
                 }
                 if !plan.problems.isEmpty {
-                    console.warning("dry run: a build would stop on \(plan.problems.count) problem(s), listed above")
+                    // A plan that a build would refuse is a failed dry run (every problem is listed).
+                    console.warning("dry run: a build would stop on \(plan.problems.count) problem(s), listed \(json ? "in \"problems\"" : "above")")
+                    throw ExitCode.failure
                 }
                 return
             }

@@ -73,7 +73,8 @@ enum CommandRunner {
 
     /// `json`: a failure also prints `{"error": ...}` on stdout (the message still goes to stderr).
     /// `signals`: what cancels the work (`boot --interactive` leaves SIGINT to the guest's terminal).
-    static func run(json: Bool = false, signals: [Int32] = stopSignals,
+    /// `console`: the error also goes into its log files (--log-file), unless it has reported it already.
+    static func run(json: Bool = false, signals: [Int32] = stopSignals, console: Console? = nil,
                     _ body: @escaping @Sendable () async throws -> Void) async throws {
         let task = Task { try await body() }
         let sources = signals.map { sig -> DispatchSourceSignal in
@@ -99,7 +100,11 @@ enum CommandRunner {
                 FileHandle.standardError.write(Data("rootfs: interrupted\n".utf8))
                 throw ExitCode(130)
             }
-            FileHandle.standardError.write(Data("\(Console(level: .quiet).colored("error:", "1;31")) \(error)\n".utf8))
+            if let console {
+                if !console.errorReported { console.report(error) }
+            } else {
+                FileHandle.standardError.write(Data("\(Console(level: .quiet).colored("error:", "1;31")) \(error)\n".utf8))
+            }
             if json { try? printJSON(JSONError(error)) }
             throw ExitCode.failure
         }

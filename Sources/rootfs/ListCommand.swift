@@ -12,15 +12,16 @@ struct ListCommand: AsyncParsableCommand {
     func run() async throws {
         let dirs = global.distrosDirs
         let json = json
-        try await CommandRunner.run {
+        // --log-file gets the listing (and an error) too.
+        let console = global.makeConsole()
+        try await CommandRunner.run(console: console) {
             let listing = try await DistroListing.make(catalog: DistroCatalog.standard(distrosDirs: dirs))
             if json {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-                FileHandle.standardOutput.write(try encoder.encode(listing))
-                print()
+                console.result(String(decoding: try encoder.encode(listing), as: UTF8.self))
             } else {
-                print(listing.table)
+                console.result(listing.table)
             }
         }
     }

@@ -15,12 +15,7 @@ public struct KernelLocator {
             }
             return (FS.absolute(explicit), {})
         }
-        var candidates: [[UInt8]] = []
-        try source.walk { item in
-            let p = item.pathString
-            if item.fileType == FileType.reg, p.hasPrefix("boot/vmlinuz"), !p.dropFirst(5).contains("/") { candidates.append(item.path) }
-        }
-        guard let chosen = candidates.sorted(by: canonicalPrecedes).last else {
+        guard let chosen = try Self.candidate(in: source) else {
             throw RootfsError("the tree (\(source.path)) has no kernel in /boot",
                               hint: "pass --kernel FILE, or install a kernel package in the distro (EXTRA_PKG)")
         }
@@ -41,6 +36,16 @@ public struct KernelLocator {
             written = true
         }
         return (copy, { unlink(copy) })
+    }
+
+    /// The tree's kernel: the newest-named /boot/vmlinuz* regular file (nil: none).
+    public static func candidate(in source: TreeSource) throws -> [UInt8]? {
+        var candidates: [[UInt8]] = []
+        try source.walk { item in
+            let p = item.pathString
+            if item.fileType == FileType.reg, p.hasPrefix("boot/vmlinuz"), !p.dropFirst(5).contains("/") { candidates.append(item.path) }
+        }
+        return candidates.sorted(by: canonicalPrecedes).last
     }
 }
 

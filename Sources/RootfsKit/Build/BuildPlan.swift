@@ -154,6 +154,11 @@ public struct BuildPlan: Sendable {
         outputs.append("tree: " + (transport == .directory ? "a directory (root: owners kept on disk)"
             : "a tar (rootless: build_rootfs may write ROOTFS_TAR; owners kept in the tar; every writer reads the tar)"))
         if let epoch { outputs.append("SOURCE_DATE_EPOCH: \(epoch)") }
+        let booting = self.outputs.map(\.format).filter(Preflight.kernelFormats.contains)
+        if !booting.isEmpty {
+            outputs.append("kernel: " + (imageOptions.kernel.map { "\($0) (--kernel)" }
+                ?? "the tree's /boot/vmlinuz* (no --kernel): what build_rootfs installs is known only when it has run, so it is checked then, before any output is written"))
+        }
         if !overlays.isEmpty {
             result.append(PlanSection("compose (after the hook and the agent, in order)", overlays.map(\.description)))
         }

@@ -28,9 +28,10 @@ public struct BuildPlanner: Sendable {
         try PackageName.validate(extra, option: "--extra-pkg/EXTRA_PKG")
 
         var problems: [RootfsError] = []
-        // In a dry run, what would stop the build is reported, not thrown.
+        // What would stop the build is collected, in the build and the dry run alike: every input
+        // is checked before the hook runs, and all problems are reported at once (Builder.run throws them).
         func problem(_ error: RootfsError) throws {
-            if options.dryRun { problems.append(error) } else { throw error }
+            problems.append(error)
         }
 
         var agentInit = options.agentInit || ["yes", "true", "1"].contains((env["AGENT_INIT"] ?? "").lowercased())
@@ -99,11 +100,10 @@ public struct BuildPlanner: Sendable {
                 throw RootfsError("DEFAULT_FORMATS of \(distro.name) names \(error.message)", hint: error.hint)
             }
         }
-        let bundles: Set<OutputFormat> = [.kernelInitrd, .isoBios, .uki, .isoEFI, .isoEFIInitrd, .isoHybrid, .rawEFI, .qcow2EFI,
-                                          .kernelSquashfs, .kernelErofs, .tarKernelInitrd]
+        let bundles = Preflight.kernelFormats
         if let needs = defaultFormats.first(where: bundles.contains), options.imageOptions.kernel == nil {
-            throw RootfsError("\(distro.name)'s default outputs (\(defaultFormats.map(\.rawValue).joined(separator: ", "))) need a kernel for \(needs.rawValue): none was given",
-                              hint: "pass --kernel FILE, or name the outputs with --format (e.g. --format initrd --format vhdx)")
+            try problem(RootfsError("\(distro.name)'s default outputs (\(defaultFormats.map(\.rawValue).joined(separator: ", "))) need a kernel for \(needs.rawValue): none was given",
+                              hint: "pass --kernel FILE, or name the outputs with --format (e.g. --format initrd --format vhdx)"))
         }
         for f in options.formats + defaultFormats where f != .rootfs && !formatOutputs.contains(where: { $0.format == f }) {
             formatOutputs.append(FormatOutput(format: f, path: f.outputPath(directory: formatDir, name: distro.name)))
@@ -115,11 +115,9 @@ public struct BuildPlanner: Sendable {
                               hint: "ask for one of them per build, and write the others with `rootfs image TREE --format F -o OTHER-NAME`")
         }
         if let d = options.outputDirectory, FS.exists(d) && !FS.isDirectory(d) {
-            throw RootfsError("-o \(d) is not a directory", hint: "give the directory the formats are written to")
+            try problem(RootfsError("-o \(d) is not a directory", hint: "give the directory the formats are written to"))
         }
-        for case .overlay(let path) in options.overlays where !FS.exists(path) {
-            throw RootfsError("--overlay \(path) does not exist", hint: "give a directory or a tar archive")
-        }
+        problems += Preflight.inputProblems(options, formats: options.formats + defaultFormats)
         let classicDefaults = !anyOutput && defaultFormats.isEmpty
         let initrd = !classicDefaults ? options.initrd.map(FS.absolute) : buildDir + "/\(distro.name).initrd"
         let image = !classicDefaults ? options.image.map(FS.absolute) : buildDir + "/\(distro.name).img"
@@ -255,7 +253,11 @@ public struct BuildPlanner: Sendable {
         try await decideTreeCache(&plan, options: options, cache: cache)
         // plan_rootfs() checks the hook's settings (a missing REPO_URL...) before anything is written.
         do {
-            if fromImage == nil { (plan.hookPlan, plan.hookWarnings) = try await hookPlan(plan) }
+            // The user build_rootfs runs as: root in a builder container (also when the engine asked
+            // for is the problem: the plan is still the container's), else this process's.
+            let choice = options.engine ?? EngineChoice.fromEnvironment(env)
+            let inContainer = !plan.hookExecutor.isHost || choice == .docker || choice == .podman
+            if fromImage == nil { (plan.hookPlan, plan.hookWarnings) = try await hookPlan(plan, hookUID: inContainer ? 0 : geteuid()) }
         } catch let error as RootfsError {
             try problem(error)
         }
@@ -298,9 +300,13 @@ public struct BuildPlanner: Sendable {
 
     /// Runs the distro's optional plan_rootfs(): the commands build_rootfs would
     /// run, printed without running them. Nil when the distro has none.
-    func hookPlan(_ plan: BuildPlan) async throws -> ([String]?, [String]) {
+    func hookPlan(_ plan: BuildPlan, hookUID: uid_t) async throws -> ([String]?, [String]) {
         var env = plan.hookEnvironment
         env["ROOTFS_DIR"] = plan.hookTreePlaceholder
+        // What HookStage gives build_rootfs: ROOTFS_TAR for a rootless build (its tree comes back as a tar).
+        if plan.transport == .tar { env["ROOTFS_TAR"] = FS.parent(plan.hookTreePlaceholder) + "/rootfs.tar" }
+        // plan_rootfs runs here, build_rootfs perhaps as another user (root in a builder container).
+        env["ROOTFS_HOOK_UID"] = String(hookUID)
         let command = ToolCommand("bash", ["--noprofile", "--norc", "-c", HookLibrary.planScript, "rootfs-plan",
                                            plan.distro.configPath, plan.distro.libraryPath, plan.hookTreePlaceholder],
                                   environment: env, workingDirectory: plan.distro.directory)
@@ -312,8 +318,10 @@ public struct BuildPlanner: Sendable {
         } catch let failure as ToolFailure {
             if failure.status == .exited(3) { return (nil, []) }
             let errors = failure.outputTail.filter { $0.hasPrefix("ERROR: ") }.map { String($0.dropFirst("ERROR: ".count)) }
+            // A hook's own `hint` (hook-helpers.sh) says best what to do.
+            let hint = failure.outputTail.last { $0.hasPrefix("HINT: ") }.map { String($0.dropFirst("HINT: ".count)) }
             throw RootfsError("distro '\(plan.distro.name)' refuses this build: \(errors.first ?? "plan_rootfs() failed (\(failure.status))")",
-                              hint: "change the setting named above (environment or \(plan.distro.configPath)); plan_rootfs() is in \(plan.distro.libraryPath)",
+                              hint: hint ?? "change the setting named above (environment or \(plan.distro.configPath)); plan_rootfs() is in \(plan.distro.libraryPath)",
                               details: errors.isEmpty ? failure.outputTail : Array(errors.dropFirst()))
         }
     }

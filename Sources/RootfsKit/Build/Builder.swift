@@ -19,7 +19,7 @@ public struct Builder: Sendable {
     /// Runs the plan. Outputs appear only when complete; on any failure (or
     /// cancellation) temporary trees and files are removed and earlier outputs stay.
     public func run(_ plan: BuildPlan) async throws -> [BuildOutput] {
-        if let first = plan.problems.first { throw first }
+        if let problems = Preflight.error(plan.problems) { throw problems }
         try FS.makeDirectories(plan.buildDirectory)
         // One build per output at a time; a concurrent build of other outputs gets its own log.
         let locks = try plan.outputs.map(\.path).sorted().map { try OutputLock(output: $0) }
@@ -34,14 +34,41 @@ public struct Builder: Sendable {
         defer { withExtendedLifetime((locks, logLock)) {} }
         try console.openLog(at: logPath)
         defer { console.closeLog() }
-        for warning in plan.cacheWarnings { console.warning(warning) }
-        console.info("cache: " + plan.treeCacheLine)
+        let started = Date()
+        do {
+            for warning in plan.cacheWarnings { console.warning(warning) }
+            console.info("cache: " + plan.treeCacheLine)
 
-        let hooked = try await HookStage(console: console, runner: runner).run(plan, logPath: logPath)
-        defer { FS.remove(hooked.work) }
-        let composed = try await ComposeStage(console: console).run(plan, hooked: hooked)
-        return try await OutputStage(console: console, runner: runner)
-            .run(plan, composed: composed, facts: plan.manifestFacts(agentSHA256: composed.agentSHA256))
+            let hooked = try await HookStage(console: console, runner: runner).run(plan, logPath: logPath)
+            let outputs: [BuildOutput]
+            do {
+                let composed = try await ComposeStage(console: console).run(plan, hooked: hooked)
+                try Preflight.requireKernel(plan, source: composed.source)
+                outputs = try await OutputStage(console: console, runner: runner)
+                    .run(plan, composed: composed, facts: plan.manifestFacts(agentSHA256: composed.agentSHA256))
+            } catch {
+                FS.remove(hooked.work)
+                throw error
+            }
+            // Removing the hook's work directory (the whole tree, for image-only builds) takes
+            // seconds: shown as a phase of its own instead of a silence after the last output.
+            console.phase("cleanup: \(hooked.work)")
+            FS.remove(hooked.work)
+            console.endPhase()
+            return outputs
+        } catch {
+            // build.log and --log-file end with what stopped the build, its hint and a summary.
+            let phase = console.currentPhaseName.map { " in phase '\($0)'" } ?? ""
+            let summary = String(format: "build of %@ failed after %.1f s%@ (log: %@)",
+                                 plan.distro.name, Date().timeIntervalSince(started), phase, logPath)
+            if error is CancellationError || Task.isCancelled {
+                console.record("build of \(plan.distro.name) interrupted\(phase)")
+            } else {
+                console.report(error)
+                console.info(summary)
+            }
+            throw error
+        }
     }
 
     /// `1234 entries, 56.0 MiB in, 20.1 MiB out, 80.2 MiB/s`

@@ -112,8 +112,9 @@ public struct HookStage: Sendable {
         } catch let failure as ToolFailure {
             // A hook's own `die` message says best what went wrong: it leads the error.
             let died = failure.outputTail.last(where: { $0.hasPrefix("ERROR: ") }).map { ": " + $0.dropFirst("ERROR: ".count) } ?? ""
+            let hint = failure.outputTail.last { $0.hasPrefix("HINT: ") }.map { $0.dropFirst("HINT: ".count) + "; " } ?? ""
             throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' failed (\(failure.status))\(died)",
-                              hint: "the hook is build_rootfs() in \(plan.distro.libraryPath); the full output is in \(logPath)",
+                              hint: hint + "the hook is build_rootfs() in \(plan.distro.libraryPath); the full output is in \(logPath)",
                               details: failure.outputTail)
         }
         try Task.checkCancellation()

@@ -27,7 +27,11 @@ struct OutputStage {
         }
         if plan.keepRootfs {
             try Task.checkCancellation()
+            // Replacing a tree removes the old one (seconds for a big tree): a phase, not a silence.
+            let replacing = FS.exists(plan.rootfsDirectory)
+            if replacing { console.phase("rootfs: replacing \(plan.rootfsDirectory)") }
             try FS.replaceDirectory(plan.rootfsDirectory, with: composed.tree)
+            if replacing { console.endPhase() }
         }
         return outputs
     }

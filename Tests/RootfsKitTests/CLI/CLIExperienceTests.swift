@@ -52,8 +52,8 @@ func sha256sum(_ path: String) async throws -> String {
         }
         let phases = try #require(doc["phases"] as? [[String: Any]])
         let names = phases.compactMap { $0["name"] as? String }
-        // The hook, the tree cache filling its entry (as root, the cache is on), the agent, each output.
-        let expected = ["build_rootfs: bb", "tree cache: storing", "agent:", "initrd:", "image:", "manifest:"]
+        // The hook, the tree cache filling its entry (as root, the cache is on), the agent, each output, the cleanup.
+        let expected = ["build_rootfs: bb", "tree cache: storing", "agent:", "initrd:", "image:", "manifest:", "cleanup:"]
         #expect(names.count == expected.count && zip(names, expected).allSatisfy { $0.hasPrefix($1) }, "\(names)")
         let slowest = try #require(doc["slowestPhase"] as? [String: Any])
         let maxSeconds = phases.compactMap { $0["seconds"] as? Double }.max()

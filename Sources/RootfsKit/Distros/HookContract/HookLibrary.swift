@@ -8,6 +8,8 @@ public enum HookLibrary {
     warn() { printf 'WARNING: %s\n' "$*" >&2; }
     OK() { printf '[OK] %s\n' "$*"; }
     die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+    # hint TEXT: what the user can do, shown as the hint of the next die's error.
+    hint() { printf 'HINT: %s\n' "$*" >&2; }
     # check_program NAME: true when NAME is on PATH.
     check_program() { command -v "$1" >/dev/null 2>&1; }
     # require_program NAME...: dies naming the first missing program.
