@@ -43,6 +43,9 @@ public enum AgentProtocol {
             ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 95 || $0 == 45
         }
     }
+    /// Kernel parameter: virtiofs shares to mount (PID 1 only), as tag and guest path pairs
+    /// encoded as `encodeCommand` encodes arguments.
+    public static let sharesParameter = "rootfs.shares"
     /// The default hostname.
     public static let defaultHostname = "rootfs"
 

@@ -111,6 +111,26 @@ func loadModules(_ names: String) {
     }
 }
 
+/// `rootfs boot --share`: each virtiofs tag mounted on its guest directory (made when missing).
+func mountShares(_ encoded: String) {
+    guard let words = AgentProtocol.decodeCommandBytes(encoded), words.count % 2 == 0 else {
+        return warn("cannot decode \(AgentProtocol.sharesParameter); no share mounted")
+    }
+    var index = 0
+    while index < words.count {
+        let tag = String(decoding: words[index], as: UTF8.self), target = String(decoding: words[index + 1], as: UTF8.self)
+        index += 2
+        makeDirectories(target)
+        // The device may appear a moment after virtiofs loads: a few tries.
+        var tries = 0
+        while mount(tag, target, "virtiofs", 0, nil) != 0 {
+            tries += 1
+            if tries >= 50 { warn("cannot mount the share \(tag) on \(target): \(errorText())"); break }
+            usleep(20_000)
+        }
+    }
+}
+
 /// QEMU's user-mode network: eth0 gets the address its DHCP server would hand out, and the
 /// default route goes to its gateway. The card may appear a moment after its module loads.
 func configureUserNetwork() {
@@ -284,6 +304,7 @@ if isInit {
     bringUpLoopback()
     if let names = parameter(AgentProtocol.modulesParameter) { loadModules(names) }
     if parameter(AgentProtocol.networkParameter) == "user" { configureUserNetwork() }
+    if let shares = parameter(AgentProtocol.sharesParameter) { mountShares(shares) }
 }
 
 // Where the ready and status lines go: the console, plus an optional extra device.

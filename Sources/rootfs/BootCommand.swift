@@ -80,7 +80,10 @@ struct BootCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("An extra NVMe disk (repeatable): a SIZE (64M, 1G) makes a sparse scratch disk removed after the boot; a FILE (raw or qcow2) is written to.", valueName: "SIZE|FILE"))
     var disk: [String] = []
 
-    @Option(name: .customLong("qemu-arg"), help: ArgumentHelp("One QEMU argument, passed verbatim after rootfs's own (repeatable: --qemu-arg -device --qemu-arg virtio-rng-pci).", valueName: "ARG"))
+    @Option(help: ArgumentHelp("Mount host directory HOSTDIR on GUESTDIR in the guest (repeatable; virtiofs served by virtiofsd, read-write).", valueName: "HOSTDIR=GUESTDIR"))
+    var share: [String] = []
+
+    @Option(name: .customLong("qemu-arg"), parsing: .unconditionalSingleValue, help: ArgumentHelp("One QEMU argument, passed verbatim after rootfs's own (repeatable: --qemu-arg -device --qemu-arg virtio-rng-pci).", valueName: "ARG"))
     var qemuArg: [String] = []
 
     @Argument(parsing: .postTerminator, help: "The command to run in the guest, after --.")
@@ -102,6 +105,7 @@ struct BootCommand: AsyncParsableCommand {
         if !publish.isEmpty && net == nil { throw ValidationError("--publish needs --net user") }
         for port in publish { _ = try GuestNetwork.Port.parse(port) }
         for value in disk { _ = try ExtraDisk.parse(value) }
+        for value in share { _ = try GuestShare.parse(value) }
     }
 
     /// The console's bytes as lines for `Console` (the log file, and stderr with --console or -v).
@@ -162,6 +166,7 @@ struct BootCommand: AsyncParsableCommand {
         options.cpus = cpus
         options.extraDisks = try disk.map(ExtraDisk.parse)
         if net != nil { options.network = GuestNetwork(publish: try publish.map(GuestNetwork.Port.parse)) }
+        options.shares = try share.map(GuestShare.parse)
         options.extraQEMUArguments = qemuArg
         // The console: into the log file always, on stderr with --console or -v.
         let shown = console

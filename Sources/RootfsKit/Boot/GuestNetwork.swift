@@ -28,15 +28,7 @@ public struct GuestNetwork: Sendable, Equatable {
         var hostForward: String { "\(proto.rawValue):127.0.0.1:\(host)-:\(guest)" }
     }
 
-    /// A kernel module the guest loads before its card appears (the file is added to the initrd).
-    public struct Module: Sendable, Equatable {
-        public var name: String
-        public var hostPath: String
-    }
-
     public var publish: [Port] = []
-    /// virtio-net's modules when the kernel has them as modules (its lib/modules is next to it).
-    public var modules: [Module] = []
 
     public init(publish: [Port] = []) { self.publish = publish }
 
@@ -53,7 +45,7 @@ public struct GuestNetwork: Sendable, Equatable {
 
     /// `names`' module files and their dependencies, in load order, from `modulesDirectory`
     /// (a kernel's lib/modules/VERSION); built-in ones are left out.
-    public static func modules(_ names: [String], modulesDirectory: String) async throws -> [Module] {
+    public static func modules(_ names: [String], modulesDirectory: String) async throws -> [GuestModule] {
         let vetted = try KernelModules(directory: modulesDirectory)
         let order = try await KataStageOneInitrd(modules: vetted, busybox: "/bin/busybox").loadOrder(names)
         return try order.map { path in
@@ -61,14 +53,14 @@ public struct GuestNetwork: Sendable, Equatable {
             guard AgentProtocol.isModuleName(Substring(name)) else {
                 throw RootfsError("the module \(path) in \(modulesDirectory) has a name the agent does not accept")
             }
-            return Module(name: name, hostPath: modulesDirectory + "/" + path)
+            return GuestModule(name: name, hostPath: modulesDirectory + "/" + path)
         }
     }
 
     /// `initrd` followed by a second (gzip cpio) archive holding `modules` in
     /// AgentProtocol.modulesDirectory, written to `path`: the kernel unpacks both, one after
     /// the other, so the user's initrd is booted unchanged plus the modules for our devices.
-    static func initrd(_ initrd: String, adding modules: [Module], to path: String) throws {
+    static func initrd(_ initrd: String, adding modules: [GuestModule], to path: String) throws {
         let stage = try FS.makeSiblingTemporaryDirectory(for: path + ".modules")
         defer { FS.remove(stage) }
         let tree = GuestTree(root: stage)
@@ -93,4 +85,11 @@ public struct GuestNetwork: Sendable, Equatable {
             if size % 4 != 0 { try out.write(contentsOf: Data(count: Int(4 - size % 4))) }
         }
     }
+}
+
+/// A kernel module the guest agent loads before our devices appear (virtio-net, virtiofs):
+/// its file is added to the initrd, its name put on the kernel command line.
+public struct GuestModule: Sendable, Equatable {
+    public var name: String
+    public var hostPath: String
 }

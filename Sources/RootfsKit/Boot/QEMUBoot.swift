@@ -72,6 +72,8 @@ public struct BootOptions: Sendable {
     /// `--net user`: QEMU's user-mode network on a virtio-net card; the agent configures
     /// the guest side (AgentProtocol.networkParameter). nil: no network card at all.
     public var network: GuestNetwork?
+    /// `--share`: host directories the guest mounts (virtiofs, served by virtiofsd).
+    public var shares: [GuestShare] = []
     /// `--qemu-arg`: passed verbatim after rootfs's own arguments (the user's own command line).
     public var extraQEMUArguments: [String] = []
     /// Called with the guest console's bytes as QEMU writes them (`--console`, `-v`, `--log-file`).
@@ -114,6 +116,10 @@ public struct QEMUBoot: Sendable {
     public var runner = ProcessRunner()
     /// The initrd QEMU gets when it is not the image itself (the image plus --net's modules).
     var initrdImage: String?
+    /// Modules the agent loads for our devices (virtio-net, virtiofs), added to the initrd.
+    var guestModules: [GuestModule] = []
+    /// The vhost-user sockets of --share's virtiofsd, one per share (set by `attempt`).
+    var shareSockets: [String] = []
     /// The kernel's command line limit on x86 (COMMAND_LINE_SIZE), with some room.
     public static let maxCommandLine = 2000
     /// How many console lines an error shows.
@@ -175,11 +181,17 @@ public struct QEMUBoot: Sendable {
         if let hostname = options.hostname {
             parameters.append("\(AgentProtocol.hostnameParameter)=\(hostname)")
         }
+        if !guestModules.isEmpty {
+            parameters.append("\(AgentProtocol.modulesParameter)=\(guestModules.map(\.name).joined(separator: ","))")
+        }
         if let network = options.network {
             parameters.append("\(AgentProtocol.networkParameter)=\(network.agentValue)")
-            if !network.modules.isEmpty {
-                parameters.append("\(AgentProtocol.modulesParameter)=\(network.modules.map(\.name).joined(separator: ","))")
-            }
+        }
+        if !options.shares.isEmpty {
+            // Tag and guest path pairs, encoded as the command is: any path survives the command line.
+            let pairs = options.shares.enumerated().flatMap { [GuestShare.tag($0.offset), $0.element.guestPath] }
+            guard let encoded = AgentProtocol.encodeCommand(pairs) else { throw RootfsError("a --share guest path contains a NUL byte") }
+            parameters.append("\(AgentProtocol.sharesParameter)=\(encoded)")
         }
         if !command.isEmpty {
             guard let encoded = AgentProtocol.encodeCommand(command) else {
@@ -265,6 +277,15 @@ public struct QEMUBoot: Sendable {
                           "-device", "nvme,drive=x\(index),serial=rootfs-disk\(index)"]
         }
         if let network = options.network { arguments += network.qemuArguments }
+        if !options.shares.isEmpty {
+            // vhost-user needs the guest's memory shared with virtiofsd: one memfd backend of -m's size.
+            guard !nvdimm else { throw RootfsError("--share cannot be combined with --kata-root pmem (its memory is laid out for the NVDIMM)") }
+            arguments += ["-object", "memory-backend-memfd,id=mem,size=\(options.memoryMB)M,share=on", "-numa", "node,memdev=mem"]
+            for (index, socket) in shareSockets.enumerated() {
+                arguments += ["-chardev", "socket,id=fs\(index),path=\(Self.quoted(socket))",
+                              "-device", "vhost-user-fs-pci,chardev=fs\(index),tag=\(GuestShare.tag(index))"]
+            }
+        }
         if options.interactive {
             // ttyS0 (console and the command) on the terminal, ttyS1 (status) to a file.
             arguments += ["-serial", "mon:stdio",
@@ -424,14 +445,16 @@ public struct QEMUBoot: Sendable {
             if head.prefix(4) == [0x51, 0x46, 0x49, 0xfb] { try ContainerHeader.qcow2(path: disk, head: head) }
         }
         var boot = self
-        if var network = options.network, network.modules.isEmpty, let kernel = options.kernel,
-           let directory = KataStageOneInitrd.modulesDirectory(nextTo: kernel) {
-            network.modules = try await GuestNetwork.modules(GuestNetwork.moduleNames, modulesDirectory: directory)
-            if !network.modules.isEmpty && kind != .initrd {
-                onNote("the kernel's virtio-net is a module, which only an initrd boot brings along: the guest needs it in its own image")
-                network.modules = []
+        if !options.shares.isEmpty && GuestShare.virtiofsd() == nil {
+            throw RootfsError("--share needs virtiofsd, which is not installed", hint: "apt-get install qemu-system-common (Debian 12 has /usr/lib/qemu/virtiofsd) or virtiofsd")
+        }
+        let wanted = (options.network != nil ? GuestNetwork.moduleNames : []) + (options.shares.isEmpty ? [] : GuestShare.moduleNames)
+        if !wanted.isEmpty, let kernel = options.kernel, let directory = KataStageOneInitrd.modulesDirectory(nextTo: kernel) {
+            boot.guestModules = try await GuestNetwork.modules(wanted, modulesDirectory: directory)
+            if !boot.guestModules.isEmpty && kind != .initrd {
+                onNote("the kernel's virtio drivers are modules, which only an initrd boot brings along: the guest needs them in its own image")
+                boot.guestModules = []
             }
-            boot.options.network = network
         }
         let accelerator = await chooseAccelerator(onNote: onNote)
         return try await boot.attempt(kind: kind, accelerator: accelerator, onOutput: onOutput, onNote: onNote)
@@ -457,11 +480,12 @@ public struct QEMUBoot: Sendable {
             try ScratchDisk.create(at: path, bytes: bytes)
             return .file(path)
         }
-        if let modules = options.network?.modules, !modules.isEmpty, kind == .initrd {
+        if !guestModules.isEmpty, kind == .initrd {
             let combined = directory + "/initrd"
-            try GuestNetwork.initrd(options.image, adding: modules, to: combined)
+            try GuestNetwork.initrd(options.image, adding: guestModules, to: combined)
             boot.initrdImage = combined
         }
+        boot.shareSockets = options.shares.indices.map { directory + "/share\($0).sock" }
         let command = try boot.qemuCommand(kind: kind, accelerator: accelerator, consoleLog: consoleLog, statusLog: statusLog)
 
         let watcher = ConsoleWatcher(statusPath: statusLog, consolePath: options.interactive ? nil : consoleLog,
@@ -470,7 +494,8 @@ public struct QEMUBoot: Sendable {
         let timeout = options.timeout
         let stopsWhenReady = stopsWhenReady
         let started = ContinuousClock.now
-        let outcome = try await runner.supervise(command, io: options.interactive ? .terminal : .pipes,
+        let outcome = try await GuestShare.serving(options.shares, sockets: boot.shareSockets, runner: runner) {
+        try await runner.supervise(command, io: options.interactive ? .terminal : .pipes,
                                                  onOutput: onOutput) { control in
             while !Task.isCancelled {
                 let elapsed = Self.seconds(ContinuousClock.now - started)
@@ -494,6 +519,7 @@ public struct QEMUBoot: Sendable {
             }
             // Cancelled (a signal reached rootfs): QEMU goes now, so the work directory can go.
             control.kill()
+        }
         }
         // What QEMU wrote last: a guest that became ready, ran its command and powered
         // off between two polls (or after the loop stopped with QEMU) still counts.
