@@ -43,7 +43,7 @@ struct BootDevicesTestsRequiringQEMU {
         #expect((try? String(contentsOfFile: shared + "/back.txt", encoding: .utf8)) == "written-by-guest\n")
         // --log-file has the guest console (the kernel's banner) and the notes, without -v.
         let logged = try String(contentsOfFile: log, encoding: .utf8)
-        #expect(logged.split(separator: "\n").contains { $0.hasPrefix("guest: [") && $0.contains("] Linux version") },
+        #expect(logged.split(separator: "\n").contains { $0.hasPrefix("guest: ") && $0.contains("] Linux version") },
                 "\(logged.prefix(2000))")
         #expect(logged.contains("rootfs: ready in"))
         #expect(!result.stderr.contains("Linux version"))
