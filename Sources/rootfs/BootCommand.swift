@@ -19,7 +19,7 @@ struct BootCommand: AsyncParsableCommand {
 
         Exit status, as `docker run`: the guest command's own status (128+N when signal N \
         killed it); 124 when --timeout ran out; 125 when rootfs or QEMU failed (a bad \
-        image, option or --qemu-arg, a kernel panic).
+        image, a usage error, a --qemu-arg QEMU refused, a kernel panic).
         """
     )
 
