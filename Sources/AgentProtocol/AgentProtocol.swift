@@ -27,6 +27,25 @@ public enum AgentProtocol {
     public static let statusParameter = "rootfs.status"
     /// Kernel parameter: the TERM given to the command (default "linux").
     public static let termParameter = "rootfs.term"
+    /// Kernel parameter: `user` asks the agent (as init) to configure QEMU's user-mode network:
+    /// lo, and eth0 as `userNetworkAddress`/`userNetworkPrefix` with the default route via `userNetworkGateway`.
+    public static let networkParameter = "rootfs.net"
+    public static let userNetworkAddress = "10.0.2.15"
+    public static let userNetworkPrefix: Int32 = 24
+    public static let userNetworkGateway = "10.0.2.2"
+    /// Kernel parameter: modules (comma-separated names, in load order) the agent loads first
+    /// from `modulesDirectory/NAME.ko`, which `rootfs boot` adds to the initrd for its devices.
+    public static let modulesParameter = "rootfs.modules"
+    public static let modulesDirectory = "/.rootfs-boot/modules"
+    /// A module name the agent accepts: letters, digits, `_` and `-` (no path).
+    public static func isModuleName(_ name: Substring) -> Bool {
+        !name.isEmpty && name.utf8.count <= 64 && name.utf8.allSatisfy {
+            ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 95 || $0 == 45
+        }
+    }
+    /// Kernel parameter: virtiofs shares to mount (PID 1 only), as tag and guest path pairs
+    /// encoded as `encodeCommand` encodes arguments.
+    public static let sharesParameter = "rootfs.shares"
     /// The default hostname.
     public static let defaultHostname = "rootfs"
 

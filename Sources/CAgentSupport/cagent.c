@@ -84,3 +84,62 @@ int rootfs_dm_create(const char *name, int read_only, uint64_t start, uint64_t l
     close(fd);
     return result;
 }
+
+// Guest networking for `rootfs boot --net user`: module loading and one static IPv4
+// configuration with the classic ioctls (what ifconfig and route do), no netlink needed.
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+
+int rootfs_agent_load_module(const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    long rc = syscall(SYS_finit_module, fd, "", 0);
+    int saved = errno;
+    close(fd);
+    if (rc != 0 && saved != EEXIST) return -saved;
+    return 0;
+}
+
+static int rootfs_ipv4(const char *text, struct sockaddr *out) {
+    struct sockaddr_in *in = (struct sockaddr_in *)out;
+    memset(in, 0, sizeof(*in));
+    in->sin_family = AF_INET;
+    return inet_pton(AF_INET, text, &in->sin_addr) == 1 ? 0 : -EINVAL;
+}
+
+int rootfs_agent_configure_ipv4(const char *name, const char *address, int prefix, const char *gateway) {
+    if (prefix < 0 || prefix > 32 || strlen(name) >= IFNAMSIZ) return -EINVAL;
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    int rc = 0;
+    struct ifreq request;
+    memset(&request, 0, sizeof(request));
+    strncpy(request.ifr_name, name, IFNAMSIZ - 1);
+    if ((rc = rootfs_ipv4(address, &request.ifr_addr)) != 0) goto out;
+    if (ioctl(fd, SIOCSIFADDR, &request) != 0) { rc = -errno; goto out; }
+    struct sockaddr_in *mask = (struct sockaddr_in *)&request.ifr_netmask;
+    memset(mask, 0, sizeof(*mask));
+    mask->sin_family = AF_INET;
+    mask->sin_addr.s_addr = htonl(prefix == 0 ? 0 : 0xffffffffu << (32 - prefix));
+    if (ioctl(fd, SIOCSIFNETMASK, &request) != 0) { rc = -errno; goto out; }
+    if (ioctl(fd, SIOCGIFFLAGS, &request) != 0) { rc = -errno; goto out; }
+    request.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(fd, SIOCSIFFLAGS, &request) != 0) { rc = -errno; goto out; }
+    if (gateway) {
+        struct rtentry route;
+        memset(&route, 0, sizeof(route));
+        if ((rc = rootfs_ipv4(gateway, &route.rt_gateway)) != 0) goto out;
+        rootfs_ipv4("0.0.0.0", &route.rt_dst);
+        rootfs_ipv4("0.0.0.0", &route.rt_genmask);
+        route.rt_flags = RTF_UP | RTF_GATEWAY;
+        route.rt_dev = request.ifr_name;
+        if (ioctl(fd, SIOCADDRT, &route) != 0 && errno != EEXIST) { rc = -errno; goto out; }
+    }
+out:
+    close(fd);
+    return rc;
+}

@@ -5,6 +5,9 @@ public struct RootfsError: Error, CustomStringConvertible, Sendable, Equatable {
     public var hint: String?
     /// Extra lines (a tool's output tail, a list of known distros).
     public var details: [String]
+    /// The exit status rootfs ends with for this error; nil: the command's own (1, or 125 for
+    /// `boot`). `boot` says 124 for a timeout, as timeout(1) and `docker run` do.
+    public var exitStatus: Int32? = nil
 
     public init(_ message: String, hint: String? = nil, details: [String] = []) {
         self.message = message

@@ -100,6 +100,47 @@ func bringUpLoopback() {
     }
 }
 
+/// Loads `rootfs boot`'s modules for its devices (virtio-net...), in the order given.
+/// Names only: a name with a path character is refused, the directory is fixed.
+func loadModules(_ names: String) {
+    for name in names.split(separator: ",") {
+        guard AgentProtocol.isModuleName(name) else { warn("not a module name: \(name)"); continue }
+        let path = AgentProtocol.modulesDirectory + "/" + String(name) + ".ko"
+        let rc = rootfs_agent_load_module(path)
+        if rc != 0 { warn("cannot load \(path): \(errorText(-rc))") }
+    }
+}
+
+/// `rootfs boot --share`: each virtiofs tag mounted on its guest directory (made when missing).
+func mountShares(_ encoded: String) {
+    guard let words = AgentProtocol.decodeCommandBytes(encoded), words.count % 2 == 0 else {
+        return warn("cannot decode \(AgentProtocol.sharesParameter); no share mounted")
+    }
+    var index = 0
+    while index < words.count {
+        let tag = String(decoding: words[index], as: UTF8.self), target = String(decoding: words[index + 1], as: UTF8.self)
+        index += 2
+        makeDirectories(target)
+        // The device may appear a moment after virtiofs loads: a few tries.
+        var tries = 0
+        while mount(tag, target, "virtiofs", 0, nil) != 0 {
+            tries += 1
+            if tries >= 50 { warn("cannot mount the share \(tag) on \(target): \(errorText())"); break }
+            usleep(20_000)
+        }
+    }
+}
+
+/// QEMU's user-mode network: eth0 gets the address its DHCP server would hand out, and the
+/// default route goes to its gateway. The card may appear a moment after its module loads.
+func configureUserNetwork() {
+    var waited = 0
+    while !exists("/sys/class/net/eth0") && waited < 100 { usleep(20_000); waited += 1 }
+    let rc = rootfs_agent_configure_ipv4("eth0", AgentProtocol.userNetworkAddress, AgentProtocol.userNetworkPrefix,
+                                         AgentProtocol.userNetworkGateway)
+    if rc != 0 { warn("cannot configure eth0: \(errorText(-rc))") }
+}
+
 /// Reaps every exited child; returns the status of `pid` if it was among them.
 func reapAll(until pid: pid_t?, blocking: Bool) -> Int32? {
     while true {
@@ -261,6 +302,9 @@ func parameter(_ name: String) -> String? { AgentProtocol.parameter(name, in: co
 if isInit {
     setHostname(parameter(AgentProtocol.hostnameParameter) ?? AgentProtocol.defaultHostname)
     bringUpLoopback()
+    if let names = parameter(AgentProtocol.modulesParameter) { loadModules(names) }
+    if parameter(AgentProtocol.networkParameter) == "user" { configureUserNetwork() }
+    if let shares = parameter(AgentProtocol.sharesParameter) { mountShares(shares) }
 }
 
 // Where the ready and status lines go: the console, plus an optional extra device.

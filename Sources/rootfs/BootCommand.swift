@@ -16,8 +16,14 @@ struct BootCommand: AsyncParsableCommand {
         partition disk, or bare ext4/erofs/squashfs), VHD, VHDX, qcow2, vmdk; LinuxKit's \
         NAME-squashfs.img / NAME-erofs.img find NAME-kernel and NAME-cmdline. EFI images \
         boot with OVMF. Disk images are booted with -snapshot: they are never modified.
+
+        Exit status, as `docker run`: the guest command's own status (128+N when signal N \
+        killed it); 124 when --timeout ran out; 125 when rootfs or QEMU failed (a bad \
+        image, a usage error, a --qemu-arg QEMU refused, a kernel panic).
         """
     )
+
+    @OptionGroup var global: GlobalOptions
 
     @Argument(help: "An initrd (cpio, plain or compressed), an ISO, or a disk image (raw, VHD, qcow2, vmdk).")
     var image: String
@@ -59,6 +65,27 @@ struct BootCommand: AsyncParsableCommand {
     @Flag(help: "Print one JSON document (exit status, accelerator, ready time, the command's output) instead of streaming the output.")
     var json = false
 
+    @Flag(help: "Stream the guest console (kernel and daemons) to stderr as it runs (-v does too; --log-file always gets it).")
+    var console = false
+
+    @Option(help: ArgumentHelp("Virtual CPUs (QEMU's -smp).", valueName: "n"))
+    var cpus: Int?
+
+    @Option(help: ArgumentHelp("user: QEMU's user-mode network on a virtio-net card; the agent gives the guest's eth0 10.0.2.15/24, gateway 10.0.2.2.", valueName: "user"))
+    var net: String?
+
+    @Option(help: ArgumentHelp("With --net user: 127.0.0.1:HOST on the host reaches the guest's port GUEST (repeatable; udp:HOST:GUEST for UDP).", valueName: "HOST:GUEST"))
+    var publish: [String] = []
+
+    @Option(help: ArgumentHelp("An extra NVMe disk (repeatable): a SIZE (64M, 1G) makes a sparse scratch disk removed after the boot; a FILE (raw or qcow2) is written to.", valueName: "SIZE|FILE"))
+    var disk: [String] = []
+
+    @Option(help: ArgumentHelp("Mount host directory HOSTDIR on GUESTDIR in the guest (repeatable; virtiofs served by virtiofsd, read-write).", valueName: "HOSTDIR=GUESTDIR"))
+    var share: [String] = []
+
+    @Option(name: .customLong("qemu-arg"), parsing: .unconditionalSingleValue, help: ArgumentHelp("One QEMU argument, passed verbatim after rootfs's own (repeatable: --qemu-arg -device --qemu-arg virtio-rng-pci).", valueName: "ARG"))
+    var qemuArg: [String] = []
+
     @Argument(parsing: .postTerminator, help: "The command to run in the guest, after --.")
     var command: [String] = []
 
@@ -73,23 +100,61 @@ struct BootCommand: AsyncParsableCommand {
             throw ValidationError("--timeout must be positive and --memory at least 64")
         }
         if json && interactive { throw ValidationError("--json captures the output: it cannot be combined with --interactive") }
+        if let cpus, cpus < 1 || cpus > 255 { throw ValidationError("--cpus \(cpus): give a number of virtual CPUs from 1 to 255") }
+        if let net, net != "user" { throw ValidationError("--net \(net): the one network is user (QEMU's user-mode network)") }
+        if !publish.isEmpty && net == nil { throw ValidationError("--publish needs --net user") }
+        for port in publish { _ = try GuestNetwork.Port.parse(port) }
+        for value in disk { _ = try ExtraDisk.parse(value) }
+        for value in share { _ = try GuestShare.parse(value) }
+    }
+
+    /// The console's bytes as lines for `Console` (the log file, and stderr with --console or -v).
+    final class ConsoleLines: Sendable {
+        private let pending = Mutex<[UInt8]>([])
+        let emit: @Sendable (String) -> Void
+        init(_ emit: @escaping @Sendable (String) -> Void) { self.emit = emit }
+        func feed(_ bytes: [UInt8]) {
+            let lines: [String] = pending.withLock { pending in
+                pending += bytes
+                var out: [String] = []
+                while let newline = pending.firstIndex(of: 0x0a) {
+                    out.append(ConsoleText.printable(pending[..<newline]))
+                    pending.removeSubrange(...newline)
+                }
+                // A line without end is shown in pieces rather than held without bound.
+                if pending.count > 4096 { out.append(ConsoleText.printable(pending[...])); pending.removeAll() }
+                return out
+            }
+            for line in lines { emit("guest: " + line) }
+        }
     }
 
     func run() async throws {
+        let log = global.makeConsole(json: json)
+        // One signal path with every other command: a signal cancels the boot, QEMU is
+        // stopped and the boot's work directory removed before rootfs exits. Interactive:
+        // Ctrl-C belongs to the guest's terminal.
+        let signals = interactive ? CommandRunner.stopSignals.filter { $0 != SIGINT } : CommandRunner.stopSignals
+        let this = self
+        // 125 for every failure of rootfs's or QEMU's own, so a guest's exit status 1 stays the guest's.
+        try await CommandRunner.run(json: json, signals: signals, failureStatus: QEMUBoot.failureExitStatus) {
+            try await this.boot(log: log)
+        }
+    }
+
+    func boot(log: Console) async throws {
+        let note: @Sendable (String) -> Void = { note in log.info("rootfs: \(note)") }
         var options = BootOptions(image: image, kernel: kernel, command: command)
         options.initrd = initrd
         options.firmware = Firmware(rawValue: firmware) ?? .auto
-        let verityStage: String?
-        do {
-            verityStage = try await verityOptions(&options) { note in FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8)) }
-        } catch let error as RootfsError {
-            // The same `error: …` and exit status as every failure inside CommandRunner.
-            let (json, e) = (json, error)
-            try await CommandRunner.run(json: json) { throw e }
-            return
-        }
+        let verityStage = try await verityOptions(&options, onNote: note)
         defer { if let verityStage { FS.remove(verityStage) } }
-        let stageOne = try await kata ? kataOptions(&options) : rootModuleOptions(&options)
+        let stageOne: String?
+        do {
+            stageOne = try await kata ? kataOptions(&options) : rootModuleOptions(&options)
+        } catch let error as ValidationError {
+            throw RootfsError(error.message)
+        }
         defer { if let stageOne { FS.remove(stageOne) } }
         options.timeout = timeout
         options.memoryMB = memory
@@ -98,37 +163,39 @@ struct BootCommand: AsyncParsableCommand {
         options.accelerator = Accelerator(rawValue: accel) ?? .auto
         options.architecture = try arch.map { try Architecture.parse($0, option: "--arch") }
         options.term = ProcessInfo.processInfo.environment["TERM"]
+        options.cpus = cpus
+        options.extraDisks = try disk.map(ExtraDisk.parse)
+        if net != nil { options.network = GuestNetwork(publish: try publish.map(GuestNetwork.Port.parse)) }
+        options.shares = try share.map(GuestShare.parse)
+        options.extraQEMUArguments = qemuArg
+        // The console: into the log file always, on stderr with --console or -v.
+        let shown = console
+        let lines = ConsoleLines { line in shown ? log.info(line) : log.detail(line) }
+        if !interactive { options.onConsole = { lines.feed($0) } }
         let boot = QEMUBoot(options: options)
-        let (json, command) = (json, command)
-        // One signal path with every other command: a signal cancels the boot, QEMU is
-        // stopped and the boot's work directory removed before rootfs exits. Interactive:
-        // Ctrl-C belongs to the guest's terminal.
-        let signals = interactive ? CommandRunner.stopSignals.filter { $0 != SIGINT } : CommandRunner.stopSignals
-        try await CommandRunner.run(json: json, signals: signals) {
-            guard json else {
-                let result = try await boot.run(
-                    onOutput: { bytes in FileHandle.standardOutput.write(Data(bytes)) },
-                    onNote: { note in FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8)) }
-                )
-                if result.stoppedWhenReady {
-                    FileHandle.standardError.write(Data(String(format: "rootfs: booted: ready in %.1f s (%@), guest stopped\n",
-                                                               result.readySeconds, result.accelerator.rawValue).utf8))
-                }
-                if result.exitStatus != 0 { throw ExitCode(result.exitStatus) }
-                return
-            }
-            let captured = CapturedOutput()
-            let notes = CapturedOutput()
+        guard json else {
             let result = try await boot.run(
-                onOutput: { bytes in captured.append(bytes) },
-                onNote: { note in
-                    notes.append(Array((note + "\n").utf8))
-                    FileHandle.standardError.write(Data("rootfs: \(note)\n".utf8))
-                })
-            try printJSON(Report(result: result, command: command, output: captured.bytes, outputBytes: captured.total,
-                                 notes: notes.text.split(separator: "\n").map(String.init)))
+                onOutput: { bytes in FileHandle.standardOutput.write(Data(bytes)) },
+                onNote: note
+            )
+            if result.stoppedWhenReady {
+                log.info(String(format: "rootfs: booted: ready in %.1f s (%@), guest stopped",
+                                result.readySeconds, result.accelerator.rawValue))
+            }
             if result.exitStatus != 0 { throw ExitCode(result.exitStatus) }
+            return
         }
+        let captured = CapturedOutput()
+        let notes = CapturedOutput()
+        let result = try await boot.run(
+            onOutput: { bytes in captured.append(bytes) },
+            onNote: { text in
+                notes.append(Array((text + "\n").utf8))
+                note(text)
+            })
+        try printJSON(Report(result: result, command: command, output: captured.bytes, outputBytes: captured.total,
+                             notes: notes.text.split(separator: "\n").map(String.init)))
+        if result.exitStatus != 0 { throw ExitCode(result.exitStatus) }
     }
 
     /// `--json` output of a boot.

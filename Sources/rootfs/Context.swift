@@ -74,7 +74,9 @@ enum CommandRunner {
     /// `json`: a failure also prints `{"error": ...}` on stdout (the message still goes to stderr).
     /// `signals`: what cancels the work (`boot --interactive` leaves SIGINT to the guest's terminal).
     /// `console`: the error also goes into its log files (--log-file), unless it has reported it already.
-    static func run(json: Bool = false, signals: [Int32] = stopSignals, console: Console? = nil,
+    /// `failureStatus`: the exit status of a failure (`boot` reserves 125 for its own, as `docker run`
+    /// does, so a guest command's 1 stays the guest's); a RootfsError's own `exitStatus` wins.
+    static func run(json: Bool = false, signals: [Int32] = stopSignals, console: Console? = nil, failureStatus: Int32 = 1,
                     _ body: @escaping @Sendable () async throws -> Void) async throws {
         let task = Task { try await body() }
         let sources = signals.map { sig -> DispatchSourceSignal in
@@ -106,7 +108,7 @@ enum CommandRunner {
                 FileHandle.standardError.write(Data("\(Console(level: .quiet).colored("error:", "1;31")) \(error)\n".utf8))
             }
             if json { try? printJSON(JSONError(error)) }
-            throw ExitCode.failure
+            throw ExitCode((error as? RootfsError)?.exitStatus ?? failureStatus)
         }
     }
 }

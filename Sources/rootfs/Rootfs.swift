@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import RootfsKit
 
 @main
@@ -15,6 +16,31 @@ struct Rootfs: AsyncParsableCommand {
 
     @Flag(help: "Print the version and the commit rootfs was built from.")
     var version = false
+
+    /// ArgumentParser's own main, except that `rootfs boot`'s usage errors exit 125: boot passes
+    /// its guest's exit status through, so all of rootfs's own failures share 125 (`docker run`'s).
+    static func main() async {
+        var command: any ParsableCommand
+        do {
+            command = try parseAsRoot()
+        } catch {
+            // Parsing and validate(): an unknown flag, a bad value (help and --version exit 0 as ever).
+            if exitCode(for: error) != .success, CommandLine.arguments.dropFirst().first == "boot" {
+                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(QEMUBoot.failureExitStatus)
+            }
+            exit(withError: error)
+        }
+        do {
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 
     func run() async throws {
         guard version else { throw CleanExit.helpRequest(self) }

@@ -29,6 +29,12 @@ static inline int rootfs_agent_ioctl(int fd, unsigned long request, void *argume
 int rootfs_agent_power_off(void);
 // Creates and activates device-mapper device NAME with one target (dmsetup create without
 // libdevmapper). Returns 0 or -errno; *device gets the new device's number (huge_encode_dev).
+// Loads the kernel module in file PATH (finit_module; no modprobe, no libkmod).
+// Returns 0 (also when the module is already loaded) or -errno.
+int rootfs_agent_load_module(const char *path);
+// Gives interface NAME the IPv4 address ADDRESS/PREFIX and brings it up; a GATEWAY
+// (NULL: none) becomes the default route. Dotted quads. Returns 0 or -errno.
+int rootfs_agent_configure_ipv4(const char *name, const char *address, int prefix, const char *gateway);
 int rootfs_dm_create(const char *name, int read_only, uint64_t start, uint64_t length,
                      const char *target, const char *params, uint64_t *device);
 #endif

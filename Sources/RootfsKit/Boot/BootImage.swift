@@ -108,7 +108,19 @@ public enum BootImageKind: Sendable, Equatable {
         let unknown = RootfsError("\(path) is neither an initrd, an ISO nor a disk image",
                                   hint: "expected a cpio archive (plain or compressed), an ISO 9660 image, or a raw, VHD, qcow2 or vmdk disk image",
                                   details: ["first bytes: " + head.prefix(8).map { String(format: "%02x", $0) }.joined(separator: " ")])
+        // A tar is a root file system, not something to boot: said before QEMU turns it into a
+        // kernel panic. Compressed, only the content tells an initrd from a tar (a bounded prefix).
+        if DecompressedPrefix.isTar(head) { throw tarNotInitrd(path, compressed: false) }
         guard var first = detect(head: head, tail: tail) else { throw unknown }
+        if first == .initrd, !DecompressedPrefix.isCpio(head),
+           let content = DecompressedPrefix.read(path: path, count: 512) {
+            if DecompressedPrefix.isTar(content) { throw tarNotInitrd(path, compressed: true) }
+            if !DecompressedPrefix.isCpio(content) {
+                throw RootfsError("\(path) is compressed but holds no cpio archive, so it is not an initrd",
+                                  hint: "boot an initrd (rootfs initrd), an ISO or a disk image; a compressed disk image must be decompressed first",
+                                  details: ["first bytes inside: " + content.prefix(8).map { String(format: "%02x", $0) }.joined(separator: " ")])
+            }
+        }
         if first == .iso, let efi = elToritoEFI(read: file.read) { first = .efiISO(bios: efi.bios) }
         if first == .uki { return try classifyPE(path: path, head: head) }
         guard case .disk(let guess) = first else { return first }
@@ -134,6 +146,11 @@ public enum BootImageKind: Sendable, Equatable {
         guard let converted = ImageFile(path: raw) else { throw RootfsError("qemu-img wrote no \(raw)") }
         defer { converted.close() }
         return .disk(try layout(container: container, what: path, read: converted.read))
+    }
+
+    static func tarNotInitrd(_ path: String, compressed: Bool) -> RootfsError {
+        RootfsError("\(path) is a tar archive\(compressed ? " (compressed)" : ""), not an initrd: use `rootfs initrd`",
+                    hint: "`rootfs initrd \(path) -o x.initrd` makes an initrd of it (or `rootfs image` a disk image); then boot that")
     }
 
     /// `qemu-img dd` of the first 4 MiB of a container image into a raw file. The

@@ -64,6 +64,21 @@ public struct BootOptions: Sendable {
     /// A `--verity` disk: the root is its dm-verity mapping (VerityBoot.swift).
     public var verity: VerityBoot?
 
+    /// `--cpus`: QEMU's -smp; nil: QEMU's default (one).
+    public var cpus: Int?
+    /// `--disk`: extra disks (raw or qcow2 files), each on an NVMe controller of its own,
+    /// after the root disk. Written to, not snapshots: they are the user's scratch disks.
+    public var extraDisks: [ExtraDisk] = []
+    /// `--net user`: QEMU's user-mode network on a virtio-net card; the agent configures
+    /// the guest side (AgentProtocol.networkParameter). nil: no network card at all.
+    public var network: GuestNetwork?
+    /// `--share`: host directories the guest mounts (virtiofs, served by virtiofsd).
+    public var shares: [GuestShare] = []
+    /// `--qemu-arg`: passed verbatim after rootfs's own arguments (the user's own command line).
+    public var extraQEMUArguments: [String] = []
+    /// Called with the guest console's bytes as QEMU writes them (`--console`, `-v`, `--log-file`).
+    public var onConsole: (@Sendable ([UInt8]) -> Void)?
+
     public init(image: String, kernel: String?, command: [String] = []) {
         self.image = image
         self.kernel = kernel
@@ -99,10 +114,21 @@ public struct BootResult: Sendable, Equatable {
 public struct QEMUBoot: Sendable {
     public var options: BootOptions
     public var runner = ProcessRunner()
+    /// The initrd QEMU gets when it is not the image itself (the image plus --net's modules).
+    var initrdImage: String?
+    /// Modules the agent loads for our devices (virtio-net, virtiofs), added to the initrd.
+    var guestModules: [GuestModule] = []
+    /// The vhost-user sockets of --share's virtiofsd, one per share (set by `attempt`).
+    var shareSockets: [String] = []
     /// The kernel's command line limit on x86 (COMMAND_LINE_SIZE), with some room.
     public static let maxCommandLine = 2000
     /// How many console lines an error shows.
     public static let tailLines = 20
+    /// `rootfs boot`'s exit status when the guest ran out of --timeout (timeout(1)'s).
+    public static let timeoutExitStatus: Int32 = 124
+    /// `rootfs boot`'s exit status when rootfs or QEMU failed (`docker run`'s): a guest
+    /// command's own status, whatever it is, passes through unchanged.
+    public static let failureExitStatus: Int32 = 125
 
     public init(options: BootOptions) {
         self.options = options
@@ -155,6 +181,18 @@ public struct QEMUBoot: Sendable {
         if let hostname = options.hostname {
             parameters.append("\(AgentProtocol.hostnameParameter)=\(hostname)")
         }
+        if !guestModules.isEmpty {
+            parameters.append("\(AgentProtocol.modulesParameter)=\(guestModules.map(\.name).joined(separator: ","))")
+        }
+        if let network = options.network {
+            parameters.append("\(AgentProtocol.networkParameter)=\(network.agentValue)")
+        }
+        if !options.shares.isEmpty {
+            // Tag and guest path pairs, encoded as the command is: any path survives the command line.
+            let pairs = options.shares.enumerated().flatMap { [GuestShare.tag($0.offset), $0.element.guestPath] }
+            guard let encoded = AgentProtocol.encodeCommand(pairs) else { throw RootfsError("a --share guest path contains a NUL byte") }
+            parameters.append("\(AgentProtocol.sharesParameter)=\(encoded)")
+        }
         if !command.isEmpty {
             guard let encoded = AgentProtocol.encodeCommand(command) else {
                 throw RootfsError("the command contains a NUL byte")
@@ -202,7 +240,7 @@ public struct QEMUBoot: Sendable {
             // The firmware boots the CD: isolinux (SeaBIOS) or the El Torito EFI image (OVMF) loads the ISO's own kernel.
             arguments += ["-drive", "if=ide,index=2,media=cdrom,format=raw,\(Self.fileOption(options.image))", "-boot", "d"]
         case .initrd:
-            arguments += ["-kernel", try kernelPath(), "-initrd", options.image]
+            arguments += ["-kernel", try kernelPath(), "-initrd", initrdImage ?? options.image]
         case .uki:
             // OVMF loads the UKI as an EFI program; with Secure Boot off systemd's stub takes
             // the command line it is given (-append) instead of its .cmdline.
@@ -227,6 +265,27 @@ public struct QEMUBoot: Sendable {
             }
         }
         if !kind.bootsItself { arguments += ["-append", try kernelCommandLine(kind: kind)] }
+        if let cpus = options.cpus { arguments += ["-smp", String(cpus)] }
+        for (index, extra) in options.extraDisks.enumerated() {
+            guard case .file(let disk) = extra else { throw RootfsError("a scratch disk is made when the boot starts (QEMUBoot.attempt)") }
+            // NVMe: built into Debian's kernels (virtio-blk is a module). Same quoting as the root disk.
+            let format = ImageFile(path: disk).map { file in
+                defer { file.close() }
+                return file.read(at: 0, count: 4) == [0x51, 0x46, 0x49, 0xfb] ? "qcow2,backing=" : "raw"
+            } ?? "raw"
+            arguments += ["-drive", "if=none,id=x\(index),format=\(format),snapshot=off,\(Self.fileOption(disk))",
+                          "-device", "nvme,drive=x\(index),serial=rootfs-disk\(index)"]
+        }
+        if let network = options.network { arguments += network.qemuArguments }
+        if !options.shares.isEmpty {
+            // vhost-user needs the guest's memory shared with virtiofsd: one memfd backend of -m's size.
+            guard !nvdimm else { throw RootfsError("--share cannot be combined with --kata-root pmem (its memory is laid out for the NVDIMM)") }
+            arguments += ["-object", "memory-backend-memfd,id=mem,size=\(options.memoryMB)M,share=on", "-numa", "node,memdev=mem"]
+            for (index, socket) in shareSockets.enumerated() {
+                arguments += ["-chardev", "socket,id=fs\(index),path=\(Self.quoted(socket))",
+                              "-device", "vhost-user-fs-pci,chardev=fs\(index),tag=\(GuestShare.tag(index))"]
+            }
+        }
         if options.interactive {
             // ttyS0 (console and the command) on the terminal, ttyS1 (status) to a file.
             arguments += ["-serial", "mon:stdio",
@@ -243,7 +302,8 @@ public struct QEMUBoot: Sendable {
                 : (usesEFI(kind) ? ["-serial", "null"] : []) + ["-serial", "stdio"]
             arguments += ["-chardev", "file,id=status,append=on,path=\(Self.quoted(statusLog))"] + machine.extraPort(chardev: "status")
         }
-        return ToolCommand(options.qemuExecutable, arguments)
+        // Last, as given: the user's own options (QEMU takes a later option over an earlier one).
+        return ToolCommand(options.qemuExecutable, arguments + options.extraQEMUArguments)
     }
 
     /// A value inside a QEMU option list (`-drive a=b,c=d`): a comma is written twice,
@@ -374,8 +434,30 @@ public struct QEMUBoot: Sendable {
         case .uki: onNote("booting the unified kernel image with OVMF (UEFI)")
         default: break
         }
+        for case .file(let disk) in options.extraDisks {
+            try Self.checkPath(disk, "disk")
+            guard let file = ImageFile(path: disk) else {
+                throw RootfsError("cannot read the disk \(disk)", hint: "--disk takes a size (e.g. 64M) or an existing raw or qcow2 file")
+            }
+            defer { file.close() }
+            let head = file.read(at: 0, count: 4096)
+            // A qcow2 naming a backing or data file would hand that file to the guest.
+            if head.prefix(4) == [0x51, 0x46, 0x49, 0xfb] { try ContainerHeader.qcow2(path: disk, head: head) }
+        }
+        var boot = self
+        if !options.shares.isEmpty && GuestShare.virtiofsd() == nil {
+            throw RootfsError("--share needs virtiofsd, which is not installed", hint: "apt-get install qemu-system-common (Debian 12 has /usr/lib/qemu/virtiofsd) or virtiofsd")
+        }
+        let wanted = (options.network != nil ? GuestNetwork.moduleNames : []) + (options.shares.isEmpty ? [] : GuestShare.moduleNames)
+        if !wanted.isEmpty, let kernel = options.kernel, let directory = KataStageOneInitrd.modulesDirectory(nextTo: kernel) {
+            boot.guestModules = try await GuestNetwork.modules(wanted, modulesDirectory: directory)
+            if !boot.guestModules.isEmpty && kind != .initrd {
+                onNote("the kernel's virtio drivers are modules, which only an initrd boot brings along: the guest needs them in its own image")
+                boot.guestModules = []
+            }
+        }
         let accelerator = await chooseAccelerator(onNote: onNote)
-        return try await attempt(kind: kind, accelerator: accelerator, onOutput: onOutput, onNote: onNote)
+        return try await boot.attempt(kind: kind, accelerator: accelerator, onOutput: onOutput, onNote: onNote)
     }
 
     func attempt(kind: BootImageKind, accelerator: Accelerator,
@@ -390,14 +472,30 @@ public struct QEMUBoot: Sendable {
             var file = try OwnedFileDescriptor(path: log, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
             try file.close()
         }
-        let command = try qemuCommand(kind: kind, accelerator: accelerator, consoleLog: consoleLog, statusLog: statusLog)
+        var boot = self
+        // Scratch disks live in the work directory: removed with it, whatever ends the boot.
+        boot.options.extraDisks = try options.extraDisks.enumerated().map { index, disk in
+            guard case .scratch(let bytes) = disk else { return disk }
+            let path = directory + "/scratch\(index).raw"
+            try ScratchDisk.create(at: path, bytes: bytes)
+            return .file(path)
+        }
+        if !guestModules.isEmpty, kind == .initrd {
+            let combined = directory + "/initrd"
+            try GuestNetwork.initrd(options.image, adding: guestModules, to: combined)
+            boot.initrdImage = combined
+        }
+        boot.shareSockets = options.shares.indices.map { directory + "/share\($0).sock" }
+        let command = try boot.qemuCommand(kind: kind, accelerator: accelerator, consoleLog: consoleLog, statusLog: statusLog)
 
         let watcher = ConsoleWatcher(statusPath: statusLog, consolePath: options.interactive ? nil : consoleLog,
-                                     tailLimit: Self.tailLines, readyFromConsole: kind.bootsItself && stopsWhenReady)
+                                     tailLimit: Self.tailLines, readyFromConsole: kind.bootsItself && stopsWhenReady,
+                                     onConsole: options.onConsole)
         let timeout = options.timeout
         let stopsWhenReady = stopsWhenReady
         let started = ContinuousClock.now
-        let outcome = try await runner.supervise(command, io: options.interactive ? .terminal : .pipes,
+        let outcome = try await GuestShare.serving(options.shares, sockets: boot.shareSockets, runner: runner) {
+        try await runner.supervise(command, io: options.interactive ? .terminal : .pipes,
                                                  onOutput: onOutput) { control in
             while !Task.isCancelled {
                 let elapsed = Self.seconds(ContinuousClock.now - started)
@@ -421,6 +519,7 @@ public struct QEMUBoot: Sendable {
             }
             // Cancelled (a signal reached rootfs): QEMU goes now, so the work directory can go.
             control.kill()
+        }
         }
         // What QEMU wrote last: a guest that became ready, ran its command and powered
         // off between two polls (or after the loop stopped with QEMU) still counts.
@@ -458,12 +557,14 @@ public struct QEMUBoot: Sendable {
         }
         let timeoutText = String(format: "%g", timeout)
         if state.timedOut {
-            if state.readySeconds == nil {
-                throw RootfsError("the guest did not become ready within \(timeoutText) s", hint: kind.bootsItself
+            // 124, as timeout(1) and `docker run` say it: a timeout is neither the guest's status nor rootfs's failure.
+            var error = state.readySeconds == nil
+                ? RootfsError("the guest did not become ready within \(timeoutText) s", hint: kind.bootsItself
                     ? "the ISO's kernel command line needs console=ttyS0 (rootfs image --cmdline) and the agent as init; a slow machine may need a longer --timeout"
                     : "is rootfs-agent the guest's init? A slow machine may need a longer --timeout", details: details)
-            }
-            throw RootfsError("the command did not finish within \(timeoutText) s", hint: "raise --timeout", details: details)
+                : RootfsError("the command did not finish within \(timeoutText) s", hint: "raise --timeout", details: details)
+            error.exitStatus = Self.timeoutExitStatus
+            throw error
         }
         if state.panicked {
             throw RootfsError("the guest kernel panicked" + (state.readySeconds == nil ? " before the agent was ready" : ""),
@@ -660,9 +761,13 @@ final class ConsoleWatcher: Sendable {
     private let streams: Mutex<Streams>
     private let statusFile: FileFollower
     private let consoleFile: FileFollower?
+    /// Gets every console byte read (`rootfs boot --console`).
+    private let onConsole: (@Sendable ([UInt8]) -> Void)?
 
     /// `console`: nil when the console is the user's terminal (interactive runs).
-    init(statusPath: String, consolePath: String?, tailLimit: Int, readyFromConsole: Bool = false) {
+    init(statusPath: String, consolePath: String?, tailLimit: Int, readyFromConsole: Bool = false,
+         onConsole: (@Sendable ([UInt8]) -> Void)? = nil) {
+        self.onConsole = onConsole
         statusFile = FileFollower(path: statusPath)
         consoleFile = consolePath.map { FileFollower(path: $0, truncateAbove: Self.consoleFileLimit) }
         streams = Mutex(Streams(console: ConsoleTail(lineLimit: tailLimit), consoleReady: readyFromConsole ? StatusStream() : nil))
@@ -686,6 +791,7 @@ final class ConsoleWatcher: Sendable {
     func poll() -> [StatusStream.Event] {
         let status = statusFile.read(limit: Self.statusReadLimit)
         let console = consoleFile?.read(limit: Self.consoleReadLimit) ?? []
+        if !console.isEmpty { onConsole?(console) }
         return streams.withLock { $0.feed(status: status, console: console) }
     }
 
@@ -697,6 +803,7 @@ final class ConsoleWatcher: Sendable {
             let status = statusFile.read(limit: Self.statusReadLimit)
             let console = consoleFile?.read(limit: Self.consoleReadLimit) ?? []
             if status.isEmpty && console.isEmpty { break }
+            if !console.isEmpty { onConsole?(console) }
             events += streams.withLock { $0.feed(status: status, console: console) }
         }
         return events
@@ -731,4 +838,10 @@ final class ConsoleWatcher: Sendable {
         text.unicodeScalars.removeAll { (0x80...0x9f).contains($0.value) }
         return text
     }
+}
+
+/// Console text for people (`rootfs boot --console`): the watcher's own cleaning.
+public enum ConsoleText {
+    /// A console line without carriage returns and terminal escape sequences.
+    public static func printable(_ bytes: ArraySlice<UInt8>) -> String { ConsoleWatcher.printable(bytes) }
 }
