@@ -23,7 +23,11 @@ public enum TOMLDocument {
         } catch let error as TOMLParseError {
             throw Failure.syntax(line: error.source.begin.line, column: error.source.begin.column, message: error.description)
         } catch let error as UnexpectedKeysError {
-            throw Failure.unknownKeys(error.keys.map { key, path in path.map(\.stringValue) + [key] })
+            // Each path leads to its key and ends with it.
+            throw Failure.unknownKeys(error.keys.map { key, path in
+                let names = path.map(\.stringValue)
+                return names.last == key ? names : names + [key]
+            })
         }
     }
 

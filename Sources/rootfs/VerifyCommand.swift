@@ -28,9 +28,13 @@ struct VerifyCommand: AsyncParsableCommand {
             }
             guard report.ok else {
                 let failed = report.outputs.filter { !$0.problems.isEmpty }
-                throw RootfsError("\(failed.count) output(s) do not match \(report.manifest): \(failed.map(\.path).joined(separator: ", "))",
+                let error = RootfsError("\(failed.count) output(s) do not match \(report.manifest): \(failed.map(\.path).joined(separator: ", "))",
                                   hint: "rebuild them (`rootfs build --from-manifest \(report.manifest)`), or find what changed them",
                                   details: failed.flatMap(\.problems))
+                // With --json the report is the one document on stdout; the error goes to stderr only.
+                guard json else { throw error }
+                FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+                throw ExitCode.failure
             }
             console.info("verified \(report.outputs.count) output(s) against \(report.manifest)")
         }

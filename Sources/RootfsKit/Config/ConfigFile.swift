@@ -62,7 +62,10 @@ public enum ConfigFile {
         case .valueNotFound(let type, let context):
             return "key '\(key(context.codingPath))' has no value: expected \(typeName(type))"
         case .keyNotFound(let k, let context):
-            return "key '\(key(context.codingPath + [k]))' is missing"
+            // Every key is optional: TOMLKit says "not found" for a value of the wrong type.
+            let path = context.codingPath.last?.stringValue == k.stringValue ? context.codingPath : context.codingPath + [k]
+            let name = key(path)
+            return "key '\(name)' has the wrong type: expected \(RootfsConfig.expectedType(of: name))"
         case .dataCorrupted(let context):
             return "key '\(key(context.codingPath))': \(context.debugDescription)"
         @unknown default:

@@ -135,6 +135,20 @@ public struct RootfsConfig: Sendable, Codable, Equatable {
 
     public init() {}
 
+    /// What a key holds, for the message about a value of the wrong type.
+    static func expectedType(of key: String) -> String {
+        let numbers: Set = ["image.free-space", "image.block-size", "image.align", "build.source-date-epoch",
+                            "boot.memory", "boot.cpus", "boot.timeout"]
+        let lists: Set = ["distro.packages", "distro.distros-dirs", "content.overlays", "content.files", "output.formats"]
+        let flags: Set = ["content.agent-init", "content.kata", "content.rootfs-only", "output.force", "output.manifest",
+                          "output.sbom", "image.no-partition-table", "image.dax", "image.skip-dax-header", "image.vhdx-fixed",
+                          "image.verity", "build.no-cache"]
+        if numbers.contains(key) { return "a whole number" }
+        if lists.contains(key) { return "an array of strings" }
+        if flags.contains(key) { return "true or false" }
+        return CodingKeys(rawValue: key) != nil ? "a table ([\(key)])" : "a string"
+    }
+
     /// The keys a section holds (for the message about an unknown one).
     static func knownKeys(section: String?) -> [String] {
         switch section {
