@@ -13,6 +13,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.2"),
+        // rootfs.toml (RootfsKit/Config/): a kept TOML library (toml++ underneath), no parser of our own.
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         // libarchive, found through pkg-config (apt: libarchive-dev), with zstd and zlib used directly.
@@ -44,6 +46,12 @@ let package = Package(
             // The image writers are hot paths and the tests run them on real trees.
             swiftSettings: [.unsafeFlags(["-O"])]
         ),
+        // rootfs.toml's parser: TOMLKit behind an internal import, so its extensions of String,
+        // Array and Dictionary stay out of RootfsKit (RootfsKit/Config/ uses it).
+        .target(
+            name: "RootfsTOML",
+            dependencies: [.product(name: "TOMLKit", package: "TOMLKit")]
+        ),
         // Distros, the build, containers, the manifest, boot: everything that decides what to write.
         .target(
             name: "RootfsKit",
@@ -51,6 +59,7 @@ let package = Package(
                 "AgentProtocol",
                 "RootfsSupport",
                 "RootfsImage",
+                "RootfsTOML",
             ],
             swiftSettings: [.unsafeFlags(["-O"])]
         ),

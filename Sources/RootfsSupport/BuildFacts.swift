@@ -34,9 +34,33 @@ extension RootfsVersion {
         return commit + (dirty ? "+dirty" : "")
     }
 
+    /// A commit and where it was read (a checkout, an install's record, or why it is unknown).
+    public struct BuildCommit: Sendable, Equatable, Codable {
+        public var commit: String
+        public var source: String
+        public init(commit: String, source: String) {
+            self.commit = commit
+            self.source = source
+        }
+    }
+
     /// `rootfs 0.1.0 (commit abc123def456)`.
     public static func describe() async -> String {
         "rootfs \(version) (commit \(await commit()))"
+    }
+}
+
+/// Where the reference agents live: next to rootfs (a checkout's `swift build`), else the
+/// install layout's PREFIX/libexec/rootfs (scripts/install.sh; docs/CLI.md, "Installing").
+public enum InstallLayout {
+    public static func agentDirectories(executableDirectory: String? = FS.executableDirectory()) -> [String] {
+        guard let exe = executableDirectory else { return [] }
+        return [exe, FS.parent(exe) + "/libexec/rootfs"]
+    }
+
+    /// The first `name` (rootfs-agent, rootfs-agent-aarch64...) found there.
+    public static func agent(named name: String) -> String? {
+        agentDirectories().map { $0 + "/" + name }.first(where: FS.isRegularFile)
     }
 }
 

@@ -17,7 +17,7 @@ extension BootCommand {
         let busybox = ["/bin/busybox", "/usr/bin/busybox"].first(where: FS.isRegularFile) ?? "/bin/busybox"
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("rootfs-verity-stage1-\(getpid()).initrd").path
         var stage = KataStageOneInitrd(modules: vetted, busybox: busybox)
-        stage.deviceMapperTool = (FS.executableDirectory() ?? ".") + "/rootfs-agent"
+        stage.deviceMapperTool = InstallLayout.agent(named: "rootfs-agent") ?? (FS.executableDirectory() ?? ".") + "/rootfs-agent"
         // erofs is a module too on such kernels (ext4 is built in): loaded when the root is erofs.
         let erofs = (try? await BootImageKind.detect(path: image))?.disk?.filesystem == .erofs
         try await stage.write(to: path, moduleNames: (kata ? KataBoot.rootModules : []) + VerityBoot.modules + (erofs ? ["erofs"] : []))

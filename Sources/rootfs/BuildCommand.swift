@@ -16,7 +16,8 @@ struct BuildCommand: AsyncParsableCommand {
         """)
 
     @OptionGroup var global: GlobalOptions
-    @Argument(help: "The distro to build (see `rootfs list`); with --from-image, the build's name (default: from the image's name).")
+    @Argument(help: "The distro to build (see `rootfs list`); with --from-image, the build's name (default: from the image's name).",
+              completion: .custom(distroNameCompletions))
     var distro: String?
     @Option(name: .customLong("from-image"), help: ArgumentHelp(
         "Build from a container image instead of a distro hook: docker://NAME, podman://NAME, oci:DIR[:TAG] or docker-archive:FILE. The agent is /sbin/init unless INIT_PROCESS=systemd.",
@@ -53,8 +54,19 @@ struct BuildCommand: AsyncParsableCommand {
     @Flag(name: .customLong("no-cache"), help: "Neither use nor fill the tree cache (the hook runs).") var noCache = false
     @Flag(help: "Run the hook and replace the tree cache's entry for this build.") var refresh = false
     @Option(name: .customLong("format"), help: ArgumentHelp(
-        "Write this format (repeatable): \(OutputFormat.names). Replaces the default outputs.", valueName: "F"))
+        "Write this format (repeatable): \(OutputFormat.names). Replaces the default outputs.", valueName: "F"),
+            completion: .list(OutputFormat.allValueStrings))
     var formats: [String] = []
+    @Option(name: [.customShort("C"), .customLong("config")], help: ArgumentHelp(
+        "Read the build's settings from this rootfs.toml (default: ./rootfs.toml when no distro is named); flags given here override it (docs/CLI.md, \"Config files\").",
+        valueName: "FILE"), completion: .file(extensions: ["toml"]))
+    var configFile: String?
+    @Option(name: .customLong("from-manifest"), help: ArgumentHelp(
+        "Replay the build a manifest records (its `config`: every option, resolved); flags given here override it.", valueName: "MANIFEST"),
+            completion: .file(extensions: ["json"]))
+    var fromManifest: String?
+    /// Set on the second parse, once the config's arguments are in (BuildCommand+Config.swift).
+    @Flag(name: .customLong("config-applied"), help: .hidden) var configApplied = false
     @Option(name: .short, help: ArgumentHelp("Write the --format outputs into DIR as DIR/<distro>.<ext> (default: build/<distro>).", valueName: "DIR"))
     var outputDirectory: String?
     @OptionGroup var imageFlags: ImageFlags
@@ -65,7 +77,10 @@ struct BuildCommand: AsyncParsableCommand {
     @Flag(help: "Print one JSON document on stdout (outputs, digests, phase times); progress stays on stderr.") var json = false
 
     func validate() throws {
-        if distro == nil && fromImage == nil {
+        if configFile != nil && fromManifest != nil {
+            throw ValidationError("-C and --from-manifest both give the settings: choose one")
+        }
+        if distro == nil && fromImage == nil && configFile == nil && fromManifest == nil && !FS.isRegularFile(ConfigFile.defaultName) {
             throw ValidationError("name a distro to build (see `rootfs list`), or give --from-image IMAGE")
         }
         if sbom && noManifest { throw ValidationError("--sbom is written from the manifest's data: drop --no-manifest") }
@@ -93,6 +108,7 @@ struct BuildCommand: AsyncParsableCommand {
     var engineChoice: EngineChoice? { docker ? .docker : podman ? .podman : engine }
 
     func run() async throws {
+        if let configured = try await withConfig() { return try await configured.run() }
         var options = BuildOptions(distro: distro ?? fromImage.map(ImageBuild.name(for:)) ?? "")
         options.fromImageLabel = fromImage
         options.distrosDirs = global.distrosDirs
@@ -120,6 +136,7 @@ struct BuildCommand: AsyncParsableCommand {
         options.refresh = refresh
         options.manifest = !noManifest
         options.sbom = sbom
+        options.recordedConfig = flagsConfig(boot: configBoot())
         let console = global.makeConsole(json: json)
         let (dryRun, json) = (dryRun, json)
         let base = options

@@ -11,7 +11,7 @@ struct Rootfs: AsyncParsableCommand {
         subcommands: [ListCommand.self, BuildCommand.self, InitrdCommand.self, ImageCommand.self, ExtendCommand.self,
                       CheckCommand.self, BootCommand.self, NewCommand.self, SizeCommand.self, BuilderCommand.self,
                       DiffCommand.self, VerityCommand.self, CacheCommand.self,
-                      LsCommand.self, CpCommand.self]
+                      LsCommand.self, CpCommand.self, SummaryCommand.self, VerifyCommand.self]
     )
 
     @Flag(help: "Print the version and the commit rootfs was built from.")
@@ -44,6 +44,7 @@ struct Rootfs: AsyncParsableCommand {
 
     func run() async throws {
         guard version else { throw CleanExit.helpRequest(self) }
-        print(await RootfsVersion.describe())
+        // The checkout's commit, or the one scripts/install.sh recorded for an installed copy.
+        print("rootfs \(RootfsVersion.version) (commit \(await ProjectData.buildCommit().commit))")
     }
 }

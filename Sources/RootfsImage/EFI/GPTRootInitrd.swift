@@ -18,9 +18,10 @@ public struct GPTRootInitrd: Sendable {
         self.epoch = epoch
     }
 
-    /// The reference agent next to the rootfs executable (where `swift build` puts both).
+    /// The reference agent next to the rootfs executable (where `swift build` puts both),
+    /// or in an install's libexec/rootfs.
     public static func referenceAgent(format: String) throws -> String {
-        let path = (FS.executableDirectory() ?? ".") + "/rootfs-agent"
+        let path = InstallLayout.agent(named: "rootfs-agent") ?? (FS.executableDirectory() ?? ".") + "/rootfs-agent"
         guard FS.isRegularFile(path), ELF.isStatic(path) else {
             throw RootfsError("\(format) boots through a stage-1 initrd made of the static rootfs-agent, and \(path) is not one",
                               hint: "build it next to rootfs with `swift build --product rootfs-agent`")

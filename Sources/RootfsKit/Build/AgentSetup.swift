@@ -45,24 +45,24 @@ public struct AgentSpec: Sendable, Equatable {
             // The host's SwiftPM build makes the host's agent only; other architectures come from
             // scripts/build-agent.sh (Embedded Swift, docs/AGENT.md), written next to rootfs.
             let name = "rootfs-agent-" + architecture.rawValue
-            guard let dir = FS.executableDirectory(), FS.isRegularFile(dir + "/" + name) else {
+            guard let found = ProjectData.agent(named: name) else {
                 let how = [.aarch64, .x86_64].contains(architecture)
                     ? "build it with `scripts/build-agent.sh --arch \(architecture.rawValue)` (it writes \(name) next to rootfs), or pass --agent PATH"
                     : "no Swift toolchain here builds it for \(architecture.rawValue) (docs/AGENT.md): pass --agent PATH, an agent built for \(architecture.rawValue)"
-                throw RootfsError("no agent given and the reference agent \(name) for \(architecture.rawValue) was not found next to rootfs", hint: how)
+                throw RootfsError("no agent given and the reference agent \(name) for \(architecture.rawValue) was not found next to rootfs (searched \(ProjectData.agentDirectories().joined(separator: ", ")))", hint: how)
             }
-            path = dir + "/" + name
+            path = found
             reference = true
             guard ELF.machine(path) == architecture.elfMachine, ELF.isStatic(path) else {
                 throw RootfsError("\(path) is not a static \(architecture.rawValue) executable",
                                   hint: "rebuild it with `scripts/build-agent.sh --arch \(architecture.rawValue)`")
             }
         } else {
-            guard let dir = FS.executableDirectory(), FS.isRegularFile(dir + "/rootfs-agent") else {
-                throw RootfsError("no agent given and the reference agent rootfs-agent was not found next to rootfs",
+            guard let found = ProjectData.agent(named: "rootfs-agent") else {
+                throw RootfsError("no agent given and the reference agent rootfs-agent was not found (searched \(ProjectData.agentDirectories().joined(separator: ", ")))",
                                   hint: "build it with `swift build --product rootfs-agent`, or pass --agent PATH")
             }
-            path = dir + "/rootfs-agent"
+            path = found
             reference = true
             guard ELF.isStatic(path) else {
                 throw RootfsError("\(path) is not a static executable", hint: "rebuild it with `swift build --product rootfs-agent`")

@@ -62,6 +62,9 @@ public struct BuildOptions: Sendable {
     public var noCache = false
     public var refresh = false
     public var environment: [String: String]
+    /// The build's options in rootfs.toml's shape, as the CLI resolved them (flags over the
+    /// config file); the planner completes it and the manifest records it (nil: none recorded).
+    public var recordedConfig: RootfsConfig?
 
     public init(distro: String, environment: [String: String] = ProcessInfo.processInfo.environment) {
         self.distro = distro

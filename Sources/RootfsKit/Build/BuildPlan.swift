@@ -35,6 +35,9 @@ public struct BuildPlan: Sendable {
     public var imageOptions = ImageOptions()
     /// The manifest and SPDX SBOM written next to the outputs (nil: not written).
     public var manifestPath: String?
+    /// The manifest's `config` (BuildOptions.recordedConfig resolved with this plan) and the tool's commit.
+    public var recordedConfig: RootfsConfig?
+    public var toolCommit: RootfsVersion.BuildCommit?
     public var sbomPath: String?
     /// qemu-user for another architecture's binaries (nil: the host runs them).
     public var emulation: ForeignEmulation?

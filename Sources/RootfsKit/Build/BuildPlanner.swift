@@ -77,7 +77,7 @@ public struct BuildPlanner: Sendable {
         } catch let error as RootfsError {
             try problem(error)
             // Dry run: show where the agent would have come from.
-            let path = options.agentPath ?? env["AGENT_SOURCE_BIN"] ?? ((FS.executableDirectory() ?? ".") + "/rootfs-agent")
+            let path = options.agentPath ?? env["AGENT_SOURCE_BIN"] ?? ProjectData.agent(named: "rootfs-agent") ?? ((FS.executableDirectory() ?? ".") + "/rootfs-agent")
             agent = AgentSpec(sourcePath: FS.absolute(path), guestName: env["AGENT_BIN"].flatMap { $0.isEmpty ? nil : $0 }
                               ?? (options.agentPath == nil && env["AGENT_SOURCE_BIN"] == nil ? "rootfs-agent" : "kata-agent"),
                               isInit: agentInit, isReferenceAgent: options.agentPath == nil)
@@ -248,6 +248,7 @@ public struct BuildPlanner: Sendable {
             let base = plan.fileOutputs.first?.documentBase ?? rootfsDir
             plan.manifestPath = base + ".manifest.json"
             if options.sbom { plan.sbomPath = base + ".spdx.json" }
+            plan.toolCommit = await ProjectData.buildCommit(environment: env)
         }
         plan.transport = options.transport
         try await decideTreeCache(&plan, options: options, cache: cache)
@@ -262,6 +263,7 @@ public struct BuildPlanner: Sendable {
             try problem(error)
         }
         plan.problems = problems
+        plan.recordedConfig = options.recordedConfig?.resolved(with: plan)
         return plan
     }
 

@@ -82,11 +82,14 @@ public struct Builder: Sendable {
 extension BuildPlan {
     /// What the manifest says about this build, as plain facts.
     func manifestFacts(agentSHA256: String) -> ManifestFacts {
-        ManifestFacts(distro: distro.name, osName: config.osName ?? distro.name, osVersion: config.osVersion ?? "",
+        var facts = ManifestFacts(distro: distro.name, osName: config.osName ?? distro.name, osVersion: config.osVersion ?? "",
                       architecture: architecture, agentGuestPath: agent.guestPath, agentSource: agent.sourcePath,
                       agentSHA256: agentSHA256, agentInit: agent.isInit, packages: config.packages,
                       extraPackages: extraPackages, initProcess: agent.isInit ? "agent" : config.initProcess,
                       compression: compression, freeSpaceMiB: imageOptions.freeSpaceMiB, sourceDateEpoch: epoch,
                       buildTime: epoch ?? Int(Date().timeIntervalSince1970))
+        facts.toolCommit = toolCommit
+        facts.config = recordedConfig
+        return facts
     }
 }

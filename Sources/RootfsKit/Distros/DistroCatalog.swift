@@ -87,8 +87,18 @@ public struct DistroCatalog: Sendable {
         let known = entries().map(\.distro.name)
         throw RootfsError("unknown distro '\(name)'",
                           hint: known.isEmpty
-                            ? "no distros were found; searched: \(searchPath.map(\.path).joined(separator: ", "))"
+                            ? "no distros were found; searched: \(Self.searchedText(searchPath))"
                             : "known distros: \(known.joined(separator: ", ")) (see `rootfs list`)")
+    }
+
+    /// The search path as a message shows it; without a built-in directory, where it was looked for
+    /// (ROOTFS_DATA_DIR, the install layout, a checkout) and how to name one.
+    public static func searchedText(_ searchPath: [SearchDirectory]) -> String {
+        var parts = searchPath.map(\.path)
+        if !searchPath.contains(where: { $0.origin == .builtIn }) {
+            parts.append("no built-in distros/ in \(ProjectData.searchedDescription()) (set ROOTFS_DATA_DIR to the directory holding distros/ and template/, or pass --distros-dir DIR)")
+        }
+        return parts.joined(separator: ", ")
     }
 
     private func distroNames(in dir: String) -> [String] {
@@ -97,20 +107,80 @@ public struct DistroCatalog: Sendable {
     }
 }
 
-/// Where the project's own data (distros/, template/) lives.
+/// Where the project's own data (distros/, template/) and the reference agent live: a checkout,
+/// or the install layout scripts/install.sh writes (docs/CLI.md, "Installing"):
+///
+///     PREFIX/bin/rootfs
+///     PREFIX/libexec/rootfs/rootfs-agent[-ARCH]
+///     PREFIX/share/rootfs/{distros,template,commit}
+///
+/// Everything is found from the executable's real path (links resolved), so a linked or
+/// copied-with-its-tree binary works from any working directory.
 public enum ProjectData {
-    /// ROOTFS_DATA_DIR, else the checkout the executable was built in, else an installed share directory.
-    public static func directory(environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
-        if let dir = environment["ROOTFS_DATA_DIR"], FS.isDirectory(dir + "/distros") { return FS.absolute(dir) }
-        if var dir = FS.executableDirectory() {
+    /// Where distros/ and template/ are looked for, in order: ROOTFS_DATA_DIR, the install
+    /// layout around the executable, the checkout it was built in, the system share directories.
+    public static func candidates(environment: [String: String] = ProcessInfo.processInfo.environment,
+                                  executableDirectory: String? = FS.executableDirectory()) -> [String] {
+        var dirs: [String] = []
+        if let dir = environment["ROOTFS_DATA_DIR"], !dir.isEmpty { dirs.append(FS.absolute(dir)) }
+        if let exe = executableDirectory {
+            dirs.append(FS.parent(exe) + "/share/rootfs")
+            var dir = exe
             while dir != "/" && !dir.isEmpty {
-                if FS.isDirectory(dir + "/distros") && FS.isDirectory(dir + "/template") { return dir }
+                dirs.append(dir)
                 dir = FS.parent(dir)
             }
         }
-        for dir in ["/usr/local/share/rootfs", "/usr/share/rootfs"] where FS.isDirectory(dir + "/distros") {
-            return dir
+        return dirs + ["/usr/local/share/rootfs", "/usr/share/rootfs"]
+    }
+
+    /// The first candidate holding distros/ (a checkout: distros/ and template/).
+    public static func directory(environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
+        let exe = FS.executableDirectory()
+        for dir in candidates(environment: environment, executableDirectory: exe) {
+            let isAncestor = exe.map { $0 == dir || $0.hasPrefix(dir + "/") } ?? false
+            // Above the executable only a checkout counts (distros/ beside template/), not any distros/.
+            if FS.isDirectory(dir + "/distros") && (!isAncestor || FS.isDirectory(dir + "/template")) { return dir }
         }
         return nil
+    }
+
+    /// What was searched, for the message when nothing was found.
+    public static func searchedDescription(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        let exe = FS.executableDirectory()
+        var parts: [String] = []
+        if let dir = environment["ROOTFS_DATA_DIR"], !dir.isEmpty { parts.append("ROOTFS_DATA_DIR=\(dir)") }
+        else { parts.append("ROOTFS_DATA_DIR (not set)") }
+        if let exe {
+            parts.append(FS.parent(exe) + "/share/rootfs")
+            parts.append("a checkout above \(exe)")
+        }
+        parts += ["/usr/local/share/rootfs", "/usr/share/rootfs"]
+        return parts.joined(separator: ", ")
+    }
+
+    /// Where the reference agents are looked for (InstallLayout, in RootfsSupport for the writers).
+    public static func agentDirectories() -> [String] { InstallLayout.agentDirectories() }
+
+    /// The reference agent called `name` (rootfs-agent, rootfs-agent-aarch64...), if found.
+    public static func agent(named name: String) -> String? { InstallLayout.agent(named: name) }
+
+    /// The commit this rootfs was built from: the checkout's HEAD when it runs from a checkout
+    /// (as `--version` says), else the `commit` file scripts/install.sh records in
+    /// share/rootfs, else "unknown" with what was missing.
+    public static func buildCommit(environment: [String: String] = ProcessInfo.processInfo.environment) async -> RootfsVersion.BuildCommit {
+        if RootfsVersion.checkout() != nil {
+            let commit = await RootfsVersion.commit()
+            return .init(commit: commit, source: commit == "unknown" ? "checkout (git did not answer)" : "checkout")
+        }
+        if let exe = FS.executableDirectory() {
+            let file = FS.parent(exe) + "/share/rootfs/commit"
+            if let data = FileManager.default.contents(atPath: file),
+               let text = String(data: data, encoding: .utf8)?.trimmingCharacters(in: .whitespacesAndNewlines),
+               !text.isEmpty, text.count <= 64, text.unicodeScalars.allSatisfy({ $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "+-._".unicodeScalars.contains($0)) }) {
+                return .init(commit: text, source: "install (\(file))")
+            }
+        }
+        return .init(commit: "unknown", source: "unknown: not run from a git checkout, and no share/rootfs/commit beside the executable")
     }
 }

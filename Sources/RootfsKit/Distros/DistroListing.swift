@@ -19,6 +19,8 @@ public struct DistroListing: Sendable, Codable {
 
     public var searchPath: [String]
     public var distros: [Item]
+    /// What was searched, as a message says it (names ROOTFS_DATA_DIR when no built-in distros/ was found).
+    public var searchedText: String? = nil
 
     public static func make(catalog: DistroCatalog) async throws -> DistroListing {
         var items: [Item] = []
@@ -39,7 +41,9 @@ public struct DistroListing: Sendable, Codable {
             }
             items.append(item)
         }
-        return DistroListing(searchPath: catalog.searchPath.map { "\($0.path) (\($0.origin.rawValue))" }, distros: items)
+        var listing = DistroListing(searchPath: catalog.searchPath.map { "\($0.path) (\($0.origin.rawValue))" }, distros: items)
+        listing.searchedText = DistroCatalog.searchedText(catalog.searchPath)
+        return listing
     }
 
     /// A plain-text table.
@@ -59,7 +63,7 @@ public struct DistroListing: Sendable, Codable {
             row.enumerated().map { i, cell in i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
                 .joined(separator: "  ")
         }.joined(separator: "\n")
-        if distros.isEmpty { out += "\n(no distros found; searched \(searchPath.joined(separator: ", ")))" }
+        if distros.isEmpty { out += "\n(no distros found; searched: \(searchedText ?? searchPath.joined(separator: ", ")))" }
         if !notes.isEmpty { out += "\n\n" + notes.joined(separator: "\n") }
         return out
     }

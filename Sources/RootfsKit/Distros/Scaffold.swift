@@ -66,17 +66,11 @@ public struct Scaffold: Sendable {
         }
     }
 
-    /// The first --distros-dir, else the first ROOTFS_DISTROS_PATH directory, else the built-in distros/.
+    /// The first --distros-dir, else the working directory: an installed rootfs's data
+    /// directory is not the user's to write into, and a checkout's distros/ is named explicitly.
     public static func defaultDirectory(distrosDirs: [String], environment: [String: String]) throws -> String {
         if let first = distrosDirs.first { return FS.absolute(first) }
-        if let path = environment["ROOTFS_DISTROS_PATH"], let first = path.split(separator: ":").first {
-            return FS.absolute(String(first))
-        }
-        guard let data = ProjectData.directory(environment: environment) else {
-            throw RootfsError("no distros directory to create the distro in",
-                              hint: "pass --distros-dir DIR (or set ROOTFS_DISTROS_PATH)")
-        }
-        return data + "/distros"
+        return FileManager.default.currentDirectoryPath
     }
 
     private func requireFree() throws {

@@ -7,6 +7,11 @@ public struct BuildManifest: Sendable, Codable, Equatable {
     public struct Tool: Sendable, Codable, Equatable {
         public var name = "rootfs"
         public var version: String
+        /// The commit the tool was built from (RootfsVersion.buildCommit), or "unknown".
+        public var commit: String? = nil
+        /// Where `commit` comes from: "checkout" (git, the checkout the binary lives in),
+        /// "install" (recorded by scripts/install.sh), or what is missing when it is unknown.
+        public var commitSource: String? = nil
     }
     public struct Distro: Sendable, Codable, Equatable {
         public var name: String
@@ -48,12 +53,15 @@ public struct BuildManifest: Sendable, Codable, Equatable {
     public var agent: Agent
     public var options: Options
     public var outputs: [Output]
+    /// Every option of the build, resolved (flags, config file, environment, defaults), in
+    /// the shape of rootfs.toml: `rootfs build --from-manifest` replays the build from it.
+    public var config: RootfsConfig? = nil
 
     /// The manifest of a finished build, from the facts the output stage hands over.
     public static func make(facts: ManifestFacts, inventory: PackageInventory,
                             outputs: [BuildOutput]) -> BuildManifest {
         BuildManifest(
-            tool: Tool(version: RootfsVersion.version),
+            tool: Tool(version: RootfsVersion.version, commit: facts.toolCommit?.commit, commitSource: facts.toolCommit?.source),
             buildTime: iso8601(facts.buildTime),
             distro: Distro(name: facts.distro, osName: facts.osName, version: facts.osVersion,
                            architecture: facts.architecture),
@@ -66,7 +74,8 @@ public struct BuildManifest: Sendable, Codable, Equatable {
                              initProcess: facts.initProcess, compression: facts.compression.rawValue,
                              freeSpaceMiB: facts.freeSpaceMiB, sourceDateEpoch: facts.sourceDateEpoch),
             outputs: outputs.map { Output(kind: $0.kind, path: $0.path, bytes: $0.kind == "rootfs" ? nil : $0.bytes, sha256: $0.sha256,
-                                           verity: $0.verity, rootHashFile: $0.rootHashFile) })
+                                           verity: $0.verity, rootHashFile: $0.rootHashFile) },
+            config: facts.config)
     }
 
     public func json() throws -> Data {
@@ -99,6 +108,10 @@ public struct ManifestFacts: Sendable, Equatable {
     public var sourceDateEpoch: Int?
     /// Seconds since 1970 (SOURCE_DATE_EPOCH when set).
     public var buildTime: Int
+    /// The tool's commit and where it was read (nil: not asked).
+    public var toolCommit: RootfsVersion.BuildCommit? = nil
+    /// The resolved option set (nil: the caller recorded none).
+    public var config: RootfsConfig? = nil
 
     public init(distro: String, osName: String, osVersion: String, architecture: String, agentGuestPath: String,
                 agentSource: String, agentSHA256: String, agentInit: Bool, packages: [String], extraPackages: [String],
