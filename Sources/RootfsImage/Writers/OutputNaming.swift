@@ -24,11 +24,13 @@ extension OutputFormat {
 
     /// Whether a file named `path` may hold this format: its ending is this format's, or the one
     /// this format shares (raw-efi's NAME-efi.img is a .img, dynamic-vhd's a .vhd, tar-kernel-initrd's
-    /// a .tar), or Kata's and LinuxKit's NAME-initrd.img, NAME-squashfs.img and NAME-erofs.img.
+    /// a .tar, every ISO a .iso), or Kata's and LinuxKit's NAME-initrd.img, NAME-squashfs.img and NAME-erofs.img.
     public func accepts(path: String) -> Bool {
         guard let inferred = OutputFormat.infer(fromPath: path), inferred != self else { return true }
         switch (self, inferred) {
         case (.rawEFI, .raw), (.qcow2EFI, .qcow2), (.dynamicVHD, .vhd), (.tarKernelInitrd, .tar): return true
+        // Every ISO is a .iso: NAME.iso infers iso-bios, and --format picks the EFI or hybrid one.
+        case (.isoEFI, .isoBios), (.isoEFIInitrd, .isoBios), (.isoHybrid, .isoBios): return true
         case (.initrd, .raw), (.squashfs, .raw), (.erofs, .raw):
             return FS.basename(path).lowercased().hasSuffix(rawValue + ".img")
         default: return false
