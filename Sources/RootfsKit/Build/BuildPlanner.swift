@@ -150,7 +150,7 @@ public struct BuildPlanner: Sendable {
         if FS.exists(rootfsDir) && !FS.isDirectory(rootfsDir) {
             throw RootfsError("\(rootfsDir) exists and is not a directory")
         }
-        // One road for every output: --initrd F is (initrd, F), --image F is (raw, F), each
+        // One road for every output: --initrd F is (initrd, F), --image F is (raw or its extension's disk format, F), each
         // written by its format's writer with all of the image options.
         var keepRootfs = !anyOutput || rootfsOption != nil || wantsRootfs
         var outputs: [FormatOutput] = []
