@@ -252,9 +252,9 @@ if has cache; then
     say "6. cache: rootfs build debian with an empty cache (cold) vs a warm one (tree cache hit), interleaved"
     for r in $(seq 1 "$runs"); do
         rm -rf "$work/cache-cold" "$work/c-out"
-        measure cache cold "$r" - "$rootfs_bin" build -q debian --format tar --no-manifest -o "$work/c-out" --cache-dir "$work/cache-cold"
-        [ "$r" -gt 1 ] || "$rootfs_bin" build -q debian --format tar --no-manifest -o "$work/c-out" --cache-dir "$work/cache-warm" >/dev/null 2>&1
-        measure cache warm "$r" - "$rootfs_bin" build -q debian --format tar --no-manifest -o "$work/c-out" --cache-dir "$work/cache-warm"
+        measure cache cold "$r" - "$rootfs_bin" build -q debian --format tar --no-manifest -O "$work/c-out" --cache-dir "$work/cache-cold"
+        [ "$r" -gt 1 ] || "$rootfs_bin" build -q debian --format tar --no-manifest -O "$work/c-out" --cache-dir "$work/cache-warm" >/dev/null 2>&1
+        measure cache warm "$r" - "$rootfs_bin" build -q debian --format tar --no-manifest -O "$work/c-out" --cache-dir "$work/cache-warm"
     done
     rm -rf "$work/cache-cold"
 fi

@@ -8,7 +8,9 @@ struct BootCommand: AsyncParsableCommand {
         commandName: "boot",
         abstract: "Boot an initrd, ISO or disk image in QEMU and run a command in it.",
         discussion: """
-        The image's init must be rootfs-agent (see docs/AGENT.md). The command's \
+        The guest must run an agent that speaks rootfs's agent protocol (docs/AGENT.md): \
+        rootfs-agent as the init, or started by the guest's own init (systemd, as `rootfs build` \
+        installs it), or any other agent that follows the protocol. The command's \
         output goes to stdout and rootfs exits with the command's exit status. \
         Without a command, the guest is stopped as soon as the agent is ready \
         (the time to ready is printed). The kind is read from the content: initrd, \
@@ -20,6 +22,8 @@ struct BootCommand: AsyncParsableCommand {
         Exit status, as `docker run`: the guest command's own status (128+N when signal N \
         killed it); 124 when --timeout ran out; 125 when rootfs or QEMU failed (a bad \
         image, a usage error, a --qemu-arg QEMU refused, a kernel panic).
+
+        \(BootCommand.examples)
         """
     )
 

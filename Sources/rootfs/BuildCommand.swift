@@ -13,6 +13,14 @@ struct BuildCommand: AsyncParsableCommand {
         KERNEL_MODULES_DIR, GUEST_HOOKS_TARBALL, PAUSE_IMAGE_TARBALL, COCO_GUEST_COMPONENTS_TARBALL, CONFIDENTIAL_GUEST, DEBUG, SOURCE_DATE_EPOCH, ROOTFS_DISTROS_PATH. \
         Container builds (docs/CONTAINERS.md): USE_DOCKER=true, USE_PODMAN=true, BUILDER_BASE, \
         IMAGE_REGISTRY, PODMAN_RUNTIME, DOCKER_RUNTIME, http_proxy/https_proxy/no_proxy.
+
+        EXAMPLES:
+          rootfs build debian                  # build/debian/: rootfs, .initrd, .img
+          rootfs build debian -o out/d.qcow2   # one output, qcow2 by its extension
+          rootfs build debian --format tar.zst -o out/guest
+          rootfs build debian --format raw --format oci -O out
+          rootfs build debian --agent-init --initrd x.initrd
+          rootfs build debian --dry-run        # the plan; nothing is written
         """)
 
     @OptionGroup var global: GlobalOptions
@@ -26,7 +34,7 @@ struct BuildCommand: AsyncParsableCommand {
     @Option(name: [.short, .customLong("rootfs-dir")], help: ArgumentHelp("Write the rootfs directory here.", valueName: "DIR"))
     var rootfsDir: String?
     @Option(help: ArgumentHelp("Write an initrd (cpio) here.", valueName: "FILE")) var initrd: String?
-    @Option(help: ArgumentHelp("Write a raw disk image here (MBR and ext4 unless --partition-table/--fs say otherwise).", valueName: "FILE")) var image: String?
+    @Option(help: ArgumentHelp("Write a disk image here, in the format its extension names: .img or none raw, .qcow2, .vhd, .vhdx, .vmdk (MBR and ext4 unless --partition-table/--fs say otherwise).", valueName: "FILE")) var image: String?
     @Option(name: .customLong("os-version"), help: "The distro release (overrides OS_VERSION).") var osVersion: String?
     @Option(name: .customLong("extra-pkg"), help: ArgumentHelp("Install this package too (repeatable).", valueName: "PKG"))
     var extraPackages: [String] = []
@@ -42,8 +50,8 @@ struct BuildCommand: AsyncParsableCommand {
     @Flag(help: "Replace an existing, non-empty rootfs directory that an earlier rootfs build wrote.") var force = false
     @Flag(name: .customLong("force-any-directory"), help: "With --force: replace any non-empty directory (not /, your home or a mount point) even if rootfs did not build it.")
     var forceAnyDirectory = false
-    @Option(help: "Initrd compression.") var compression: Compression = .zstd
-    @Option(help: ArgumentHelp("Where the hook runs: host (default), docker, podman, or auto (the host when it has the distro's tools, else an engine that answers).", valueName: "ENGINE"))
+    @Option(help: ArgumentHelp("Initrd compression.", valueName: Compression.valueNames)) var compression: Compression = .zstd
+    @Option(help: ArgumentHelp("Where the hook runs (default: host; auto: the host when it has the distro's tools, else an engine that answers).", valueName: EngineChoice.valueNames))
     var engine: EngineChoice?
     @Flag(help: "Run the hook in a Docker builder container (same as --engine docker; USE_DOCKER=true).") var docker = false
     @Flag(help: "Run the hook in a Podman builder container (same as --engine podman; USE_PODMAN=true).") var podman = false
@@ -67,8 +75,14 @@ struct BuildCommand: AsyncParsableCommand {
     var fromManifest: String?
     /// Set on the second parse, once the config's arguments are in (BuildCommand+Config.swift).
     @Flag(name: .customLong("config-applied"), help: .hidden) var configApplied = false
-    @Option(name: .short, help: ArgumentHelp("Write the --format outputs into DIR as DIR/<distro>.<ext> (default: build/<distro>).", valueName: "DIR"))
+    @Option(name: [.customShort("O"), .customLong("output-dir")], help: ArgumentHelp(
+        "Write the outputs into DIR: DIR/<distro>.<ext> for each --format, else the default ones (DIR/rootfs, DIR/<distro>.initrd, DIR/<distro>.img; default: build/<distro>).",
+        valueName: "DIR"))
     var outputDirectory: String?
+    @Option(name: [.short, .customLong("output")], help: ArgumentHelp(
+        "Write the one output to FILE: the --format given, else the format FILE's extension names (as `rootfs image -o`). For several formats, use -O DIR.",
+        valueName: "FILE"))
+    var output: String?
     @OptionGroup var imageFlags: ImageFlags
     @OptionGroup var compose: ComposeFlags
     @Flag(name: .customLong("dry-run"), help: "Print the plan (distro, config, hook command, agent, outputs) and write nothing.") var dryRun = false
@@ -127,6 +141,7 @@ struct BuildCommand: AsyncParsableCommand {
         options.compression = compression
         options.freeSpaceMiB = imageFlags.freeSpace
         options.outputDirectory = outputDirectory
+        options.output = output
         let (formatTexts, compose, flags) = (formats, compose, imageFlags)
         options.dryRun = dryRun
         options.engine = engineChoice
@@ -174,10 +189,7 @@ struct BuildCommand: AsyncParsableCommand {
                                      slowestPhase: slowest, seconds: seconds, log: plan.logPath,
                                      treeCache: plan.treeCacheOutcome.value))
             }
-            for output in outputs {
-                let size = output.kind == "rootfs" ? "" : "  " + formatBytes(output.bytes)
-                console.result("\(output.kind): \(output.path)\(size)\(output.sha256.map { "  sha256:" + $0 } ?? "")")
-            }
+            for output in outputs { console.result(output.resultLine) }
             let slowText = slowest.map { String(format: "; slowest: %@ %.1f s", String($0.name.prefix { $0 != ":" }), $0.seconds) } ?? ""
             console.info(String(format: "built %@ in %.1f s%@ (log: %@)", plan.distro.name, seconds, slowText, plan.logPath))
         }

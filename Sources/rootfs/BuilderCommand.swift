@@ -21,7 +21,7 @@ struct BuilderSeedCommand: AsyncParsableCommand {
 
     @OptionGroup var global: GlobalOptions
     @Argument(help: "The distro whose base image to make (see `rootfs list`).") var distro: String
-    @Option(help: "The engine to import into: docker or podman.") var engine: EngineChoice?
+    @Option(help: ArgumentHelp("The engine to import into.", valueName: ContainerEngine.Kind.valueNames)) var engine: ContainerEngine.Kind?
     @Option(name: .customLong("os-version"), help: "The distro release (overrides OS_VERSION).") var osVersion: String?
     @Option(help: ArgumentHelp("The image reference (default: OS_NAME:OS_VERSION).", valueName: "IMAGE")) var tag: String?
     @Option(name: .customLong("package"), help: ArgumentHelp("Install this package too (repeatable).", valueName: "PKG"))
@@ -30,12 +30,6 @@ struct BuilderSeedCommand: AsyncParsableCommand {
     @Option(name: .customLong("build-dir"), help: ArgumentHelp("Scratch and log directory (default: build/<distro>).", valueName: "DIR"))
     var buildDir: String?
 
-    func validate() throws {
-        if engine == .host || engine == .auto {
-            throw ValidationError("--engine for seed is docker or podman")
-        }
-    }
-
     func run() async throws {
         let console = global.makeConsole()
         let (distro, engineChoice, osVersion, tag, packages, ifMissing, buildDir, dirs) =
@@ -43,7 +37,7 @@ struct BuilderSeedCommand: AsyncParsableCommand {
         try await CommandRunner.run {
             let env = ProcessInfo.processInfo.environment
             let kind: ContainerEngine.Kind
-            switch engineChoice ?? EngineChoice.fromEnvironment(env) {
+            switch engineChoice.map({ $0 == .docker ? EngineChoice.docker : .podman }) ?? EngineChoice.fromEnvironment(env) {
             case .docker: kind = .docker
             case .podman: kind = .podman
             default:

@@ -11,7 +11,7 @@ struct ExtendCommand: AsyncParsableCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "The image to extend (initrd, tar[.gz|.zst], raw ext4 disk or bare ext4).") var image: String
     @OptionGroup var compose: ComposeFlags
-    @Option(name: .short, help: ArgumentHelp("Write the result here instead of replacing IMAGE.", valueName: "NEW")) var output: String?
+    @Option(name: [.short, .customLong("output")], help: ArgumentHelp("Write the result here instead of replacing IMAGE.", valueName: "NEW")) var output: String?
 
     func run() async throws {
         let (image, compose, output) = (image, compose, output)
@@ -22,7 +22,10 @@ struct ExtendCommand: AsyncParsableCommand {
             defer { exports.removeAll() }
             let specs = try await compose.specs(exports: exports)
             guard !specs.isEmpty else { throw RootfsError("nothing to add", hint: "give --overlay DIR|TAR or --file GUEST=HOST") }
-            if let output { try FS.requireParentDirectory(of: output, option: "-o") }
+            if let output {
+                try FS.requireFileOutputName(output, option: "-o")
+                try FS.requireParentDirectory(of: output, option: "-o")
+            }
             // The result replaces IMAGE (or NEW): a symlink or special file there is refused, not replaced.
             try FS.requireReplaceableOutput(output ?? image, option: output == nil ? "IMAGE" : "-o")
             // IMAGE is read while NEW (or IMAGE itself) is written: both locked, in one order.
@@ -35,7 +38,8 @@ struct ExtendCommand: AsyncParsableCommand {
                 // A bare ext4 file system is grown rather than refused: say so, the size is the user's business.
                 console.warning("the ext4 file system grew from \(formatBytes(before)) to \(formatBytes(bytes)) to hold the overlays")
             }
-            console.result("extended (\(kind)): \(output ?? image)  \(formatBytes(bytes))")
+            console.info("extended \(kind.description) with \(specs.count) overlay(s)")
+            console.result(try BuildOutput.file(kind: kind.name, path: output ?? image).resultLine)
         }
     }
 }

@@ -7,16 +7,17 @@ struct ImageCommand: AsyncParsableCommand {
         commandName: "image", abstract: "Write one image (any format) from a rootfs directory or tar archive.",
         discussion: """
         The format comes from --format, or from FILE's extension (.img raw, .qcow2, .vhd, .vhdx, .vmdk, .tar[.gz|.zst], \
-        .initrd, .erofs, .squashfs, .iso, -efi.iso, -efi-initrd.iso, -hybrid.iso, .efi uki); raw by default. For \
+        .initrd, .erofs, .squashfs, .iso, -efi.iso, -efi-initrd.iso, -hybrid.iso, .efi uki); raw when FILE has no \
+        extension. An extension rootfs does not know, or one that disagrees with --format, is an error. For \
         kernel+initrd, FILE is a name prefix: FILE-kernel, FILE-initrd.img and FILE-cmdline are written; \
         kernel+squashfs and kernel+erofs write FILE-kernel, FILE-squashfs.img / FILE-erofs.img, FILE-cmdline.
         """)
 
     @OptionGroup var global: GlobalOptions
     @Argument(help: "The rootfs directory or tar archive.") var tree: String
-    @Option(name: .short, help: ArgumentHelp("The image to write.", valueName: "FILE")) var output: String
+    @Option(name: [.short, .customLong("output")], help: ArgumentHelp("The image to write.", valueName: "FILE")) var output: String
     @Option(help: ArgumentHelp("The format (\(OutputFormat.names)).", valueName: "F")) var format: String?
-    @Option(help: "Initrd compression (initrd, kernel+initrd, iso-bios).") var compression: Compression = .zstd
+    @Option(help: ArgumentHelp("Initrd compression (initrd, kernel+initrd, iso-bios).", valueName: Compression.valueNames)) var compression: Compression = .zstd
     @OptionGroup var imageFlags: ImageFlags
     @OptionGroup var compose: ComposeFlags
     @Flag(name: .customLong("agent-init"), help: "Require the agent to be /sbin/init.") var agentInit = false
@@ -28,7 +29,9 @@ struct ImageCommand: AsyncParsableCommand {
         let console = global.makeConsole()
         let flags = imageFlags, compose = compose, compression = compression
         try await CommandRunner.run {
-            let format = try formatText.map(OutputFormat.parse) ?? OutputFormat.infer(fromPath: output) ?? .raw
+            let explicit = try formatText.map(OutputFormat.parse)
+            let format = try OutputFormat.resolve(path: output, explicit: explicit, option: "-o", fallback: .raw)
+            if ![.rootfs, .oci, .containerDisk].contains(format) { try FS.requireFileOutputName(output, option: "-o") }
             var options = try flags.options(epoch: try sourceDateEpoch(), compression: compression,
                                             environment: ProcessInfo.processInfo.environment)
             if options.variant == nil, let v = ProcessInfo.processInfo.environment["BUILD_VARIANT"], !v.isEmpty {
@@ -59,7 +62,9 @@ struct ImageCommand: AsyncParsableCommand {
             // What was written (the erofs size beside ext4's...), as `rootfs build` shows it.
             writer.note = { line in console.info(line) }
             for o in try await writer.write(format, source: source, to: FS.absolute(output)) {
-                console.result("\(o.kind): \(o.path)  \(formatBytes(o.bytes))")
+                var o = o
+                if o.sha256 == nil && FS.isRegularFile(o.path) { o.sha256 = try SHA256.hexDigest(ofFile: o.path) }
+                console.result(o.resultLine)
                 if let p = o.verity, let file = o.rootHashFile {
                     console.result("root hash: \(p.rootHash)  salt: \(p.salt)  (\(file))")
                 }

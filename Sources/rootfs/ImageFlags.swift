@@ -36,23 +36,25 @@ struct ImageFlags: ParsableArguments {
     static let maxFreeSpaceMiB = 16 << 20
     @Option(name: .customLong("free-space"), help: ArgumentHelp("Free space in the file system of disk images.", valueName: "MB"))
     var freeSpace: Int = 64
-    @Option(name: .customLong("partition-table"), help: "Partition table of raw/qcow2/vhd/vmdk images: mbr or gpt.")
+    @Option(name: .customLong("partition-table"), help: ArgumentHelp(
+        "Partition table of raw/qcow2/vhd/vhdx/vmdk images (none: a bare file system, as --no-partition-table).",
+        valueName: PartitionTable.valueNames))
     var partitionTable: PartitionTable = .mbr
     @Flag(name: .customLong("no-partition-table"), help: "Write a bare file system image (no partition table).")
     var noPartitionTable = false
     @Option(name: .customLong("fs"), help: ArgumentHelp(
         "File system of disk images: ext4, erofs (read-only, compressed as --erofs-compression says) or xfs (mkfs.xfs from a prototype file: no root; names with white space or control bytes are refused; not reproducible).",
-        valueName: "ext4|erofs|xfs"))
+        valueName: FilesystemType.valueNames))
     var filesystem: FilesystemType = .ext4
     @Option(name: .customLong("erofs-compression"), help: ArgumentHelp(
-        "Compression of erofs images and partitions: lz4hc (Kata's: mkfs.erofs -zlz4hc -Enoinline_data), lz4 or none.",
-        valueName: "lz4hc|lz4|none"))
-    var erofsCompression: String = ErofsCompression.lz4hc.rawValue
+        "Compression of erofs images and partitions (lz4hc is Kata's: mkfs.erofs -zlz4hc -Enoinline_data).",
+        valueName: ErofsCompression.valueNames))
+    var erofsCompression: ErofsCompression = .lz4hc
     @Option(name: .customLong("block-size"), help: ArgumentHelp(
         "Block size of the disk image's file system (Kata's BLOCK_SIZE): ext4 and xfs 1024, 2048 or 4096 (ext4 below 4096 is written by mke2fs); erofs 4096 only.",
         valueName: "BYTES"))
     var blockSize: Int?
-    @Option(name: .customLong("ext4-writer"), help: "What writes ext4 file systems: native (rootfs's own writer: fast, reproducible, from a tar without root) or mke2fs (mke2fs -d).")
+    @Option(name: .customLong("ext4-writer"), help: ArgumentHelp("What writes ext4 file systems: native is rootfs's own writer (fast, reproducible, from a tar without root), mke2fs is mke2fs -d.", valueName: Ext4WriterKind.valueNames))
     var ext4Writer: Ext4WriterKind = .native
     @Flag(help: "Prepend Kata's 2 MiB NVDIMM/DAX header to the disk image (MBR only; on by default for Kata guests, as Kata's SKIP_DAX_HEADER=no).")
     var dax = false
@@ -82,7 +84,6 @@ struct ImageFlags: ParsableArguments {
         }
         if dax && skipDaxHeader { throw ValidationError("--dax and --skip-dax-header contradict each other") }
         if let variant { try VerityDisk.validateVariant(variant, option: "--variant") }
-        _ = try ErofsCompression.parse(erofsCompression)
         if let blockSize, ![1024, 2048, 4096].contains(blockSize) {
             throw RootfsError("--block-size \(blockSize) is not a block size rootfs writes",
                               hint: "give 1024, 2048 or 4096 (ext4, xfs), or 4096 (erofs)")
@@ -110,7 +111,7 @@ struct ImageFlags: ParsableArguments {
         o.variant = variant
         o.vhdxFixed = vhdxFixed
         o.ext4Writer = ext4Writer
-        o.erofsCompression = (try? ErofsCompression.parse(erofsCompression)) ?? .lz4hc  // checked in validate()
+        o.erofsCompression = erofsCompression
         o.blockSize = blockSize
         o.kernel = kernel.map(FS.absolute)
         o.cmdline = cmdline

@@ -14,6 +14,10 @@ struct Rootfs: AsyncParsableCommand {
                       LsCommand.self, CpCommand.self, SummaryCommand.self, VerifyCommand.self]
     )
 
+    /// ArgumentParser's own messages (a bad flag, a failed validate()) start with this, as rootfs's
+    /// own errors do (CommandRunner): one prefix, `error:`, instead of ArgumentParser's `Error:`.
+    static var _errorPrefix: String { "error: " }
+
     @Flag(help: "Print the version and the commit rootfs was built from.")
     var version = false
 

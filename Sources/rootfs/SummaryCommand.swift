@@ -54,6 +54,7 @@ struct SummaryCommand: AsyncParsableCommand {
             options.force = command.force || command.forceAnyDirectory
             options.compression = command.compression
             options.outputDirectory = command.outputDirectory
+            options.output = command.output
             options.engine = command.engineChoice
             options.noCache = true
             options.formats = try command.formats.map(OutputFormat.parse)

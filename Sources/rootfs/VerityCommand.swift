@@ -16,7 +16,7 @@ struct VerityCommand: AsyncParsableCommand {
 
     @OptionGroup var global: GlobalOptions
     @Argument(help: "The data: a file system image or a disk image (with --offset/--length).") var data: String
-    @Option(name: .short, help: ArgumentHelp("The hash tree file to write.", valueName: "HASHFILE")) var output: String
+    @Option(name: [.short, .customLong("output")], help: ArgumentHelp("The hash tree file to write.", valueName: "HASHFILE")) var output: String
     @Option(help: ArgumentHelp("Salt as hex bytes, or - for none.", valueName: "HEX")) var salt: String?
     @Option(help: ArgumentHelp("Where the data starts in DATA, in bytes (a partition).", valueName: "BYTES")) var offset: Int64 = 0
     @Option(help: ArgumentHelp("How many bytes of data (default: to the end of DATA).", valueName: "BYTES")) var length: Int64?
@@ -29,6 +29,7 @@ struct VerityCommand: AsyncParsableCommand {
         let console = global.makeConsole()
         try await CommandRunner.run {
             guard FS.isRegularFile(data) else { throw RootfsError("\(data) is not a regular file") }
+            try FS.requireFileOutputName(output, option: "-o")
             try FS.requireParentDirectory(of: output, option: "-o")
             if let kataParams { try FS.requireParentDirectory(of: kataParams, option: "--kata-params") }
             let saltBytes: [UInt8]

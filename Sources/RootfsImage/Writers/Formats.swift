@@ -82,18 +82,20 @@ public enum OutputFormat: String, Sendable, CaseIterable, Codable {
     /// The format a file name implies (`rootfs image` without `--format`).
     public static func infer(fromPath path: String) -> OutputFormat? {
         let name = FS.basename(path).lowercased()
-        // LinuxKit's ISO names first (NAME-efi.iso is iso-efi, NAME.iso iso-bios); raw-efi, qcow2-efi and
-        // tar-kernel-initrd are asked by --format only: NAME-efi.img or NAME-initrd.tar stay raw and tar.
-        let table: [(String, OutputFormat)] = [
-            ("-efi-initrd.iso", .isoEFIInitrd), ("-efi.iso", .isoEFI), ("-hybrid.iso", .isoHybrid),
-            (".efi", .uki),
-            (".docker.tar", .dockerArchive), (".tar.gz", .tarGz), (".tgz", .tarGz), (".tar.zst", .tarZst), (".tzst", .tarZst), (".tar", .tar),
-            (".initrd", .initrd), (".cpio", .initrd), (".cpio.gz", .initrd), (".cpio.zst", .initrd),
-            (".img", .raw), (".raw", .raw), (".qcow2", .qcow2), (".vhd", .vhd), (".vmdk", .vmdk), (".vhdx", .vhdx), (".docker.tar", .dockerArchive),
-            (".erofs", .erofs), (".squashfs", .squashfs), (".sqfs", .squashfs), (".iso", .isoBios),
-        ]
-        return table.first { name.hasSuffix($0.0) }?.1
+        return extensionTable.first { name.hasSuffix($0.0) }?.1
     }
+
+    /// The name endings `infer` knows, longest first where one ends another. LinuxKit's ISO names
+    /// first (NAME-efi.iso is iso-efi, NAME.iso iso-bios); raw-efi, qcow2-efi and tar-kernel-initrd
+    /// are asked by --format only: NAME-efi.img or NAME-initrd.tar stay raw and tar.
+    public static let extensionTable: [(String, OutputFormat)] = [
+        ("-efi-initrd.iso", .isoEFIInitrd), ("-efi.iso", .isoEFI), ("-hybrid.iso", .isoHybrid),
+        (".efi", .uki),
+        (".docker.tar", .dockerArchive), (".tar.gz", .tarGz), (".tgz", .tarGz), (".tar.zst", .tarZst), (".tzst", .tarZst), (".tar", .tar),
+        (".initrd", .initrd), (".cpio", .initrd), (".cpio.gz", .initrd), (".cpio.zst", .initrd),
+        (".img", .raw), (".raw", .raw), (".qcow2", .qcow2), (".vhd", .vhd), (".vmdk", .vmdk), (".vhdx", .vhdx),
+        (".erofs", .erofs), (".squashfs", .squashfs), (".sqfs", .squashfs), (".iso", .isoBios),
+    ]
 
     /// The formats written as a disk image by DiskImageWriter (so `--fs` and `--block-size` apply).
     public var isDiskImage: Bool {

@@ -21,6 +21,15 @@ public struct ImageExtender: Sendable {
         case initrd(Compression)
         /// An ext4 file system at this byte offset.
         case ext4(offset: Int64)
+
+        /// The word of the result line: initrd, tar or ext4.
+        public var name: String {
+            switch self {
+            case .tar: return "tar"
+            case .initrd: return "initrd"
+            case .ext4: return "ext4"
+            }
+        }
     }
 
     /// What kind of image `path` is, from its bytes.
@@ -212,5 +221,19 @@ enum DebugfsScript {
             try emit(sif.literal("mtime").literal("@\(mtime)"))
         }
         return out
+    }
+}
+
+extension ImageExtender.Kind: CustomStringConvertible {
+    /// In a user's words (`a zstd initrd`), never Swift's enum dump (`initrd(RootfsKit.Compression.zstd)`).
+    public var description: String {
+        switch self {
+        case .tar(.none): return "an uncompressed tar"
+        case .tar(let c): return "a \(c.rawValue) tar"
+        case .initrd(.none): return "an uncompressed initrd"
+        case .initrd(let c): return "a \(c.rawValue) initrd"
+        case .ext4(offset: 0): return "a bare ext4 file system"
+        case .ext4(let offset): return "the ext4 file system of a disk image (at byte \(offset))"
+        }
     }
 }

@@ -22,6 +22,23 @@ public struct BuildOutput: Sendable, Equatable, Codable {
     }
 }
 
+extension BuildOutput {
+    /// A written file's record: its size and SHA-256 read back from the file, its path made absolute.
+    public static func file(kind: String, path: String) throws -> BuildOutput {
+        let path = FS.absolute(path)
+        return BuildOutput(kind: kind, path: path, bytes: FS.fileSize(path), sha256: try SHA256.hexDigest(ofFile: path))
+    }
+
+    /// The one result line of build, image, initrd and extend: `KIND: /ABSOLUTE/PATH  SIZE  sha256:HEX`
+    /// (a directory has neither size nor digest; an OCI layout shows its manifest's digest).
+    public var resultLine: String {
+        var line = "\(kind): \(FS.absolute(path))"
+        if kind != "rootfs" { line += "  " + formatBytes(bytes) }
+        if let sha256 { line += "  sha256:" + sha256 }
+        return line
+    }
+}
+
 extension FormatOutput {
     /// The paths this output's writer renames into place, and whether each is a
     /// directory: what is checked before any work (an existing /dev/null, FIFO,

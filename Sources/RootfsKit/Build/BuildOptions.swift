@@ -33,8 +33,10 @@ public struct BuildOptions: Sendable {
     public var dryRun = false
     /// `--format` (repeatable): when given, these outputs replace the default rootfs + initrd + raw image.
     public var formats: [OutputFormat] = []
-    /// `-o DIR` for the formats (default: the build directory).
+    /// `-O/--output-dir DIR`: where the outputs the build names itself go, DIR/<name>.<ext> (default: the build directory).
     public var outputDirectory: String?
+    /// `-o/--output FILE`: the one `--format` output, written to FILE (its format from its extension without --format).
+    public var output: String?
     /// `--overlay` / `--file`, applied in order after the hook and the agent, before the writers.
     public var overlays: [OverlaySpec] = []
     /// Options of the format writers (partition table, file system, kernel, ...).

@@ -87,11 +87,16 @@ public struct BuildPlanner: Sendable {
         let missingTools = config.missingHostTools(path: env["PATH"])
 
         let buildDir = FS.absolute(options.buildDirectory ?? "build/\(distro.name)")
-        let rootfsOption = options.rootfsDir ?? env["ROOTFS_DIR"].flatMap { $0.isEmpty ? nil : $0 }
-        let anyOutput = rootfsOption != nil || options.initrd != nil || options.image != nil || !options.formats.isEmpty
+        // -o FILE names the one --format output (mkosi's --output); -O DIR holds them all (--output-dir).
+        let named = try Self.namedOutputs(options)
+        let requestedFormats = named.formats
+        let rootfsOption = named.output?.format == .rootfs ? named.output?.path
+            : options.rootfsDir ?? env["ROOTFS_DIR"].flatMap { $0.isEmpty ? nil : $0 }
+        let anyOutput = rootfsOption != nil || options.initrd != nil || options.image != nil || !requestedFormats.isEmpty
+        // Every output the build names itself goes to -O DIR, the default ones too (build/<distro> without it).
         let formatDir = FS.absolute(options.outputDirectory ?? buildDir)
-        let wantsRootfs = options.formats.contains(.rootfs)
-        let rootfsDir = FS.absolute(rootfsOption ?? (wantsRootfs ? OutputFormat.rootfs.outputPath(directory: formatDir, name: distro.name) : buildDir + "/rootfs"))
+        let wantsRootfs = requestedFormats.contains(.rootfs)
+        let rootfsDir = FS.absolute(rootfsOption ?? (wantsRootfs ? OutputFormat.rootfs.outputPath(directory: formatDir, name: distro.name) : formatDir + "/rootfs"))
         var formatOutputs: [FormatOutput] = []
         // A distro's own default outputs (DEFAULT_FORMATS, lcow's kernel+initrd and vhdx) replace
         // NAME.initrd and NAME.img when no output is asked.
@@ -105,8 +110,8 @@ public struct BuildPlanner: Sendable {
             try problem(RootfsError("\(distro.name)'s default outputs (\(defaultFormats.map(\.rawValue).joined(separator: ", "))) need a kernel for \(needs.rawValue): none was given",
                               hint: "pass --kernel FILE, or name the outputs with --format (e.g. --format initrd --format vhdx)"))
         }
-        for f in options.formats + defaultFormats where f != .rootfs && !formatOutputs.contains(where: { $0.format == f }) {
-            formatOutputs.append(FormatOutput(format: f, path: f.outputPath(directory: formatDir, name: distro.name)))
+        for f in requestedFormats + defaultFormats where f != .rootfs && !formatOutputs.contains(where: { $0.format == f }) {
+            formatOutputs.append(FormatOutput(format: f, path: named.output.map { FS.absolute($0.path) } ?? f.outputPath(directory: formatDir, name: distro.name)))
         }
         // kernel+initrd, kernel+squashfs and kernel+erofs all write NAME-kernel and NAME-cmdline.
         let prefixed = formatOutputs.filter { [.kernelInitrd, .kernelSquashfs, .kernelErofs].contains($0.format) }
@@ -115,12 +120,15 @@ public struct BuildPlanner: Sendable {
                               hint: "ask for one of them per build, and write the others with `rootfs image TREE --format F -o OTHER-NAME`")
         }
         if let d = options.outputDirectory, FS.exists(d) && !FS.isDirectory(d) {
-            try problem(RootfsError("-o \(d) is not a directory", hint: "give the directory the formats are written to"))
+            try problem(RootfsError("-O \(d) is not a directory", hint: "give the directory the outputs are written to (-O/--output-dir DIR), or name one output file with -o/--output FILE"))
         }
         problems += Preflight.inputProblems(options, formats: options.formats + defaultFormats)
         let classicDefaults = !anyOutput && defaultFormats.isEmpty
-        let initrd = !classicDefaults ? options.initrd.map(FS.absolute) : buildDir + "/\(distro.name).initrd"
-        let image = !classicDefaults ? options.image.map(FS.absolute) : buildDir + "/\(distro.name).img"
+        let initrd = !classicDefaults ? options.initrd.map(FS.absolute) : formatDir + "/\(distro.name).initrd"
+        let image = !classicDefaults ? options.image.map(FS.absolute) : formatDir + "/\(distro.name).img"
+        if let path = options.initrd { try FS.requireFileOutputName(path, option: "--initrd") }
+        // --image FILE: the disk format its extension names (raw without one), never raw under a .qcow2 name.
+        let imageFormat = try options.image.map { try Self.diskFormat(image: $0) } ?? .raw
         if let initrd, options.initrd != nil { try FS.requireParentDirectory(of: initrd, option: "--initrd") }
         if let image, options.image != nil { try FS.requireParentDirectory(of: image, option: "--image") }
         if rootfsOption != nil {
@@ -140,12 +148,12 @@ public struct BuildPlanner: Sendable {
         if FS.exists(rootfsDir) && !FS.isDirectory(rootfsDir) {
             throw RootfsError("\(rootfsDir) exists and is not a directory")
         }
-        // One road for every output: --initrd F is (initrd, F), --image F is (raw, F), each
+        // One road for every output: --initrd F is (initrd, F), --image F is (raw or its extension's disk format, F), each
         // written by its format's writer with all of the image options.
         var keepRootfs = !anyOutput || rootfsOption != nil || wantsRootfs
         var outputs: [FormatOutput] = []
         if let initrd { outputs.append(FormatOutput(format: .initrd, path: initrd)) }
-        if let image { outputs.append(FormatOutput(format: .raw, path: image, kind: "image")) }
+        if let image { outputs.append(FormatOutput(format: imageFormat, path: image, kind: "image")) }
         if options.transport == .tar && keepRootfs {
             if rootfsOption != nil || wantsRootfs {
                 try problem(RootfsError("a rootfs directory with its real owners (root:shadow, setuid root...) needs root: an ordinary user cannot chown files",
@@ -153,7 +161,7 @@ public struct BuildPlanner: Sendable {
             } else {
                 // Default outputs, rootless: the tree is kept as a tar instead of a directory.
                 keepRootfs = false
-                outputs.append(FormatOutput(format: .tar, path: buildDir + "/\(distro.name).tar"))
+                outputs.append(FormatOutput(format: .tar, path: formatDir + "/\(distro.name).tar"))
             }
         }
         outputs += formatOutputs
@@ -161,7 +169,8 @@ public struct BuildPlanner: Sendable {
         // Before any work: an existing output of another kind (/dev/null, a FIFO, a symlink) is refused.
         for output in outputs {
             let option = output.format == .rootfs ? "--rootfs-dir" : output.kind == "image" ? "--image"
-                : output.path == initrd && options.initrd != nil ? "--initrd" : "--format \(output.format.rawValue)"
+                : output.path == initrd && options.initrd != nil ? "--initrd"
+                : named.output != nil ? "-o" : "--format \(output.format.rawValue)"
             try output.requireReplaceable(option: option)
         }
         try ImageOptions.requireVHDXFixedFits(options.imageOptions, formats: outputs.map(\.format))

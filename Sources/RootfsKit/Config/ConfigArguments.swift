@@ -2,8 +2,8 @@ import Foundation
 
 extension RootfsConfig {
     /// The flag that writes the `--format` outputs into a directory ([output] directory).
-    /// `-o DIR` on this branch; it becomes `--output-dir` where `-O/--output-dir` exists.
-    public static let outputDirectoryFlag = "-o"
+    /// (`-O/--output-dir`; `-o` names a single output file.)
+    public static let outputDirectoryFlag = "-O"
 
     /// The config as `rootfs build` arguments, each with the key it comes from (for messages).
     /// The CLI puts them before the command line's own, so a flag given there wins: a later

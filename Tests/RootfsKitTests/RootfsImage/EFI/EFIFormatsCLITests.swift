@@ -267,7 +267,7 @@ struct EFIFormatsBuildTests {
         defer { FS.remove(distros) }
         let dir = try Fixtures.temporaryDirectory("efi-build"); defer { FS.remove(dir) }
         let formats = ["uki", "iso-efi", "iso-efi-initrd", "iso-hybrid", "raw-efi", "qcow2-efi", "kernel+squashfs", "tar-kernel-initrd"]
-        let r = try await Fixtures.rootfs(["build", "bb", "--distros-dir", distros, "--agent-init", "--kernel", fixture.kernel, "-o", dir + "/out",
+        let r = try await Fixtures.rootfs(["build", "bb", "--distros-dir", distros, "--agent-init", "--kernel", fixture.kernel, "-O", dir + "/out",
                                            "--free-space", "4"] + formats.flatMap { ["--format", $0] },
                                           environment: ["SOURCE_DATE_EPOCH": "1700000000"], workingDirectory: dir)
         #expect(r.status == 0, "\(r.stderr)")
@@ -280,7 +280,7 @@ struct EFIFormatsBuildTests {
         #expect(headers.stdout.contains(" .linux ") && headers.stdout.contains(" .initrd "), "\(headers.stdout)")
         // Two bundles would write the same NAME-kernel and NAME-cmdline: refused before the build.
         let both = try await Fixtures.rootfs(["build", "bb", "--distros-dir", distros, "--agent-init", "--kernel", fixture.kernel,
-                                              "-o", dir + "/two", "--format", "kernel+squashfs", "--format", "kernel+erofs"], workingDirectory: dir)
+                                              "-O", dir + "/two", "--format", "kernel+squashfs", "--format", "kernel+erofs"], workingDirectory: dir)
         #expect(both.status != 0 && both.stderr.contains("kernel+squashfs and kernel+erofs all write"), "\(both.stderr)")
         #expect(!FS.exists(dir + "/two/bb-kernel"))
     }

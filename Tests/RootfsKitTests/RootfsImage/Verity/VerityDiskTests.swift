@@ -227,11 +227,11 @@ import Testing
 
         // Refused before anything is written: a tar beside the disk, and two verity disks in one directory.
         let tar = try await Fixtures.rootfs(["build", "bb", "--distros-dir", distros, "--format", "tar", "--format", "raw",
-                                             "-o", dir + "/t", "--verity"], workingDirectory: dir)
+                                             "-O", dir + "/t", "--verity"], workingDirectory: dir)
         #expect(tar.status != 0 && tar.stderr.contains("--verity cannot apply to the tar output"), "\(tar.stderr)")
         #expect(!FS.exists(dir + "/t/bb.img"))
         let two = try await Fixtures.rootfs(["build", "bb", "--distros-dir", distros, "--format", "qcow2", "--format", "raw",
-                                             "-o", dir + "/two", "--verity"], workingDirectory: dir)
+                                             "-O", dir + "/two", "--verity"], workingDirectory: dir)
         #expect(two.status != 0 && two.stderr.contains("same root_hash_.txt"), "\(two.stderr)")
     }
 }

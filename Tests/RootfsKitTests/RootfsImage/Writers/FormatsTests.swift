@@ -106,7 +106,7 @@ private let epochEnv = ["SOURCE_DATE_EPOCH": "1700000000"]
     @Test func buildWritesEveryRequestedFormat() async throws {
         let dir = try Fixtures.temporaryDirectory("fmt-build"); defer { FS.remove(dir) }
         let r = try await Fixtures.rootfs(["build", "debian", "--agent-init", "--format", "tar.zst", "--format", "qcow2",
-                                           "--format", "squashfs", "-o", dir + "/out"], environment: epochEnv)
+                                           "--format", "squashfs", "-O", dir + "/out"], environment: epochEnv)
         #expect(r.status == 0, "\(r.stderr)")
         for name in ["debian.tar.zst", "debian.qcow2", "debian.squashfs"] {
             #expect(FS.isRegularFile(dir + "/out/" + name), "\(name)")

@@ -111,9 +111,9 @@ func fileKind(_ path: String) -> mode_t? {
                 #expect(result.stderr.contains("\(output) exists and is"), "\(flags): \(result.stderr)")
             }
         }
-        // --format outputs into -o DIR, where the output's name is a FIFO.
+        // --format outputs into -O DIR, where the output's name is a FIFO.
         #expect(mkfifo(outputs + "/bb.tar", 0o644) == 0)
-        let formatted = try await Fixtures.rootfs(["build", "--distros-dir", distros, "bb", "--agent-init", "--format", "tar", "-o", outputs],
+        let formatted = try await Fixtures.rootfs(["build", "--distros-dir", distros, "bb", "--agent-init", "--format", "tar", "-O", outputs],
                                                   environment: ["MARKER": marker, "TMPDIR": dir], workingDirectory: dir)
         #expect(formatted.status == 1 && formatted.stderr.contains("bb.tar exists and is a FIFO"), "\(formatted.stderr)")
         #expect(fileKind(outputs + "/bb.tar") == S_IFIFO)

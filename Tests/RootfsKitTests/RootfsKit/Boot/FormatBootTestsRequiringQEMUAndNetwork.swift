@@ -233,7 +233,7 @@ actor BootEnvironment {
             let dir = env.work + "/lcow"
             try FS.makeDirectories(dir)
             let r = try await Fixtures.rootfs(["build", "lcow", "--format", "kernel+initrd", "--format", "vhd", "--format", "vhdx",
-                                               "--kernel", env.kernel, "-o", dir + "/out"],
+                                               "--kernel", env.kernel, "-O", dir + "/out"],
                                               environment: ["SOURCE_DATE_EPOCH": "1700000000"], workingDirectory: dir)
             guard r.status == 0 else { throw RootfsError("rootfs build lcow failed (\(r.status)): \(r.stderr.suffix(3000))") }
             return Lcow(initrd: dir + "/out/lcow-initrd.img", vhd: dir + "/out/lcow.vhd", vhdx: dir + "/out/lcow.vhdx")

@@ -15,7 +15,7 @@ struct FromImageTests {
         let work = try Fixtures.temporaryDirectory("from-image"); defer { FS.remove(work) }
         let scratch = work + "/tmp"
         try FS.makeDirectories(scratch)
-        let build = try await Fixtures.rootfs(["build", "--from-image", "docker://debian:trixie", "--format", "initrd", "-o", work + "/out"],
+        let build = try await Fixtures.rootfs(["build", "--from-image", "docker://debian:trixie", "--format", "initrd", "-O", work + "/out"],
                                               environment: ["SOURCE_DATE_EPOCH": "1700000000", "TMPDIR": scratch], workingDirectory: work)
         #expect(build.status == 0, "\(build.stderr.suffix(3000))")
         #expect(build.stderr.contains("image: docker://debian:trixie"), "\(build.stderr.suffix(2000))")

@@ -170,7 +170,7 @@ enum KataInputs {
         let distros = try KataInputs.busyboxDistros()
         let out = try Fixtures.temporaryDirectory("kata")
         let r = try await Fixtures.rootfs(["build", "bb", "--distros-dir", distros, "-r", out + "/rootfs",
-                                           "--format", "erofs", "-o", out], environment: ["ROOTFS_ONLY": "yes"])
+                                           "--format", "erofs", "-O", out], environment: ["ROOTFS_ONLY": "yes"])
         #expect(r.status == 0, "\(r.stderr.suffix(2000))")
         #expect(FS.isRegularFile(out + "/rootfs/bin/busybox"))
         #expect(!FS.exists(out + "/rootfs/usr/bin/rootfs-agent") && !FS.exists(out + "/rootfs/usr/bin/kata-agent"))

@@ -42,7 +42,7 @@ import Testing
     }
 
     /// `--format` outputs carry a sha256 in the summary, `--json` and the manifest (they had
-    /// none), and the manifest goes next to them in `-o DIR` (it went to build/<distro>/rootfs.manifest.json).
+    /// none), and the manifest goes next to them in `-O DIR` (it went to build/<distro>/rootfs.manifest.json).
     @Test func formatOutputsAreDigestedAndTheManifestSitsNextToThem() async throws {
         let distros = try busyboxDistros()
         let dir = try Fixtures.temporaryDirectory("format-digests")
@@ -50,7 +50,7 @@ import Testing
         let out = dir + "/out"
         try FS.makeDirectories(out)
         let r = try await Fixtures.rootfs(["build", "bb", "--distros-dir", distros, "--format", "tar.gz",
-                                           "--format", "initrd", "--format", "raw", "-o", out, "--json"],
+                                           "--format", "initrd", "--format", "raw", "-O", out, "--json"],
                                           workingDirectory: dir)
         #expect(r.status == 0, "\(r.stderr)")
         let files = [out + "/bb.tar.gz", out + "/bb.initrd", out + "/bb.img"]

@@ -70,9 +70,9 @@ enum RootlessUser {
         let staged = try await RootlessUser.stage(in: dir)
         let args = ["build", "debian", "--distros-dir", staged.distros, "--agent-init", "--compression", "gzip",
                     "--format", "tar", "--format", "initrd", "--format", "raw"]
-        let user = try await RootlessUser.run([staged.binary] + args + ["-o", staged.run + "/out"], in: staged.run, environment: epochEnv)
+        let user = try await RootlessUser.run([staged.binary] + args + ["-O", staged.run + "/out"], in: staged.run, environment: epochEnv)
         #expect(user.status == 0, "\(user.stderr.suffix(3000))")
-        let root = try await Fixtures.rootfs(args + ["-o", dir + "/root"],
+        let root = try await Fixtures.rootfs(args + ["-O", dir + "/root"],
                                              environment: epochEnv, workingDirectory: dir)
         #expect(root.status == 0, "\(root.stderr.suffix(3000))")
         let u = staged.run + "/out/debian", r = dir + "/root/debian"
@@ -119,7 +119,7 @@ enum RootlessUser {
         var digests: [[String]] = []
         for run in ["one", "two"] {
             let r = try await Fixtures.rootfs(["build", "debian", "--format", "tar", "--format", "initrd", "--format", "raw",
-                                               "-o", dir + "/" + run], environment: epochEnv, workingDirectory: dir)
+                                               "-O", dir + "/" + run], environment: epochEnv, workingDirectory: dir)
             #expect(r.status == 0, "\(r.stderr.suffix(3000))")
             digests.append(try [".tar", ".initrd", ".img"].map { try sha(dir + "/\(run)/debian" + $0) })
         }

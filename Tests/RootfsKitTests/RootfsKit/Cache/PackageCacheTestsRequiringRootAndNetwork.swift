@@ -15,18 +15,18 @@ import Testing
         // --no-cache: the tree cache would skip the hook, and with it the package cache.
         let args = ["build", "debian", "--agent-init", "--format", "tar", "--no-manifest", "--no-cache"]
         let cache = dir + "/cache"
-        let cold = try await Fixtures.rootfs(args + ["-o", dir + "/cold", "--cache-dir", cache], environment: env)
+        let cold = try await Fixtures.rootfs(args + ["-O", dir + "/cold", "--cache-dir", cache], environment: env)
         #expect(cold.status == 0, "\(cold.stderr.suffix(3000))")
         let archives = try #require(try FileManager.default.subpathsOfDirectory(atPath: cache + "/packages"))
         let debs = archives.filter { $0.hasSuffix(".deb") }
         #expect(debs.count > 50, "the cold build left its .debs in the cache: \(archives.prefix(10))")
         #expect(archives.contains { $0.hasSuffix("_InRelease") }, "and apt's lists")
 
-        let warm = try await Fixtures.rootfs(args + ["-o", dir + "/warm"], environment: env.merging(["ROOTFS_CACHE_DIR": cache]) { $1 })
+        let warm = try await Fixtures.rootfs(args + ["-O", dir + "/warm"], environment: env.merging(["ROOTFS_CACHE_DIR": cache]) { $1 })
         #expect(warm.status == 0, "\(warm.stderr.suffix(3000))")
         // No cache: the directory cannot be made (below a regular file), even for root.
         try "not a directory\n".write(toFile: dir + "/file", atomically: true, encoding: .utf8)
-        let none = try await Fixtures.rootfs(args + ["-o", dir + "/none", "--cache-dir", dir + "/file/cache"], environment: env)
+        let none = try await Fixtures.rootfs(args + ["-O", dir + "/none", "--cache-dir", dir + "/file/cache"], environment: env)
         #expect(none.status == 0, "\(none.stderr.suffix(3000))")
         #expect(none.stderr.contains("warning: the package cache is not used"), "\(none.stderr.suffix(2000))")
 
@@ -51,10 +51,10 @@ import Testing
         defer { FS.remove(dir) }
         let env = ["SOURCE_DATE_EPOCH": "1700000000", "ROOTFS_CACHE_DIR": dir + "/cache"]
         let args = ["build", "debian", "--agent-init", "--format", "tar", "--format", "raw", "--no-manifest", "--json"]
-        let cold = try await Fixtures.rootfs(args + ["-o", dir + "/cold"], environment: env)
+        let cold = try await Fixtures.rootfs(args + ["-O", dir + "/cold"], environment: env)
         #expect(cold.status == 0, "\(cold.stderr.suffix(3000))")
         #expect(try treeCacheResult(cold.stdout) == "miss", "\(cold.stdout.suffix(600))")
-        let warm = try await Fixtures.rootfs(args + ["-o", dir + "/warm"], environment: env)
+        let warm = try await Fixtures.rootfs(args + ["-O", dir + "/warm"], environment: env)
         #expect(warm.status == 0, "\(warm.stderr.suffix(3000))")
         #expect(try treeCacheResult(warm.stdout) == "hit", "\(warm.stdout.suffix(600))")
         #expect(warm.stderr.contains("build_rootfs skipped") && !warm.stderr.contains("mmdebstrap"), "\(warm.stderr.suffix(2000))")

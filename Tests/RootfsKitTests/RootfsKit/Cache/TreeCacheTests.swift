@@ -90,7 +90,7 @@ import Testing
 
     func build(_ distros: String, cache: String, out: String, repo: String, extra: [String] = []) async throws -> Build {
         let r = try await Fixtures.rootfs(["build", "deb", "--distros-dir", distros, "--cache-dir", cache, "--format", "tar",
-                                           "-o", out, "--no-manifest", "--json"] + extra,
+                                           "-O", out, "--no-manifest", "--json"] + extra,
                                           environment: ["SOURCE_DATE_EPOCH": "1700000000", "REPO_URL": "file://" + repo])
         #expect(r.status == 0, "\(r.stderr.suffix(2000))")
         let json = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])

@@ -156,7 +156,7 @@ struct RemoteEngineTests {
         let plan = try await Fixtures.rootfs(["build", "debian", "--docker", "--agent-init", "--dry-run"], environment: env, workingDirectory: work)
         #expect(plan.stdout.contains("remote engine (DOCKER_HOST=\(socket)): nothing bind-mounted"), "\(plan.stdout)")
         let mounts = try await Self.watchingMounts("docker", environment: env) {
-            let build = try await Fixtures.rootfs(["build", "debian", "--docker", "--agent-init", "--format", "tar", "-o", work + "/out"],
+            let build = try await Fixtures.rootfs(["build", "debian", "--docker", "--agent-init", "--format", "tar", "-O", work + "/out"],
                                                   environment: env, workingDirectory: work)
             #expect(build.status == 0, "\(build.stderr.suffix(3000))")
         }
@@ -172,7 +172,7 @@ struct RemoteEngineTests {
         let building = Process()
         building.executableURL = URL(fileURLWithPath: Fixtures.rootfsBinary)
         // --no-cache: the first build's tree may be in the cache, and a hit would run no container.
-        building.arguments = ["build", "debian", "--docker", "--agent-init", "--no-cache", "--format", "tar", "-o", work + "/gone"]
+        building.arguments = ["build", "debian", "--docker", "--agent-init", "--no-cache", "--format", "tar", "-O", work + "/gone"]
         building.environment = ProcessInfo.processInfo.environment.merging(env.merging(["ROOTFS_CACHE_DIR": work + "/cache"]) { $1 }) { $1 }
         building.currentDirectoryURL = URL(fileURLWithPath: work)
         FileManager.default.createFile(atPath: work + "/gone.log", contents: nil)
@@ -223,7 +223,7 @@ struct RemoteEngineTests {
         let plan = try await Fixtures.rootfs(["build", "debian", "--podman", "--agent-init", "--dry-run"], environment: env, workingDirectory: work)
         #expect(plan.stdout.contains("remote engine (CONTAINER_HOST=\(socket)): nothing bind-mounted"), "\(plan.stdout)")
         let mounts = try await Self.watchingMounts("podman", environment: env) {
-            let build = try await Fixtures.rootfs(["build", "debian", "--podman", "--agent-init", "--format", "tar", "-o", work + "/out"],
+            let build = try await Fixtures.rootfs(["build", "debian", "--podman", "--agent-init", "--format", "tar", "-O", work + "/out"],
                                                   environment: env, workingDirectory: work)
             #expect(build.status == 0, "\(build.stderr.suffix(3000))")
         }
