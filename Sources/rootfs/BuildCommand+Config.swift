@@ -102,7 +102,7 @@ extension BuildCommand {
         i.partitionTable = f.partitionTable.rawValue
         i.noPartitionTable = f.noPartitionTable
         i.fs = f.filesystem.rawValue
-        i.erofsCompression = f.erofsCompression
+        i.erofsCompression = f.erofsCompression.rawValue
         i.blockSize = f.blockSize
         i.ext4Writer = f.ext4Writer.rawValue
         i.dax = f.dax
