@@ -39,7 +39,7 @@ private final class RunningCLI: @unchecked Sendable {
 }
 
 /// Waits until `condition` holds (polling), or fails after `seconds`.
-private func waitFor(_ what: String, seconds: Double = 60, _ condition: () -> Bool) async throws {
+private func waitFor(_ what: String, seconds: Double = 300, _ condition: () -> Bool) async throws {
     let deadline = Date().addingTimeInterval(seconds)
     while !condition() {
         if Date() > deadline { throw RootfsError("timed out waiting for \(what)") }

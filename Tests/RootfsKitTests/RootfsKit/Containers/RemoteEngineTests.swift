@@ -10,7 +10,7 @@ import Synchronization
 /// on its own socket (CONTAINER_HOST). Nothing may be bind-mounted into the builder
 /// container, and the tree must come back with the owners a host build gives.
 @Suite(.serialized, .requires(.root, .network, .docker, .podman), .tags(.root, .network, .docker, .podman),
-       .timeLimit(.minutes(40)))
+       .timeLimit(.minutes(60)))
 struct RemoteEngineTests {
     /// Starts `arguments` in the background with its output in `log`; the returned closure
     /// stops it (SIGTERM, SIGKILL after 20 s) and returns once it is gone or a zombie. It never
