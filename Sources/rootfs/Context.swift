@@ -79,17 +79,11 @@ enum CommandRunner {
     static func run(json: Bool = false, signals: [Int32] = stopSignals, console: Console? = nil, failureStatus: Int32 = 1,
                     _ body: @escaping @Sendable () async throws -> Void) async throws {
         let task = Task { try await body() }
-        let sources = signals.map { sig -> DispatchSourceSignal in
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler {
-                FileHandle.standardError.write(Data("\nrootfs: interrupted, cleaning up\n".utf8))
-                task.cancel()
-            }
-            source.resume()
-            return source
+        let stops = StopSignals(signals) {
+            FileHandle.standardError.write(Data("\nrootfs: interrupted, cleaning up\n".utf8))
+            task.cancel()
         }
-        defer { sources.forEach { $0.cancel() } }
+        defer { stops.stop() }
         do {
             try await task.value
         } catch let error as ExitCode {

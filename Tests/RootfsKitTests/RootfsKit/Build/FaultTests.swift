@@ -88,7 +88,7 @@ private func listing(_ dir: String) -> [String] {
 
     func build(_ args: [String]) -> [String] { ["build", "--distros-dir", distros, "bb", "--agent-init"] + args }
 
-    @Test(arguments: [SIGTERM, SIGINT])
+    @Test(arguments: [SIGTERM, SIGINT, SIGHUP])
     func signalDuringTheHookStopsItsChildrenAndLeavesNoOutput(signal: Int32) async throws {
         let dir = work + "/sig\(signal)"
         try FS.makeDirectories(dir + "/out")
