@@ -125,9 +125,13 @@ private func makeTree(_ root: String, reversed: Bool) throws {
         #expect(plan.outputs.contains(FormatOutput(format: .tar, path: dir + "/build/bb.tar")))
         #expect(plan.summary.contains { $0.contains("tree: a tar (rootless") })
         options.rootfsDir = dir + "/rootfs"
-        await #expect { _ = try await builder.plan(options) } throws: { error in
+        // The plan collects the problem; running it refuses before the hook (Preflight).
+        let refused = try await builder.plan(options)
+        #expect(refused.problems.contains { $0.message.contains("needs root") })
+        await #expect { _ = try await builder.run(refused) } throws: { error in
             "\(error)".contains("needs root") && "\(error)".contains("--format tar")
         }
+        #expect(!FS.exists(dir + "/rootfs"))
         options.dryRun = true
         let dry = try await builder.plan(options)
         #expect(dry.problems.contains { $0.message.contains("needs root") })
