@@ -205,7 +205,7 @@ actor BootFixture {
         /// An MBR disk image with one ext4 partition holding the same tree as `initrd`.
         var disk: String
 
-        func boot(_ image: String, _ command: [String], timeout: Double = 120) async throws -> (BootResult, String) {
+        func boot(_ image: String, _ command: [String], timeout: Double = 600) async throws -> (BootResult, String) {
             var options = BootOptions(image: image, kernel: kernel, command: command)
             options.timeout = timeout
             let collected = Collected()
