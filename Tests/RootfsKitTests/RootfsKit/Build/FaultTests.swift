@@ -123,8 +123,23 @@ private func listing(_ dir: String) -> [String] {
         try await ProcessRunner().capture(ToolCommand("dd", ["if=/dev/urandom", "of=\(tree)/big", "bs=1M", "count=600", "status=none"]))
         try "earlier".write(toFile: dir + "/out.initrd", atomically: false, encoding: .utf8)
         let cli = try RunningCLI(["initrd", tree, "-o", dir + "/out.initrd", "--compression", "gzip"], in: dir, label: "initrd")
-        try await waitFor("the writer's temporary file") { listing(dir).contains { $0.hasPrefix(".out.initrd.tmp-") } }
-        kill(cli.process.processIdentifier, SIGINT)
+        // Watched and signalled from a thread of its own: in the full suite the test pool's
+        // threads can be blocked long enough for the whole write to finish unseen (CI saw it).
+        let pid = cli.process.processIdentifier
+        let seen = await withCheckedContinuation { (done: CheckedContinuation<Bool, Never>) in
+            Thread {
+                let deadline = Date().addingTimeInterval(300)
+                while Date() < deadline && kill(pid, 0) == 0 {
+                    if listing(dir).contains(where: { $0.hasPrefix(".out.initrd.tmp-") }) {
+                        kill(pid, SIGINT)
+                        return done.resume(returning: true)
+                    }
+                    usleep(5_000)
+                }
+                done.resume(returning: false)
+            }.start()
+        }
+        #expect(seen, "the writer's temporary file never appeared: \(cli.stderr)")
         let status = await cli.finish()
         #expect(status == 130, "\(cli.stderr)")
         #expect(try String(contentsOfFile: dir + "/out.initrd", encoding: .utf8) == "earlier")
