@@ -226,7 +226,7 @@ private let ownedTree: [Member] = bootable + [
         let dir = try Fixtures.temporaryDirectory("fs-bad"); defer { FS.remove(dir) }
         try writeTar(bootable + [.file("x", "x\n")], to: dir + "/t.tar")
         let cases: [([String], String)] = [
-            (["--fs", "erofs", "--erofs-compression", "zstd"], "unknown --erofs-compression 'zstd'"),
+            (["--fs", "erofs", "--erofs-compression", "zstd"], "'zstd' is invalid for '--erofs-compression <lz4hc|lz4|none>'"),
             (["--fs", "erofs", "--block-size", "1024"], "cannot be used with erofs"),
             (["--block-size", "3000"], "not a block size"),
             (["--block-size", "8192", "--fs", "xfs"], "not a block size"),
