@@ -121,8 +121,9 @@ struct BuildCommand: AsyncParsableCommand {
     /// The engine the flags name (nil: USE_DOCKER / USE_PODMAN, else the host).
     var engineChoice: EngineChoice? { docker ? .docker : podman ? .podman : engine }
 
-    func run() async throws {
-        if let configured = try await withConfig() { return try await configured.run() }
+    /// The flags as BuildOptions, as far as they map without running anything: the one
+    /// mapping `build` and `summary` share, so the summary cannot drift from the build.
+    func makeOptions(boot: RootfsConfig.Boot?) -> BuildOptions {
         var options = BuildOptions(distro: distro ?? fromImage.map(ImageBuild.name(for:)) ?? "")
         options.fromImageLabel = fromImage
         options.distrosDirs = global.distrosDirs
@@ -142,7 +143,6 @@ struct BuildCommand: AsyncParsableCommand {
         options.freeSpaceMiB = imageFlags.freeSpace
         options.outputDirectory = outputDirectory
         options.output = output
-        let (formatTexts, compose, flags) = (formats, compose, imageFlags)
         options.dryRun = dryRun
         options.engine = engineChoice
         options.builderBase = builderBase
@@ -151,7 +151,14 @@ struct BuildCommand: AsyncParsableCommand {
         options.refresh = refresh
         options.manifest = !noManifest
         options.sbom = sbom
-        options.recordedConfig = flagsConfig(boot: configBoot())
+        options.recordedConfig = flagsConfig(boot: boot)
+        return options
+    }
+
+    func run() async throws {
+        if let configured = try await withConfig() { return try await configured.run() }
+        var options = makeOptions(boot: configBoot())
+        let (formatTexts, compose, flags) = (formats, compose, imageFlags)
         let console = global.makeConsole(json: json)
         let (dryRun, json) = (dryRun, json)
         let base = options

@@ -37,33 +37,14 @@ struct SummaryCommand: AsyncParsableCommand {
         try await CommandRunner.run(json: json) {
             let command = copy.command
             let source = try command.configSource()
-            var options = BuildOptions(distro: command.distro ?? command.fromImage.map(ImageBuild.name(for:)) ?? "")
-            options.fromImageLabel = command.fromImage
+            // build's own mapping; a summary only plans: no cache, a dry run.
+            var options = command.makeOptions(boot: source?.config.boot)
             options.fromImage = command.fromImage
-            options.distrosDirs = command.global.distrosDirs
-            options.rootfsDir = command.rootfsDir
-            options.initrd = command.initrd
-            options.image = command.image
-            options.osVersion = command.osVersion
-            options.extraPackages = command.extraPackages
-            options.agentPath = command.agent
-            options.agentInit = command.agentInit
-            options.architecture = command.arch
-            options.kata = command.kata ? true : nil
-            options.rootfsOnly = command.rootfsOnly
-            options.force = command.force || command.forceAnyDirectory
-            options.compression = command.compression
-            options.outputDirectory = command.outputDirectory
-            options.output = command.output
-            options.engine = command.engineChoice
             options.noCache = true
+            options.dryRun = true
             options.formats = try command.formats.map(OutputFormat.parse)
             options.imageOptions = try command.imageFlags.options(epoch: nil, compression: command.compression)
             options.daxHeader = command.imageFlags.daxHeader
-            options.manifest = !command.noManifest
-            options.sbom = command.sbom
-            options.dryRun = true
-            options.recordedConfig = command.flagsConfig(boot: source?.config.boot)
             let plan = try await Builder(console: console).plan(options)
             let config = plan.recordedConfig ?? RootfsConfig()
             let report = Report(source: source.map { "\($0.path) (\($0.option))" }, config: config,
