@@ -20,6 +20,12 @@ public struct GuestShare: Sendable, Equatable {
         }
         let host = String(text[..<split.lowerBound])
         let guest = String(text[text.index(after: split.lowerBound)...])
+        // virtiofsd takes it inside `-o source=DIR`, a comma-separated option list: a comma
+        // would end the path and start an option of its own.
+        guard !FS.absolute(host).contains(",") else {
+            throw RootfsError("--share \(text): the host directory's path contains a comma, which virtiofsd would read as an option",
+                              hint: "share a directory whose path has no comma (a symlink to it without one works)")
+        }
         guard FS.isDirectory(host) else {
             throw RootfsError("--share \(text): \(host) is not a directory", hint: "share an existing host directory")
         }

@@ -157,6 +157,14 @@ struct BootOptionParsingTests {
         #expect(try await Fixtures.rootfs(["size", "--no-such-flag"]).status == 64)
     }
 
+    @Test func aShareWhosePathHasACommaIsRefused() throws {
+        let dir = try Fixtures.temporaryDirectory("share-comma"); defer { FS.remove(dir) }
+        try FS.makeDirectories(dir + "/a,allow_direct_io")
+        try FS.makeDirectories(dir + "/plain")
+        #expect(throws: RootfsError.self) { try GuestShare.parse(dir + "/a,allow_direct_io=/mnt") }
+        #expect(try GuestShare.parse(dir + "/plain=/mnt").hostDirectory == dir + "/plain")
+    }
+
     @Test func sizesAndPorts() throws {
         #expect(try ScratchDisk.parseSize("64M") == 64 << 20)
         #expect(try ScratchDisk.parseSize("1GiB") == 1 << 30)
