@@ -61,6 +61,12 @@ struct BuildCommand: AsyncParsableCommand {
     var cacheDir: String?
     @Flag(name: .customLong("no-cache"), help: "Neither use nor fill the tree cache (the hook runs).") var noCache = false
     @Flag(help: "Run the hook and replace the tree cache's entry for this build.") var refresh = false
+    @Option(help: ArgumentHelp("Write every installed package with its exact version to this lock file (docs/CACHE.md, \"Lock files\").", valueName: "FILE"),
+            completion: .file())
+    var lock: String?
+    @Option(help: ArgumentHelp("Install exactly the package versions of this lock file (written by --lock); fails naming a package the repository no longer has.", valueName: "FILE"),
+            completion: .file())
+    var locked: String?
     @Option(name: .customLong("format"), help: ArgumentHelp(
         "Write this format (repeatable): \(OutputFormat.names). Replaces the default outputs.", valueName: "F"),
             completion: .list(OutputFormat.allValueStrings))
@@ -91,6 +97,10 @@ struct BuildCommand: AsyncParsableCommand {
     @Flag(help: "Print one JSON document on stdout (outputs, digests, phase times); progress stays on stderr.") var json = false
 
     func validate() throws {
+        if locked != nil && !extraPackages.isEmpty {
+            throw ValidationError("--locked installs exactly the lock file's packages: drop --extra-pkg, or write a new lock with it and --lock")
+        }
+        if locked != nil && fromImage != nil { throw ValidationError("--locked pins a distro hook's packages: --from-image runs no hook") }
         if configFile != nil && fromManifest != nil {
             throw ValidationError("-C and --from-manifest both give the settings: choose one")
         }
@@ -149,6 +159,8 @@ struct BuildCommand: AsyncParsableCommand {
         options.cacheDirectory = cacheDir
         options.noCache = noCache
         options.refresh = refresh
+        options.lockPath = lock
+        options.lockedPath = locked
         options.manifest = !noManifest
         options.sbom = sbom
         options.recordedConfig = flagsConfig(boot: boot)

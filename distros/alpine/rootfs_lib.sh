@@ -48,3 +48,18 @@ plan_rootfs() {
     [ -d "$APK_KEYS_DIR" ] && print_command cp -R "$APK_KEYS_DIR" "$1/etc/apk/keys"
     print_command "${alpine_cmd[@]}"
 }
+
+# extend_rootfs ROOTFS_DIR PACKAGES...: installs PACKAGES into a tree an earlier build_rootfs
+# made (rootfs's tree cache: a build that only adds extra packages starts from the cached tree).
+# The same apk --root, given just the new packages and without --initdb (the tree's database stays).
+extend_rootfs() {
+    local rootfs_dir=$1
+    shift
+    local -a alpine_cmd=() cmd=()
+    PACKAGES="$*" EXTRA_PKGS="" _alpine_command "$rootfs_dir"
+    local a
+    for a in "${alpine_cmd[@]}"; do [ "$a" = --initdb ] || cmd+=("$a"); done
+    require_program "${cmd[0]}"
+    info "apk add into the cached tree: $*"
+    "${cmd[@]}"
+}

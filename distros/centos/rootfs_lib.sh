@@ -77,3 +77,12 @@ plan_rootfs() {
     _centos_dnf_conf "$work/repos.d" | sed 's/^/#   /'
     print_command "${centos_cmd[@]}"
 }
+
+# extend_rootfs ROOTFS_DIR PACKAGES...: installs PACKAGES into a tree an earlier build_rootfs
+# made (rootfs's tree cache: a build that only adds extra packages starts from the cached tree).
+# The same dnf --installroot, given just the new packages: dnf adds them to the tree's RPM database.
+extend_rootfs() {
+    local rootfs_dir=$1
+    shift
+    PACKAGES="$*" EXTRA_PKGS="" build_rootfs "$rootfs_dir"
+}

@@ -100,3 +100,13 @@ plan_rootfs() {
     _debian_command "$1"
     print_command "${debian_cmd[@]}"
 }
+
+# extend_rootfs ROOTFS_DIR PACKAGES...: installs PACKAGES into a tree an earlier build_rootfs
+# made (rootfs's tree cache: a build that only adds extra packages starts from the cached tree).
+# The tree's own apt in a chroot, as root; see apt_install_into in hook-helpers.sh.
+extend_rootfs() {
+    local rootfs_dir=$1
+    shift
+    info "apt-get install into the cached tree: $*"
+    apt_install_into "$rootfs_dir" "$@"
+}

@@ -41,3 +41,12 @@ plan_rootfs() {
     _ubuntu_command "$1"
     print_command "${ubuntu_cmd[@]}"
 }
+
+# extend_rootfs ROOTFS_DIR PACKAGES...: installs PACKAGES into a tree an earlier build_rootfs
+# made (rootfs's tree cache); the tree's own apt in a chroot (apt_install_into in hook-helpers.sh).
+extend_rootfs() {
+    local rootfs_dir=$1
+    shift
+    info "apt-get install into the cached tree: $*"
+    apt_install_into "$rootfs_dir" "$@"
+}

@@ -63,6 +63,10 @@ public struct BuildOptions: Sendable {
     /// `--no-cache`: neither use nor fill the tree cache. `--refresh`: rebuild and replace the entry.
     public var noCache = false
     public var refresh = false
+    /// `--lock FILE`: write every installed package with its exact version there (PackageLock).
+    public var lockPath: String?
+    /// `--locked FILE`: install exactly the versions of that lock file.
+    public var lockedPath: String?
     public var environment: [String: String]
     /// The build's options in rootfs.toml's shape, as the CLI resolved them (flags over the
     /// config file); the planner completes it and the manifest records it (nil: none recorded).

@@ -56,6 +56,11 @@ public struct BuildPlan: Sendable {
     public var treeCache: TreeCache?
     public var treeCacheInputs: TreeCacheInputs?
     public var treeCacheOutcome = TreeCacheOutcome(.init(result: "off", key: "", why: []))
+    /// The cached tree this build starts from when the tree cache says "incremental" (extend_rootfs adds the rest).
+    public var incrementalBase: IncrementalBase?
+    /// `--lock FILE` (written after the outputs) and `--locked FILE` (its packages are the hook's PACKAGES).
+    public var lockPath: String?
+    public var locked: PackageLock?
 
     /// Whether the finished tree is kept as a directory (a `rootfs` output).
     public var keepRootfs: Bool { outputs.contains { $0.format == .rootfs } }
@@ -180,6 +185,8 @@ public struct BuildPlan: Sendable {
         switch o.result {
         case "hit": return "tree: hit \(o.key.prefix(16)) (build_rootfs is skipped)"
         case "miss": return "tree: miss \(o.key.prefix(16)) (\(o.why.joined(separator: "; "))): build_rootfs runs, the tree is stored"
+        case "incremental":
+            return "tree: incremental \(o.key.prefix(16)) from \(o.base.map { String($0.prefix(16)) } ?? "?") (\(o.why.joined(separator: "; "))): build_rootfs is skipped, extend_rootfs runs, the tree is stored"
         case "refresh": return "tree: refresh \(o.key.prefix(16)) (--refresh: build_rootfs runs, the entry is replaced)"
         default: return "tree: not used" + (o.why.isEmpty ? "" : " (\(o.why.joined(separator: "; ")))")
         }

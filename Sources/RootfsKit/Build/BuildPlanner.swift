@@ -213,6 +213,18 @@ public struct BuildPlanner: Sendable {
         // not be reproducible while host builds are.
         if let epoch { hookEnv["SOURCE_DATE_EPOCH"] = String(epoch) }
 
+        // --locked: the lock's exact versions are the hook's whole package list (name=version for
+        // apt and apk, name-version for dnf), in place of PACKAGES and EXTRA_PKG.
+        var locked: PackageLock?
+        if let path = options.lockedPath {
+            let lock = try PackageLock.read(FS.absolute(path))
+            try lock.check(distro: distro.name, osVersion: config.osVersion ?? "", architecture: arch, source: path)
+            hookEnv["PACKAGES"] = lock.specifications.joined(separator: " ")
+            hookEnv["EXTRA_PKGS"] = ""
+            hookEnv["EXTRA_PKG"] = ""
+            locked = lock
+        }
+
         // The package cache shared by builds: a warning, not a failure, when it cannot be used.
         let cache = CacheDirectory.resolve(option: options.cacheDirectory, environment: env)
         let packageCache = cache.packageDirectory(osName: config.osName ?? distro.name, osVersion: config.osVersion ?? "",
@@ -238,6 +250,8 @@ public struct BuildPlanner: Sendable {
         // Another architecture's binaries run through qemu-user (binfmt_misc): what is there, what would be set up.
         plan.emulation = ForeignEmulation.plan(for: architecture)
         if let missing = plan.emulation?.missing { try problem(missing) }
+        plan.locked = locked
+        plan.lockPath = options.lockPath.map(FS.absolute)
         plan.cache = cache
         plan.packageCache = usedPackageCache
         plan.cacheWarnings = cacheWarnings
@@ -296,7 +310,8 @@ public struct BuildPlanner: Sendable {
         let inputs = TreeCacheInputs(
             distro: distro.name,
             distroFiles: try TreeCacheInputs.digestFiles(in: distro.directory, extra: [distro.configPath, distro.libraryPath]),
-            config: config.values, packages: config.packages, extraPackages: plan.extraPackages,
+            config: config.values, packages: plan.locked?.specifications ?? config.packages,
+            extraPackages: plan.locked == nil ? plan.extraPackages : [],
             architecture: plan.architecture, engine: engine, repository: repository, epoch: plan.epoch)
         let treeCache = TreeCache(cache: cache)
         plan.treeCache = treeCache
@@ -307,6 +322,30 @@ public struct BuildPlanner: Sendable {
         }
         let (hit, why) = treeCache.lookup(inputs)
         plan.treeCacheOutcome.set(.init(result: hit ? "hit" : "miss", key: inputs.key, why: why))
+        if !hit { await decideIncremental(&plan, inputs: inputs, treeCache: treeCache, why: why) }
+    }
+
+    /// A miss whose only difference from a cached entry is more extra packages: incremental when
+    /// the distro's hook defines extend_rootfs(), else a full build that says why.
+    func decideIncremental(_ plan: inout BuildPlan, inputs: TreeCacheInputs, treeCache: TreeCache, why: [String]) async {
+        guard let base = IncrementalBase.find(for: inputs, in: treeCache) else { return }
+        let from = "only the extra packages differ from entry \(base.key.prefix(16)) (it lacks \(base.adding.joined(separator: " ")))"
+        guard await definesExtendRootfs(plan) else {
+            plan.treeCacheOutcome.set(.init(result: "miss", key: inputs.key, why: why + [
+                from + ", but \(plan.distro.libraryPath) defines no extend_rootfs(): a full build"]))
+            return
+        }
+        plan.incrementalBase = base
+        plan.treeCacheOutcome.set(.init(result: "incremental", key: inputs.key, why: [from + ": extend_rootfs adds them"],
+                                        base: base.key, adding: base.adding))
+    }
+
+    /// Whether the distro's rootfs_lib.sh (as sourced after config.sh) defines extend_rootfs().
+    func definesExtendRootfs(_ plan: BuildPlan) async -> Bool {
+        let command = ToolCommand("bash", ["--noprofile", "--norc", "-c", HookLibrary.extendProbeScript, "rootfs-probe",
+                                           plan.distro.configPath, plan.distro.libraryPath],
+                                  environment: plan.hookEnvironment, workingDirectory: plan.distro.directory)
+        return (try? await runner.capture(command)) != nil
     }
 
     /// Runs the distro's optional plan_rootfs(): the commands build_rootfs would

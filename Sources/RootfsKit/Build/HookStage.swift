@@ -49,11 +49,21 @@ public struct HookStage: Sendable {
                 return Result(work: work, tree: tree, rootless: nil)
             }
         }
-        try FS.makeDirectories(tree)
         let helper = work + "/hook-helpers.sh"
+        var invocation = plan.hookInvocation(rootfs: tree, helperPath: helper)
+        if let cache = plan.treeCache, let base = plan.incrementalBase, plan.treeCacheOutcome.value.result == "incremental" {
+            console.phase("tree cache: incremental from \(base.key.prefix(16)): build_rootfs skipped, extend_rootfs \(base.adding.joined(separator: " "))")
+            if let why = cache.restore(base.inputs, to: tree) {
+                console.warning("tree cache: the base \(why); running build_rootfs")
+                plan.treeCacheOutcome.set(.init(result: "miss", key: plan.treeCacheInputs?.key ?? "", why: ["the base " + why]))
+            } else {
+                invocation.extendPackages = base.adding
+            }
+            console.endPhase()
+        }
+        try FS.makeDirectories(tree)
         try HookLibrary.text.write(toFile: helper, atomically: false, encoding: .utf8)
 
-        var invocation = plan.hookInvocation(rootfs: tree, helperPath: helper)
         let hookTar = work + "/rootfs.tar"
         if plan.transport == .tar { invocation.environment["ROOTFS_TAR"] = hookTar }
         let watch = HookConfinement(work: work, allowed: ["rootfs", "hook-helpers.sh", "rootfs.tar"])
@@ -76,7 +86,7 @@ public struct HookStage: Sendable {
         }
         console.endPhase()
         if let cache = plan.treeCache, let inputs = plan.treeCacheInputs, rootless == nil,
-           ["miss", "refresh"].contains(plan.treeCacheOutcome.value.result) {
+           ["miss", "refresh", "incremental"].contains(plan.treeCacheOutcome.value.result) {
             console.phase("tree cache: storing \(inputs.key.prefix(16))")
             do {
                 try cache.store(inputs, tree: tree)
@@ -92,13 +102,15 @@ public struct HookStage: Sendable {
     /// Runs build_rootfs (its tree given by `invocation`) through the plan's executor.
     public func runHook(_ plan: BuildPlan, invocation: HookInvocation, logPath: String) async throws {
         try await plan.hookExecutor.prepare(console: console, runner: runner, scratchDirectory: FS.parent(invocation.rootfsDirectory))
+        let function = invocation.extendPackages == nil ? "build_rootfs" : "extend_rootfs"
         if case .image(_, let label) = plan.hookExecutor {
             console.phase("image: \(label) (layers applied in process)")
         } else {
-            console.phase("build_rootfs: \(plan.distro.name) \(plan.config.osVersion ?? "") (\(plan.distro.directory))"
+            console.phase("\(function): \(plan.distro.name) \(plan.config.osVersion ?? "") (\(plan.distro.directory))"
                           + (plan.hookExecutor.isHost ? "" : " in \(plan.hookExecutor.description)"))
         }
-        console.detail("running: \(invocation.hostCommand.environment.count) variables, bash build_rootfs \(invocation.rootfsDirectory)")
+        console.detail("running: \(invocation.hostCommand.environment.count) variables, bash \(function) \(invocation.rootfsDirectory)"
+                       + (invocation.extendPackages.map { " " + $0.joined(separator: " ") } ?? ""))
         do {
             if plan.hookExecutor.isHost {
                 // Daemons the hook started (gpg-agent...) are stopped when it ends, success or not.
@@ -110,11 +122,17 @@ public struct HookStage: Sendable {
                 try await plan.hookExecutor.run(invocation, runner: runner) { [console] line in console.toolLine(line) }
             }
         } catch let failure as ToolFailure {
+            // --locked: a version the repository no longer has is named, with what to do.
+            if let lock = plan.locked, let gone = lock.missing(in: failure.outputTail) {
+                throw RootfsError("the repository has no version \(gone.version) of package \(gone.name), which the lock file pins (--locked)",
+                                  hint: "point REPO_URL at a snapshot of the repository the lock was written from, or write a new lock with --lock; the full output is in \(logPath)",
+                                  details: Array(failure.outputTail.suffix(8)))
+            }
             // A hook's own `die` message says best what went wrong: it leads the error.
             let died = failure.outputTail.last(where: { $0.hasPrefix("ERROR: ") }).map { ": " + $0.dropFirst("ERROR: ".count) } ?? ""
             let hint = failure.outputTail.last { $0.hasPrefix("HINT: ") }.map { $0.dropFirst("HINT: ".count) + "; " } ?? ""
-            throw RootfsError("build_rootfs() of distro '\(plan.distro.name)' failed (\(failure.status))\(died)",
-                              hint: hint + "the hook is build_rootfs() in \(plan.distro.libraryPath); the full output is in \(logPath)",
+            throw RootfsError("\(function)() of distro '\(plan.distro.name)' failed (\(failure.status))\(died)",
+                              hint: hint + (function == "build_rootfs" ? "" : "--no-cache builds it in full; ") + "the hook is \(function)() in \(plan.distro.libraryPath); the full output is in \(logPath)",
                               details: failure.outputTail)
         }
         try Task.checkCancellation()

@@ -25,6 +25,10 @@ struct OutputStage {
             outputs += try await writeDocuments(plan, manifestPath: manifestPath, tree: composed.tree,
                                                 facts: facts, outputs: outputs)
         }
+        if let lockPath = plan.lockPath {
+            try Task.checkCancellation()
+            outputs.append(try await writeLock(plan, path: lockPath, tree: composed.tree))
+        }
         if plan.keepRootfs {
             try Task.checkCancellation()
             // Replacing a tree removes the old one (seconds for a big tree): a phase, not a silence.
@@ -83,6 +87,20 @@ struct OutputStage {
         }
         console.endPhase()
         return written
+    }
+}
+
+extension OutputStage {
+    /// `--lock FILE`: the tree's packages with their exact versions (the manifest's list).
+    func writeLock(_ plan: BuildPlan, path: String, tree: String) async throws -> BuildOutput {
+        console.phase("lock: \(path)")
+        let inventory = try await PackageInventory.read(tree: tree, runner: runner)
+        let lock = try PackageLock(inventory: inventory, distro: plan.distro.name, osVersion: plan.config.osVersion ?? "",
+                                   architecture: plan.architecture)
+        try lock.write(to: path)
+        console.info("    \(lock.packages.count) packages (\(inventory.database.rawValue))")
+        console.endPhase()
+        return BuildOutput(kind: "lock", path: path, bytes: FS.fileSize(path), sha256: try SHA256.hexDigest(ofFile: path))
     }
 }
 

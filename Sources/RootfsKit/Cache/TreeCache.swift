@@ -159,6 +159,9 @@ public final class TreeCacheOutcome: Sendable {
         public var key: String
         /// Why a miss missed: the inputs that changed, or what was wrong with the entry.
         public var why: [String]
+        /// result "incremental": the entry the tree starts from, and the packages extend_rootfs adds.
+        public var base: String? = nil
+        public var adding: [String]? = nil
     }
     private let state: Mutex<State>
     public init(_ state: State) { self.state = Mutex(state) }

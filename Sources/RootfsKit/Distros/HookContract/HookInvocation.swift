@@ -10,11 +10,14 @@ public struct HookInvocation: Sendable, Equatable {
     public var workingDirectory: String
     /// What the hook receives in its environment (OS_VERSION, PACKAGES, EXTRA_PKGS...).
     public var environment: [String: String]
+    /// Nil: build_rootfs ROOTFS_DIR. Else extend_rootfs ROOTFS_DIR PACKAGES... (a cached base
+    /// gets just these packages; they are validated package names, never options).
+    public var extendPackages: [String]? = nil
 
     /// The bash argument list, with paths rewritten by `map` (for container mounts).
     public func bashArguments(mapping map: (String) -> String = { $0 }) -> [String] {
-        ["--noprofile", "--norc", "-c", HookLibrary.runnerScript, "rootfs-hook",
-         map(helperPath), map(configPath), map(libraryPath), map(rootfsDirectory)]
+        ["--noprofile", "--norc", "-c", extendPackages == nil ? HookLibrary.runnerScript : HookLibrary.extendRunnerScript,
+         "rootfs-hook", map(helperPath), map(configPath), map(libraryPath), map(rootfsDirectory)] + (extendPackages ?? [])
     }
 
     /// The command that runs the hook on this host.

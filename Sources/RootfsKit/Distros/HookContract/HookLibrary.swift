@@ -45,6 +45,75 @@ public enum HookLibrary {
             "--customize-hook=sync-out /var/cache/apt/archives $c/archives"
             "--customize-hook=sync-out /var/lib/apt/lists $c/lists")
     }
+    # apt_install_into ROOTFS_DIR PACKAGES...: extend_rootfs for a tree mmdebstrap made (debian,
+    # ubuntu): the tree's own apt-get installs PACKAGES in a chroot, with the tree's sources.list and
+    # the apt and dpkg options mmdebstrap left in it (no man pages, no docs...), and no recommends
+    # (mmdebstrap's default). ROOTFS_PACKAGE_CACHE (or a scratch directory) is bind-mounted as
+    # apt's lists and archives, so the tree's own stay as the base left them and an offline host
+    # with a warm cache installs from the cached lists. The mounts live in a private mount
+    # namespace and end with it; afterwards the files mmdebstrap's clean-up removes are removed.
+    apt_install_into() {
+        local rootfs_dir=$1
+        shift
+        [ "$#" -gt 0 ] || die "apt_install_into: no packages"
+        [ "$(id -u)" = 0 ] || die "extend_rootfs installs into the tree with chroot, which needs root"
+        require_program unshare chroot mount
+        [ -x "$rootfs_dir/usr/bin/apt-get" ] || die "$rootfs_dir has no apt-get: not a tree mmdebstrap made"
+        local cache=${ROOTFS_PACKAGE_CACHE:-} scratch="" made=()
+        if [ -z "$cache" ] || [[ $cache =~ [[:space:]] ]] || ! mkdir -p "$cache/archives/partial" "$cache/lists/partial" 2>/dev/null; then
+            scratch=$(mktemp -d)
+            cache=$scratch
+            mkdir -p "$cache/archives/partial" "$cache/lists/partial"
+        fi
+        # Services must not start in the chroot (invoke-rc.d asks policy-rc.d), and apt needs a
+        # resolver: both only for the install, removed after it (the base has neither).
+        if [ ! -e "$rootfs_dir/usr/sbin/policy-rc.d" ]; then
+            printf '#!/bin/sh\nexit 101\n' > "$rootfs_dir/usr/sbin/policy-rc.d"
+            chmod 0755 "$rootfs_dir/usr/sbin/policy-rc.d"
+            made+=("$rootfs_dir/usr/sbin/policy-rc.d")
+        fi
+        if [ ! -e "$rootfs_dir/etc/resolv.conf" ] && [ ! -L "$rootfs_dir/etc/resolv.conf" ] && [ -f /etc/resolv.conf ]; then
+            : > "$rootfs_dir/etc/resolv.conf"
+            made+=("$rootfs_dir/etc/resolv.conf")
+        fi
+        # debconf's config-script directory: apt's dpkg-preconfigure makes it, mmdebstrap's run does not.
+        local had_tmpci=""
+        [ ! -e "$rootfs_dir/var/cache/debconf/tmp.ci" ] || had_tmpci=1
+        local status=0
+        unshare --mount --propagation private -- bash -c '
+            set -e
+            root=$1 cache=$2
+            shift 2
+            mount -t proc proc "$root/proc"
+            mount --rbind /dev "$root/dev"
+            [ -f "$root/etc/resolv.conf" ] && [ ! -s "$root/etc/resolv.conf" ] && mount --bind /etc/resolv.conf "$root/etc/resolv.conf"
+            mount --bind "$cache/archives" "$root/var/cache/apt/archives"
+            mount --bind "$cache/lists" "$root/var/lib/apt/lists"
+            in_root() {
+                chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
+                    LC_ALL=C.UTF-8 ${SOURCE_DATE_EPOCH:+SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH} "$@"
+            }
+            if ! in_root apt-get -q update; then
+                if compgen -G "$cache/lists/*_Packages*" >/dev/null; then
+                    printf "WARNING: %s\n" "apt-get update failed: installing from the cached package lists" >&2
+                else
+                    printf "ERROR: %s\n" "apt-get update failed and the package cache has no lists to install from" >&2
+                    exit 1
+                fi
+            fi
+            in_root apt-get -q -y --no-install-recommends install -- "$@"
+        ' apt-install-into "$rootfs_dir" "$cache" "$@" || status=$?
+        [ "${#made[@]}" -eq 0 ] || rm -f -- "${made[@]}"
+        [ -z "$scratch" ] || rm -rf -- "$scratch"
+        [ "$status" = 0 ] || die "apt-get install in $rootfs_dir failed (exit $status): $*"
+        # mmdebstrap's clean-up (cleanup/apt, cleanup/reproducible, cleanup/run, cleanup/tmp), as after a cold build.
+        rm -f "$rootfs_dir"/var/cache/apt/*.bin "$rootfs_dir"/var/log/dpkg.log "$rootfs_dir"/var/log/apt/history.log \
+            "$rootfs_dir"/var/log/apt/term.log "$rootfs_dir"/var/log/alternatives.log "$rootfs_dir"/var/cache/ldconfig/aux-cache \
+            "$rootfs_dir"/var/log/apt/eipp.log.xz "$rootfs_dir"/var/lib/dbus/machine-id
+        [ -n "$had_tmpci" ] || rmdir "$rootfs_dir/var/cache/debconf/tmp.ci" 2>/dev/null || true
+        [ ! -s "$rootfs_dir/etc/machine-id" ] || : > "$rootfs_dir/etc/machine-id"
+        find "$rootfs_dir/run" "$rootfs_dir/tmp" -mindepth 1 -maxdepth 1 ! -path "$rootfs_dir/run/lock" -exec rm -rf -- {} + 2>/dev/null || true
+    }
     # print_command CMD ARGS...: prints a command as a shell would read it (plan_rootfs, logs).
     print_command() {
         local a out=""
@@ -67,13 +136,44 @@ public enum HookLibrary {
     source "$__rootfs_helpers"
     source "$__rootfs_config" || true
     if [ -e "$__rootfs_lib" ]; then
-        unset -f build_rootfs plan_rootfs
+        unset -f build_rootfs plan_rootfs extend_rootfs
         source "$__rootfs_lib"
     fi
     declare -F build_rootfs >/dev/null || die "$__rootfs_lib does not define build_rootfs()"
     set -o errexit -o errtrace -o pipefail
     [ -n "${DEBUG:-}" ] && set -x
     build_rootfs "$@"
+    """#
+
+    /// Runs the optional extend_rootfs ROOTFS_DIR PACKAGES... (incremental extra packages): the
+    /// tree is a copy of a cached build whose only difference is fewer extra packages, and the
+    /// hook installs just the new ones into it (apt in the tree, dnf --installroot, apk --root).
+    /// Sourced and run like build_rootfs; a library without it is never given a cached base
+    /// (the planner asks `extendProbeScript` first).
+    public static let extendRunnerScript = #"""
+    __rootfs_helpers=$1 __rootfs_config=$2 __rootfs_lib=$3
+    shift 3
+    source "$__rootfs_helpers"
+    source "$__rootfs_config" || true
+    if [ -e "$__rootfs_lib" ]; then
+        unset -f build_rootfs plan_rootfs extend_rootfs
+        source "$__rootfs_lib"
+    fi
+    declare -F extend_rootfs >/dev/null || die "$__rootfs_lib does not define extend_rootfs()"
+    set -o errexit -o errtrace -o pipefail
+    [ -n "${DEBUG:-}" ] && set -x
+    extend_rootfs "$@"
+    """#
+
+    /// Exit 0 when the distro's library defines extend_rootfs(), 3 when it does not.
+    public static let extendProbeScript = text + "\n" + #"""
+    __rootfs_config=$1 __rootfs_lib=$2
+    source "$__rootfs_config" >/dev/null 2>&1 || true
+    if [ -e "$__rootfs_lib" ]; then
+        unset -f build_rootfs plan_rootfs extend_rootfs
+        source "$__rootfs_lib" >/dev/null 2>&1
+    fi
+    declare -F extend_rootfs >/dev/null || exit 3
     """#
 
     /// Runs the optional plan_rootfs() (`rootfs build --dry-run`, and a check
