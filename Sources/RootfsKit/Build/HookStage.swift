@@ -126,7 +126,7 @@ public struct HookStage: Sendable {
             if let lock = plan.locked, let gone = lock.missing(in: failure.outputTail) {
                 throw RootfsError("the repository has no version \(gone.version) of package \(gone.name), which the lock file pins (--locked)",
                                   hint: "point REPO_URL at a snapshot of the repository the lock was written from, or write a new lock with --lock; the full output is in \(logPath)",
-                                  details: Array(failure.outputTail.suffix(8)))
+                                  details: failure.outputTail.suffix(8).filter { $0.count < 400 })
             }
             // A hook's own `die` message says best what went wrong: it leads the error.
             let died = failure.outputTail.last(where: { $0.hasPrefix("ERROR: ") }).map { ": " + $0.dropFirst("ERROR: ".count) } ?? ""
