@@ -174,7 +174,8 @@ public struct PackageLock: Sendable, Equatable {
     }
 
     /// The locked package the repository lacks, from the package manager's output: apt's
-    /// "Version 'V' for 'P' was not found", dnf's "No match for argument: P-V", apk's "P=V ... (no such package)".
+    /// "Version 'V' for 'P' was not found", dnf's "No match for argument: P-V" (dnf5) or "Unable to find a
+    /// match: P-V" (dnf 4), apk's "P=V ... (no such package)".
     public func missing(in lines: [String]) -> Entry? {
         for line in lines {
             if let range = line.range(of: "Version '"), let forRange = line.range(of: "' for '", range: range.upperBound..<line.endIndex),
@@ -185,7 +186,9 @@ public struct PackageLock: Sendable, Equatable {
             }
             for entry in packages {
                 let spec = specification(entry)
-                if line.contains("No match for argument: " + spec) || (line.contains(spec) && line.contains("no such package")) {
+                // The whole word: pkg-1.0-1 is not pkg-1.0-10.
+                let named = line.hasSuffix(spec) || line.contains(spec + " ") || line.contains(spec + ":")
+                if named && ["No match for argument", "Unable to find a match", "no such package"].contains(where: line.contains) {
                     return entry
                 }
             }

@@ -126,6 +126,8 @@ import Testing
         var rpm = lock
         rpm.database = .rpm
         #expect(rpm.missing(in: ["No match for argument: bsdutils-1:2.41.5-0+deb13u1"])?.name == "bsdutils")
+        #expect(rpm.missing(in: ["Error: Unable to find a match: bash-5.2.37-2+b10"])?.name == "bash")
+        #expect(rpm.missing(in: ["Error: Unable to find a match: bash-5.2.37-2+b100"]) == nil, "another version is not this one")
         var apk = lock
         apk.database = .apk
         #expect(apk.missing(in: ["ERROR: unable to select packages:", "  bash=5.2.37-2+b10 (no such package):"])?.name == "bash")
