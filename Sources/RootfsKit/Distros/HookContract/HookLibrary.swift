@@ -59,12 +59,17 @@ public enum HookLibrary {
         [ "$(id -u)" = 0 ] || die "extend_rootfs installs into the tree with chroot, which needs root"
         require_program unshare chroot mount
         [ -x "$rootfs_dir/usr/bin/apt-get" ] || die "$rootfs_dir has no apt-get: not a tree mmdebstrap made"
-        local cache=${ROOTFS_PACKAGE_CACHE:-} scratch="" made=()
-        if [ -z "$cache" ] || [[ $cache =~ [[:space:]] ]] || ! mkdir -p "$cache/archives/partial" "$cache/lists/partial" 2>/dev/null; then
+        local cache=${ROOTFS_PACKAGE_CACHE:-} scratch="" made=() kept=() kept_owner=() d i
+        if [ -z "$cache" ] || [[ $cache =~ [[:space:]] ]] || ! mkdir -p "$cache/archives" "$cache/lists" 2>/dev/null; then
             scratch=$(mktemp -d)
             cache=$scratch
-            mkdir -p "$cache/archives/partial" "$cache/lists/partial"
         fi
+        # apt gives its partial directories to _apt; mmdebstrap's sync-in copies the cache's into the
+        # next cold build's tree, owner and all: their owners are put back afterwards (a directory
+        # made here is removed), so the cache leaves the outputs as they are without it.
+        for d in "$cache/archives/partial" "$cache/lists/partial"; do
+            if [ -d "$d" ]; then kept+=("$d"); kept_owner+=("$(stat -c %u:%g "$d")"); else mkdir -p "$d"; made+=("$d"); fi
+        done
         # Services must not start in the chroot (invoke-rc.d asks policy-rc.d), and apt needs a
         # resolver: both only for the install, removed after it (the base has neither).
         if [ ! -e "$rootfs_dir/usr/sbin/policy-rc.d" ]; then
@@ -103,7 +108,8 @@ public enum HookLibrary {
             fi
             in_root apt-get -q -y --no-install-recommends install -- "$@"
         ' apt-install-into "$rootfs_dir" "$cache" "$@" || status=$?
-        [ "${#made[@]}" -eq 0 ] || rm -f -- "${made[@]}"
+        for i in "${!kept[@]}"; do chown "${kept_owner[$i]}" -- "${kept[$i]}" 2>/dev/null || true; done
+        [ "${#made[@]}" -eq 0 ] || rm -rf -- "${made[@]}"
         [ -z "$scratch" ] || rm -rf -- "$scratch"
         [ "$status" = 0 ] || die "apt-get install in $rootfs_dir failed (exit $status): $*"
         # mmdebstrap's clean-up (cleanup/apt, cleanup/reproducible, cleanup/run, cleanup/tmp), as after a cold build.
