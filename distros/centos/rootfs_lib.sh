@@ -45,7 +45,10 @@ _centos_command() {
         "--setopt=reposdir=$reposdir" --disablerepo='*')
     for repo in $REPOS; do centos_cmd+=("--enablerepo=${repo,,}"); done
     if [ -n "${ARCH:-}" ] && [ "$ARCH" != "$(uname -m)" ]; then centos_cmd+=("--forcearch=$ARCH"); fi
-    centos_cmd+=(install -- "${packages[@]}")
+    # rootfs's package cache (ROOTFS_PACKAGE_CACHE): dnf keeps its downloads there, outside the tree.
+    local -a dnf_cache=()
+    dnf_cache_args
+    centos_cmd+=("${dnf_cache[@]}" install -- "${packages[@]}")
 }
 
 build_rootfs() {

@@ -40,7 +40,10 @@ _fedora_command() {
     fedora_cmd=("$dnf" -y -q "--config=$conf" "--installroot=$rootfs_dir" "--releasever=$OS_VERSION"
         "--setopt=reposdir=$reposdir" --disablerepo='*' --enablerepo=fedora)
     if [ -n "${ARCH:-}" ] && [ "$ARCH" != "$(uname -m)" ]; then fedora_cmd+=("--forcearch=$ARCH"); fi
-    fedora_cmd+=(install -- "${packages[@]}")
+    # rootfs's package cache (ROOTFS_PACKAGE_CACHE): dnf keeps its downloads there, outside the tree.
+    local -a dnf_cache=()
+    dnf_cache_args
+    fedora_cmd+=("${dnf_cache[@]}" install -- "${packages[@]}")
 }
 
 build_rootfs() {

@@ -279,8 +279,10 @@ public struct BuildPlanner: Sendable {
     /// The tree cache's inputs and lookup (TreeCacheInputs holds every input of the key).
     func decideTreeCache(_ plan: inout BuildPlan, options: BuildOptions, cache: CacheDirectory) async throws {
         if options.noCache { plan.treeCacheOutcome.set(.init(result: "off", key: "", why: ["--no-cache"])); return }
-        if plan.transport != .directory {
-            plan.treeCacheOutcome.set(.init(result: "off", key: "", why: ["rootless builds do not use the tree cache yet"]))
+        // Checked as the package cache is: an unusable directory is a warning, and the build goes on without it.
+        if !options.dryRun, let why = CacheDirectory.prepare(cache.root + "/trees") {
+            plan.cacheWarnings.append("the tree cache is not used: \(why) (--cache-dir, ROOTFS_CACHE_DIR); building without it")
+            plan.treeCacheOutcome.set(.init(result: "off", key: "", why: ["the cache directory cannot be used: \(why)"]))
             return
         }
         if case .image = plan.hookExecutor {

@@ -45,6 +45,33 @@ public enum HookLibrary {
             "--customize-hook=sync-out /var/cache/apt/archives $c/archives"
             "--customize-hook=sync-out /var/lib/apt/lists $c/lists")
     }
+    # dnf_cache_args: fills the array dnf_cache with the dnf options that keep dnf's downloads
+    # (packages and repository metadata) in ROOTFS_PACKAGE_CACHE/dnf across builds. The cachedir
+    # given on the command line is not moved below --installroot, so nothing reaches the tree.
+    # metadata_expire=0: repomd.xml is asked for on every build (a few hundred bytes), so a
+    # mirror update is seen as it is without the cache. Without a cache: keepcache off, dnf's default.
+    dnf_cache_args() {
+        dnf_cache=()
+        local c=${ROOTFS_PACKAGE_CACHE:-}
+        [ -n "$c" ] || return 0
+        if [[ $c =~ [[:space:]] ]] || ! mkdir -p "$c/dnf" 2>/dev/null; then
+            warn "the package cache $c cannot be used: building without it"
+            return 0
+        fi
+        dnf_cache=(--setopt=keepcache=True "--setopt=cachedir=$c/dnf" --setopt=metadata_expire=0)
+    }
+    # apk_cache_args: fills the array apk_cache with apk's cache option: --cache-dir
+    # ROOTFS_PACKAGE_CACHE/apk (an absolute path, outside --root), else --no-cache.
+    apk_cache_args() {
+        apk_cache=(--no-cache)
+        local c=${ROOTFS_PACKAGE_CACHE:-}
+        [ -n "$c" ] || return 0
+        if [[ $c =~ [[:space:]] ]] || ! mkdir -p "$c/apk" 2>/dev/null; then
+            warn "the package cache $c cannot be used: building without it"
+            return 0
+        fi
+        apk_cache=(--cache-dir "$c/apk")
+    }
     # print_command CMD ARGS...: prints a command as a shell would read it (plan_rootfs, logs).
     print_command() {
         local a out=""
