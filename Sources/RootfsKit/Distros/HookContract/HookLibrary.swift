@@ -60,6 +60,32 @@ public enum HookLibrary {
         fi
         dnf_cache=(--setopt=keepcache=True "--setopt=cachedir=$c/dnf" --setopt=metadata_expire=0)
     }
+    # dnf_cache_clean ROOTFS_DIR: dnf 4 writes its repository persistor (expired_repos.json) below
+    # --installroot at the cachedir's own path. That copy of the cache path is removed from the tree,
+    # from its first directory no installed package owns (rpm -qf), so the tree is what it is without
+    # a cache. A symbolic link on the way stops it: nothing is removed through a link.
+    dnf_cache_clean() {
+        local root=$1 path="" part
+        [ "${#dnf_cache[@]}" -gt 0 ] || return 0
+        # Without a cache dnf makes /var/cache (its default cachedir's parent) in the tree, owned by a
+        # package or not: so does a build with one, for the same tree.
+        if [ ! -L "$root/var" ] && [ ! -e "$root/var/cache" ]; then mkdir -p -m 0755 "$root/var/cache"; fi
+        local -a parts=()
+        IFS=/ read -r -a parts <<< "${ROOTFS_PACKAGE_CACHE#/}/dnf"
+        for part in "${parts[@]}"; do
+            [ -n "$part" ] || continue
+            path+="/$part"
+            if [ -L "$root$path" ] || [ ! -d "$root$path" ]; then return 0; fi
+            if ! check_program rpm; then
+                warn "no rpm on this host: dnf's $path/expired_repos.json is left in the tree"
+                return 0
+            fi
+            if ! rpm --root "$root" --dbpath "${RPM_DBPATH:-/usr/lib/sysimage/rpm}" -qf "$path" >/dev/null 2>&1; then
+                rm -rf -- "${root:?}$path"
+                return 0
+            fi
+        done
+    }
     # apk_cache_args: fills the array apk_cache with apk's cache option: --cache-dir
     # ROOTFS_PACKAGE_CACHE/apk (an absolute path, outside --root), else --no-cache.
     apk_cache_args() {
