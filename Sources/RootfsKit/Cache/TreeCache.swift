@@ -109,7 +109,8 @@ public struct TreeCache: Sendable {
                 unmade = 0
                 if !told {
                     let pid = String(decoding: holder.prefix(20), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-                    waiting(pid.isEmpty ? "?" : pid)
+                    // Only digits reach the output: the file is the cache's, not ours to trust.
+                    waiting(!pid.isEmpty && pid.allSatisfy { $0.isASCII && $0.isNumber } ? pid : "?")
                     told = true
                 }
             } else {
