@@ -68,10 +68,12 @@ struct CacheCommand: AsyncParsableCommand {
             let (olderThan, packages, cache) = (olderThan, packages, location.cache)
             try await CommandRunner.run {
                 let seconds = try olderThan.map { try CacheCommandDuration.parse($0) }
-                let removed = TreeCache(cache: cache).prune(olderThan: seconds)
+                var inUse: [String] = []
+                let removed = TreeCache(cache: cache).prune(olderThan: seconds) { inUse.append($0) }
                 for key in removed { print("removed tree \(key.prefix(16))") }
+                for key in inUse { print("kept tree \(key.prefix(16)): a build is reading it") }
                 if packages { FS.remove(cache.root + "/packages"); print("removed the package caches") }
-                if removed.isEmpty && !packages { print("nothing to remove") }
+                if removed.isEmpty && inUse.isEmpty && !packages { print("nothing to remove") }
             }
         }
     }

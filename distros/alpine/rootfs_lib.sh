@@ -20,7 +20,10 @@ _alpine_command() {
     [ "${#packages[@]}" -gt 0 ] || die "alpine: PACKAGES and EXTRA_PKGS are empty: nothing to install"
     local apk=apk
     check_program apk || { check_program apk.static && apk=apk.static; }
-    alpine_cmd=("$apk" --root "$rootfs_dir" --initdb --no-cache --arch "${ARCH:-$(uname -m)}")
+    # rootfs's package cache (ROOTFS_PACKAGE_CACHE): apk keeps its downloads there, outside --root.
+    local -a apk_cache=()
+    apk_cache_args
+    alpine_cmd=("$apk" --root "$rootfs_dir" --initdb "${apk_cache[@]}" --arch "${ARCH:-$(uname -m)}")
     while read -r url; do alpine_cmd+=(--repository "$url"); done < <(_alpine_repositories)
     if [ ! -d "$APK_KEYS_DIR" ]; then
         warn "no signing keys in $APK_KEYS_DIR: apk runs with --allow-untrusted; set APK_KEYS_DIR to a directory of Alpine's keys to check the packages"

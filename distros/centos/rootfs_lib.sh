@@ -45,7 +45,9 @@ _centos_command() {
         "--setopt=reposdir=$reposdir" --disablerepo='*')
     for repo in $REPOS; do centos_cmd+=("--enablerepo=${repo,,}"); done
     if [ -n "${ARCH:-}" ] && [ "$ARCH" != "$(uname -m)" ]; then centos_cmd+=("--forcearch=$ARCH"); fi
-    centos_cmd+=(install -- "${packages[@]}")
+    # rootfs's package cache (ROOTFS_PACKAGE_CACHE): dnf keeps its downloads there, outside the tree.
+    dnf_cache_args
+    centos_cmd+=("${dnf_cache[@]}" install -- "${packages[@]}")
 }
 
 build_rootfs() {
@@ -55,7 +57,7 @@ build_rootfs() {
     trap 'rm -rf "$_centos_work"' EXIT
     local work=$_centos_work
     mkdir -p "$work/repos.d"
-    local -a centos_cmd=()
+    local -a centos_cmd=() dnf_cache=()
     _centos_command "$rootfs_dir" "$work/dnf.conf" "$work/repos.d"
     require_program "${centos_cmd[0]}"
     _centos_dnf_conf "$work/repos.d" > "$work/dnf.conf"
@@ -65,12 +67,13 @@ build_rootfs() {
     printf '%%_dbpath %s\n' "$RPM_DBPATH" > "$work/home/.rpmmacros"
     info "dnf: CentOS Stream ${OS_VERSION} from ${REPO_URL:-$METALINK}"
     HOME="$work/home" "${centos_cmd[@]}"
-    # dnf's caches and logs are not part of the guest.
+    # dnf's caches and logs are not part of the guest (nor what it wrote at the package cache's path).
+    dnf_cache_clean "$rootfs_dir"
     rm -rf "$rootfs_dir"/var/cache/dnf "$rootfs_dir"/var/cache/libdnf5 "$rootfs_dir"/var/log/dnf*.log "$rootfs_dir"/var/log/hawkey.log
 }
 
 plan_rootfs() {
-    local -a centos_cmd=()
+    local -a centos_cmd=() dnf_cache=()
     local work=${TMPDIR:-/tmp}/tmp.XXXXXXXXXX
     _centos_command "$1" "$work/dnf.conf" "$work/repos.d"
     printf '# %s is a temporary directory (mktemp -d); %s/dnf.conf:\n' "$work" "$work"

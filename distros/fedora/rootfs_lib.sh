@@ -40,7 +40,9 @@ _fedora_command() {
     fedora_cmd=("$dnf" -y -q "--config=$conf" "--installroot=$rootfs_dir" "--releasever=$OS_VERSION"
         "--setopt=reposdir=$reposdir" --disablerepo='*' --enablerepo=fedora)
     if [ -n "${ARCH:-}" ] && [ "$ARCH" != "$(uname -m)" ]; then fedora_cmd+=("--forcearch=$ARCH"); fi
-    fedora_cmd+=(install -- "${packages[@]}")
+    # rootfs's package cache (ROOTFS_PACKAGE_CACHE): dnf keeps its downloads there, outside the tree.
+    dnf_cache_args
+    fedora_cmd+=("${dnf_cache[@]}" install -- "${packages[@]}")
 }
 
 build_rootfs() {
@@ -50,7 +52,7 @@ build_rootfs() {
     trap 'rm -rf "$_fedora_work"' EXIT
     local work=$_fedora_work
     mkdir -p "$work/repos.d"
-    local -a fedora_cmd=()
+    local -a fedora_cmd=() dnf_cache=()
     _fedora_command "$rootfs_dir" "$work/dnf.conf" "$work/repos.d"
     require_program "${fedora_cmd[0]}"
     _fedora_dnf_conf "$work/repos.d" > "$work/dnf.conf"
@@ -60,12 +62,13 @@ build_rootfs() {
     printf '%%_dbpath %s\n' "$RPM_DBPATH" > "$work/home/.rpmmacros"
     info "dnf: fedora ${OS_VERSION}, ${#fedora_cmd[@]} arguments, from ${REPO_URL:-$METALINK}"
     HOME="$work/home" "${fedora_cmd[@]}"
-    # dnf's caches and logs are not part of the guest.
+    # dnf's caches and logs are not part of the guest (nor what it wrote at the package cache's path).
+    dnf_cache_clean "$rootfs_dir"
     rm -rf "$rootfs_dir"/var/cache/dnf "$rootfs_dir"/var/cache/libdnf5 "$rootfs_dir"/var/log/dnf*.log "$rootfs_dir"/var/log/hawkey.log
 }
 
 plan_rootfs() {
-    local -a fedora_cmd=()
+    local -a fedora_cmd=() dnf_cache=()
     local work=${TMPDIR:-/tmp}/tmp.XXXXXXXXXX
     _fedora_command "$1" "$work/dnf.conf" "$work/repos.d"
     printf '# %s is a temporary directory (mktemp -d); %s/dnf.conf:\n' "$work" "$work"

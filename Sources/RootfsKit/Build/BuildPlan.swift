@@ -183,7 +183,11 @@ public struct BuildPlan: Sendable {
     public var treeCacheLine: String {
         let o = treeCacheOutcome.value
         switch o.result {
-        case "hit": return "tree: hit \(o.key.prefix(16)) (build_rootfs is skipped)"
+        case "hit":
+            // docs/CLI.md, "Caches": an unknown repository state is reused, and said so.
+            let unknown = treeCacheInputs.map(\.repository).flatMap { $0.hasPrefix("unknown") ? $0 : nil }
+            return "tree: hit \(o.key.prefix(16)) (build_rootfs is skipped"
+                + (unknown.map { "; repository state \($0): a mirror update is not seen, --refresh rebuilds" } ?? "") + ")"
         case "miss": return "tree: miss \(o.key.prefix(16)) (\(o.why.joined(separator: "; "))): build_rootfs runs, the tree is stored"
         case "incremental":
             return "tree: incremental \(o.key.prefix(16)) from \(o.base.map { String($0.prefix(16)) } ?? "?") (\(o.why.joined(separator: "; "))): build_rootfs is skipped, extend_rootfs runs, the tree is stored"

@@ -293,8 +293,10 @@ public struct BuildPlanner: Sendable {
     /// The tree cache's inputs and lookup (TreeCacheInputs holds every input of the key).
     func decideTreeCache(_ plan: inout BuildPlan, options: BuildOptions, cache: CacheDirectory) async throws {
         if options.noCache { plan.treeCacheOutcome.set(.init(result: "off", key: "", why: ["--no-cache"])); return }
-        if plan.transport != .directory {
-            plan.treeCacheOutcome.set(.init(result: "off", key: "", why: ["rootless builds do not use the tree cache yet"]))
+        // Checked as the package cache is: an unusable directory is a warning, and the build goes on without it.
+        if !options.dryRun, let why = CacheDirectory.prepare(cache.root + "/trees") {
+            plan.cacheWarnings.append("the tree cache is not used: \(why) (--cache-dir, ROOTFS_CACHE_DIR); building without it")
+            plan.treeCacheOutcome.set(.init(result: "off", key: "", why: ["the cache directory cannot be used: \(why)"]))
             return
         }
         if case .image = plan.hookExecutor {
@@ -330,6 +332,11 @@ public struct BuildPlanner: Sendable {
     func decideIncremental(_ plan: inout BuildPlan, inputs: TreeCacheInputs, treeCache: TreeCache, why: [String]) async {
         guard let base = IncrementalBase.find(for: inputs, in: treeCache) else { return }
         let from = "only the extra packages differ from entry \(base.key.prefix(16)) (it lacks \(base.adding.joined(separator: " ")))"
+        // Rootless, the tree's owners live in the hook's tar, and extend_rootfs installs with chroot (root only).
+        guard plan.transport != .tar else {
+            plan.treeCacheOutcome.set(.init(result: "miss", key: inputs.key, why: why + [from + ", but a rootless build cannot extend it: a full build"]))
+            return
+        }
         guard await definesExtendRootfs(plan) else {
             plan.treeCacheOutcome.set(.init(result: "miss", key: inputs.key, why: why + [
                 from + ", but \(plan.distro.libraryPath) defines no extend_rootfs(): a full build"]))

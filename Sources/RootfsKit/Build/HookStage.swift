@@ -39,14 +39,37 @@ public struct HookStage: Sendable {
         // a root build would then own apt's partial directories differently from a rootless one.
         chmod(work, 0o755)
         let tree = work + "/rootfs"
+        // Held from before the hook runs until its tree is stored: another build with the same key
+        // waits here, then finds the entry instead of running the hook too.
+        var fillLock: OutputLock?
+        if let cache = plan.treeCache, let inputs = plan.treeCacheInputs, ["miss", "refresh", "incremental"].contains(plan.treeCacheOutcome.value.result) {
+            fillLock = try await cache.lockForFilling(inputs.key) { [console] holder in
+                console.info("tree cache: waiting for another build filling \(inputs.key.prefix(16)) (pid \(holder))")
+            }
+            if plan.treeCacheOutcome.value.result == "miss", cache.lookup(inputs).hit {
+                plan.treeCacheOutcome.set(.init(result: "hit", key: inputs.key, why: ["filled by another build while this one waited"]))
+            }
+        }
         if let cache = plan.treeCache, let inputs = plan.treeCacheInputs, plan.treeCacheOutcome.value.result == "hit" {
             console.phase("tree cache: hit \(inputs.key.prefix(16)): build_rootfs skipped")
-            if let why = cache.restore(inputs, to: tree) {
+            if inputs.repository.hasPrefix("unknown") {
+                // docs/CLI.md, "Caches": without a readable repository state a mirror update is not seen.
+                console.warning("tree cache: the repository's state is \(inputs.repository): the cached tree is used as it is, "
+                                + "however old; --refresh rebuilds it from the repository")
+            }
+            // Rootless, the entry's owners are kept aside as the hook's own tar's are.
+            let staged = plan.transport == .tar ? RootlessTree(root: tree) : nil
+            if let why = cache.restore(inputs, to: tree, extract: staged.map { staged in { try staged.extract($0) } }) {
                 console.warning("tree cache: \(why); running build_rootfs")
                 plan.treeCacheOutcome.set(.init(result: "miss", key: inputs.key, why: [why]))
+                if fillLock == nil {
+                    fillLock = try await cache.lockForFilling(inputs.key) { [console] holder in
+                        console.info("tree cache: waiting for another build filling \(inputs.key.prefix(16)) (pid \(holder))")
+                    }
+                }
             } else {
                 console.endPhase()
-                return Result(work: work, tree: tree, rootless: nil)
+                return Result(work: work, tree: tree, rootless: staged)
             }
         }
         let helper = work + "/hook-helpers.sh"
@@ -85,17 +108,19 @@ public struct HookStage: Sendable {
                               hint: "the hook must populate the directory it receives as $1 (\(plan.distro.libraryPath))")
         }
         console.endPhase()
-        if let cache = plan.treeCache, let inputs = plan.treeCacheInputs, rootless == nil,
+        if let cache = plan.treeCache, let inputs = plan.treeCacheInputs,
            ["miss", "refresh", "incremental"].contains(plan.treeCacheOutcome.value.result) {
             console.phase("tree cache: storing \(inputs.key.prefix(16))")
             do {
-                try cache.store(inputs, tree: tree)
+                // Rootless: nothing was added to the tree yet, so every item gets the hook's own owner back.
+                try cache.store(inputs, tree: tree, transform: rootless.map { staged in { staged.restore(&$0) } })
             } catch {
                 console.warning("tree cache: the tree could not be stored (\(error)); the build goes on")
                 cache.remember(inputs)
             }
             console.endPhase()
         }
+        withExtendedLifetime(fillLock) {}
         return Result(work: work, tree: tree, rootless: rootless)
     }
 

@@ -10,6 +10,8 @@ import Synchronization
 ///
 /// Entries are written under temporary names and renamed, so readers never see half of one.
 /// A reader holds a shared lock on the .json while it extracts; `prune` skips locked entries.
+/// A build filling an entry holds `.KEY.tar.zst.lock` (an OutputLock) from before its hook runs
+/// until the entry is stored: a second build with the same key waits, then finds the entry.
 public struct TreeCache: Sendable {
     public var directory: String
 
@@ -50,7 +52,9 @@ public struct TreeCache: Sendable {
 
     /// Extracts the entry for `inputs` into `destination` (which must not exist) after checking its
     /// digest. A corrupt entry (truncated, another digest, unreadable) is removed and nil returned with why.
-    public func restore(_ inputs: TreeCacheInputs, to destination: String) -> String? {
+    /// `extract` unpacks the checked tar into `destination` (a rootless build keeps the owners aside);
+    /// nil: extracted as this process can (owners kept as root).
+    public func restore(_ inputs: TreeCacheInputs, to destination: String, extract: ((String) throws -> Void)? = nil) -> String? {
         let key = inputs.key
         let record = recordPath(key), tar = tarPath(key)
         let fd = open(record, O_RDONLY | O_CLOEXEC)
@@ -63,7 +67,7 @@ public struct TreeCache: Sendable {
             return "the entry \(key.prefix(16)) was corrupt (size or SHA-256 differ from its record): discarded"
         }
         do {
-            try TreeExtractor(destination: destination).extract(.archive(tar))
+            if let extract { try extract(tar) } else { try TreeExtractor(destination: destination).extract(.archive(tar)) }
         } catch {
             FS.remove(destination)
             discard(key)
@@ -75,15 +79,47 @@ public struct TreeCache: Sendable {
     }
 
     /// Stores `tree` as the entry of `inputs`: tar and record under temporary names, renamed (tar first).
-    public func store(_ inputs: TreeCacheInputs, tree: String) throws {
+    /// `transform` gives each item its true owner and mode (a rootless build's tree: RootlessTree.restore).
+    public func store(_ inputs: TreeCacheInputs, tree: String, transform: ((inout TreeItem) throws -> Void)? = nil) throws {
         try FS.makeDirectories(directory)
         let key = inputs.key
         let tar = tarPath(key)
-        _ = try TarWriter(compression: .zstd, epoch: nil).write(source: .directory(tree), to: tar)
+        var archiver = TreeArchiver(format: .paxRestricted, compression: .zstd, level: nil, epoch: nil)
+        archiver.transform = transform
+        _ = try archiver.write(source: .directory(tree), to: tar)
         let record = Record(key: key, inputs: inputs, bytes: FS.fileSize(tar), sha256: try SHA256.hexDigest(ofFile: tar),
                             created: Int(Date().timeIntervalSince1970))
         try write(record, to: recordPath(key))
         try write(inputs, to: lastPath(inputs))
+    }
+
+    /// Takes the lock of a build filling `key`'s entry, waiting while another build holds it
+    /// (`waiting` is told once, with the holder's pid). Nil when no lock file can be made there:
+    /// the build goes on unlocked (its store fails and warns the same way).
+    public func lockForFilling(_ key: String, waiting: (String) -> Void) async throws -> OutputLock? {
+        try? FS.makeDirectories(directory)
+        let lockPath = OutputLock.lockPath(for: tarPath(key))
+        var told = false, unmade = 0
+        while true {
+            if let lock = OutputLock.attempt(output: tarPath(key)) { return lock }
+            // A lock file OutputLock refuses (a hard link, a special file) is never waited for.
+            var st = stat()
+            if lstat(lockPath, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG || st.st_nlink > 1 { return nil }
+            if let holder = FileManager.default.contents(atPath: lockPath) {
+                unmade = 0
+                if !told {
+                    let pid = String(decoding: holder.prefix(20), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                    // Only digits reach the output: the file is the cache's, not ours to trust.
+                    waiting(!pid.isEmpty && pid.allSatisfy { $0.isASCII && $0.isNumber } ? pid : "?")
+                    told = true
+                }
+            } else {
+                // Not held (the holder may just have let go), yet not lockable: a few tries, then unlocked.
+                unmade += 1
+                if unmade > 3 { return nil }
+            }
+            try await Task.sleep(nanoseconds: 200_000_000)
+        }
     }
 
     /// Remembers the inputs of a build that did not store its tree (for the next miss's reasons).
@@ -121,14 +157,14 @@ public struct TreeCache: Sendable {
     }
 
     /// Removes entries last used more than `olderThan` seconds ago (all with nil), except those a
-    /// build is reading (their record is locked). Returns the removed keys.
-    public func prune(olderThan: Int?, now: Int = Int(Date().timeIntervalSince1970)) -> [String] {
+    /// build is reading (their record is locked; `kept` is told their keys). Returns the removed keys.
+    public func prune(olderThan: Int?, now: Int = Int(Date().timeIntervalSince1970), kept: (String) -> Void = { _ in }) -> [String] {
         var removed: [String] = []
         for entry in list() where olderThan.map({ now - entry.lastUsed > $0 }) ?? true {
             let fd = open(recordPath(entry.key), O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { continue }
             defer { close(fd) }
-            guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }
+            guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { kept(entry.key); continue }
             discard(entry.key)
             removed.append(entry.key)
         }
@@ -154,7 +190,7 @@ public struct TreeCache: Sendable {
 /// The tree cache's outcome for one build (plan: lookup; hook stage: what really happened).
 public final class TreeCacheOutcome: Sendable {
     public struct State: Sendable, Codable, Equatable {
-        /// hit, miss, off (--no-cache, rootless), refresh
+        /// hit, miss, off (--no-cache, --from-image, an unusable cache directory), refresh
         public var result: String
         public var key: String
         /// Why a miss missed: the inputs that changed, or what was wrong with the entry.

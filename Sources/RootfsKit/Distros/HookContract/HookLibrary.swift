@@ -120,6 +120,59 @@ public enum HookLibrary {
         [ ! -s "$rootfs_dir/etc/machine-id" ] || : > "$rootfs_dir/etc/machine-id"
         find "$rootfs_dir/run" "$rootfs_dir/tmp" -mindepth 1 -maxdepth 1 ! -path "$rootfs_dir/run/lock" -exec rm -rf -- {} + 2>/dev/null || true
     }
+    # dnf_cache_args: fills the array dnf_cache with the dnf options that keep dnf's downloads
+    # (packages and repository metadata) in ROOTFS_PACKAGE_CACHE/dnf across builds. The cachedir
+    # given on the command line is not moved below --installroot, so nothing reaches the tree.
+    # metadata_expire=0: repomd.xml is asked for on every build (a few hundred bytes), so a
+    # mirror update is seen as it is without the cache. Without a cache: keepcache off, dnf's default.
+    dnf_cache_args() {
+        dnf_cache=()
+        local c=${ROOTFS_PACKAGE_CACHE:-}
+        [ -n "$c" ] || return 0
+        if [[ $c =~ [[:space:]] ]] || ! mkdir -p "$c/dnf" 2>/dev/null; then
+            warn "the package cache $c cannot be used: building without it"
+            return 0
+        fi
+        dnf_cache=(--setopt=keepcache=True "--setopt=cachedir=$c/dnf" --setopt=metadata_expire=0)
+    }
+    # dnf_cache_clean ROOTFS_DIR: dnf 4 writes its repository persistor (expired_repos.json) below
+    # --installroot at the cachedir's own path. That copy of the cache path is removed from the tree,
+    # from its first directory no installed package owns (rpm -qf), so the tree is what it is without
+    # a cache. A symbolic link on the way stops it: nothing is removed through a link.
+    dnf_cache_clean() {
+        local root=$1 path="" part
+        [ "${#dnf_cache[@]}" -gt 0 ] || return 0
+        # Without a cache dnf makes /var/cache (its default cachedir's parent) in the tree, owned by a
+        # package or not: so does a build with one, for the same tree.
+        if [ ! -L "$root/var" ] && [ ! -e "$root/var/cache" ]; then mkdir -p -m 0755 "$root/var/cache"; fi
+        local -a parts=()
+        IFS=/ read -r -a parts <<< "${ROOTFS_PACKAGE_CACHE#/}/dnf"
+        for part in "${parts[@]}"; do
+            [ -n "$part" ] || continue
+            path+="/$part"
+            if [ -L "$root$path" ] || [ ! -d "$root$path" ]; then return 0; fi
+            if ! check_program rpm; then
+                warn "no rpm on this host: dnf's $path/expired_repos.json is left in the tree"
+                return 0
+            fi
+            if ! rpm --root "$root" --dbpath "${RPM_DBPATH:-/usr/lib/sysimage/rpm}" -qf "$path" >/dev/null 2>&1; then
+                rm -rf -- "${root:?}$path"
+                return 0
+            fi
+        done
+    }
+    # apk_cache_args: fills the array apk_cache with apk's cache option: --cache-dir
+    # ROOTFS_PACKAGE_CACHE/apk (an absolute path, outside --root), else --no-cache.
+    apk_cache_args() {
+        apk_cache=(--no-cache)
+        local c=${ROOTFS_PACKAGE_CACHE:-}
+        [ -n "$c" ] || return 0
+        if [[ $c =~ [[:space:]] ]] || ! mkdir -p "$c/apk" 2>/dev/null; then
+            warn "the package cache $c cannot be used: building without it"
+            return 0
+        fi
+        apk_cache=(--cache-dir "$c/apk")
+    }
     # print_command CMD ARGS...: prints a command as a shell would read it (plan_rootfs, logs).
     print_command() {
         local a out=""

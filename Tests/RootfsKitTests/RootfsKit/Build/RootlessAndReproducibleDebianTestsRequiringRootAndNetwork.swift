@@ -40,7 +40,10 @@ enum RootlessUser {
 
     /// Runs a command as the user (setpriv: no sudo, no capabilities).
     static func run(_ arguments: [String], in directory: String, environment: [String: String] = [:]) async throws -> Fixtures.CLIResult {
-        var env = ["HOME": "/home/" + name, "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"]
+        // A cache of the run's own (as Fixtures.rootfs gives each call): rootless builds use the tree
+        // cache too, and one test's entry must neither serve another test nor stay in the user's home.
+        var env = ["HOME": "/home/" + name, "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+                   "ROOTFS_CACHE_DIR": directory + "/.rootfs-cache"]
         env.merge(environment) { $1 }
         let command = ["--reuid", name, "--regid", name, "--init-groups", "env"] + env.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" } + arguments
         do {

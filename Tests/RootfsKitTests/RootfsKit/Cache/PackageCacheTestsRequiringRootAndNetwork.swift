@@ -62,6 +62,37 @@ import Testing
             #expect(try SHA256.hexDigest(ofFile: dir + "/cold/" + file) == SHA256.hexDigest(ofFile: dir + "/warm/" + file), "\(file)")
         }
     }
+
+    /// The tree cache for a rootless build (mmdebstrap --mode=unshare as an ordinary user): the
+    /// entry keeps the hook tar's owners, and a hit gives them back, so the warm build writes the
+    /// cold build's bytes (root:shadow on /etc/shadow, setuid root on passwd, device nodes).
+    @Test func rootlessWarmBuildIsAHitWithTheColdBuildsOwnersAndBytes() async throws {
+        try await RootlessUser.ensure()
+        let dir = try Fixtures.temporaryDirectory("treecache-rootless")
+        defer { FS.remove(dir) }
+        let staged = try await RootlessUser.stage(in: dir)
+        let env = ["SOURCE_DATE_EPOCH": "1700000000", "ROOTFS_CACHE_DIR": staged.run + "/cache"]
+        let args = [staged.binary, "build", "debian", "--distros-dir", staged.distros, "--agent-init",
+                    "--format", "tar", "--format", "raw", "--no-manifest", "--json"]
+        let cold = try await RootlessUser.run(args + ["-O", staged.run + "/cold"], in: staged.run, environment: env)
+        #expect(cold.status == 0, "\(cold.stderr.suffix(3000))")
+        #expect(try treeCacheResult(cold.stdout) == "miss", "\(cold.stdout.suffix(600))")
+        let warm = try await RootlessUser.run(args + ["-O", staged.run + "/warm"], in: staged.run, environment: env)
+        #expect(warm.status == 0, "\(warm.stderr.suffix(3000))")
+        #expect(try treeCacheResult(warm.stdout) == "hit", "\(warm.stdout.suffix(600))")
+        #expect(warm.stderr.contains("build_rootfs skipped") && !warm.stderr.contains("mmdebstrap"), "\(warm.stderr.suffix(2000))")
+        let entries = ArchiveReader.list
+        let shadow = try entries(staged.run + "/warm/debian.tar").first { $0.path == "etc/shadow" || $0.path == "./etc/shadow" }
+        #expect(shadow.map { "\($0.uid):\($0.gid)" } == "0:42", "the cached tree kept the hook's owners")
+        for file in ["debian.tar", "debian.img"] {
+            let same = try SHA256.hexDigest(ofFile: staged.run + "/cold/" + file) == SHA256.hexDigest(ofFile: staged.run + "/warm/" + file)
+            var why = ""
+            if !same && file == "debian.tar" {
+                why = (try await Fixtures.rootfs(["diff", staged.run + "/cold/" + file, staged.run + "/warm/" + file])).stdout
+            }
+            #expect(same, "\(file): \(why.prefix(3000))")
+        }
+    }
 }
 
 @Suite struct CacheDirectoryTests {

@@ -162,3 +162,138 @@ import Testing
         #expect(!empty.stdout.contains("tree "), "\(empty.stdout)")
     }
 }
+
+/// Builds sharing one cache at the same time, prune during a read, and an unusable cache
+/// directory, through the CLI on a busybox guest (no REPO_URL: its repository state is unknown).
+@Suite(.serialized, .requires(.root, .busybox), .tags(.root, .busybox)) struct TreeCacheConcurrencyCLITests {
+    /// The hook sleeps, so that a second build starts while the first one is filling the entry.
+    static let slowLib = TestDistros.busyboxLib.replacingOccurrences(of: "    local root=$1\n", with: "    local root=$1\n    sleep 3\n")
+
+    /// A `rootfs build` left running: its output goes to files, so that nothing in this
+    /// process has to read pipes while the two builds run.
+    final class Running {
+        let process = Process()
+        let log: String
+        init(_ arguments: [String], log: String) throws {
+            self.log = log
+            FileManager.default.createFile(atPath: log + ".out", contents: nil)
+            FileManager.default.createFile(atPath: log + ".err", contents: nil)
+            process.executableURL = URL(fileURLWithPath: Fixtures.rootfsBinary)
+            process.arguments = arguments
+            var env = ProcessInfo.processInfo.environment
+            env["SOURCE_DATE_EPOCH"] = "1700000000"
+            env["REPO_URL"] = nil
+            process.environment = env
+            process.standardInput = FileHandle.nullDevice
+            process.standardOutput = FileHandle(forWritingAtPath: log + ".out")
+            process.standardError = FileHandle(forWritingAtPath: log + ".err")
+            try process.run()
+        }
+        func finish() throws -> (status: Int32, stdout: String, stderr: String) {
+            process.waitUntilExit()
+            return (process.terminationStatus, try String(contentsOfFile: log + ".out", encoding: .utf8),
+                    try String(contentsOfFile: log + ".err", encoding: .utf8))
+        }
+    }
+
+    func treeCache(_ stdout: String) throws -> (result: String, why: [String]) {
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(stdout.utf8)) as? [String: Any], "\(stdout)")
+        let tree = try #require(json["treeCache"] as? [String: Any], "\(stdout)")
+        return (tree["result"] as? String ?? "", tree["why"] as? [String] ?? [])
+    }
+
+    func args(_ distros: String, cache: String, out: String) -> [String] {
+        ["build", "slow", "--distros-dir", distros, "--cache-dir", cache, "--format", "tar", "-O", out, "--no-manifest", "--json"]
+    }
+
+    /// Two builds with one key at once: the second waits for the first (said in its output), then
+    /// uses the entry the first stored; the hook runs once and both outputs are the same bytes.
+    @Test func twoBuildsFillingOneKeyOneWaitsForTheOther() async throws {
+        let distros = try TestDistros.make(["slow": (TestDistros.busyboxConfig, Self.slowLib)])
+        let dir = try Fixtures.temporaryDirectory("treefill")
+        defer { FS.remove(dir); FS.remove(distros) }
+        let cache = dir + "/cache"
+        let first = try Running(args(distros, cache: cache, out: dir + "/a"), log: dir + "/a")
+        // The first build holds the entry's fill lock while its hook sleeps: start the second then.
+        var locked = false
+        for _ in 0..<600 where !locked {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: cache + "/trees")) ?? []
+            locked = names.contains { $0.hasSuffix(".tar.zst.lock") }
+            if !locked { usleep(100_000) }
+        }
+        #expect(locked, "the first build took no fill lock")
+        let second = try Running(args(distros, cache: cache, out: dir + "/b"), log: dir + "/b")
+        let a = try first.finish(), b = try second.finish()
+        #expect(a.status == 0, "\(a.stderr.suffix(2000))")
+        #expect(b.status == 0, "\(b.stderr.suffix(2000))")
+        #expect(try treeCache(a.stdout).result == "miss")
+        let waited = try treeCache(b.stdout)
+        #expect(waited.result == "hit" && waited.why == ["filled by another build while this one waited"], "\(waited)")
+        #expect(b.stderr.contains("waiting for another build filling "), "\(b.stderr.suffix(2000))")
+        #expect(a.stderr.contains("populating") && !b.stderr.contains("populating"), "the hook ran once")
+        // No REPO_URL: the state is unknown, and a hit says what that means.
+        #expect(b.stderr.contains("the repository's state is unknown"), "\(b.stderr.suffix(2000))")
+        #expect(try SHA256.hexDigest(ofFile: dir + "/a/slow.tar") == SHA256.hexDigest(ofFile: dir + "/b/slow.tar"))
+        // The lock went away with its holder; no temporary file is left as an entry.
+        let left = try FileManager.default.contentsOfDirectory(atPath: cache + "/trees")
+        #expect(left.filter { $0.hasPrefix(".") }.isEmpty, "\(left)")
+        #expect(left.filter { $0.hasSuffix(".tar.zst") }.count == 1)
+    }
+
+    /// `rootfs cache prune` while a build reads the entry (holds the shared lock on its record):
+    /// the entry is kept and said so; once the reader let go, prune removes it.
+    @Test func pruneKeepsTheEntryABuildIsReading() async throws {
+        let distros = try TestDistros.make(["slow": (TestDistros.busyboxConfig, TestDistros.busyboxLib)])
+        let dir = try Fixtures.temporaryDirectory("treeprune-cli")
+        defer { FS.remove(dir); FS.remove(distros) }
+        let cache = dir + "/cache"
+        let filled = try Running(args(distros, cache: cache, out: dir + "/a"), log: dir + "/a").finish()
+        #expect(filled.status == 0, "\(filled.stderr.suffix(2000))")
+        let records = try FileManager.default.contentsOfDirectory(atPath: cache + "/trees")
+            .filter { $0.hasSuffix(".json") && !$0.hasPrefix("last-") }
+        #expect(records.count == 1)
+        // What TreeCache.restore holds while it checks and extracts an entry.
+        let fd = open(cache + "/trees/" + records[0], O_RDONLY | O_CLOEXEC)
+        #expect(fd >= 0 && flock(fd, LOCK_SH) == 0)
+        let kept = try await Fixtures.rootfs(["cache", "prune", "--cache-dir", cache])
+        #expect(kept.status == 0 && kept.stdout.contains("kept tree ") && kept.stdout.contains("a build is reading it"), "\(kept.stdout)")
+        #expect(!kept.stdout.contains("removed tree"))
+        // A second reader shares the lock: the build is still a hit with the first build's bytes.
+        let reader = try Running(args(distros, cache: cache, out: dir + "/b"), log: dir + "/b").finish()
+        #expect(reader.status == 0, "\(reader.stderr.suffix(2000))")
+        #expect(try treeCache(reader.stdout).result == "hit")
+        #expect(try SHA256.hexDigest(ofFile: dir + "/a/slow.tar") == SHA256.hexDigest(ofFile: dir + "/b/slow.tar"))
+        close(fd)
+        let pruned = try await Fixtures.rootfs(["cache", "prune", "--cache-dir", cache])
+        #expect(pruned.stdout.contains("removed tree ") && !pruned.stdout.contains("kept tree"), "\(pruned.stdout)")
+        #expect(!FS.exists(cache + "/trees/" + records[0]))
+    }
+
+    /// An unwritable cache directory (a read-only bind mount, even for root; a file where the
+    /// directory should be): a warning, and the build goes on without any cache, with the same bytes.
+    @Test func anUnwritableCacheDirectoryIsAWarningAndTheBuildGoesOn() async throws {
+        let distros = try TestDistros.make(["slow": (TestDistros.busyboxConfig, TestDistros.busyboxLib)])
+        let dir = try Fixtures.temporaryDirectory("treero")
+        defer { FS.remove(dir); FS.remove(distros) }
+        let usable = try Running(args(distros, cache: dir + "/cache", out: dir + "/ok"), log: dir + "/ok").finish()
+        #expect(usable.status == 0, "\(usable.stderr.suffix(2000))")
+
+        try FS.makeDirectories(dir + "/ro")
+        let runner = ProcessRunner()
+        try await runner.capture(ToolCommand("mount", ["--bind", dir + "/ro", dir + "/ro"]))
+        defer { _ = Fixtures.status("/bin/umount", [dir + "/ro"]) }
+        try await runner.capture(ToolCommand("mount", ["-o", "remount,ro,bind", dir + "/ro"]))
+        try "not a directory\n".write(toFile: dir + "/file", atomically: true, encoding: .utf8)
+        for (name, cache) in [("readonly", dir + "/ro/cache"), ("file", dir + "/file")] {
+            let r = try Running(args(distros, cache: cache, out: dir + "/out-" + name), log: dir + "/out-" + name).finish()
+            #expect(r.status == 0, "\(name): \(r.stderr.suffix(2000))")
+            #expect(r.stderr.contains("warning: the tree cache is not used"), "\(name): \(r.stderr.suffix(2000))")
+            #expect(r.stderr.contains("warning: the package cache is not used"), "\(name)")
+            let outcome = try treeCache(r.stdout)
+            #expect(outcome.result == "off" && outcome.why.joined().contains("cannot be used"), "\(name): \(outcome)")
+            #expect(r.stderr.contains("populating"), "\(name): the hook ran")
+            #expect(try SHA256.hexDigest(ofFile: dir + "/out-\(name)/slow.tar") == SHA256.hexDigest(ofFile: dir + "/ok/slow.tar"), "\(name)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/ro").isEmpty)
+    }
+}
