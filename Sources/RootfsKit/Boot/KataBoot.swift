@@ -171,7 +171,7 @@ public struct KataStageOneInitrd: Sendable {
         try installer.writeFile("/bin/busybox", contentsOf: busybox, mode: 0o755)
         for module in load {
             let guest = "/lib/modules/\(modules.kernelVersion)/\(module)"
-            try OverlayApplier(tree: tree).apply(.file(guestPath: guest, hostPath: modules.directory + "/" + module))
+            try OverlayApplier(tree: tree).apply(.file(guestPath: Array(guest.utf8), hostPath: modules.directory + "/" + module))
         }
         if let tool = deviceMapperTool {
             guard FS.isRegularFile(tool), ELF.isStatic(tool) else {
