@@ -161,4 +161,33 @@ private func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x"
             #expect(shown.stdout == text, "\(hex(name)): \(shown.stderr)")
         }
     }
+
+    /// A tar holding two names that differ only in bytes that are not UTF-8 (`ff fe` and
+    /// `fe ff`, both U+FFFD U+FFFD as Strings): `size --json` counts both files and both
+    /// sizes, `ls` prints both with `\xNN`, `diff` names the one that differs exactly.
+    @Test func sizeLsAndDiffKeepTwoNamesThatDifferOnlyInInvalidBytes() async throws {
+        let dir = try Fixtures.temporaryDirectory("bytelist"); defer { FS.remove(dir) }
+        try FS.makeDirectories(dir + "/a/etc")
+        try makeFile(dir + "/a/etc", ByteNameTests.first, "a\n")
+        try makeFile(dir + "/a/etc", ByteNameTests.second, "bbbb\n")
+        _ = try await Fixtures.run("/bin/tar", ["-C", dir + "/a", "-cf", dir + "/a.tar", "."])
+        try FS.makeDirectories(dir + "/b/etc")
+        try makeFile(dir + "/b/etc", ByteNameTests.first, "a\n")
+        _ = try await Fixtures.run("/bin/tar", ["-C", dir + "/b", "-cf", dir + "/b.tar", "."])
+
+        let size = try await Fixtures.rootfs(["size", dir + "/a.tar", "--json"])
+        #expect(size.status == 0, "\(size.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(size.stdout.utf8)) as? [String: Any]
+        #expect(report?["files"] as? Int == 2, "\(size.stdout)")
+        #expect(report?["totalBytes"] as? Int == 7, "\(size.stdout)")
+
+        let ls = try await Fixtures.rootfs(["ls", dir + "/a.tar", "/etc"])
+        #expect(ls.status == 0, "\(ls.stderr)")
+        #expect(ls.stdout.contains("\\xff\\xfe") && ls.stdout.contains("\\xfe\\xff"), "\(ls.stdout)")
+
+        let diff = try await Fixtures.rootfs(["diff", dir + "/a.tar", dir + "/b.tar", "--ignore-mtime"])
+        #expect(diff.status == 1, "\(diff.stderr)")
+        let lines = diff.stdout.split(separator: "\n").map(String.init).filter { $0.hasPrefix("only in") || $0.hasPrefix("changed") }
+        #expect(lines == ["only in A: /etc/\\xfe\\xff (file)"], "\(diff.stdout)")
+    }
 }
