@@ -181,7 +181,7 @@ public struct KataStageOneInitrd: Sendable {
         }
         try installer.writeFile("/init", contents: Array(Self.initScript(kernelVersion: modules.kernelVersion, load: load,
                                                                          deviceMapper: deviceMapperTool != nil).utf8), mode: 0o755)
-        for dir in ["/proc", "/sys", "/dev", "/newroot"] { _ = try tree.hostPathForCreating(dir + "/.keep"); }
+        for dir in ["/proc", "/sys", "/dev", "/newroot"] { _ = try tree.openDirectory(bytes: Array(dir.utf8), creating: 0o755) }
         try InitrdWriter(compression: .gzip, epoch: 0).write(source: .directory(stage), to: path)
     }
 
