@@ -66,42 +66,6 @@ public struct GuestTree: Sendable {
         return nil
     }
 
-    /// Where a new entry named by `guestPath` must be created: its parent is
-    /// resolved inside the tree (creating missing directories), the last
-    /// component is not followed.
-    public func hostPathForCreating(_ guestPath: String, directoryMode: mode_t = 0o755) throws -> String {
-        String(decoding: try hostPathForCreating(bytes: Array(guestPath.utf8), directoryMode: directoryMode), as: UTF8.self)
-    }
-
-    /// `hostPathForCreating` on bytes: every name is kept exactly, UTF-8 or not.
-    public func hostPathForCreating(bytes guestPath: [UInt8], directoryMode: mode_t = 0o755) throws -> [UInt8] {
-        var parts = components(guestPath)
-        let shown = String(decoding: guestPath, as: UTF8.self)
-        guard let last = parts.popLast(), last != [46, 46], last != [46] else {
-            throw RootfsError("invalid guest path \(shown)")
-        }
-        let parentPath = guestText(parts)
-        // Create missing directories where the guest would: at the first
-        // missing component of the resolved path, links followed inside the tree.
-        for _ in 0..<64 {
-            switch resolve(bytes: parentPath) {
-            case .found(let host, let guest):
-                var st = stat()
-                guard host.withCString({ stat($0, &st) }) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
-                    throw RootfsError("\(String(decoding: guest, as: UTF8.self)) in the rootfs is not a directory")
-                }
-                return host + [UInt8(ascii: "/")] + last
-            case .missing(let firstMissing):
-                if (rootBytes + firstMissing).withCString({ mkdir($0, directoryMode) }) != 0 && errno != EEXIST {
-                    throw RootfsError("cannot create \(String(decoding: firstMissing, as: UTF8.self)) in the rootfs: \(FS.errnoText())")
-                }
-            case .loop:
-                throw RootfsError("symbolic link loop while resolving \(String(decoding: parentPath, as: UTF8.self)) in the rootfs")
-            }
-        }
-        throw RootfsError("cannot create the directories of \(shown) in the rootfs")
-    }
-
     private var rootBytes: [UInt8] { Array(root.utf8) }
 
     private func components(_ path: [UInt8]) -> [[UInt8]] {
