@@ -66,42 +66,6 @@ public struct GuestTree: Sendable {
         return nil
     }
 
-    /// Where a new entry named by `guestPath` must be created: its parent is
-    /// resolved inside the tree (creating missing directories), the last
-    /// component is not followed.
-    public func hostPathForCreating(_ guestPath: String, directoryMode: mode_t = 0o755) throws -> String {
-        String(decoding: try hostPathForCreating(bytes: Array(guestPath.utf8), directoryMode: directoryMode), as: UTF8.self)
-    }
-
-    /// `hostPathForCreating` on bytes: every name is kept exactly, UTF-8 or not.
-    public func hostPathForCreating(bytes guestPath: [UInt8], directoryMode: mode_t = 0o755) throws -> [UInt8] {
-        var parts = components(guestPath)
-        let shown = String(decoding: guestPath, as: UTF8.self)
-        guard let last = parts.popLast(), last != [46, 46], last != [46] else {
-            throw RootfsError("invalid guest path \(shown)")
-        }
-        let parentPath = guestText(parts)
-        // Create missing directories where the guest would: at the first
-        // missing component of the resolved path, links followed inside the tree.
-        for _ in 0..<64 {
-            switch resolve(bytes: parentPath) {
-            case .found(let host, let guest):
-                var st = stat()
-                guard host.withCString({ stat($0, &st) }) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
-                    throw RootfsError("\(String(decoding: guest, as: UTF8.self)) in the rootfs is not a directory")
-                }
-                return host + [UInt8(ascii: "/")] + last
-            case .missing(let firstMissing):
-                if (rootBytes + firstMissing).withCString({ mkdir($0, directoryMode) }) != 0 && errno != EEXIST {
-                    throw RootfsError("cannot create \(String(decoding: firstMissing, as: UTF8.self)) in the rootfs: \(FS.errnoText())")
-                }
-            case .loop:
-                throw RootfsError("symbolic link loop while resolving \(String(decoding: parentPath, as: UTF8.self)) in the rootfs")
-            }
-        }
-        throw RootfsError("cannot create the directories of \(shown) in the rootfs")
-    }
-
     private var rootBytes: [UInt8] { Array(root.utf8) }
 
     private func components(_ path: [UInt8]) -> [[UInt8]] {
@@ -122,6 +86,97 @@ public struct GuestTree: Sendable {
             buffer.withUnsafeMutableBytes { readlink(name, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count - 1) }
         }
         guard n >= 0 else { return nil }
+        return Array(buffer.prefix(n))
+    }
+}
+
+/// An open directory of a guest tree, closed when its last reference goes.
+public final class TreeDirectory: @unchecked Sendable {
+    public let fd: Int32
+    init(_ fd: Int32) { self.fd = fd }
+    deinit { close(fd) }
+}
+
+/// The same resolution relative to open directory descriptors: every component is
+/// looked up in the directory before it (fstatat, readlinkat, openat with O_NOFOLLOW,
+/// mkdirat), so no host path is built and a guest path longer than PATH_MAX is no
+/// limit (only a name's 255 bytes are).
+extension GuestTree {
+    public func openRoot() throws -> TreeDirectory {
+        let fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw RootfsError("cannot open the rootfs \(root): \(FS.errnoText())") }
+        return TreeDirectory(fd)
+    }
+
+    /// The directory `guestPath` names, links followed inside the tree as the guest would.
+    /// `creating`: missing directories are made with that mode and a non-directory on the
+    /// way is an error; nil: a missing or non-directory path gives nil.
+    public func openDirectory(bytes guestPath: [UInt8], creating mode: mode_t? = nil) throws -> TreeDirectory? {
+        let root = try openRoot()
+        var stack: [TreeDirectory] = [root]
+        var reached: [[UInt8]] = []
+        var pending = components(guestPath)
+        var hops = 0
+        func shown(_ parts: [[UInt8]]) -> String { String(decoding: guestText(parts), as: UTF8.self) }
+        while !pending.isEmpty {
+            let name = pending.removeFirst()
+            if name.isEmpty || name == [46] { continue }
+            if name == [46, 46] {
+                if stack.count > 1 { stack.removeLast(); reached.removeLast() }
+                continue
+            }
+            let top = stack[stack.count - 1]
+            var st = stat()
+            if name.withCString({ fstatat(top.fd, $0, &st, AT_SYMLINK_NOFOLLOW) }) != 0 {
+                guard errno == ENOENT, let mode else {
+                    if mode == nil { return nil }
+                    throw RootfsError("cannot read \(shown(reached + [name])) in the rootfs: \(FS.errnoText())")
+                }
+                if name.withCString({ mkdirat(top.fd, $0, mode) }) != 0 && errno != EEXIST {
+                    throw RootfsError("cannot create \(shown(reached + [name])) in the rootfs: \(FS.errnoText())")
+                }
+                pending.insert(name, at: 0)
+                continue
+            }
+            if (st.st_mode & S_IFMT) == S_IFLNK {
+                hops += 1
+                if hops > 40 { throw RootfsError("symbolic link loop while resolving \(String(decoding: guestPath, as: UTF8.self)) in the rootfs") }
+                let target = try readLink(at: top.fd, name, shown: shown(reached + [name]))
+                if target.first == UInt8(ascii: "/") { stack = [root]; reached = [] }
+                pending = components(target) + pending
+                continue
+            }
+            guard (st.st_mode & S_IFMT) == S_IFDIR else {
+                if mode == nil { return nil }
+                throw RootfsError("\(shown(reached + [name])) in the rootfs is not a directory")
+            }
+            let fd = name.withCString { openat(top.fd, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            guard fd >= 0 else { throw RootfsError("cannot open \(shown(reached + [name])) in the rootfs: \(FS.errnoText())") }
+            stack.append(TreeDirectory(fd))
+            reached.append(name)
+        }
+        return stack[stack.count - 1]
+    }
+
+    /// Where a new entry named by `guestPath` is created: its parent directory, resolved
+    /// inside the tree (missing directories made), and the last name, which is not followed.
+    public func parentForCreating(bytes guestPath: [UInt8], directoryMode: mode_t = 0o755) throws -> (directory: TreeDirectory, name: [UInt8]) {
+        var parts = components(guestPath)
+        guard let last = parts.popLast(), last != [46, 46], last != [46] else {
+            throw RootfsError("invalid guest path \(String(decoding: guestPath, as: UTF8.self))")
+        }
+        guard let parent = try openDirectory(bytes: guestText(parts), creating: directoryMode) else {
+            throw RootfsError("cannot create the directories of \(String(decoding: guestPath, as: UTF8.self)) in the rootfs")
+        }
+        return (parent, last)
+    }
+
+    private func readLink(at dirFD: Int32, _ name: [UInt8], shown: String) throws -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = name.withCString { name in
+            buffer.withUnsafeMutableBytes { readlinkat(dirFD, name, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count - 1) }
+        }
+        guard n >= 0 else { throw RootfsError("cannot read the link \(shown) in the rootfs: \(FS.errnoText())") }
         return Array(buffer.prefix(n))
     }
 }

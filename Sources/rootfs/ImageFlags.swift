@@ -28,7 +28,37 @@ struct ComposeFlags: ParsableArguments {
             }
             specs.append(.overlay(FS.absolute(o)))
         }
-        return specs + (try files.map(OverlaySpec.parseFile))
+        return specs + (try Self.rawBytes(of: files, option: "--file").map(OverlaySpec.parseFile(bytes:)))
+    }
+
+    /// The values of `option` as the bytes the user gave. CommandLine.arguments (what
+    /// ArgumentParser parsed) has invalid UTF-8 repaired into U+FFFD, so the raw argv is
+    /// read again (`--file V` and `--file=V`) and each parsed value is matched, in order,
+    /// with the raw value whose repaired spelling it is; a value that is not on the
+    /// command line (a config file's) keeps its own bytes.
+    static func rawBytes(of values: [String], option: String) -> [[UInt8]] {
+        var raw: [[UInt8]] = []
+        let argc = Int(CommandLine.argc)
+        var i = 1
+        while i < argc {
+            guard let pointer = CommandLine.unsafeArgv[i] else { break }
+            let argument = Array(UnsafeBufferPointer(start: UnsafeRawPointer(pointer).assumingMemoryBound(to: UInt8.self), count: strlen(pointer)))
+            if argument == Array("--".utf8) { break }
+            if argument == Array(option.utf8), i + 1 < argc, let next = CommandLine.unsafeArgv[i + 1] {
+                raw.append(Array(UnsafeBufferPointer(start: UnsafeRawPointer(next).assumingMemoryBound(to: UInt8.self), count: strlen(next))))
+                i += 2
+                continue
+            }
+            let prefix = Array((option + "=").utf8)
+            if argument.starts(with: prefix) { raw.append(Array(argument[prefix.count...])) }
+            i += 1
+        }
+        return values.map { value in
+            if let at = raw.firstIndex(where: { String(decoding: $0, as: UTF8.self) == value }) {
+                return raw.remove(at: at)
+            }
+            return Array(value.utf8)
+        }
     }
 }
 

@@ -225,14 +225,20 @@ public final class ArchiveReader {
     let pointer: OpaquePointer
 
     public struct Entry: Sendable, Equatable {
-        public var path: String
+        /// The member name exactly as stored: bytes, UTF-8 or not (two names that differ
+        /// only in an invalid byte stay two).
+        public var pathBytes: [UInt8]
         public var mode: UInt32
         public var uid: Int64
         public var gid: Int64
         public var size: Int64
         public var mtime: Int
-        public var symlink: String?
-        public var hardlink: String?
+        public var symlinkBytes: [UInt8]?
+        public var hardlinkBytes: [UInt8]?
+        /// The name decoded for messages (invalid UTF-8 becomes U+FFFD): never a key.
+        public var path: String { String(decoding: pathBytes, as: UTF8.self) }
+        public var symlink: String? { symlinkBytes.map { String(decoding: $0, as: UTF8.self) } }
+        public var hardlink: String? { hardlinkBytes.map { String(decoding: $0, as: UTF8.self) } }
         public var rdevMajor: UInt32
         public var rdevMinor: UInt32
         public var ino: Int64
@@ -264,13 +270,16 @@ public final class ArchiveReader {
         guard rc == ARCHIVE_OK || rc == ARCHIVE_WARN, let e else {
             throw RootfsError("cannot read the archive: \(archive_error_string(pointer).map { String(cString: $0) } ?? "?")")
         }
+        func bytes(_ c: UnsafePointer<CChar>?) -> [UInt8]? {
+            c.map { Array(UnsafeBufferPointer(start: UnsafeRawPointer($0).assumingMemoryBound(to: UInt8.self), count: strlen($0))) }
+        }
         let entry = Entry(
-            path: archive_entry_pathname(e).map { String(cString: $0) } ?? "",
+            pathBytes: bytes(archive_entry_pathname(e)) ?? [],
             mode: UInt32(archive_entry_mode(e)),
             uid: archive_entry_uid(e), gid: archive_entry_gid(e),
             size: archive_entry_size(e), mtime: archive_entry_mtime(e),
-            symlink: archive_entry_symlink(e).map { String(cString: $0) },
-            hardlink: archive_entry_hardlink(e).map { String(cString: $0) },
+            symlinkBytes: bytes(archive_entry_symlink(e)),
+            hardlinkBytes: bytes(archive_entry_hardlink(e)),
             rdevMajor: UInt32(archive_entry_rdevmajor(e)), rdevMinor: UInt32(archive_entry_rdevminor(e)),
             ino: archive_entry_ino64(e), nlink: UInt32(archive_entry_nlink(e)))
         return (entry, withData ? try readData(of: entry.path) : [])

@@ -133,7 +133,7 @@ extension ImageReference {
         do {
             let reader = try ArchiveReader(path: path)
             while let (entry, _) = try reader.next() {
-                let name = try normalizeMemberName(Array(entry.path.utf8), archive: path)
+                let name = try normalizeMemberName(entry.pathBytes, archive: path)
                 members[name] = (entry.fileType, entry.symlink)
                 if name == Array("manifest.json".utf8) {
                     guard entry.size <= documentLimit else { throw RootfsError("\(path): manifest.json is too large") }
@@ -170,7 +170,7 @@ extension ImageReference {
         let configBytes: [UInt8] = try {
             let reader = try ArchiveReader(path: path)
             while let (e, _) = try reader.next() {
-                if (try? normalizeMemberName(Array(e.path.utf8), archive: path)) == configName {
+                if (try? normalizeMemberName(e.pathBytes, archive: path)) == configName {
                     guard e.size <= documentLimit else { throw RootfsError("\(path): \(entry.Config) is too large") }
                     return try reader.readData(of: entry.Config)
                 }

@@ -45,7 +45,7 @@ final class BlobStream {
             let reader = try ArchiveReader(path: archive)
             var found = false
             while let (entry, _) = try reader.next() {
-                if Array(entry.path.utf8) == name && entry.fileType == FileType.reg { found = true; break }
+                if entry.pathBytes == name && entry.fileType == FileType.reg { found = true; break }
             }
             guard found else {
                 buffer.deallocate()

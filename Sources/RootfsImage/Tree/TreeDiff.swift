@@ -26,11 +26,9 @@ public struct TreeDiff {
         /// "field: a -> b" for changed entries.
         public var fields: [String]
 
-        public var pathString: String {
-            let s = String(decoding: path, as: UTF8.self)
-            let printable = s.unicodeScalars.allSatisfy { $0.value >= 32 && $0.value != 127 && $0 != "\u{FFFD}" }
-            return printable ? "/" + (path == [46] ? "" : s) : "/" + (path == [46] ? "" : s).debugDescription
-        }
+        /// The path for people: bytes that are not UTF-8 and control characters as `\xNN`
+        /// (displayPath), so two names differing in one such byte never print alike.
+        public var pathString: String { "/" + (path == [46] ? "" : displayPath(path)) }
 
         public var description: String {
             switch kind {

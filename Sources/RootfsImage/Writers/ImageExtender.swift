@@ -8,7 +8,7 @@ import Foundation
 /// in the same format and compression; a raw ext4 image (MBR, GPT or bare) is
 /// read by Ext4Reader, composed the same way and written again by the native
 /// writer at the same offset, size, UUID and label (an ordinary user, who cannot
-/// extract owners and devices, gets the older in-place change with debugfs).
+/// extract owners and devices, keeps them from the image's inodes: RootlessTree).
 /// The result replaces IMAGE (or goes to `-o NEW`) only when complete.
 public struct ImageExtender: Sendable {
     public var epoch: Int?
@@ -80,21 +80,37 @@ public struct ImageExtender: Sendable {
         case .tar(let c), .initrd(let c):
             let work = try FS.makeSiblingTemporaryDirectory(for: target)
             defer { FS.remove(work) }
-            try TreeExtractor(destination: work + "/tree").extract(.archive(FS.absolute(image)))
-            try OverlayApplier(tree: GuestTree(root: work + "/tree")).apply(overlays)
+            let tree = try Self.compose(.archive(FS.absolute(image)), overlays: overlays, work: work)
             let stats: WriteStats
             if case .tar = kind {
-                stats = try TarWriter(compression: c, epoch: epoch).write(source: .directory(work + "/tree"), to: target)
+                stats = try TarWriter(compression: c, epoch: epoch).write(source: tree, to: target)
             } else {
-                stats = try InitrdWriter(compression: c, epoch: epoch).write(source: .directory(work + "/tree"), to: target)
+                stats = try InitrdWriter(compression: c, epoch: epoch).write(source: tree, to: target)
             }
             return (kind, stats.outputBytes)
         case .ext4(let offset):
-            // The native rewrite needs root to extract the image's owners and devices;
-            // an ordinary user keeps the debugfs path, which changes the image in place.
-            if geteuid() != 0 { return (kind, try await extendWithDebugfs(image: image, offset: offset, overlays: overlays, target: target)) }
             return (kind, try rewriteExt4(image: FS.absolute(image), offset: offset, overlays: overlays, target: target))
         }
+    }
+
+    /// The image's tree with the overlays laid over it, in `work/tree`, as the source the
+    /// writer reads. Root extracts with real owners and device nodes. An ordinary user cannot
+    /// put them on disk: they are kept aside from the image's own inodes or headers
+    /// (RootlessTree, as a rootless build does), the overlays are laid over the extracted
+    /// content, and the tree goes to the writer as a tar with them restored (what the
+    /// overlays added is root:root). No tool is ever fed text made from guest data.
+    static func compose(_ source: TreeSource, overlays: [OverlaySpec], work: String) throws -> TreeSource {
+        let root = work + "/tree"
+        if geteuid() == 0 {
+            try TreeExtractor(destination: root).extract(source)
+            try OverlayApplier(tree: GuestTree(root: root)).apply(overlays)
+            return .directory(root)
+        }
+        let rootless = RootlessTree(root: root)
+        try rootless.extract(source: source)
+        try OverlayApplier(tree: GuestTree(root: root)).apply(overlays)
+        try rootless.writeTar(to: work + "/tree.tar", epoch: nil)
+        return .archive(work + "/tree.tar")
     }
 
     /// The image's own tree (Ext4Reader) with the overlays laid over it inside the
@@ -109,9 +125,7 @@ public struct ImageExtender: Sendable {
         let imageBytes = FS.fileSize(image)
         let work = try FS.makeSiblingTemporaryDirectory(for: target)
         defer { FS.remove(work) }
-        try TreeExtractor(destination: work + "/tree").extract(.ext4(path: image, offset: offset))
-        try OverlayApplier(tree: GuestTree(root: work + "/tree")).apply(overlays)
-        let tree = TreeSource.directory(work + "/tree")
+        let tree = try Self.compose(.ext4(path: image, offset: offset), overlays: overlays, work: work)
         let label = String(decoding: old.superblock.volumeName.prefix { $0 != 0 }, as: UTF8.self)
         var writer = Ext4Writer(label: label, uuid: old.superblock.uuid, epoch: epoch, freeSpaceMiB: 0)
         var plan = try writer.plan(source: tree)
@@ -156,71 +170,6 @@ public struct ImageExtender: Sendable {
         try FS.rename(temporary, to: target)
         keep = true
         return size
-    }
-
-    /// The ordinary user's path: debugfs adds the overlays to a copy of the image.
-    func extendWithDebugfs(image: String, offset: Int64, overlays: [OverlaySpec], target: String) async throws -> Int64 {
-        let work = try FS.makeSiblingTemporaryDirectory(for: target)
-        defer { FS.remove(work) }
-        // The overlays, composed in an empty directory first: the same checks as for a tree.
-        try FS.makeDirectories(work + "/overlay")
-        try OverlayApplier(tree: GuestTree(root: work + "/overlay")).apply(overlays)
-        let commands = try DebugfsScript.commands(for: work + "/overlay", epoch: epoch)
-        guard FileManager.default.createFile(atPath: work + "/cmds", contents: Data(commands)) else {
-            throw RootfsError("cannot write \(work)/cmds: \(FS.errnoText())")
-        }
-        let copy = work + "/image"
-        try FS.copyFile(FS.absolute(image), to: copy)
-        let out = try await runner.capture(ToolCommand("debugfs", ["-w", "-f", work + "/cmds", "\(copy)?offset=\(offset)"]))
-        let problems = (out.standardError + "\n" + out.standardOutput).split(separator: "\n")
-            .filter { $0.contains("Could not") || $0.contains("No free space") || $0.contains("already exists") && !$0.contains("mkdir") }
-        if !problems.isEmpty {
-            throw RootfsError("debugfs could not add the overlays to \(image)", hint: "grow the image (rootfs image --free-space) or rebuild",
-                              details: problems.prefix(10).map(String.init))
-        }
-        try FS.rename(copy, to: target)
-        return FS.fileSize(target)
-    }
-}
-
-
-/// debugfs commands that lay a directory over an ext4 file system: directories
-/// made, files and links replaced, modes, owners and times set. Every guest
-/// path and link target is passed as one quoted word (`DebugfsCommand`), so no
-/// byte of it can end the line or start a command; names debugfs cannot
-/// express (NUL, LF, CR) are refused.
-enum DebugfsScript {
-    static func commands(for root: String, epoch: Int?) throws -> [UInt8] {
-        var out: [UInt8] = []
-        try TreeWalker(root: root).walk { entry in
-            guard entry.path != [46] else { return }
-            let path: [UInt8] = [47] + entry.path
-            let what = "overlay path \(debugName(path))"
-            let st = entry.stat
-            let host: [UInt8] = Array(root.utf8) + [47] + entry.path
-            func emit(_ c: DebugfsCommand) throws { out += try c.line(what: what) }
-            switch entry.fileType {
-            case S_IFDIR:
-                try emit(DebugfsCommand("mkdir").quoted(path, what: what))
-            case S_IFREG:
-                try emit(DebugfsCommand("rm").quoted(path, what: what))
-                try emit(DebugfsCommand("write").quoted(host, what: what).quoted(path, what: what))
-            case S_IFLNK:
-                let target = entry.linkTarget ?? []
-                try emit(DebugfsCommand("rm").quoted(path, what: what))
-                try emit(DebugfsCommand("symlink").quoted(path, what: what)
-                    .quoted(target, what: "the target of the link \(debugName(path))"))
-            default:
-                throw RootfsError("overlay \(debugName(path)): special files cannot be added to an ext4 image by extend")
-            }
-            let mtime = epoch.map { min($0, st.st_mtim.tv_sec) } ?? st.st_mtim.tv_sec
-            let sif = try DebugfsCommand("sif").quoted(path, what: what)
-            try emit(sif.literal("mode").literal("0" + String(st.st_mode, radix: 8)))
-            try emit(sif.literal("uid").literal(String(st.st_uid)))
-            try emit(sif.literal("gid").literal(String(st.st_gid)))
-            try emit(sif.literal("mtime").literal("@\(mtime)"))
-        }
-        return out
     }
 }
 

@@ -66,7 +66,7 @@ public struct GuestNetwork: Sendable, Equatable {
         defer { FS.remove(stage) }
         let tree = GuestTree(root: stage)
         for module in modules {
-            try OverlayApplier(tree: tree).apply(.file(guestPath: AgentProtocol.modulesDirectory + "/\(module.name).ko",
+            try OverlayApplier(tree: tree).apply(.file(guestPath: Array((AgentProtocol.modulesDirectory + "/\(module.name).ko").utf8),
                                                       hostPath: module.hostPath))
         }
         let extra = path + ".modules.cpio.gz"

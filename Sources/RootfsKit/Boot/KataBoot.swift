@@ -171,7 +171,7 @@ public struct KataStageOneInitrd: Sendable {
         try installer.writeFile("/bin/busybox", contentsOf: busybox, mode: 0o755)
         for module in load {
             let guest = "/lib/modules/\(modules.kernelVersion)/\(module)"
-            try OverlayApplier(tree: tree).apply(.file(guestPath: guest, hostPath: modules.directory + "/" + module))
+            try OverlayApplier(tree: tree).apply(.file(guestPath: Array(guest.utf8), hostPath: modules.directory + "/" + module))
         }
         if let tool = deviceMapperTool {
             guard FS.isRegularFile(tool), ELF.isStatic(tool) else {
@@ -181,7 +181,7 @@ public struct KataStageOneInitrd: Sendable {
         }
         try installer.writeFile("/init", contents: Array(Self.initScript(kernelVersion: modules.kernelVersion, load: load,
                                                                          deviceMapper: deviceMapperTool != nil).utf8), mode: 0o755)
-        for dir in ["/proc", "/sys", "/dev", "/newroot"] { _ = try tree.hostPathForCreating(dir + "/.keep"); }
+        for dir in ["/proc", "/sys", "/dev", "/newroot"] { _ = try tree.openDirectory(bytes: Array(dir.utf8), creating: 0o755) }
         try InitrdWriter(compression: .gzip, epoch: 0).write(source: .directory(stage), to: path)
     }
 

@@ -132,29 +132,33 @@ public struct AgentInstaller: Sendable {
     }
 
     /// Writes a regular file in the guest, replacing what was there (a link is replaced, not followed).
+    /// Made relative to its parent's open descriptor (GuestTree.parentForCreating): no host path.
     public func writeFile(_ guestPath: String, contents: [UInt8], mode: mode_t) throws {
-        let host = try tree.hostPathForCreating(guestPath)
-        try removeNonDirectory(host, guestPath: guestPath)
-        let file = try OwnedFileDescriptor(path: host, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: mode,
-                                           name: "\(guestPath) in the rootfs")
+        let (parent, name) = try tree.parentForCreating(bytes: Array(guestPath.utf8))
+        try removeNonDirectory(parent, name, guestPath: guestPath)
+        let fd = name.withCString { openat(parent.fd, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode) }
+        guard fd >= 0 else { throw RootfsError("cannot create \(guestPath) in the rootfs: \(FS.errnoText())") }
+        let file = OwnedFileDescriptor(taking: fd, name: "\(guestPath) in the rootfs")
         try file.writeAll(contents)
         fchmod(file.raw, mode)
     }
 
     public func symlink(guestPath: String, target: String) throws {
-        let host = try tree.hostPathForCreating(guestPath)
-        try removeNonDirectory(host, guestPath: guestPath)
-        guard Foundation.symlink(target, host) == 0 else {
+        let (parent, name) = try tree.parentForCreating(bytes: Array(guestPath.utf8))
+        try removeNonDirectory(parent, name, guestPath: guestPath)
+        guard target.withCString({ t in name.withCString { symlinkat(t, parent.fd, $0) } }) == 0 else {
             throw RootfsError("cannot create the link \(guestPath) in the rootfs: \(FS.errnoText())")
         }
     }
 
-    private func removeNonDirectory(_ host: String, guestPath: String) throws {
+    private func removeNonDirectory(_ parent: TreeDirectory, _ name: [UInt8], guestPath: String) throws {
         var st = stat()
-        guard lstat(host, &st) == 0 else { return }
+        guard name.withCString({ fstatat(parent.fd, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0 else { return }
         if (st.st_mode & S_IFMT) == S_IFDIR {
             throw RootfsError("\(guestPath) in the rootfs is a directory; refusing to replace it")
         }
-        unlink(host)
+        guard name.withCString({ unlinkat(parent.fd, $0, 0) }) == 0 else {
+            throw RootfsError("cannot replace \(guestPath) in the rootfs: \(FS.errnoText())")
+        }
     }
 }

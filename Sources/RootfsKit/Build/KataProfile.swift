@@ -247,7 +247,7 @@ public struct KataProfile: Sendable {
         let staging = try FS.makeSiblingTemporaryDirectory(for: tree.root + "-modules")
         defer { FS.remove(staging) }
         let stagedGuest = "/lib/modules/" + modules.kernelVersion
-        try OverlayApplier(tree: GuestTree(root: staging)).apply(.file(guestPath: stagedGuest, hostPath: modules.directory))
+        try OverlayApplier(tree: GuestTree(root: staging)).apply(.file(guestPath: Array(stagedGuest.utf8), hostPath: modules.directory))
         guard let depmod = ProcessRunner.which("depmod") ?? ["/usr/sbin/depmod", "/sbin/depmod"].first(where: FS.isRegularFile) else {
             throw RootfsError("KERNEL_MODULES_DIR needs depmod on this host", hint: "apt-get install kmod")
         }
@@ -256,7 +256,7 @@ public struct KataProfile: Sendable {
         } catch let failure as ToolFailure {
             throw RootfsError("depmod failed for the kernel modules of \(modules.kernelVersion)", hint: "\(failure)")
         }
-        try OverlayApplier(tree: tree).apply(.file(guestPath: stagedGuest, hostPath: staging + stagedGuest))
+        try OverlayApplier(tree: tree).apply(.file(guestPath: Array(stagedGuest.utf8), hostPath: staging + stagedGuest))
     }
 
     /// Points chrony at the PTP clock the hypervisor provides, as Kata does; nothing when chrony is absent.

@@ -20,7 +20,7 @@ public enum Preflight {
             case .overlay(let path) where !FS.exists(path):
                 problems.append(RootfsError("--overlay \(path) does not exist", hint: "give a directory or a tar archive"))
             case .file(let guest, let host) where !FS.exists(host):
-                problems.append(RootfsError("--file \(guest)=\(host): the host file \(host) does not exist",
+                problems.append(RootfsError("--file \(String(decoding: guest, as: UTF8.self))=\(host): the host file \(host) does not exist",
                                             hint: "give an existing host file or directory after '=' (--file GUEST_PATH=HOST_PATH)"))
             default: break
             }

@@ -78,20 +78,21 @@ public struct SizeReport: Sendable, Codable, Equatable {
 
     static func make(index: TreeIndex, inventory: PackageInventory, source path: String, top: Int, depth: Int) -> SizeReport {
 
-        // Directories: every regular file counts in each of its ancestors.
-        var totals: [String: (bytes: Int64, files: Int)] = [:]
+        // Directories: every regular file counts in each of its ancestors (guest paths as bytes:
+        // two names differing only in a byte that is not UTF-8 stay two; shown with \xNN).
+        var totals: [[UInt8]: (bytes: Int64, files: Int)] = [:]
         for (file, size) in index.files {
             var dir = file
-            repeat {
-                dir = dir == "/" ? "" : FS.parent(dir)
-                if dir.isEmpty { break }
+            while dir != [47], let slash = dir.lastIndex(of: 47) {
+                dir = slash == 0 ? [47] : Array(dir[..<slash])
                 totals[dir, default: (0, 0)].bytes += size
                 totals[dir, default: (0, 0)].files += 1
-            } while dir != "/"
+            }
         }
-        let directories = totals.filter { $0.key != "/" && $0.key.split(separator: "/").count <= depth }
-            .map { Directory(path: $0.key, bytes: $0.value.bytes, files: $0.value.files) }
-            .sorted { ($0.bytes, $1.path) > ($1.bytes, $0.path) }
+        let directories = totals.filter { $0.key != [47] && $0.key.split(separator: 47).count <= depth }
+            .map { (key: $0.key, entry: Directory(path: displayPath($0.key), bytes: $0.value.bytes, files: $0.value.files)) }
+            .sorted { $0.entry.bytes != $1.entry.bytes ? $0.entry.bytes > $1.entry.bytes : $0.key.lexicographicallyPrecedes($1.key) }
+            .map(\.entry)
 
         // Packages: the files each lists, summed in the tree; else the database's own figure.
         var packages: [Package] = []
@@ -99,13 +100,13 @@ public struct SizeReport: Sendable, Codable, Equatable {
         let lists = index.packageFileLists(database: inventory.database)
         if !lists.isEmpty {
             method = "files"
-            var counted = Set<String>()
+            var counted = Set<[UInt8]>()
             for p in inventory.packages {
                 guard let list = lists[p.name] else { continue }
                 var bytes: Int64 = 0
                 var files = 0
                 for listed in list {
-                    guard let real = index.resolve(listed, followLast: false), let size = index.files[real],
+                    guard let real = index.resolve(Array(listed.utf8), followLast: false), let size = index.files[real],
                           counted.insert(real).inserted else { continue }
                     bytes += size
                     files += 1
@@ -147,14 +148,15 @@ extension String {
     }
 }
 
-/// The files, links and directories of a tree (guest paths), from a directory or an archive.
+/// The files, links and directories of a tree (guest paths, as bytes: a name that is not
+/// UTF-8 is its own key), from a directory or an archive.
 struct TreeIndex {
     /// Regular files -> size; a hard-linked file's size is counted at its first name only.
-    var files: [String: Int64] = [:]
-    var symlinks: [String: String] = [:]
-    var directories: Set<String> = ["/"]
+    var files: [[UInt8]: Int64] = [:]
+    var symlinks: [[UInt8]: [UInt8]] = [:]
+    var directories: Set<[UInt8]> = [[47]]
     /// The contents of the package-database files, by guest path.
-    var contents: [String: String] = [:]
+    var contents: [[UInt8]: String] = [:]
     private var root: String?
 
     /// The largest package-database file of an archive or image read into memory (a directory's
@@ -162,25 +164,29 @@ struct TreeIndex {
     /// whole before a line was parsed.
     static let databaseFileLimit: Int64 = 64 << 20
 
-    static func requireDatabaseSize(_ size: Int64, _ path: String, in tree: String) throws {
+    static func requireDatabaseSize(_ size: Int64, _ path: [UInt8], in tree: String) throws {
         guard size > databaseFileLimit else { return }
-        throw RootfsError("\(tree): the package database file \(path) is \(size) bytes, more than the \(databaseFileLimit >> 20) MiB a package database holds",
+        throw RootfsError("\(tree): the package database file \(displayPath(path)) is \(size) bytes, more than the \(databaseFileLimit >> 20) MiB a package database holds",
                           hint: "this is not a package database rootfs can read; check where the tree came from")
     }
 
-    static func isDatabaseFile(_ path: String) -> Bool {
-        path.hasSuffix("/dpkg/status") || (path.contains("/dpkg/info/") && path.hasSuffix(".list"))
+    static func isDatabaseFile(_ bytes: [UInt8]) -> Bool {
+        let path = String(decoding: bytes, as: UTF8.self)  // the names matched are ASCII
+        return path.hasSuffix("/dpkg/status") || (path.contains("/dpkg/info/") && path.hasSuffix(".list"))
             || path.hasSuffix("/apk/db/installed")
     }
+
+    /// "/" + a tree item's relative path ("." is the root).
+    private static func guestPath(_ relative: [UInt8]) -> [UInt8] { relative == [46] ? [47] : [47] + relative }
 
     init(directory: String) throws {
         root = FS.absolute(directory)
         var seen = Set<HardLinkKey>()
         try TreeWalker(root: directory).walk { item in
-            let path = item.path == [46] ? "/" : "/" + item.pathString
+            let path = Self.guestPath(item.path)
             switch item.fileType {
             case S_IFDIR: directories.insert(path)
-            case S_IFLNK: symlinks[path] = String(decoding: item.linkTarget ?? [], as: UTF8.self)
+            case S_IFLNK: symlinks[path] = item.linkTarget ?? []
             case S_IFREG:
                 let st = item.stat
                 let first = st.st_nlink < 2 || seen.insert(HardLinkKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))).inserted
@@ -194,18 +200,19 @@ struct TreeIndex {
         let reader = try ArchiveReader(path: archive)
         while true {
             guard let (peek, _) = try reader.next() else { break }
-            var path = peek.path
-            while path.hasPrefix("./") { path.removeFirst(2) }
-            path = "/" + path
-            while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
+            var path = peek.pathBytes[...]
+            while path.starts(with: [46, 47]) { path = path.dropFirst(2) }
+            while path.first == 47 { path = path.dropFirst() }
+            while path.last == 47 { path = path.dropLast() }
+            let guest: [UInt8] = path.isEmpty || path.elementsEqual([46]) ? [47] : [47] + path
             switch peek.fileType {
-            case 0o040000: directories.insert(path)
-            case 0o120000: symlinks[path] = peek.symlink ?? ""
+            case 0o040000: directories.insert(guest)
+            case 0o120000: symlinks[guest] = peek.symlinkBytes ?? []
             case 0o100000:
-                files[path] = peek.hardlink == nil ? peek.size : 0
-                if Self.isDatabaseFile(path) {
-                    try Self.requireDatabaseSize(peek.size, path, in: archive)
-                    contents[path] = String(decoding: try reader.readData(of: path), as: UTF8.self)
+                files[guest] = peek.hardlinkBytes == nil ? peek.size : 0
+                if Self.isDatabaseFile(guest) {
+                    try Self.requireDatabaseSize(peek.size, guest, in: archive)
+                    contents[guest] = String(decoding: try reader.readData(of: displayPath(guest)), as: UTF8.self)
                 }
             default: break
             }
@@ -215,10 +222,10 @@ struct TreeIndex {
     /// Any tree source (a container image): the same index from its canonical walk.
     init(source: TreeSource) throws {
         try source.walk { item in
-            let path = item.isRoot ? "/" : "/" + item.pathString
+            let path = Self.guestPath(item.path)
             switch item.fileType {
             case 0o040000: directories.insert(path)
-            case 0o120000: symlinks[path] = String(decoding: item.linkTarget ?? [], as: UTF8.self)
+            case 0o120000: symlinks[path] = item.linkTarget ?? []
             case FileType.reg:
                 files[path] = item.hardLinkTo == nil ? item.size : 0
                 if Self.isDatabaseFile(path) && item.size > 0 {
@@ -235,39 +242,41 @@ struct TreeIndex {
     }
 
     func isDirectory(_ guestPath: String) -> Bool {
-        resolve(guestPath).map { directories.contains($0) } ?? false
+        resolve(Array(guestPath.utf8)).map { directories.contains($0) } ?? false
     }
 
     /// A database file's text, the guest path resolved inside the tree.
-    func content(of guestPath: String) -> String? {
+    func content(of guestPath: String) -> String? { content(of: Array(guestPath.utf8)) }
+
+    func content(of guestPath: [UInt8]) -> String? {
         guard let real = resolve(guestPath) else { return nil }
         if let root {
             guard files[real] != nil else { return nil }
-            return (try? PackageInventory.readText(root + real))
+            return (try? PackageInventory.readText(root + String(decoding: real, as: UTF8.self)))
         }
         return contents[real]
     }
 
-    /// Resolves a guest path through the tree's own links (never the host's).
-    func resolve(_ path: String, followLast: Bool = true) -> String? {
-        var pending = path.split(separator: "/").map(String.init)
-        var resolved: [String] = []
+    /// Resolves a guest path through the tree's own links (never the host's), as bytes.
+    func resolve(_ path: [UInt8], followLast: Bool = true) -> [UInt8]? {
+        var pending = path.split(separator: 47).map(Array.init)
+        var resolved: [[UInt8]] = []
         var hops = 0
         while !pending.isEmpty {
             let name = pending.removeFirst()
-            if name == "." || name.isEmpty { continue }
-            if name == ".." { _ = resolved.popLast(); continue }
-            let candidate = "/" + (resolved + [name]).joined(separator: "/")
+            if name == [46] || name.isEmpty { continue }
+            if name == [46, 46] { _ = resolved.popLast(); continue }
+            let candidate = [47] + Array((resolved + [name]).joined(separator: [47]))
             if let target = symlinks[candidate], followLast || !pending.isEmpty {
                 hops += 1
                 if hops > 40 { return nil }
-                if target.hasPrefix("/") { resolved = [] }
-                pending = target.split(separator: "/").map(String.init) + pending
+                if target.first == 47 { resolved = [] }
+                pending = target.split(separator: 47).map(Array.init) + pending
                 continue
             }
             resolved.append(name)
         }
-        return "/" + resolved.joined(separator: "/")
+        return [47] + Array(resolved.joined(separator: [47]))
     }
 
     /// Package name -> the paths it installed (dpkg's info/*.list, apk's R: lines).
@@ -275,15 +284,16 @@ struct TreeIndex {
         switch database {
         case .dpkg:
             var lists: [String: [String]] = [:]
-            let infoDir = resolve("/var/lib/dpkg/info") ?? "/var/lib/dpkg/info"
+            let infoDir = resolve(Array("/var/lib/dpkg/info".utf8)) ?? Array("/var/lib/dpkg/info".utf8)
             let names: [String]
             if let root {
-                names = ((try? FileManager.default.contentsOfDirectory(atPath: root + infoDir)) ?? []).filter { $0.hasSuffix(".list") }
+                names = ((try? FileManager.default.contentsOfDirectory(atPath: root + String(decoding: infoDir, as: UTF8.self))) ?? []).filter { $0.hasSuffix(".list") }
             } else {
-                names = contents.keys.filter { FS.parent($0) == infoDir && $0.hasSuffix(".list") }.map { FS.basename($0) }
+                names = contents.keys.filter { $0.starts(with: infoDir + [47]) && !$0[(infoDir.count + 1)...].contains(47) }
+                    .map { String(decoding: $0[(infoDir.count + 1)...], as: UTF8.self) }.filter { $0.hasSuffix(".list") }
             }
             for name in names {
-                guard let text = content(of: infoDir + "/" + name) else { continue }
+                guard let text = content(of: infoDir + [47] + Array(name.utf8)) else { continue }
                 let package = String(name.dropLast(5).prefix { $0 != ":" })
                 lists[package, default: []] += text.split(separator: "\n").map(String.init)
             }

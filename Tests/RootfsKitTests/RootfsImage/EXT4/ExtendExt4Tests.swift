@@ -129,4 +129,64 @@ import Testing
             FS.remove(dir + "/small.img"); FS.remove(dir + "/grown.img"); FS.remove(ov)
         }
     }
+
+    /// An ordinary user (nobody, via setpriv) extends an ext4 image: no debugfs, the same
+    /// native rewrite as root, with the image's owners, modes and device nodes taken from
+    /// its inodes. Hostile link targets and a tar member name (LF / CR LF then `!touch`)
+    /// are stored byte for byte and run nothing.
+    @Test func anOrdinaryUserExtendsAnExt4ImageKeepingItsOwnersAndRunningNothing() async throws {
+        let dir = try Fixtures.temporaryDirectory("extend-nobody")
+        defer { FS.remove(dir) }
+        chmod(dir, 0o777)
+        let tree = try Self.base(dir)
+        try FS.makeDirectories(tree + "/dev")
+        #expect(mknod(tree + "/dev/null", S_IFCHR | 0o666, 0x103 /* makedev(1, 3) */) == 0)
+        chown(tree + "/etc/conf", 0, 42)
+        chmod(tree + "/usr/bin/rootfs-agent", 0o4755)
+        let env = ["SOURCE_DATE_EPOCH": String(Self.epoch)]
+        let made = try await Fixtures.rootfs(["image", tree, "-o", dir + "/base.img"], environment: env)
+        #expect(made.status == 0, "\(made.stderr)")
+        chmod(dir + "/base.img", 0o644)
+        let ov = dir + "/ov"
+        try FS.makeDirectories(ov + "/etc")
+        let targets: [String: String] = ["evil-lf": "x\n!touch canary-lf", "evil-crlf": "x\r\n!touch \(dir)/canary-crlf"]
+        for (name, target) in targets { symlink(target, ov + "/etc/" + name) }
+        try "new\n".write(toFile: ov + "/etc/motd", atomically: false, encoding: .utf8)
+        try FS.makeDirectories(dir + "/stage")
+        try "t\n".write(toFile: dir + "/stage/f", atomically: false, encoding: .utf8)
+        try await ProcessRunner().capture(ToolCommand("tar", ["-C", dir + "/stage", "-cf", dir + "/evil.tar",
+                                                              "--transform", "s,^f$,etc/x\r\n!touch canary-tar,", "f"]))
+        for path in [ov, ov + "/etc", dir + "/evil.tar", dir + "/stage"] { chmod(path, 0o755) }
+        let r = try await Fixtures.run("/usr/bin/setpriv", [
+            "--reuid=65534", "--regid=65534", "--clear-groups", "env", "SOURCE_DATE_EPOCH=\(Self.epoch)",
+            Fixtures.rootfsBinary, "extend", dir + "/base.img", "--overlay", ov, "--overlay", dir + "/evil.tar",
+            "-o", dir + "/new.img"], workingDirectory: dir)
+        #expect(r.status == 0, "\(r.stderr)")
+        let left = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("canary") }
+        #expect(left.isEmpty, "host commands ran: \(left)")
+        var st = stat()
+        #expect(lstat(dir + "/new.img", &st) == 0 && st.st_uid == 65534, "written by nobody")
+        let part = dir + "/new.img?offset=1048576"
+        try await Self.fsck(part)
+        // Every item read back by Ext4Reader: link targets and the tar's name byte for byte,
+        // owners from the image's inodes (uid 0 stays 0), the device node and setuid bit kept.
+        var items: [[UInt8]: TreeItem] = [:]
+        try TreeSource.ext4(path: dir + "/new.img", offset: 1 << 20).walk { items[$0.path] = $0 }
+        for (name, target) in targets {
+            #expect(items[Array("etc/\(name)".utf8)]?.linkTarget == Array(target.utf8), "\(name)")
+        }
+        #expect(items[Array("etc/x\r\n!touch canary-tar".utf8)]?.size == 2, "the tar member keeps its name")
+        #expect(items[Array("etc/motd".utf8)]?.size == 4)
+        let libc = items[Array("usr/lib/libc.so".utf8)]
+        #expect(libc?.uid == 1234 && libc?.gid == 5678, "\(String(describing: libc))")
+        let conf = items[Array("etc/conf".utf8)]
+        #expect(conf?.uid == 0 && conf?.gid == 42)
+        for path in ["sbin/init", "etc", "usr/lib", "etc/motd", "etc/evil-lf"] {
+            #expect(items[Array(path.utf8)]?.uid == 0 && items[Array(path.utf8)]?.gid == 0, "\(path) is root's, not nobody's")
+        }
+        #expect(items[Array("usr/bin/rootfs-agent".utf8)]?.mode == FileType.reg | 0o4755)
+        let null = items[Array("dev/null".utf8)]
+        #expect(null?.fileType == FileType.chr && null?.rdev == UInt64(0x103 /* makedev(1, 3) */), "\(String(describing: null))")
+        #expect(try await Self.debugfs(part, "stat /lib").contains("Fast link dest: \"usr/lib\""))
+    }
 }

@@ -132,4 +132,62 @@ private func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x"
         #expect(outcome?.contains("changed while it was read") == true, "\(outcome ?? "nil")")
         #expect(Date().timeIntervalSince(start) < 5)
     }
+
+    /// `--file GUEST=HOST` with a guest path that is not UTF-8, given as raw argv bytes (a
+    /// shell's printf makes them: Swift's Process passes only valid UTF-8). Two guest paths
+    /// that differ only in one invalid byte (both U+FFFD in CommandLine.arguments) arrive
+    /// as two members, each byte-exact and with its own content; both argv forms.
+    @Test func aFileGuestPathThatIsNotUTF8ArrivesByteExact() async throws {
+        let dir = try Fixtures.temporaryDirectory("bytefile"); defer { FS.remove(dir) }
+        for d in ["/tree/etc", "/tree/sbin", "/tree/usr/bin"] { try FS.makeDirectories(dir + d) }
+        for exe in ["/tree/sbin/init", "/tree/usr/bin/rootfs-agent"] {
+            try "#!/bin/sh\n".write(toFile: dir + exe, atomically: false, encoding: .utf8)
+            chmod(dir + exe, 0o755)
+        }
+        try "one\n".write(toFile: dir + "/one", atomically: false, encoding: .utf8)
+        try "two\n".write(toFile: dir + "/two", atomically: false, encoding: .utf8)
+        let out = dir + "/out.tar"
+        let script = #"exec "$0" image "$1/tree" -o "$1/out.tar" --format tar --file "$(printf '/etc/caf\351')=$1/one" "--file=$(printf '/etc/caf\352')=$1/two""#
+        let r = try await Fixtures.run("/bin/sh", ["-c", script, Fixtures.rootfsBinary, dir])
+        #expect(r.status == 0, "\(r.stderr)")
+        let members = try await tarNames(out)
+        let first = Array("etc/caf".utf8) + [0xE9], second = Array("etc/caf".utf8) + [0xEA]
+        #expect(members.contains(hex(first)) && members.contains(hex(second)), "\(members)")
+        #expect(!members.contains(hex(Array("etc/caf\u{FFFD}".utf8))))
+        // Each member holds its own file (GNU tar extracts by the exact bytes).
+        for (name, text) in [(first, "one\n"), (second, "two\n")] {
+            let shown = try await Fixtures.run("/bin/sh", ["-c", #"tar -xOf "$0" "$(printf "$1")""#, out,
+                                                           name.map { $0 < 0x80 ? String(UnicodeScalar($0)) : String(format: "\\%03o", $0) }.joined()])
+            #expect(shown.stdout == text, "\(hex(name)): \(shown.stderr)")
+        }
+    }
+
+    /// A tar holding two names that differ only in bytes that are not UTF-8 (`ff fe` and
+    /// `fe ff`, both U+FFFD U+FFFD as Strings): `size --json` counts both files and both
+    /// sizes, `ls` prints both with `\xNN`, `diff` names the one that differs exactly.
+    @Test func sizeLsAndDiffKeepTwoNamesThatDifferOnlyInInvalidBytes() async throws {
+        let dir = try Fixtures.temporaryDirectory("bytelist"); defer { FS.remove(dir) }
+        try FS.makeDirectories(dir + "/a/etc")
+        try makeFile(dir + "/a/etc", ByteNameTests.first, "a\n")
+        try makeFile(dir + "/a/etc", ByteNameTests.second, "bbbb\n")
+        _ = try await Fixtures.run("/bin/tar", ["-C", dir + "/a", "-cf", dir + "/a.tar", "."])
+        try FS.makeDirectories(dir + "/b/etc")
+        try makeFile(dir + "/b/etc", ByteNameTests.first, "a\n")
+        _ = try await Fixtures.run("/bin/tar", ["-C", dir + "/b", "-cf", dir + "/b.tar", "."])
+
+        let size = try await Fixtures.rootfs(["size", dir + "/a.tar", "--json"])
+        #expect(size.status == 0, "\(size.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(size.stdout.utf8)) as? [String: Any]
+        #expect(report?["files"] as? Int == 2, "\(size.stdout)")
+        #expect(report?["totalBytes"] as? Int == 7, "\(size.stdout)")
+
+        let ls = try await Fixtures.rootfs(["ls", dir + "/a.tar", "/etc"])
+        #expect(ls.status == 0, "\(ls.stderr)")
+        #expect(ls.stdout.contains("\\xff\\xfe") && ls.stdout.contains("\\xfe\\xff"), "\(ls.stdout)")
+
+        let diff = try await Fixtures.rootfs(["diff", dir + "/a.tar", dir + "/b.tar", "--ignore-mtime"])
+        #expect(diff.status == 1, "\(diff.stderr)")
+        let lines = diff.stdout.split(separator: "\n").map(String.init).filter { $0.hasPrefix("only in") || $0.hasPrefix("changed") }
+        #expect(lines == ["only in A: /etc/\\xfe\\xff (file)"], "\(diff.stdout)")
+    }
 }

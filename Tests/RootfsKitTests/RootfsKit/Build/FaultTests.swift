@@ -60,9 +60,16 @@ private func listing(_ dir: String) -> [String] {
 }
 
 /// Faults during a build and hostile input (docs/FAULTS.md lists each case).
-@Suite(.requires(.root, .network, .busybox), .tags(.root, .network, .busybox)) struct FaultTests {
+/// A class, for its deinit: each test's work directory (600 MB of random data in the
+/// writer's case) and its distros are removed after it, pass or fail.
+@Suite(.requires(.root, .network, .busybox), .tags(.root, .network, .busybox)) final class FaultTests: Sendable {
     let distros: String
     let work: String
+
+    deinit {
+        FS.remove(work)
+        FS.remove(distros)
+    }
 
     init() throws {
         let hanging = TestDistros.busyboxLib.replacingOccurrences(of: "    for p in ${EXTRA_PKGS:-}", with: """

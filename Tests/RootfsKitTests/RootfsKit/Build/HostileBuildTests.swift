@@ -18,9 +18,15 @@ private func readPID(_ path: String) -> Int32? {
 
 /// Hostile settings, hooks and `--force` targets through the real `rootfs build`
 /// (docs/FAULTS.md). Each test checks that nothing outside its directory changed.
-@Suite(.requires(.root, .busybox), .tags(.root, .busybox)) struct HostileBuildTests {
+/// A class, for its deinit: each test's work directory and distros are removed after it.
+@Suite(.requires(.root, .busybox), .tags(.root, .busybox)) final class HostileBuildTests: Sendable {
     let distros: String
     let work: String
+
+    deinit {
+        FS.remove(work)
+        FS.remove(distros)
+    }
 
     init() throws {
         // bb: touches $MARKER when its hook runs, and does what the test asks of it:

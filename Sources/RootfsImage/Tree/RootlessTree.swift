@@ -1,3 +1,4 @@
+import RootfsSupport
 import Foundation
 
 /// How a build's tree travels from the hook to the writers.
@@ -32,10 +33,16 @@ public final class RootlessTree {
     let root: String
     private(set) var originals: [[UInt8]: Original] = [:]
 
-    init(root: String) { self.root = root }
+    public init(root: String) { self.root = root }
 
     /// Extracts the hook's tar into `root` (which must not exist), recording what the disk cannot hold.
-    func extract(_ tar: String) throws {
+    public func extract(_ tar: String) throws {
+        try extract(source: .archive(tar))
+    }
+
+    /// The same for any tree source (`extend` reads an ext4 image's own tree: owners,
+    /// modes and devices come from its inodes, which an ordinary user cannot put on disk).
+    public func extract(source: TreeSource) throws {
         var extractor = TreeExtractor(destination: root)
         extractor.keepOwnership = geteuid() == 0
         extractor.ownerAccess = !extractor.keepOwnership
@@ -43,7 +50,7 @@ public final class RootlessTree {
         extractor.onItem = { [self] item, inode in
             originals[item.path] = Original(uid: item.uid, gid: item.gid, mode: item.mode, rdev: item.rdev, inode: inode)
         }
-        try extractor.extract(.archive(tar))
+        try extractor.extract(source)
     }
 
     /// Puts the recorded owner, mode and device back on an item read from `root`.
@@ -73,7 +80,7 @@ public final class RootlessTree {
     }
 
     /// Writes the tree as a tar with the owners restored: what every writer reads.
-    func writeTar(to output: String, epoch: Int?) throws {
+    public func writeTar(to output: String, epoch: Int?) throws {
         var archiver = TreeArchiver(format: .paxRestricted, compression: .none, level: nil, epoch: epoch)
         archiver.transform = { [self] item in restore(&item) }
         _ = try archiver.write(source: .directory(root), to: output)
