@@ -55,7 +55,7 @@ public final class RootlessTree {
 
     /// Puts the recorded owner, mode and device back on an item read from `root`.
     /// Items the build added or replaced (another inode) belong to root:root.
-    func restore(_ item: inout TreeItem) {
+    public func restore(_ item: inout TreeItem) {
         var st = stat()
         // Bytes: a name that is not UTF-8 finds its own record, never another's.
         let host = item.isRoot ? Array(root.utf8) : Array(root.utf8) + [UInt8(ascii: "/")] + item.path
