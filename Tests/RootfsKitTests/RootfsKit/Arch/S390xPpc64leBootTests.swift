@@ -8,7 +8,7 @@ import AgentProtocol
 /// rootfs boot's s390x and ppc64le machines. There is no reference agent for them (no Embedded
 /// Swift standard library: docs/AGENT.md), so no boot can become "ready": the QEMU command
 /// lines are checked here, and a boot of Debian's kernel for each with a busybox initrd shows
-/// the machine, its console and the kernel reaching userspace under TCG (docs/ARCHITECTURES.md).
+/// the machine, its console and the kernel reaching userspace under TCG (docs/AGENT.md, "Other architectures").
 @Suite struct S390xPpc64leMachineArgumentTests {
     func command(_ arch: Architecture, kind: BootImageKind) throws -> [String] {
         var options = BootOptions(image: "/images/guest", kernel: "/k", command: ["true"])
@@ -23,7 +23,7 @@ import AgentProtocol
         #expect(initrd.joined(separator: " ").contains("-M s390-ccw-virtio"), "\(initrd)")
         let line = try #require(initrd.firstIndex(of: "-append").map { initrd[$0 + 1] })
         #expect(line.contains("console=ttysclp0"), "\(line)")
-        #expect(line.contains("\(AgentProtocol.ttyParameter)=ttysclp0") && line.contains("\(AgentProtocol.statusParameter)=hvc0"), "\(line)")
+        #expect(line.contains("\(AgentProtocol.outputParameter)=hvc0") && line.contains("\(AgentProtocol.statusParameter)=hvc1"), "\(line)")
         // The agent's lines: a virtio console each (s390x has no UART to add).
         #expect(initrd.contains("virtio-serial-ccw,id=vs-status") && initrd.contains("virtconsole,chardev=status,bus=vs-status.0"), "\(initrd)")
         #expect(!initrd.contains { $0.contains("pci-serial") || $0.contains("nvme") })
@@ -38,7 +38,8 @@ import AgentProtocol
         #expect(initrd.first == "qemu-system-ppc64")
         #expect(initrd.joined(separator: " ").contains("-M pseries"), "\(initrd)")
         let line = try #require(initrd.firstIndex(of: "-append").map { initrd[$0 + 1] })
-        #expect(line.contains("console=hvc0") && line.contains("\(AgentProtocol.statusParameter)=hvc1"), "\(line)")
+        #expect(line.contains("console=hvc0") && line.contains("\(AgentProtocol.outputParameter)=hvc1")
+                && line.contains("\(AgentProtocol.statusParameter)=hvc2"), "\(line)")
         // pseries makes every -serial a spapr-vty: console, output, status.
         #expect(initrd.filter { $0 == "-serial" }.count == 3, "\(initrd)")
         let disk = try command(.ppc64le, kind: .filesystemImage)
