@@ -83,28 +83,19 @@ struct ForeignContainerBuildTests {
 /// with --platform, which records the platform.
 actor ForeignBaseImage {
     static let shared = ForeignBaseImage()
-    private var tarTask: Task<String, any Error>?
     private var images: [ContainerEngine.Kind: Task<String, any Error>] = [:]
-
-    func tarball() async throws -> String {
-        if let tarTask { return try await tarTask.value }
-        let task = Task<String, any Error> {
-            let tree = try await AArch64Fixture.shared.prepare().tree
-            let dir = try Fixtures.temporaryDirectory("arm64-base")
-            _ = try await ProcessRunner().capture(ToolCommand("tar", ["--numeric-owner", "-C", tree, "-cf", dir + "/rootfs.tar", "."]))
-            try "FROM scratch\nADD rootfs.tar /\n".write(toFile: dir + "/Dockerfile", atomically: true, encoding: .utf8)
-            return dir
-        }
-        tarTask = task
-        return try await task.value
-    }
 
     func image(_ kind: ContainerEngine.Kind) async throws -> String {
         if let task = images[kind] { return try await task.value }
         let task = Task<String, any Error> {
-            let dir = try await self.tarball()
+            let tree = try await AArch64Fixture.shared.prepare().tree
+            // The tar (about 200 MB) lives only until the engine has the image.
+            let dir = try Fixtures.temporaryDirectory("arm64-base")
+            defer { FS.remove(dir) }
+            _ = try await ProcessRunner().capture(ToolCommand("tar", ["--numeric-owner", "-C", tree, "-cf", dir + "/rootfs.tar", "."]))
             switch kind {
             case .docker:
+                try "FROM scratch\nADD rootfs.tar /\n".write(toFile: dir + "/Dockerfile", atomically: true, encoding: .utf8)
                 _ = try await ProcessRunner().capture(ToolCommand("docker", ["build", "--platform", "linux/arm64", "-t", Self.tag, dir],
                                                                   environment: ["DOCKER_BUILDKIT": "0"]))
             case .podman:
