@@ -39,8 +39,8 @@ seconds() {  # runs "$@", prints the wall-clock seconds it took
 }
 
 host=$(uname -m)
-native=$(seconds "$rootfs_bin" build debian --os-version "$suite" --agent-init --initrd "$work/native.initrd" --no-manifest)
-aarch64=$(seconds "$rootfs_bin" build debian --os-version "$suite" --arch aarch64 --agent-init --initrd "$work/aarch64.initrd" --no-manifest)
+native=$(seconds "$rootfs_bin" build debian --os-version "$suite" --agent-init --initrd "$work/native.initrd" --no-manifest --no-cache)
+aarch64=$(seconds "$rootfs_bin" build debian --os-version "$suite" --arch aarch64 --agent-init --initrd "$work/aarch64.initrd" --no-manifest --no-cache)
 bare=$(seconds mmdebstrap --variant=minbase --architectures=arm64 "$suite" "$work/bare-arm64.tar")
 
 result=$(printf '{"host":"%s","suite":"%s","rootfs_build_%s_s":%s,"rootfs_build_aarch64_s":%s,"mmdebstrap_arm64_s":%s,"date":"%s"}\n' \

@@ -6,10 +6,11 @@
 #
 #   scripts/fetch-test-kernel.sh [--arch ARCH] [DEST_DIR]
 #
-# ARCH is Kata's uname -m name: x86_64 (the default; DEST_DIR .build-kernel) or aarch64
-# (linux-image-cloud-arm64; DEST_DIR .build-kernel-aarch64). A foreign kernel needs apt to
-# know that architecture: `dpkg --add-architecture arm64 && apt-get update`.
-# Debian has no cloud kernel for s390x and ppc64el (their kernels are not fetched here).
+# ARCH is Kata's uname -m name: x86_64 (the default; DEST_DIR .build-kernel), aarch64
+# (linux-image-cloud-arm64; DEST_DIR .build-kernel-aarch64), s390x (linux-image-s390x) or
+# ppc64le (linux-image-powerpc64le): Debian has no cloud kernel for those two, so the
+# generic one is taken (DEST_DIR .build-kernel-ARCH). A foreign kernel needs apt to know
+# that architecture: `dpkg --add-architecture arm64 && apt-get update` (s390x, ppc64el).
 set -eu
 
 arch=x86_64
@@ -20,7 +21,9 @@ fi
 case "$arch" in
     x86_64) flavour=cloud-amd64; apt_arch=""; default_dest=.build-kernel ;;
     aarch64) flavour=cloud-arm64; apt_arch=":arm64"; default_dest=.build-kernel-aarch64 ;;
-    *) echo "fetch-test-kernel: no test kernel for $arch here (known: x86_64 aarch64)" >&2; exit 1 ;;
+    s390x) flavour=s390x; apt_arch=":s390x"; default_dest=.build-kernel-s390x ;;
+    ppc64le) flavour=powerpc64le; apt_arch=":ppc64el"; default_dest=.build-kernel-ppc64le ;;
+    *) echo "fetch-test-kernel: no test kernel for $arch here (known: x86_64 aarch64 s390x ppc64le)" >&2; exit 1 ;;
 esac
 if [ -n "$apt_arch" ] && ! { dpkg --print-architecture; dpkg --print-foreign-architectures; } | grep -qx "${apt_arch#:}"; then
     echo "fetch-test-kernel: apt does not know the ${apt_arch#:} architecture: run 'dpkg --add-architecture ${apt_arch#:} && apt-get update' first" >&2
@@ -35,7 +38,7 @@ dest=$(cd "$dest" && pwd)
 exec 9>"$dest/.lock"
 flock 9
 
-existing=$(ls "$dest"/root/boot/vmlinuz-* 2>/dev/null | head -n 1 || true)
+existing=$(ls "$dest"/root/boot/vmlinu[xz]-* 2>/dev/null | head -n 1 || true)
 if [ -n "$existing" ]; then
     echo "$existing"
     exit 0
@@ -63,7 +66,8 @@ dpkg -x "$deb" "$unpacked"
 rm -rf "$dest/root"
 mv "$unpacked" "$dest/root"
 
-kernel=$(ls "$dest"/root/boot/vmlinuz-* | head -n 1)
+# ppc64el ships an ELF vmlinux, the others a vmlinuz.
+kernel=$(ls "$dest"/root/boot/vmlinu[xz]-* | head -n 1)
 # Kernel images are installed 0600; the tests (and qemu) only need to read it.
 chmod 0644 "$kernel"
 echo "$kernel"

@@ -50,7 +50,7 @@ struct BootCommand: AsyncParsableCommand {
     @Option(help: "Accelerator: auto (KVM when it works, else TCG), kvm or tcg.")
     var accel: String = "auto"
 
-    @Option(help: ArgumentHelp("The guest's architecture: x86_64 or aarch64 (default: the ELF machine of an initrd's init, else the host's).", valueName: "arch"))
+    @Option(help: ArgumentHelp("The guest's architecture: x86_64, aarch64, s390x or ppc64le (default: the ELF machine of the image's init, an initrd's /init or an ext4 disk's /sbin/init, else the host's).", valueName: "arch"))
     var arch: String?
 
     @Flag(help: "Boot a disk image the way Kata's runtime does: Kata's kernel parameters (systemd.unit=kata-containers.target...), the root read-only on virtio-blk /dev/vda1 or an NVDIMM /dev/pmem0p1 (--kata-root); a stage-1 initrd with the modules when the kernel's package has them (docs/AGENT.md).")

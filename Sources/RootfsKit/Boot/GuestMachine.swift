@@ -13,8 +13,8 @@ public struct GuestMachine: Sendable, Equatable {
     public var console: String
     public var outputPort: String
     public var statusPort: String
-    /// Serial lines after the first are PCI devices, not `-serial` ports.
-    var extraPortsArePCI: Bool
+    /// Serial lines after the first are devices (PCI 16550s, virtio consoles), not `-serial` ports.
+    var extraPortsArePCI: Bool { extraPorts != .serial }
 
     public static func forArchitecture(_ architecture: Architecture) throws -> GuestMachine {
         switch architecture {
@@ -24,23 +24,83 @@ public struct GuestMachine: Sendable, Equatable {
         case .aarch64:
             return GuestMachine(architecture: architecture, qemu: "qemu-system-aarch64", qemuPackage: "qemu-system-arm",
                                 console: "ttyAMA0", outputPort: "ttyS0", statusPort: "ttyS1", extraPortsArePCI: true)
-        case .s390x, .ppc64le:
-            throw RootfsError("rootfs boot does not boot \(architecture.rawValue) guests yet",
-                              hint: "boot x86_64 or aarch64 images; \(architecture.rawValue) trees are built and checked only (docs/AGENT.md)")
+        case .s390x:
+            // s390-ccw-virtio: the SCLP line console (ttysclp0) and virtio on the channel subsystem
+            // (CCW); the agent's two lines are virtio consoles (hvc0, hvc1).
+            return GuestMachine(architecture: architecture, qemu: "qemu-system-s390x", qemuPackage: "qemu-system-misc",
+                                console: "ttysclp0", outputPort: "hvc0", statusPort: "hvc1", extraPorts: .virtioConsole(bus: "virtio-serial-ccw"),
+                                diskDevice: "virtio-blk-ccw")
+        case .ppc64le:
+            // pseries: every -serial is a spapr-vty (hvc0 the console, hvc1 and hvc2 the agent's lines).
+            return GuestMachine(architecture: architecture, qemu: "qemu-system-ppc64", qemuPackage: "qemu-system-ppc",
+                                console: "hvc0", outputPort: "hvc1", statusPort: "hvc2", extraPortsArePCI: false,
+                                diskDevice: "virtio-blk-pci")
         }
+    }
+
+    /// How the serial lines after the console are attached.
+    enum ExtraPorts: Sendable, Equatable {
+        /// More `-serial` ports (x86's 16550s, pseries' spapr-vty).
+        case serial
+        /// `pci-serial` 16550s (aarch64 virt).
+        case pciSerial
+        /// A virtio console each, on a virtio-serial bus of its own (s390x has no UARTs).
+        case virtioConsole(bus: String)
+    }
+
+    var extraPorts: ExtraPorts
+    /// The QEMU device of the root disk (x86_64, aarch64: NVMe, built into Debian's kernels).
+    public var diskDevice: String = "nvme"
+
+    init(architecture: Architecture, qemu: String, qemuPackage: String, console: String, outputPort: String,
+         statusPort: String, extraPortsArePCI: Bool, diskDevice: String = "nvme") {
+        self.init(architecture: architecture, qemu: qemu, qemuPackage: qemuPackage, console: console, outputPort: outputPort,
+                  statusPort: statusPort, extraPorts: extraPortsArePCI ? .pciSerial : .serial, diskDevice: diskDevice)
+    }
+
+    init(architecture: Architecture, qemu: String, qemuPackage: String, console: String, outputPort: String,
+         statusPort: String, extraPorts: ExtraPorts, diskDevice: String) {
+        self.architecture = architecture
+        self.qemu = qemu
+        self.qemuPackage = qemuPackage
+        self.console = console
+        self.outputPort = outputPort
+        self.statusPort = statusPort
+        self.extraPorts = extraPorts
+        self.diskDevice = diskDevice
+    }
+
+    /// The guest's name of the root disk: NVMe's namespace, or virtio-blk's vda.
+    public var diskName: String { diskDevice == "nvme" ? "/dev/nvme0n1" : "/dev/vda" }
+
+    /// The root device of a disk layout on this machine's disk bus.
+    public func rootDevice(of layout: DiskLayout) -> String {
+        guard diskDevice != "nvme" else { return layout.rootDevice }
+        return layout.table == .none ? diskName : diskName + "1"
+    }
+
+    /// The `-device` of a disk: NVMe needs a serial, virtio-blk takes none.
+    func diskDeviceArguments(drive: String, serial: String) -> [String] {
+        ["-device", diskDevice == "nvme" ? "nvme,drive=\(drive),serial=\(serial)" : "\(diskDevice),drive=\(drive)"]
     }
 
     /// The board and CPU. KVM runs the host's CPU; TCG emulates a named one.
     func machineArguments(kvm: Bool) -> [String] {
         switch architecture {
         case .aarch64: ["-M", "virt", "-cpu", kvm ? "host" : "cortex-a57"]
-        default: kvm ? ["-cpu", "host"] : []
+        case .s390x: ["-M", "s390-ccw-virtio"] + (kvm ? ["-cpu", "host"] : [])
+        case .ppc64le: ["-M", "pseries"] + (kvm ? ["-cpu", "host"] : [])
+        case .x86_64: kvm ? ["-cpu", "host"] : []
         }
     }
 
     /// A serial line after the console, fed by or feeding `chardev`.
     func extraPort(chardev: String) -> [String] {
-        extraPortsArePCI ? ["-device", "pci-serial,chardev=\(chardev)"] : ["-serial", "chardev:\(chardev)"]
+        switch extraPorts {
+        case .serial: ["-serial", "chardev:\(chardev)"]
+        case .pciSerial: ["-device", "pci-serial,chardev=\(chardev)"]
+        case .virtioConsole(let bus): ["-device", "\(bus),id=vs-\(chardev)", "-device", "virtconsole,chardev=\(chardev),bus=vs-\(chardev).0"]
+        }
     }
 
     var qemuExecutableName: String { qemu }
@@ -55,6 +115,8 @@ public struct GuestMachine: Sendable, Equatable {
         if head.count >= 0x206, head[0x202..<0x206] == [0x48, 0x64, 0x72, 0x53] { return .x86_64 }
         if head.count >= 60, head[56..<60] == [0x41, 0x52, 0x4d, 0x64] { return .aarch64 }
         if head.count >= 2, head[0] == 0x1f, head[1] == 0x8b { return .aarch64 }
+        // ppc64el's kernel is an ELF vmlinux; s390x's image has no magic of its own.
+        if let machine = ELF.machine(header: Array(head.prefix(20))) { return Architecture(elfMachine: machine) }
         return nil
     }
 
@@ -73,6 +135,25 @@ public enum GuestArchitecture {
         guard let current = resolve("init", links: links) else { return nil }
         guard let header = try? head(of: current, in: path), let machine = ELF.machine(header: header) else { return nil }
         return Architecture(elfMachine: machine)
+    }
+
+    /// The programs a disk's kernel would start, in the order it tries them: /sbin/init (systemd,
+    /// or the agent as init), /init, then the agent itself (an agent-only disk).
+    static let diskInitCandidates = ["sbin/init", "init", "usr/bin/kata-agent"]
+
+    /// The architecture of a disk image (ext4 bare or in a GPT/MBR partition, raw or any
+    /// container qemu-img reads) from the ELF machine of its init, read in process from the
+    /// file system. Nil when it cannot be told (another file system, no ELF init).
+    public static func ofDisk(_ path: String, runner: ProcessRunner = ProcessRunner()) async -> Architecture? {
+        guard let opened = try? await ImageOpener.open(path, runner: runner) else { return nil }
+        defer { opened.close() }
+        guard case .ext4(let raw, let offset) = opened.source else { return nil }
+        for candidate in diskInitCandidates {
+            guard let header = try? Ext4PathLookup.head(of: Array(candidate.utf8), image: raw, offset: offset, count: 20),
+                  let machine = ELF.machine(header: header) else { continue }
+            return Architecture(elfMachine: machine)
+        }
+        return nil
     }
 
     /// A path inside the archive with every link on the way followed (in any component),

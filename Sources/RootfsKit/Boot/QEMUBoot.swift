@@ -161,7 +161,7 @@ public struct QEMUBoot: Sendable {
         } else if let kata = options.kata, let disk = kind.disk {
             parameters += kata.kernelParameters + kata.rootParameters(filesystem: disk.filesystem == .unknown ? "ext4" : disk.filesystem.rawValue)
         } else if let disk = kind.disk {
-            parameters.append("root=\(disk.rootDevice)")
+            parameters.append("root=\(machine.rootDevice(of: disk))")
             if disk.filesystem != .unknown { parameters.append("rootfstype=\(disk.filesystem.rawValue)") }
             parameters.append(disk.readOnly ? "ro" : "rw")
         }
@@ -261,7 +261,7 @@ public struct QEMUBoot: Sendable {
             } else if let kata = options.kata {
                 arguments += kata.diskArguments(drive: drive)
             } else {
-                arguments += ["-drive", drive, "-device", "nvme,drive=d0,serial=rootfs", "-snapshot"]
+                arguments += ["-drive", drive] + machine.diskDeviceArguments(drive: "d0", serial: "rootfs") + ["-snapshot"]
             }
         }
         if !kind.bootsItself { arguments += ["-append", try kernelCommandLine(kind: kind)] }
@@ -274,7 +274,7 @@ public struct QEMUBoot: Sendable {
                 return file.read(at: 0, count: 4) == [0x51, 0x46, 0x49, 0xfb] ? "qcow2,backing=" : "raw"
             } ?? "raw"
             arguments += ["-drive", "if=none,id=x\(index),format=\(format),snapshot=off,\(Self.fileOption(disk))",
-                          "-device", "nvme,drive=x\(index),serial=rootfs-disk\(index)"]
+                         ] + machine.diskDeviceArguments(drive: "x\(index)", serial: "rootfs-disk\(index)")
         }
         if let network = options.network { arguments += network.qemuArguments }
         if !options.shares.isEmpty {
@@ -386,7 +386,25 @@ public struct QEMUBoot: Sendable {
             throw RootfsError("cannot read the image \(options.image)")
         }
         let kind = try applyingFirmware(try await BootImageKind.detect(path: options.image, runner: runner))
-        var boot = QEMUBoot(options: Self.resolve(options, kind: kind))
+        var resolved = Self.resolve(options, kind: kind)
+        // The image says what it is: an initrd's /init, a disk's /sbin/init. --arch that disagrees is refused.
+        let content: Architecture?
+        if kind == .initrd {
+            // resolve() read it already when --arch was not given.
+            content = options.architecture == nil ? resolved.architecture : GuestArchitecture.ofInitrd(options.image)
+        } else if kind.disk?.filesystem == .ext4 && !kind.bootsItself {
+            content = await GuestArchitecture.ofDisk(options.image, runner: runner)
+        } else {
+            content = nil
+        }
+        if let content {
+            if let given = options.architecture, given != content {
+                throw RootfsError("--arch \(given.rawValue) disagrees with \(options.image): its init is an \(content.rawValue) ELF file",
+                                  hint: "drop --arch (the image's own architecture, \(content.rawValue), is used), or boot an image built for \(given.rawValue)")
+            }
+            resolved.architecture = content
+        }
+        var boot = QEMUBoot(options: resolved)
         boot.runner = runner
         return try await boot.run(kind: kind, onOutput: onOutput, onNote: onNote)
     }

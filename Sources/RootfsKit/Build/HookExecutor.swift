@@ -14,9 +14,10 @@ public enum HookExecutor: Sendable {
         let engine = build.engine, image = build.image
         if let id = await engine.imageID(image.tag, runner: runner) {
             console.info("builder image: \(image.tag) (\(engine.kind.rawValue), \(id.prefix(19)), up to date)")
+            try await Self.requirePlatform(of: build, runner: runner)
             return
         }
-        console.phase("builder image: \(image.tag) (\(engine.kind.rawValue), from \(image.templatePath))")
+        console.phase("builder image: \(image.tag) (\(engine.kind.rawValue)\(image.platform.map { " for " + $0 } ?? ""), from \(image.templatePath))")
         let dockerfile = FS.siblingTemporaryPath(for: scratchDirectory + "/Dockerfile")
         try image.dockerfile.write(toFile: dockerfile, atomically: false, encoding: .utf8)
         defer { FS.remove(dockerfile) }
@@ -37,10 +38,35 @@ public enum HookExecutor: Sendable {
                     + "make it with `rootfs builder seed <distro> --engine \(engine.kind.rawValue)`, "
                     + "or name a reachable one with --builder-base IMAGE (BUILDER_BASE, IMAGE_REGISTRY)"
             }
+            if let platform = image.platform, let base = image.baseImage,
+               let basePlatform = await engine.imagePlatform(base, runner: runner), basePlatform != platform {
+                throw Self.platformMismatch(build, image: base, has: basePlatform, wants: platform)
+            }
             throw RootfsError("building the builder image \(image.tag) with \(engine.kind.rawValue) failed at "
                               + (steps.step ?? "an unknown step") + " (\(failure.status))",
                               hint: hint, details: failure.outputTail)
         }
+        try await Self.requirePlatform(of: build, runner: runner)
+    }
+
+    /// A foreign build's builder image must be of the target's platform: an engine that quietly
+    /// ran an amd64 base for linux/arm64 would give an amd64 tree under an aarch64 name.
+    static func requirePlatform(of build: ContainerBuild, runner: ProcessRunner) async throws {
+        guard let platform = build.image.platform else { return }
+        guard let found = await build.engine.imagePlatform(build.image.tag, runner: runner) else { return }
+        if found != platform { throw platformMismatch(build, image: build.image.tag, has: found, wants: platform) }
+    }
+
+    static func platformMismatch(_ build: ContainerBuild, image: String, has found: String, wants platform: String) -> RootfsError {
+        let kind = build.engine.kind
+        // Docker 20.10 without experimental features ignores `import --platform`; a FROM scratch build keeps it.
+        let make = kind == .docker ? "docker build --platform \(platform)` of `FROM scratch` + `ADD rootfs.tar /"
+            : "podman import --os linux --arch \(platform.split(separator: "/").last ?? "") rootfs.tar IMAGE"
+        return RootfsError("\(kind.displayName) cannot run the builder for \(platform): \(image) is a \(found) image, "
+                           + "and this build is for \(platform) (--arch)",
+                           hint: "give a \(platform) base image with --builder-base IMAGE (BUILDER_BASE), e.g. made from a "
+                               + "\(platform) root file system with `\(make)`"
+                               + (build.image.baseImage.map { "; the base now is \($0)" } ?? ""))
     }
 
     /// Runs the hook. A hook that fails throws `ToolFailure` (the same report as

@@ -17,6 +17,8 @@ public struct BuilderImage: Sendable, Equatable {
     /// Kata's build arguments the Dockerfile declares (`ARG IMAGE_REGISTRY`, `ARG GO_VERSION`,
     /// `ARG RUST_TOOLCHAIN`), with the caller's values; the proxies are added by the build.
     public var buildArguments: [String: String] = [:]
+    /// The platform the image is built for (linux/arm64), nil for the host's own.
+    public var platform: String?
 
     /// The label that records `inputsHash` on the image.
     public static let inputsLabel = "org.rootfs.builder.inputs"
@@ -148,7 +150,7 @@ public struct BuilderImage: Sendable, Equatable {
     /// local) goes into the hash, so a re-seeded base image gives a new builder image.
     public static func make(distro: Distro, osName: String, osVersion: String, architecture: String,
                             configValues: [String: String] = [:], builderBase: String?, registry: String?,
-                            environment: [String: String] = [:],
+                            environment: [String: String] = [:], platform: String? = nil,
                             baseImageID: (String) async -> String? = { _ in nil }) async throws -> BuilderImage {
         let path = distro.dockerfileTemplatePath
         guard FS.isRegularFile(path) else {
@@ -194,10 +196,16 @@ public struct BuilderImage: Sendable, Equatable {
         }
         for key in arguments.keys.sorted() { hasher.update(Array("\0arg\0\(key)=\(arguments[key]!)".utf8)) }
         if let id = await baseImageID(base) { hasher.update(Array("\0base\0\(id)".utf8)) }
+        // The same Dockerfile for another platform is another image: an arm64 builder must not
+        // be taken for the amd64 one (and the tag says which it is).
+        if let platform { hasher.update(Array("\0platform\0\(platform)".utf8)) }
         let hash = SHA256.hex(hasher.finalize())
-        let tag = "rootfs-builder-\(tagSafe(distro.name)):\(tagSafe(osVersion))-\(hash.prefix(16))"
-        return BuilderImage(dockerfile: dockerfile, baseImage: base, context: distro.directory,
-                            templatePath: path, inputsHash: hash, tag: tag, buildArguments: arguments)
+        let platformPart = platform.map { tagSafe(OCIArchitecture.name(String($0.split(separator: "/").last ?? ""))) + "-" } ?? ""
+        let tag = "rootfs-builder-\(tagSafe(distro.name)):\(tagSafe(osVersion))-\(platformPart)\(hash.prefix(16))"
+        var image = BuilderImage(dockerfile: dockerfile, baseImage: base, context: distro.directory,
+                                 templatePath: path, inputsHash: hash, tag: tag, buildArguments: arguments)
+        image.platform = platform
+        return image
     }
 
     /// The context's files (relative, sorted), without the ones mounted at run time.

@@ -142,20 +142,31 @@ public struct ContainerBuild: Sendable, Equatable {
         return (invocation.bashArguments(mapping: map), env, workdir)
     }
 
+    /// The engine platform of a build for `architecture` (linux/arm64 for aarch64), nil when it is
+    /// the host's: a foreign builder runs its binaries through the binfmt entry the plan set up
+    /// (ForeignEmulation; Debian's qemu-user-static registers it with the F flag, so the
+    /// emulator is found from inside the container's mount namespace too).
+    public static func platform(for architecture: String) -> String? {
+        guard architecture != hostArchitecture() else { return nil }
+        return "linux/" + OCIArchitecture.name(architecture)
+    }
+
     /// Decides the container side of a plan: checks the engine answers and renders
     /// the builder image (built later, by `HookExecutor.prepare`).
     public static func make(engine: ContainerEngine, distro: Distro, config: DistroConfig, architecture: String,
                             builderBase: String?, environment env: [String: String],
                             runner: ProcessRunner = ProcessRunner()) async throws -> ContainerBuild {
         try await engine.requireAnswering(runner: runner, environment: env)
+        let platform = platform(for: architecture)
         let image = try await BuilderImage.make(
             distro: distro, osName: config.osName ?? distro.name, osVersion: config.osVersion ?? "latest",
             architecture: architecture, configValues: config.values,
             builderBase: builderBase ?? nonEmpty(env["BUILDER_BASE"]), registry: nonEmpty(env["IMAGE_REGISTRY"]),
-            environment: env,
+            environment: env, platform: platform,
             baseImageID: { await engine.imageID($0, runner: runner) })
         var build = ContainerBuild(engine: engine, image: image, proxyEnvironment: proxies(from: env),
                                    containerName: uniqueName(distro: distro.name))
+        build.engine.platform = platform
         build.remote = remoteReason(engine.kind, environment: env)
         // A remote Podman service runs containers with its own runtime: `podman --remote`
         // has no --runtime flag.

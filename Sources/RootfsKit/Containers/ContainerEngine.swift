@@ -79,6 +79,10 @@ public struct ContainerEngine: Sendable, Equatable {
     /// Variables set for the client while it builds images (DOCKER_BUILDKIT=0: the classic builder,
     /// which honours --network host and names each step).
     public var buildEnvironment: [String: String]
+    /// `--platform` of image builds and containers (linux/arm64 for an aarch64 build on an x86_64
+    /// host: the engine runs the builder's binaries through the host's qemu-user binfmt entry);
+    /// nil for the host's own architecture, where the engine's default is right.
+    public var platform: String?
 
     /// The capabilities Kata's osbuilder grants its builder containers.
     public static let hookCapabilities = ["SYS_ADMIN", "SYS_CHROOT", "MKNOD"]
@@ -159,6 +163,7 @@ public struct ContainerEngine: Sendable, Equatable {
         var args = ["build"]
         if kind == .podman, let runtime { args += ["--runtime", runtime] }
         if let network { args += ["--network", network] }
+        if let platform { args += ["--platform", platform] }
         for limit in ulimits { args += ["--ulimit", limit.option] }
         for key in labels.keys.sorted() { args += ["--label", "\(key)=\(labels[key]!)"] }
         for key in buildArguments.keys.sorted() { args += ["--build-arg", "\(key)=\(buildArguments[key]!)"] }
@@ -211,6 +216,7 @@ public struct ContainerEngine: Sendable, Equatable {
         var args = verb + ["--name", name]
         if let runtime { args += ["--runtime", runtime] }
         if let network { args += ["--network", network] }
+        if let platform { args += ["--platform", platform] }
         for cap in capabilities { args += ["--cap-add", cap] }
         for option in securityOptions { args += ["--security-opt", option] }
         for limit in ulimits { args += ["--ulimit", limit.option] }
@@ -250,6 +256,11 @@ public struct ContainerEngine: Sendable, Equatable {
     /// Makes an image from a root file system tarball.
     public func importCommand(tarball: String, tag: String) -> ToolCommand {
         ToolCommand(binary, ["import", tarball, tag])
+    }
+
+    /// Prints an image's OS/architecture as the engine records it (linux/arm64); fails when it is absent.
+    public func imagePlatformCommand(_ reference: String) -> ToolCommand {
+        ToolCommand(binary, ["image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", reference])
     }
 
     // MARK: detection
@@ -304,6 +315,13 @@ public struct ContainerEngine: Sendable, Equatable {
         guard let out = try? await runner.capture(imageInspectCommand(reference)) else { return nil }
         let id = out.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
         return id.isEmpty ? nil : id
+    }
+
+    /// The image's `os/architecture` (linux/arm64), or nil when the engine does not know the image.
+    public func imagePlatform(_ reference: String, runner: ProcessRunner = ProcessRunner()) async -> String? {
+        guard let out = try? await runner.capture(imagePlatformCommand(reference)) else { return nil }
+        let text = out.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        return text.isEmpty || text == "/" ? nil : text
     }
 }
 

@@ -17,6 +17,7 @@ extension Tag {
     @Tag static var veritysetup: Self
     @Tag static var efi: Self
     @Tag static var foreignArch: Self
+    @Tag static var foreignBoot: Self
 }
 
 /// One thing a test needs. On a laptop a missing one skips the test with the
@@ -24,7 +25,7 @@ extension Tag {
 /// skipped: the test runs and fails loudly if the machine lacks it, and
 /// `.ci/run` fails a run whose log shows a skipped test.
 enum Need: Sendable, CaseIterable, CustomStringConvertible {
-    case root, network, qemu, docker, podman, dnf, busybox, swiftpm, qemuImg, veritysetup, efi, foreignArch
+    case root, network, qemu, docker, podman, dnf, busybox, swiftpm, qemuImg, veritysetup, efi, foreignArch, foreignBoot
 
     var description: String {
         switch self {
@@ -39,6 +40,7 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
         case .qemuImg: "qemu-img (qemu-utils)"
         case .veritysetup: "veritysetup (cryptsetup-bin)"
         case .foreignArch: "qemu-system-aarch64, qemu-user-static, binfmt-support and apt knowing arm64 (apt: qemu-system-arm qemu-user-static binfmt-support; dpkg --add-architecture arm64)"
+        case .foreignBoot: "qemu-system-s390x, qemu-system-ppc64 and apt knowing s390x and ppc64el (apt: qemu-system-misc qemu-system-ppc; dpkg --add-architecture s390x ppc64el)"
         case .efi: "OVMF, systemd's EFI stub, mtools, dosfstools, gdisk and objdump (apt: ovmf systemd-boot-efi mtools dosfstools gdisk binutils)"
         }
     }
@@ -57,6 +59,7 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
         case .veritysetup: .veritysetup
         case .efi: .efi
         case .foreignArch: .foreignArch
+        case .foreignBoot: .foreignBoot
         }
     }
 
@@ -81,6 +84,9 @@ enum Need: Sendable, CaseIterable, CustomStringConvertible {
             return Need.onPath("qemu-system-aarch64") && Need.onPath("update-binfmts")
                 && FileManager.default.isReadableFile(atPath: "/usr/share/binfmts/qemu-aarch64")
                 && Fixtures.status("/bin/sh", ["-c", "dpkg --print-foreign-architectures | grep -qx arm64"]) == 0
+        case .foreignBoot:
+            return Need.onPath("qemu-system-s390x") && Need.onPath("qemu-system-ppc64")
+                && Fixtures.status("/bin/sh", ["-c", "dpkg --print-foreign-architectures | grep -qx s390x && dpkg --print-foreign-architectures | grep -qx ppc64el"]) == 0
         case .efi:
             return FileManager.default.isReadableFile(atPath: "/usr/share/ovmf/OVMF.fd")
                 && FileManager.default.isReadableFile(atPath: "/usr/lib/systemd/boot/efi/linuxx64.efi.stub")

@@ -54,11 +54,17 @@ struct AArch64TestsRequiringQEMU {
     @Test func aSystemdDiskImageBoots() async throws {
         let fixture = try await AArch64Fixture.shared.prepare()
         let disk = try await AArch64Fixture.shared.systemdDisk()
-        // A disk's init is not read (only an initrd's): --arch says what it is.
-        let r = try await Fixtures.rootfs(["boot", disk, "--kernel", fixture.kernel, "--arch", "aarch64", "--timeout", "400",
+        // No --arch: the ELF machine of the disk's /sbin/init (systemd, read from its ext4 partition) picks the machine.
+        let r = try await Fixtures.rootfs(["boot", disk, "--kernel", fixture.kernel, "--timeout", "400",
                                            "--", "sh", "-c", "uname -m; cat /proc/1/comm; exit 7"])
         #expect(r.status == 7, "\(r.stderr)")
         #expect(r.stdout == "aarch64\nsystemd\n", "\(r.stdout)")
+        #expect(r.stderr.contains("qemu-system-aarch64"), "\(r.stderr)")
+        // An --arch the content contradicts is refused before QEMU starts, naming both.
+        let x86 = try await BootFixture.kernel(packageRoot: URL(fileURLWithPath: Fixtures.repositoryRoot))
+        let wrong = try await Fixtures.rootfs(["boot", disk, "--kernel", x86, "--arch", "x86_64", "--", "true"])
+        #expect(wrong.status != 0)
+        #expect(wrong.stderr.contains("--arch x86_64 disagrees with \(disk): its init is an aarch64 ELF file"), "\(wrong.stderr)")
     }
 
     @Test func aKernelOfAnotherArchitectureIsRefused() async throws {
