@@ -271,14 +271,6 @@ if has cache; then
         measure cache extra-cold "$r" - "${cbuild[@]}" --extra-pkg "$extra_pkg" -O "$work/c-out" --cache-dir "$work/cache-cold"
         rm -rf "$work/cache-extra"; cp -a "$work/cache-warm" "$work/cache-extra"
         measure cache extra-warm "$r" - "${cbuild[@]}" --extra-pkg "$extra_pkg" -O "$work/c-out" --cache-dir "$work/cache-extra"
-        # Said once: whether this rootfs installed the extra package incrementally or ran the hook in full.
-        if [ "$r" = 1 ]; then
-            if grep -qi 'extend_rootfs\|incremental' "$work/cmd.log"; then
-                note "cache: the extra package was installed incrementally (extend_rootfs)"
-            else
-                note "cache: no sign of an incremental install in rootfs's output (-q): extra-warm may be a full build"
-            fi
-        fi
     done
     rm -rf "$work/cache-cold" "$work/cache-extra" "$work/c-out"
 fi
