@@ -3,7 +3,8 @@
 # the machine's floor, on one machine in one run. See bench/README.md.
 #
 #   bench/run.sh [--runs N] [--quick] [--work DIR] [--rootfs BIN] [--kernel FILE]
-#                [--sections initrd,image,build,scale,boot,cache] [--out FILE] [--append]
+#                [--sections initrd,image,build,scale,boot,cache,memory] [--out FILE] [--append]
+#                [--extra-pkg PKG]
 #
 # Needs root (Kata's disk method mounts loop devices; mmdebstrap), network
 # (mmdebstrap), and: jq parted qemu-utils qemu-system-x86 cpio zstd gzip pigz e2fsprogs.
@@ -17,12 +18,13 @@ quick=no
 work=${BENCH_WORK:-/var/tmp/rootfs-bench}
 rootfs_bin=${ROOTFS:-}
 kernel=${KERNEL:-}
-sections=initrd,image,build,scale,boot,cache
+sections=initrd,image,build,scale,boot,cache,memory
+extra_pkg=${BENCH_EXTRA_PKG:-htop}
 out=""
 runs_given=no
 append=no
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case $1 in
         --runs) runs=$2; runs_given=yes; shift 2 ;;
@@ -33,6 +35,7 @@ while [ $# -gt 0 ]; do
         --sections) sections=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --append) append=yes; shift ;;
+        --extra-pkg) extra_pkg=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "bench: unknown argument $1" >&2; usage 2 >&2 ;;
     esac
@@ -108,6 +111,15 @@ floor_size() { tar -cf - -C "$1" . | zstd -q -T0 -3 | wc -c; }
 pigz_sh='tar -cf - -C "$1" . | pigz -6 > "$2"'
 gzip6_sh='cd "$1" && find . | cpio --quiet -H newc -o | gzip -6 > "$2"'
 
+# The same mmdebstrap call the debian hook makes (distros/debian/rootfs_lib.sh) with the
+# default package set (systemd systemd-sysv on top of minbase): the difference is what
+# rootfs adds (config, agent, checks, initrd, image; sections 3 and 6).
+os_version=$(bash -c '. "$1/distros/debian/config.sh"; echo "$OS_VERSION"' _ "$repo")
+mm_args=(--variant=minbase --aptopt='Acquire::Languages "none"'
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*'
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/locale/*'
+    --dpkgopt='path-exclude=/usr/share/info/*' --include=systemd,systemd-sysv "$os_version")
+
 # ---------------------------------------------------------------- the tree
 debian=$work/debian
 build_log=$work/build.log
@@ -162,14 +174,6 @@ fi
 if has build; then
     build_runs=$runs
     say "3. whole build: rootfs build debian (rootfs + initrd + image) vs bare mmdebstrap, interleaved, $build_runs each"
-    # The same mmdebstrap call the debian hook makes (distros/debian/rootfs_lib.sh) with the
-    # default package set (systemd systemd-sysv on top of minbase): the difference is what
-    # rootfs adds (config, agent, checks, initrd, image).
-    os_version=$(bash -c '. "$1/distros/debian/config.sh"; echo "$OS_VERSION"' _ "$repo")
-    mm_args=(--variant=minbase --aptopt='Acquire::Languages "none"'
-        --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*'
-        --dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/locale/*'
-        --dpkgopt='path-exclude=/usr/share/info/*' --include=systemd,systemd-sysv "$os_version")
     for r in $(seq 1 "$build_runs"); do
         rm -rf "$work/b-ours" "$work/b-mm"; mkdir -p "$work/b-ours"
         measure build ours "$r" - "$rootfs_bin" build debian -q -r "$work/b-ours/rootfs" \
@@ -249,14 +253,46 @@ fi
 
 # ---------------------------------------------------------------- 6. cache
 if has cache; then
-    say "6. cache: rootfs build debian with an empty cache (cold) vs a warm one (tree cache hit), interleaved"
+    say "6. cache: rootfs build debian cold (empty cache) vs warm (tree cache hit) vs bare mmdebstrap;"
+    say "   + --extra-pkg $extra_pkg on the warm cache (incremental where the distro has extend_rootfs) vs cold with it"
+    cbuild=("$rootfs_bin" build -q debian --format tar --no-manifest)
+    # The warm cache holds the base configuration only (built once, outside the timings);
+    # every extra-package run starts from a copy of it, so it never hits a tree of base + extra.
+    rm -rf "$work/cache-warm"
+    "${cbuild[@]}" -O "$work/c-out" --cache-dir "$work/cache-warm" > "$work/cmd.log" 2>&1 \
+        || { echo "bench: the warm cache's first build failed" >&2; tail -n 20 "$work/cmd.log" >&2; exit 1; }
     for r in $(seq 1 "$runs"); do
         rm -rf "$work/cache-cold" "$work/c-out"
-        measure cache cold "$r" - "$rootfs_bin" build -q debian --format tar --no-manifest -O "$work/c-out" --cache-dir "$work/cache-cold"
-        [ "$r" -gt 1 ] || "$rootfs_bin" build -q debian --format tar --no-manifest -O "$work/c-out" --cache-dir "$work/cache-warm" >/dev/null 2>&1
-        measure cache warm "$r" - "$rootfs_bin" build -q debian --format tar --no-manifest -O "$work/c-out" --cache-dir "$work/cache-warm"
+        measure cache cold "$r" - "${cbuild[@]}" -O "$work/c-out" --cache-dir "$work/cache-cold"
+        measure cache warm "$r" - "${cbuild[@]}" -O "$work/c-out" --cache-dir "$work/cache-warm"
+        rm -rf "$work/c-mm"
+        measure cache mmdebstrap "$r" - mmdebstrap -q "${mm_args[@]}" "$work/c-mm"
+        rm -rf "$work/c-mm" "$work/cache-cold"
+        measure cache extra-cold "$r" - "${cbuild[@]}" --extra-pkg "$extra_pkg" -O "$work/c-out" --cache-dir "$work/cache-cold"
+        rm -rf "$work/cache-extra"; cp -a "$work/cache-warm" "$work/cache-extra"
+        measure cache extra-warm "$r" - "${cbuild[@]}" --extra-pkg "$extra_pkg" -O "$work/c-out" --cache-dir "$work/cache-extra"
     done
-    rm -rf "$work/cache-cold"
+    rm -rf "$work/cache-cold" "$work/cache-extra" "$work/c-out"
+fi
+
+# ---------------------------------------------------------------- 7. memory
+if has memory; then
+    say "7. memory: peak RSS of every writer on the Debian tree (rootfs image --format F, one run each)"
+    [ -n "$kernel" ] || kernel=$("$repo/scripts/fetch-test-kernel.sh" "$repo/.build-kernel" 2>"$work/kernel.log" || true)
+    warm "$debian"
+    formats=(tar tar.gz tar.zst initrd initrd-gzip raw qcow2 vhd vhdx dynamic-vhd vmdk erofs squashfs oci docker-archive containerdisk)
+    [ -n "$kernel" ] && [ -r "$kernel" ] && formats+=(kernel+initrd iso-bios uki iso-efi raw-efi)
+    mkdir -p "$work/mem"
+    for f in "${formats[@]}"; do
+        rm -rf "$work/mem/out"*
+        case $f in
+            initrd-gzip) args=(--format initrd --compression gzip) ;;
+            kernel+initrd|iso-bios|uki|iso-efi|raw-efi) args=(--format "$f" --kernel "$kernel") ;;
+            *) args=(--format "$f") ;;
+        esac
+        measure memory "$f" 1 - "$rootfs_bin" image -q "${args[@]}" "$debian" -o "$work/mem/out"
+    done
+    rm -rf "$work/mem"
 fi
 
 # ---------------------------------------------------------------- report
@@ -276,7 +312,9 @@ ratios='[
   ["scale 1GB: initrd / floor",              "scale",  "t1g/initrd",   "t1g/floor",   "seconds", 1.5,  "within 1.5x"],
   ["scale 100k files: initrd / floor",       "scale",  "t100k/initrd", "t100k/floor", "seconds", 1.5,  "within 1.5x"],
   ["boot: ready, zstd / gzip initrd",        "boot",   "initrd-zst",   "initrd-gz",   "seconds", null, ""],
-  ["cache: warm / cold rebuild",             "cache",  "warm",         "cold",        "seconds", 0.1,  "at least 10x faster"]
+  ["cache: warm / cold rebuild",             "cache",  "warm",         "cold",        "seconds", 0.1,  "at least 10x faster"],
+  ["cache: +1 package warm / cold with it",   "cache",  "extra-warm",   "extra-cold",  "seconds", 0.334, "at least 3x faster"],
+  ["cache: cold build / bare mmdebstrap",     "cache",  "cold",         "mmdebstrap",  "seconds", 1.05, "within 1.05x"]
 ]'
 notes_json=$(printf '%s\n' "${notes[@]+"${notes[@]}"}" | jq -R . | jq -sc 'map(select(length > 0))')
 jq -s --argjson ratios "$ratios" --argjson runs "$runs" --arg date "$date_tag" --arg host "$(uname -srm)" \
@@ -305,7 +343,7 @@ jq -s --argjson ratios "$ratios" --argjson runs "$runs" --arg date "$date_tag" -
       | select($p != null and $q != null and $q > 0)
       | {label: $lbl, ours: $p, baseline: $q, metric: $metric, ratio: ($p / $q),
          target: $target, goal: $goal, met: (if $target == null then null else ($p / $q) <= $target end)} ],
-    memory: [ $figures[] | select(.section != "build" and .rss_kb_max != null and (.name | test("^ours|/initrd$|/image$")))
+    memory: [ $figures[] | select(.section != "build" and .rss_kb_max != null and (.section == "memory" or (.name | test("^ours|/initrd$|/image$"))))
       | {name: (.section + " " + .name), rss_mb: (.rss_kb_max / 1024), met: (.rss_kb_max < 102400)} ],
     notes: $notes
   }' "$raw" > "$out"

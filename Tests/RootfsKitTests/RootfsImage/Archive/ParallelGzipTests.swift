@@ -1,3 +1,4 @@
+import CArchive
 import Foundation
 import Testing
 @testable import RootfsKit
@@ -76,5 +77,61 @@ import Testing
         try ToolCommandSync.run(["sh", "-c", "gzip -dc \"$1\" | gzip -6 -n > \"$2\"", "sh", out + "/x.initrd", out + "/gzip6"])
         let ours = FS.fileSize(out + "/x.initrd"), theirs = FS.fileSize(out + "/gzip6")
         #expect(ours <= theirs, "ours \(ours) bytes, gzip -6 \(theirs) bytes")
+    }
+
+    /// DeflateBlockWalker on libdeflate's own output: stored blocks (random bytes), static
+    /// Huffman blocks (a few bytes), dynamic blocks (text, runs) at libdeflate's fastest,
+    /// default and slowest levels. Every piece but the last is made continuable and the pieces
+    /// are joined into one gzip member that gzip(1) must inflate to the inputs laid end to end.
+    @Test(arguments: [1, ParallelGzip.defaultLevel, 12])
+    func continuablePiecesJoinIntoOneStream(level: Int) async throws {
+        var generator = SystemRandomNumberGenerator()
+        let text = (0..<40_000).map { "entry \($0 % 1013) of the walk \($0 * 7919 % 65_521)\n" }.joined()
+        let inputs: [[UInt8]] = [
+            (0..<300_000).map { _ in UInt8.random(in: 0...255, using: &generator) },
+            Array("tiny".utf8),
+            Array(text.utf8),
+            [UInt8](repeating: 0x41, count: 200_000),
+            [],
+            (0..<70_000).map { i in i % 5 == 0 ? UInt8.random(in: 0...255, using: &generator) : UInt8(i % 11) },
+            Array("the last, final piece".utf8),
+        ]
+        let compressor = try ParallelGzip.Compressor(level: Int32(level))
+        var member = ParallelGzip.header
+        for (index, input) in inputs.enumerated() {
+            let final = index == inputs.count - 1
+            let (piece, _) = try input.withUnsafeBytes { try ParallelGzip.deflateBlock($0, compressor: compressor, final: final).get() }
+            member += piece
+        }
+        let whole = inputs.flatMap { $0 }
+        let crc = UInt32(whole.withUnsafeBufferPointer { crc32(0, $0.baseAddress, uInt($0.count)) })
+        for value in [crc, UInt32(whole.count)] { for shift in stride(from: 0, to: 32, by: 8) { member.append(UInt8(truncatingIfNeeded: value >> UInt32(shift))) } }
+        let dir = try Fixtures.temporaryDirectory("pgz-walk"); defer { FS.remove(dir) }
+        try Data(member).write(to: URL(fileURLWithPath: dir + "/x.gz"))
+        try ToolCommandSync.run(["gzip", "-t", dir + "/x.gz"])
+        try ToolCommandSync.run(["sh", "-c", "gzip -dc \"$1\" > \"$2\"", "sh", dir + "/x.gz", dir + "/x"])
+        #expect(FileManager.default.contents(atPath: dir + "/x") == Data(whole))
+    }
+
+    /// A stream cut short, with bytes after its end, or not deflate at all: an error, never a
+    /// wrong position (the walk would then corrupt the initrd) and never a crash.
+    @Test func walkerRefusesWhatIsNotOneWholeStream() throws {
+        let text = Array((0..<20_000).map { "line \($0)\n" }.joined().utf8)
+        let compressor = try ParallelGzip.Compressor(level: 6)
+        let (piece, _) = try text.withUnsafeBytes { try ParallelGzip.deflateBlock($0, compressor: compressor, final: true).get() }
+        let ends = try piece.withUnsafeBytes { try DeflateBlockWalker.walk($0) }
+        #expect((ends.endBit + 7) / 8 == piece.count)
+        #expect(ends.finalHeaderBit < ends.endBit)
+        #expect(piece[ends.finalHeaderBit / 8] & (1 << UInt8(ends.finalHeaderBit % 8)) != 0, "the final block's BFINAL bit is set")
+        for cut in [1, piece.count / 2, piece.count - 1] {
+            #expect(throws: RootfsError.self, "cut to \(cut) bytes") {
+                try Array(piece.prefix(cut)).withUnsafeBytes { _ = try DeflateBlockWalker.walk($0) }
+            }
+        }
+        #expect(throws: RootfsError.self) { try (piece + [0]).withUnsafeBytes { _ = try DeflateBlockWalker.walk($0) } }
+        // Block type 3 (reserved) in the first header.
+        #expect(throws: RootfsError.self) { try [UInt8]([0x07, 0, 0, 0]).withUnsafeBytes { _ = try DeflateBlockWalker.walk($0) } }
+        // A stored block whose NLEN is not LEN's complement.
+        #expect(throws: RootfsError.self) { try [UInt8]([0x01, 0x05, 0x00, 0x00, 0x00]).withUnsafeBytes { _ = try DeflateBlockWalker.walk($0) } }
     }
 }
