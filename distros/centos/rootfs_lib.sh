@@ -67,9 +67,8 @@ build_rootfs() {
     printf '%%_dbpath %s\n' "$RPM_DBPATH" > "$work/home/.rpmmacros"
     info "dnf: CentOS Stream ${OS_VERSION} from ${REPO_URL:-$METALINK}"
     HOME="$work/home" "${centos_cmd[@]}"
-    # dnf's caches and logs are not part of the guest (nor what it wrote at the package cache's path).
-    dnf_cache_clean "$rootfs_dir"
-    rm -rf "$rootfs_dir"/var/cache/dnf "$rootfs_dir"/var/cache/libdnf5 "$rootfs_dir"/var/log/dnf*.log "$rootfs_dir"/var/log/hawkey.log
+    # dnf's caches, logs and history are not part of the guest (hook-helpers.sh: dnf_tidy).
+    dnf_tidy "$rootfs_dir"
 }
 
 plan_rootfs() {

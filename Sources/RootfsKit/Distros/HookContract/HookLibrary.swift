@@ -161,6 +161,19 @@ public enum HookLibrary {
             fi
         done
     }
+    # dnf_tidy ROOTFS_DIR: what a dnf --installroot run leaves in the tree that is not the guest's:
+    # dnf's caches and logs, the copy of the package cache's path (dnf_cache_clean), dnf's history
+    # database (a log of this build's transaction, with the times dnf ran it: two builds never
+    # agree on it, whatever SOURCE_DATE_EPOCH says) and rpm's SQLite shared-memory index (rebuilt
+    # by SQLite on the next open; its bytes are whatever the last process left in memory). The
+    # RPM database itself stays: it is the guest's package state.
+    dnf_tidy() {
+        local root=$1
+        dnf_cache_clean "$root"
+        rm -rf -- "$root"/var/cache/dnf "$root"/var/cache/libdnf5 "$root"/var/log/dnf*.log "$root"/var/log/hawkey.log \
+            "$root"/var/lib/dnf/history.sqlite "$root"/var/lib/dnf/history.sqlite-shm "$root"/var/lib/dnf/history.sqlite-wal \
+            "$root${RPM_DBPATH:-/usr/lib/sysimage/rpm}"/rpmdb.sqlite-shm
+    }
     # apk_cache_args: fills the array apk_cache with apk's cache option: --cache-dir
     # ROOTFS_PACKAGE_CACHE/apk (an absolute path, outside --root), else --no-cache.
     apk_cache_args() {
