@@ -131,6 +131,11 @@ public struct BuildPlanner: Sendable {
         let imageFormat = try options.image.map { try Self.diskFormat(image: $0) } ?? .raw
         if let initrd, options.initrd != nil { try FS.requireParentDirectory(of: initrd, option: "--initrd") }
         if let image, options.image != nil { try FS.requireParentDirectory(of: image, option: "--image") }
+        if let lock = options.lockPath {
+            // Like every output, before any work: a lock path that is a device, FIFO or link is refused.
+            try FS.requireParentDirectory(of: FS.absolute(lock), option: "--lock")
+            try FS.requireReplaceableOutput(FS.absolute(lock), option: "--lock")
+        }
         if rootfsOption != nil {
             try FS.requireParentDirectory(of: rootfsDir, option: "--rootfs-dir")
             // A symlink, FIFO or device named by -r is refused as such, before "not empty" is asked.

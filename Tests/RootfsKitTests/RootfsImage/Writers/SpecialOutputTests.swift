@@ -104,7 +104,7 @@ func fileKind(_ path: String) -> mode_t? {
             of: "    for p in ${EXTRA_PKGS:-}", with: "    touch \"$MARKER\"\n    for p in ${EXTRA_PKGS:-}"))])
         defer { FS.remove(distros) }
         for output in specials.paths {
-            for flags in [["--initrd", output], ["--image", output], ["-r", output]] {
+            for flags in [["--initrd", output], ["--image", output], ["-r", output], ["--initrd", dir + "/bb.img", "--lock", output]] {
                 let result = try await Fixtures.rootfs(["build", "--distros-dir", distros, "bb", "--agent-init"] + flags,
                                                        environment: ["MARKER": marker, "TMPDIR": dir], workingDirectory: dir)
                 #expect(result.status == 1, "\(flags): \(result.stderr)")
