@@ -202,40 +202,32 @@ public enum HookLibrary {
     /// Not nounset: hooks written for Kata read variables Kata never sets.
     /// Without rootfs_lib.sh the helpers' default (dnf) build_rootfs runs, as in Kata.
     /// Paths arrive as arguments.
-    public static let runnerScript = #"""
-    __rootfs_helpers=$1 __rootfs_config=$2 __rootfs_lib=$3
-    shift 3
-    source "$__rootfs_helpers"
-    source "$__rootfs_config" || true
-    if [ -e "$__rootfs_lib" ]; then
-        unset -f build_rootfs plan_rootfs extend_rootfs
-        source "$__rootfs_lib"
-    fi
-    declare -F build_rootfs >/dev/null || die "$__rootfs_lib does not define build_rootfs()"
-    set -o errexit -o errtrace -o pipefail
-    [ -n "${DEBUG:-}" ] && set -x
-    build_rootfs "$@"
-    """#
+    public static let runnerScript = runner(calling: "build_rootfs")
 
     /// Runs the optional extend_rootfs ROOTFS_DIR PACKAGES... (incremental extra packages): the
     /// tree is a copy of a cached build whose only difference is fewer extra packages, and the
     /// hook installs just the new ones into it (apt in the tree, dnf --installroot, apk --root).
     /// Sourced and run like build_rootfs; a library without it is never given a cached base
     /// (the planner asks `extendProbeScript` first).
-    public static let extendRunnerScript = #"""
-    __rootfs_helpers=$1 __rootfs_config=$2 __rootfs_lib=$3
-    shift 3
-    source "$__rootfs_helpers"
-    source "$__rootfs_config" || true
-    if [ -e "$__rootfs_lib" ]; then
-        unset -f build_rootfs plan_rootfs extend_rootfs
-        source "$__rootfs_lib"
-    fi
-    declare -F extend_rootfs >/dev/null || die "$__rootfs_lib does not define extend_rootfs()"
-    set -o errexit -o errtrace -o pipefail
-    [ -n "${DEBUG:-}" ] && set -x
-    extend_rootfs "$@"
-    """#
+    public static let extendRunnerScript = runner(calling: "extend_rootfs")
+
+    /// The runner for one of the hook's functions (a fixed name of ours, never guest text).
+    static func runner(calling function: String) -> String {
+        #"""
+        __rootfs_helpers=$1 __rootfs_config=$2 __rootfs_lib=$3
+        shift 3
+        source "$__rootfs_helpers"
+        source "$__rootfs_config" || true
+        if [ -e "$__rootfs_lib" ]; then
+            unset -f build_rootfs plan_rootfs extend_rootfs
+            source "$__rootfs_lib"
+        fi
+        declare -F \#(function) >/dev/null || die "$__rootfs_lib does not define \#(function)()"
+        set -o errexit -o errtrace -o pipefail
+        [ -n "${DEBUG:-}" ] && set -x
+        \#(function) "$@"
+        """#
+    }
 
     /// Exit 0 when the distro's library defines extend_rootfs(), 3 when it does not.
     public static let extendProbeScript = text + "\n" + #"""
