@@ -94,16 +94,23 @@ public struct SHA256 {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw RootfsError("cannot read \(path): \(FS.errnoText())") }
         defer { close(fd) }
-        var hasher = SHA256()
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
         defer { buffer.deallocate() }
+        // libnettle when the process has it (NettleSHA256: an output's or a cached tree's
+        // digest is read in full on every build), else the Swift code below.
+        let nettle = NettleSHA256.shared
+        let context = UnsafeMutableRawPointer.allocate(byteCount: NettleSHA256.contextSize, alignment: 16)
+        defer { context.deallocate() }
+        var hasher = SHA256()
+        nettle?.start(context: context)
         while true {
             let n = read(fd, buffer.baseAddress, buffer.count)
             if n < 0 { if errno == EINTR { continue }; throw RootfsError("cannot read \(path): \(FS.errnoText())") }
             if n == 0 { break }
-            hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+            if let nettle { nettle.update(context: context, chunk) } else { hasher.update(chunk) }
         }
-        return hex(hasher.finalize())
+        return hex(nettle?.finish(context: context) ?? hasher.finalize())
     }
 
     public static func hexDigest(of bytes: [UInt8]) -> String {
