@@ -132,7 +132,16 @@ public struct BuildPlan: Sendable {
             }
         }
         result.append(PlanSection("engine: \(hookExecutor.description)", engineLines))
-        if let hookPlan {
+        let cacheResult = treeCacheOutcome.value.result
+        if cacheResult == "incremental", let base = incrementalBase {
+            // What runs instead of build_rootfs: the cached base is restored and only the new packages are installed.
+            result.append(PlanSection("extend_rootfs will run (tree cache: incremental; build_rootfs is not run)", [
+                "the cached tree \(base.key.prefix(16)) is restored as \(tree), then:",
+                "extend_rootfs \(shellQuote(tree)) " + base.adding.map(shellQuote).joined(separator: " "),
+            ]))
+        } else if cacheResult == "hit" {
+            result.append(PlanSection("build_rootfs will not run (tree cache: hit)", ["the cached tree is restored as \(tree)"]))
+        } else if let hookPlan {
             result.append(PlanSection("build_rootfs will run (from plan_rootfs)", hookPlan + hookWarnings.map { "warning: " + $0 }))
         } else {
             result.append(PlanSection("build_rootfs will run", ["(\(distro.libraryPath) has no plan_rootfs(): the commands are known only when it runs)"]))

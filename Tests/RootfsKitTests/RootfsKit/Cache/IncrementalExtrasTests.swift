@@ -80,6 +80,9 @@ import Testing
                                               "-O", dir + "/7", "--extra-pkg", "alpha", "--extra-pkg", "delta", "--dry-run"],
                                              environment: ["SOURCE_DATE_EPOCH": "1700000000"])
         #expect(plan.stdout.contains("tree: incremental") && plan.stdout.contains("it lacks delta"), "\(plan.stdout.suffix(1500))")
+        // ...and names what runs instead of build_rootfs: extend_rootfs with the new package only.
+        #expect(plan.stdout.contains("extend_rootfs will run") && !plan.stdout.contains("build_rootfs will run"), "\(plan.stdout.suffix(1500))")
+        #expect(plan.stdout.split(separator: "\n").contains { $0.contains("extend_rootfs ") && $0.hasSuffix(" delta") }, "\(plan.stdout.suffix(1500))")
     }
 }
 
