@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import RootfsKit
 @testable import RootfsImage
@@ -97,6 +98,9 @@ enum Fixtures {
 
 /// Builds each Debian variant at most once per test process (mmdebstrap takes
 /// a while); every test that needs a real tree shares it and must not modify it.
+/// Directories of DebianTrees' fixture builds, removed when the test process exits.
+let debianFixtureDirectories = Mutex<[String]>([])
+
 actor DebianTrees {
     struct Tree: Sendable {
         var directory: String
@@ -106,12 +110,22 @@ actor DebianTrees {
 
     private var built: [String: Task<Tree, any Error>] = [:]
 
+    /// The trees are shared by every test of the process, so they go when it ends (each is ~250 MB).
+    nonisolated static func removeAtExit(_ dir: String) {
+        let first = debianFixtureDirectories.withLock { dirs in
+            dirs.append(dir)
+            return dirs.count == 1
+        }
+        if first { atexit { for dir in debianFixtureDirectories.withLock({ $0 }) { FS.remove(dir) } } }
+    }
+
     /// `agentInit`: minbase with the agent as /sbin/init; otherwise systemd starts the agent.
     func tree(agentInit: Bool, extraPackages: [String] = []) async throws -> Tree {
         let key = "\(agentInit)-\(extraPackages.joined(separator: ","))"
         if let task = built[key] { return try await task.value }
         let task = Task<Tree, any Error> {
             let dir = try Fixtures.temporaryDirectory("debian-fixture")
+            Self.removeAtExit(dir)
             var args = ["build", "debian", "-r", dir + "/rootfs", "--initrd", dir + "/debian.initrd",
                         "--image", dir + "/debian.img", "--compression", "gzip"]
             if agentInit { args.append("--agent-init") }

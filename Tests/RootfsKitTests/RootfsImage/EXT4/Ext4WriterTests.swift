@@ -70,6 +70,7 @@ import Testing
 
     @Test func everyEntryTypeIsCleanForE2fsckAndReadsBackWithDebugfs() async throws {
         let tree = try Self.makeTree()
+        defer { FS.remove(FS.parent(tree)) }
         let image = tree + "/../native.img"
         try await Self.writeImage(.directory(tree), to: image)
         try await Self.fsck(image)
@@ -118,6 +119,7 @@ import Testing
 
     @Test func theSameTreeGivesTheSameBytesTwiceAndFromATar() async throws {
         let tree = try Self.makeTree()
+        defer { FS.remove(FS.parent(tree)) }
         let work = tree + "/.."
         try await Self.writeImage(.directory(tree), to: work + "/one.img", table: .mbr)
         try await Self.writeImage(.directory(tree), to: work + "/two.img", table: .mbr)
@@ -136,6 +138,7 @@ import Testing
 
     @Test func theCLIChoosesTheWriterAndRefusesAnUnknownOne() async throws {
         let tree = try Self.makeTree()
+        defer { FS.remove(FS.parent(tree)) }
         // The mke2fs path fixes times with debugfs, which cannot address the non-UTF-8 name.
         var badName = Array((tree + "/bad-").utf8) + [0xff, 0xfe, 0x41, 0]
         _ = badName.withUnsafeMutableBufferPointer { $0.withMemoryRebound(to: CChar.self) { unlink($0.baseAddress!) } }
@@ -191,6 +194,7 @@ import Testing
     /// setuid bits and devices come from the tar, the bytes equal root's image.
     @Test func anOrdinaryUserWritesTheSameImageFromATar() async throws {
         let tree = try Self.makeTree()
+        defer { FS.remove(FS.parent(tree)) }
         let work = FS.parent(tree)
         chmod(work, 0o777)
         try TarWriter(compression: .none, epoch: Self.epoch).write(source: .directory(tree), to: work + "/tree.tar")
