@@ -98,7 +98,7 @@ enum Fixtures {
 
 /// Builds each Debian variant at most once per test process (mmdebstrap takes
 /// a while); every test that needs a real tree shares it and must not modify it.
-/// Directories of DebianTrees' fixture builds, removed when the test process exits.
+/// Directories of shared fixture builds (DebianTrees, AArch64Fixture), removed when the test process exits.
 let debianFixtureDirectories = Mutex<[String]>([])
 
 actor DebianTrees {
@@ -110,7 +110,8 @@ actor DebianTrees {
 
     private var built: [String: Task<Tree, any Error>] = [:]
 
-    /// The trees are shared by every test of the process, so they go when it ends (each is ~250 MB).
+    /// The trees are shared by every test of the process, so they go when it ends (each is ~250 MB;
+    /// the aarch64 fixture's too).
     nonisolated static func removeAtExit(_ dir: String) {
         let first = debianFixtureDirectories.withLock { dirs in
             dirs.append(dir)

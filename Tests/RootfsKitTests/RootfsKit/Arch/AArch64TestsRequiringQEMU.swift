@@ -92,6 +92,7 @@ actor AArch64Fixture {
         if let diskTask { return try await diskTask.value }
         let started = Task {
             let work = try Fixtures.temporaryDirectory("aarch64-disk")
+            DebianTrees.removeAtExit(work)
             let image = work + "/debian-arm64.img"
             let r = try await Fixtures.rootfs(["build", "debian", "--arch", "aarch64", "--image", image], workingDirectory: work)
             guard r.status == 0 else { throw RootfsError("rootfs build debian --arch aarch64 --image failed", details: [r.stderr]) }
@@ -119,6 +120,7 @@ actor AArch64Fixture {
             throw RootfsError("fetch-test-kernel.sh --arch aarch64 printed no kernel")
         }
         let work = try Fixtures.temporaryDirectory("aarch64")
+        DebianTrees.removeAtExit(work)
         let initrd = work + "/debian-arm64.initrd"
         let tree = work + "/rootfs"
         let r = try await Fixtures.rootfs(["build", "debian", "--arch", "aarch64", "--agent-init", "--initrd", initrd,
