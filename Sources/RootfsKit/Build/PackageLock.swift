@@ -59,8 +59,8 @@ public struct PackageLock: Sendable, Equatable {
     public var text: String {
         var lines = ["# rootfs lock file: every package of the build with its exact version.",
                      "# rootfs build \(distro) --locked FILE installs exactly these versions.",
-                     Self.header, "distro \(distro)", "os-version \(osVersion)", "architecture \(architecture)",
-                     "database \(database.rawValue)"]
+                     Self.header, "distro \(distro)"] + (osVersion.isEmpty ? [] : ["os-version \(osVersion)"])
+            + ["architecture \(architecture)", "database \(database.rawValue)"]
         lines += packages.map { "package \($0.name) \($0.version)" }
         return lines.joined(separator: "\n") + "\n"
     }
@@ -123,7 +123,10 @@ public struct PackageLock: Sendable, Equatable {
                 packages.append(Entry(name: name, version: version))
             case (let key?, 2) where ["distro", "os-version", "architecture", "database"].contains(key):
                 guard fields[key] == nil else { throw bad(number, "\(key) is given twice") }
-                guard isName(words[1]) else { throw bad(number, "'\(SettingValue.printable(words[1]))' is not a \(key)") }
+                // A release is read as a version is (Debian's 12.4~rc1 has a '~'); the others as names.
+                guard key == "os-version" ? isVersion(words[1]) : isName(words[1]) else {
+                    throw bad(number, "'\(SettingValue.printable(words[1]))' is not a \(key)")
+                }
                 fields[key] = words[1]
             default:
                 throw bad(number, "'\(SettingValue.printable(String(line.prefix(80))))' is not a lock line (package NAME VERSION, distro, os-version, architecture, database)")

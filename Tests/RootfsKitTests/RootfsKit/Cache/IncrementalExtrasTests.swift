@@ -95,6 +95,12 @@ import Testing
         let parsed = try PackageLock.parse(Array(lock.text.utf8), source: "L")
         #expect(parsed == lock)
         #expect(parsed.specifications == ["bash=5.2.37-2+b10", "bsdutils=1:2.41.5-0+deb13u1"])
+        // A release with a '~' and a distro without OS_VERSION both read back.
+        for release in ["12.4~rc1", ""] {
+            var other = lock
+            other.osVersion = release
+            #expect(try PackageLock.parse(Array(other.text.utf8), source: "L") == other, "os-version '\(release)'")
+        }
         var rpm = lock
         rpm.database = .rpm
         #expect(rpm.specifications == ["bash-5.2.37-2+b10", "bsdutils-1:2.41.5-0+deb13u1"])
