@@ -22,12 +22,9 @@ public struct IncrementalBase: Sendable, Equatable {
     public static func find(for inputs: TreeCacheInputs, in cache: TreeCache) -> IncrementalBase? {
         let wanted = Set(inputs.extraPackages)
         guard !wanted.isEmpty else { return nil }
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: cache.directory)) ?? []
         var best: IncrementalBase?
-        for name in names.sorted() where name.hasSuffix(".json") && !name.hasPrefix("last-") && !name.hasPrefix(".") {
-            guard let data = FileManager.default.contents(atPath: cache.directory + "/" + name),
-                  let record = try? JSONDecoder().decode(TreeCache.Record.self, from: data),
-                  record.key == record.inputs.key, FS.fileSize(cache.tarPath(record.key)) == record.bytes else { continue }
+        for (_, record) in cache.records() {
+            guard record.key == record.inputs.key, FS.fileSize(cache.tarPath(record.key)) == record.bytes else { continue }
             let candidate = record.inputs
             let have = Set(candidate.extraPackages)
             guard have.isSubset(of: wanted), have.count < wanted.count, sameApartFromExtras(candidate, inputs) else { continue }

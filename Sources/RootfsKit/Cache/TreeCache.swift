@@ -144,11 +144,18 @@ public struct TreeCache: Sendable {
         public var lastUsed: Int
     }
 
-    public func list() -> [Listed] {
+    /// Every entry's record that reads, in the order of their keys (what `list` and an incremental
+    /// build's search for a base read).
+    public func records() -> [(path: String, record: Record)] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         return names.filter { $0.hasSuffix(".json") && !$0.hasPrefix("last-") && !$0.hasPrefix(".") }.sorted().compactMap { name in
             let path = directory + "/" + name
-            guard let record = read(path) else { return nil }
+            return read(path).map { (path, $0) }
+        }
+    }
+
+    public func list() -> [Listed] {
+        records().map { path, record in
             var st = stat()
             let used = stat(path, &st) == 0 ? Int(st.st_mtim.tv_sec) : record.created
             return Listed(key: record.key, distro: record.inputs.distro, osVersion: record.inputs.config["OS_VERSION"] ?? "",
