@@ -14,16 +14,16 @@ public struct GuestMachine: Sendable, Equatable {
     public var outputPort: String
     public var statusPort: String
     /// Serial lines after the first are devices (PCI 16550s, virtio consoles), not `-serial` ports.
-    var extraPortsArePCI: Bool { extraPorts != .serial }
+    var extraPortsAreDevices: Bool { extraPorts != .serial }
 
     public static func forArchitecture(_ architecture: Architecture) throws -> GuestMachine {
         switch architecture {
         case .x86_64:
             return GuestMachine(architecture: architecture, qemu: "qemu-system-x86_64", qemuPackage: "qemu-system-x86",
-                                console: "ttyS0", outputPort: "ttyS1", statusPort: "ttyS2", extraPortsArePCI: false)
+                                console: "ttyS0", outputPort: "ttyS1", statusPort: "ttyS2", extraPorts: .serial)
         case .aarch64:
             return GuestMachine(architecture: architecture, qemu: "qemu-system-aarch64", qemuPackage: "qemu-system-arm",
-                                console: "ttyAMA0", outputPort: "ttyS0", statusPort: "ttyS1", extraPortsArePCI: true)
+                                console: "ttyAMA0", outputPort: "ttyS0", statusPort: "ttyS1", extraPorts: .pciSerial)
         case .s390x:
             // s390-ccw-virtio: the SCLP line console (ttysclp0) and virtio on the channel subsystem
             // (CCW); the agent's two lines are virtio consoles (hvc0, hvc1).
@@ -33,7 +33,7 @@ public struct GuestMachine: Sendable, Equatable {
         case .ppc64le:
             // pseries: every -serial is a spapr-vty (hvc0 the console, hvc1 and hvc2 the agent's lines).
             return GuestMachine(architecture: architecture, qemu: "qemu-system-ppc64", qemuPackage: "qemu-system-ppc",
-                                console: "hvc0", outputPort: "hvc1", statusPort: "hvc2", extraPortsArePCI: false,
+                                console: "hvc0", outputPort: "hvc1", statusPort: "hvc2", extraPorts: .serial,
                                 diskDevice: "virtio-blk-pci")
         }
     }
@@ -53,13 +53,7 @@ public struct GuestMachine: Sendable, Equatable {
     public var diskDevice: String = "nvme"
 
     init(architecture: Architecture, qemu: String, qemuPackage: String, console: String, outputPort: String,
-         statusPort: String, extraPortsArePCI: Bool, diskDevice: String = "nvme") {
-        self.init(architecture: architecture, qemu: qemu, qemuPackage: qemuPackage, console: console, outputPort: outputPort,
-                  statusPort: statusPort, extraPorts: extraPortsArePCI ? .pciSerial : .serial, diskDevice: diskDevice)
-    }
-
-    init(architecture: Architecture, qemu: String, qemuPackage: String, console: String, outputPort: String,
-         statusPort: String, extraPorts: ExtraPorts, diskDevice: String) {
+         statusPort: String, extraPorts: ExtraPorts, diskDevice: String = "nvme") {
         self.architecture = architecture
         self.qemu = qemu
         self.qemuPackage = qemuPackage

@@ -298,7 +298,7 @@ public struct QEMUBoot: Sendable {
             // to COM1 and COM2, the only ports its SioBusDxe knows; COM2 goes nowhere.
             arguments += ["-monitor", "none",
                           "-chardev", "file,id=console,append=on,path=\(Self.quoted(consoleLog))", "-serial", "chardev:console"]
-            arguments += machine.extraPortsArePCI ? ["-chardev", "stdio,id=output"] + machine.extraPort(chardev: "output")
+            arguments += machine.extraPortsAreDevices ? ["-chardev", "stdio,id=output"] + machine.extraPort(chardev: "output")
                 : (usesEFI(kind) ? ["-serial", "null"] : []) + ["-serial", "stdio"]
             arguments += ["-chardev", "file,id=status,append=on,path=\(Self.quoted(statusLog))"] + machine.extraPort(chardev: "status")
         }
