@@ -42,10 +42,13 @@ public struct HookStage: Sendable {
         // Held from before the hook runs until its tree is stored: another build with the same key
         // waits here, then finds the entry instead of running the hook too.
         var fillLock: OutputLock?
-        if let cache = plan.treeCache, let inputs = plan.treeCacheInputs, ["miss", "refresh", "incremental"].contains(plan.treeCacheOutcome.value.result) {
-            fillLock = try await cache.lockForFilling(inputs.key) { [console] holder in
-                console.info("tree cache: waiting for another build filling \(inputs.key.prefix(16)) (pid \(holder))")
+        func lockForFilling(_ cache: TreeCache, _ key: String) async throws -> OutputLock? {
+            try await cache.lockForFilling(key) { [console] holder in
+                console.info("tree cache: waiting for another build filling \(key.prefix(16)) (pid \(holder))")
             }
+        }
+        if let cache = plan.treeCache, let inputs = plan.treeCacheInputs, ["miss", "refresh", "incremental"].contains(plan.treeCacheOutcome.value.result) {
+            fillLock = try await lockForFilling(cache, inputs.key)
             if plan.treeCacheOutcome.value.result == "miss", cache.lookup(inputs).hit {
                 plan.treeCacheOutcome.set(.init(result: "hit", key: inputs.key, why: ["filled by another build while this one waited"]))
             }
@@ -62,11 +65,7 @@ public struct HookStage: Sendable {
             if let why = cache.restore(inputs, to: tree, extract: staged.map { staged in { try staged.extract($0) } }) {
                 console.warning("tree cache: \(why); running build_rootfs")
                 plan.treeCacheOutcome.set(.init(result: "miss", key: inputs.key, why: [why]))
-                if fillLock == nil {
-                    fillLock = try await cache.lockForFilling(inputs.key) { [console] holder in
-                        console.info("tree cache: waiting for another build filling \(inputs.key.prefix(16)) (pid \(holder))")
-                    }
-                }
+                if fillLock == nil { fillLock = try await lockForFilling(cache, inputs.key) }
             } else {
                 console.endPhase()
                 return Result(work: work, tree: tree, rootless: staged)
