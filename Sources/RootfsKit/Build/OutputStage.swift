@@ -20,14 +20,17 @@ struct OutputStage {
             try Task.checkCancellation()
             outputs += try await write(output, plan: plan, source: composed.source)
         }
-        if let manifestPath = plan.manifestPath {
+        // The tree's packages, read once for the manifest and the lock (rpm -qa for an RPM tree).
+        let inventory = plan.manifestPath == nil && plan.lockPath == nil ? nil
+            : try await PackageInventory.read(tree: composed.tree, runner: runner)
+        if let manifestPath = plan.manifestPath, let inventory {
             try Task.checkCancellation()
-            outputs += try await writeDocuments(plan, manifestPath: manifestPath, tree: composed.tree,
+            outputs += try await writeDocuments(plan, manifestPath: manifestPath, inventory: inventory,
                                                 facts: facts, outputs: outputs)
         }
-        if let lockPath = plan.lockPath {
+        if let lockPath = plan.lockPath, let inventory {
             try Task.checkCancellation()
-            outputs.append(try await writeLock(plan, path: lockPath, tree: composed.tree))
+            outputs.append(try writeLock(plan, path: lockPath, inventory: inventory))
         }
         if plan.keepRootfs {
             try Task.checkCancellation()
@@ -66,10 +69,9 @@ struct OutputStage {
     }
 
     /// The manifest (and SBOM), each written to a temporary name and renamed.
-    func writeDocuments(_ plan: BuildPlan, manifestPath: String, tree: String, facts: ManifestFacts,
+    func writeDocuments(_ plan: BuildPlan, manifestPath: String, inventory: PackageInventory, facts: ManifestFacts,
                         outputs: [BuildOutput]) async throws -> [BuildOutput] {
         console.phase("manifest: \(manifestPath)")
-        let inventory = try await PackageInventory.read(tree: tree, runner: runner)
         if let note = inventory.note { console.warning("manifest: \(note)") }
         console.info("    \(inventory.packages.count) packages (\(inventory.database.rawValue))")
         let manifest = BuildManifest.make(facts: facts, inventory: inventory, outputs: outputs)
@@ -92,9 +94,8 @@ struct OutputStage {
 
 extension OutputStage {
     /// `--lock FILE`: the tree's packages with their exact versions (the manifest's list).
-    func writeLock(_ plan: BuildPlan, path: String, tree: String) async throws -> BuildOutput {
+    func writeLock(_ plan: BuildPlan, path: String, inventory: PackageInventory) throws -> BuildOutput {
         console.phase("lock: \(path)")
-        let inventory = try await PackageInventory.read(tree: tree, runner: runner)
         let lock = try PackageLock(inventory: inventory, distro: plan.distro.name, osVersion: plan.config.osVersion ?? "",
                                    architecture: plan.architecture)
         try lock.write(to: path)
