@@ -37,6 +37,8 @@ enum Fixtures {
         var status: Int32
         var stdout: String
         var stderr: String
+        /// From the program's start to its exit: the wait for a permit (`runPermits`) is not in it.
+        var elapsed: Duration = .zero
     }
 
     /// Runs the real `rootfs` executable.
@@ -56,8 +58,13 @@ enum Fixtures {
     }
 
     /// Runs a program with no standard input and collects its output and exit status.
+    /// Reading and waiting happen on threads of their own: the cooperative pool has one thread per
+    /// core (two in CI), and a blocking read there held the whole pool for a run's length, so
+    /// every other test, its pollers and its next step stopped until that run ended.
     static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
                     workingDirectory: String? = nil) async throws -> CLIResult {
+        let permit = await runPermits.acquire()
+        defer { permit.release() }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -69,13 +76,50 @@ enum Fixtures {
         process.standardOutput = out
         process.standardError = err
         process.standardInput = FileHandle.nullDevice
+        let started = ContinuousClock.now
         try process.run()
-        async let o = Task.detached { out.fileHandleForReading.readDataToEndOfFile() }.value
-        async let e = Task.detached { err.fileHandleForReading.readDataToEndOfFile() }.value
+        async let o = onThread { out.fileHandleForReading.readDataToEndOfFile() }
+        async let e = onThread { err.fileHandleForReading.readDataToEndOfFile() }
         let (od, ed) = await (o, e)
-        process.waitUntilExit()
+        await onThread { [process] in process.waitUntilExit() }
         return CLIResult(status: process.terminationStatus, stdout: String(decoding: od, as: UTF8.self),
-                         stderr: String(decoding: ed, as: UTF8.self))
+                         stderr: String(decoding: ed, as: UTF8.self), elapsed: ContinuousClock.now - started)
+    }
+
+    /// Runs `body` on a thread of its own and resumes with its result: for anything that blocks
+    /// (a read, a wait, a poll with sleeps), which must not hold one of the pool's few threads.
+    static func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            Thread { continuation.resume(returning: body()) }.start()
+        }
+    }
+
+    /// At most this many programs from `run` at once. With the pool free, every test that is
+    /// ready starts its program; on two cores a dozen builds and TCG boots at once stretched each
+    /// past its own time bounds. The bound is soft: a run that waited `permitPatience` seconds
+    /// goes ahead anyway, so a test whose program waits for another test's program cannot hang
+    /// the suite.
+    static let runPermits = Permits(count: ProcessInfo.processInfo.environment["ROOTFS_TEST_RUNS"].flatMap { Int($0) }
+                                    ?? max(3, ProcessInfo.processInfo.activeProcessorCount + 1))
+    static let permitPatience = 600.0
+
+    /// A counting semaphore whose waits happen off the pool.
+    final class Permits: Sendable {
+        private let semaphore: DispatchSemaphore
+        init(count: Int) { semaphore = DispatchSemaphore(value: count) }
+
+        struct Permit: Sendable {
+            fileprivate let semaphore: DispatchSemaphore?
+            /// Gives the permit back (a run that went ahead without one gives nothing back).
+            func release() { semaphore?.signal() }
+        }
+
+        func acquire() async -> Permit {
+            if semaphore.wait(timeout: .now()) == .success { return Permit(semaphore: semaphore) }
+            let semaphore = self.semaphore
+            let got = await Fixtures.onThread { semaphore.wait(timeout: .now() + Fixtures.permitPatience) == .success }
+            return Permit(semaphore: got ? semaphore : nil)
+        }
     }
 
     /// Runs a program synchronously with no input or output and returns its exit

@@ -84,7 +84,10 @@ struct BootDevicesTestsRequiringQEMU {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return "" }
         defer { close(fd) }
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        // Long: slirp's early accept ends at once (EOF, not this timeout), so only a connection that
+        // reached the guest's nc waits here, and a TCG guest on a loaded host took over 5 s to answer
+        // it (CI: the guest got "from-host", the host's read timed out, every later try was refused).
+        var timeout = timeval(tv_sec: 90, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)

@@ -71,13 +71,20 @@ struct RemoteEngineTests {
                                  "--bridge", "none", "--iptables=false"], log: work + "/" + log)
     }
 
-    /// Waits until `command` succeeds (the engine answers on its socket).
-    static func waitFor(_ command: [String], environment: [String: String], seconds: Int = 90) async throws {
-        for _ in 0..<(seconds * 2) {
-            if try await Fixtures.run("/usr/bin/env", command, environment: environment).status == 0 { return }
+    /// Waits until `command` succeeds (the engine answers on its socket), at most `seconds` of
+    /// wall time (a count of tries was no bound once each try could wait for the pool); the error
+    /// has the last try's output and the tail of the engine's `log`, the only trace CI keeps.
+    static func waitFor(_ command: [String], environment: [String: String], seconds: Int = 300, log: String? = nil) async throws {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        var last = ""
+        while ContinuousClock.now < deadline {
+            let tried = try await Fixtures.run("/usr/bin/env", command, environment: environment)
+            if tried.status == 0 { return }
+            last = tried.stderr.suffix(500).description
             try await Task.sleep(for: .milliseconds(500))
         }
-        throw RootfsError("\(command.joined(separator: " ")) never answered")
+        let logged = log.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }.map { String($0.suffix(2000)) } ?? ""
+        throw RootfsError("\(command.joined(separator: " ")) never answered in \(seconds) s: \(last)\n\(logged)")
     }
 
     /// What `engine arguments` prints, or nil when it fails; synchronous, for a thread of its own.
@@ -93,15 +100,6 @@ struct RemoteEngineTests {
         let data = pipe.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
         return p.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
-    }
-
-    /// Runs `body` on a thread of its own and returns its result. Polls and waits go
-    /// there: in the full suite the test pool's two threads can both be blocked by
-    /// other tests for minutes, and a poll on them missed a whole build (CI saw it).
-    static func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-        await withCheckedContinuation { continuation in
-            Thread { continuation.resume(returning: body()) }.start()
-        }
     }
 
     /// Records the mounts of every rootfs builder container the engine shows while `body` runs.
@@ -148,7 +146,7 @@ struct RemoteEngineTests {
         let stop = try await Self.startDockerd(in: work, log: "dockerd.log")
         defer { stop(); FS.remove(work) }
         let env = ["DOCKER_HOST": socket, "SOURCE_DATE_EPOCH": "1700000000"]
-        try await Self.waitFor(["docker", "info"], environment: env)
+        try await Self.waitFor(["docker", "info"], environment: env, log: work + "/dockerd.log")
         // Its store is its own: the base image travels to it through its API.
         try await OCIFixtures.run("docker", ["save", "-o", work + "/base.tar", "debian:trixie"])
         #expect(try await Fixtures.run("/usr/bin/env", ["docker", "load", "-i", work + "/base.tar"], environment: env).status == 0)
@@ -182,7 +180,7 @@ struct RemoteEngineTests {
         building.standardInput = FileHandle.nullDevice
         try building.run()
         // The builder container runs for minutes (mmdebstrap); up to 15 minutes for it to start.
-        let seen = await Self.onThread { [building] in
+        let seen = await Fixtures.onThread { [building] in
             for _ in 0..<4500 where building.isRunning {
                 let ids = Self.output("docker", ["ps", "-q", "--filter", "name=rootfs-build-"], environment: env) ?? ""
                 if !ids.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty { return true }
@@ -195,7 +193,7 @@ struct RemoteEngineTests {
         Self.stop(pid: try #require(Int32(pid)), signal: SIGKILL)
         // The whole engine goes: its containerd and shims too (they would hold the exec root).
         Self.killProcesses(mentioning: work + "/exec")
-        await Self.onThread { [building] in building.waitUntilExit() }
+        await Fixtures.onThread { [building] in building.waitUntilExit() }
         let said = try String(contentsOfFile: work + "/gone.log", encoding: .utf8)
         #expect(building.terminationStatus != 0)
         #expect(said.contains("went away") && said.contains(socket), "\(said.suffix(2000))")
@@ -207,9 +205,20 @@ struct RemoteEngineTests {
         unlink(work + "/exec/containerd/containerd.pid")
         let restarted = try await Self.startDockerd(in: work, log: "dockerd-restarted.log", pidFile: "docker-restarted.pid")
         defer { restarted() }
-        try await Self.waitFor(["docker", "info"], environment: env, seconds: 180)
-        let after = await Self.onThread { Self.output("docker", ["ps", "-a", "-q"], environment: env) }
-        #expect(after?.trimmingCharacters(in: .whitespacesAndNewlines) == "", "left on the restarted engine: \(after ?? "(docker ps failed)")")
+        try await Self.waitFor(["docker", "info"], environment: env, log: work + "/dockerd-restarted.log")
+        // The engine removes --rm containers it finds dead as it comes back; give it a minute.
+        let after = await Fixtures.onThread { () -> String? in
+            var listed: String?
+            for _ in 0..<120 {
+                listed = Self.output("docker", ["ps", "-a", "--format", "{{.ID}} {{.Names}} {{.Status}}"], environment: env)
+                if listed?.trimmingCharacters(in: .whitespacesAndNewlines) == "" { break }
+                Thread.sleep(forTimeInterval: 0.5)
+            }
+            return listed
+        }
+        let restartLog = ((try? String(contentsOfFile: work + "/dockerd-restarted.log", encoding: .utf8)) ?? "").suffix(2000)
+        #expect(after?.trimmingCharacters(in: .whitespacesAndNewlines) == "",
+                "left on the restarted engine: \(after ?? "(docker ps failed)")\n\(restartLog)")
     }
 
     @Test func podmanThroughContainerHost() async throws {
