@@ -44,8 +44,10 @@ enum Fixtures {
     /// Runs the real `rootfs` executable.
     /// Each call gets a fresh, empty cache (removed afterwards) unless the test names one
     /// (ROOTFS_CACHE_DIR or --cache-dir): a build in one test never hits another test's cached tree.
+    /// `alongside`: the run must start now, beside a program of the test's own that waits for it
+    /// or with it (a lock's holder, a second build at the same time); it takes no `runPermits`.
     static func rootfs(_ arguments: [String], environment: [String: String] = [:],
-                       workingDirectory: String? = nil) async throws -> CLIResult {
+                       workingDirectory: String? = nil, alongside: Bool = false) async throws -> CLIResult {
         var env = environment
         var fresh: String?
         if env["ROOTFS_CACHE_DIR"] == nil && ProcessInfo.processInfo.environment["ROOTFS_CACHE_DIR"] == nil {
@@ -54,7 +56,7 @@ enum Fixtures {
             fresh = dir
         }
         defer { if let fresh { FS.remove(fresh) } }
-        return try await run(rootfsBinary, arguments, environment: env, workingDirectory: workingDirectory)
+        return try await run(rootfsBinary, arguments, environment: env, workingDirectory: workingDirectory, alongside: alongside)
     }
 
     /// Runs a program with no standard input and collects its output and exit status.
@@ -62,9 +64,9 @@ enum Fixtures {
     /// core (two in CI), and a blocking read there held the whole pool for a run's length, so
     /// every other test, its pollers and its next step stopped until that run ended.
     static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
-                    workingDirectory: String? = nil) async throws -> CLIResult {
-        let permit = await runPermits.acquire()
-        defer { permit.release() }
+                    workingDirectory: String? = nil, alongside: Bool = false) async throws -> CLIResult {
+        let permit = alongside ? nil : await runPermits.acquire()
+        defer { permit?.release() }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments

@@ -156,8 +156,9 @@ private func listing(_ dir: String) -> [String] {
     @Test func concurrentBuildsIntoDifferentDirectoriesBothSucceed() async throws {
         let dir = work + "/concurrent"
         try FS.makeDirectories(dir)
-        async let a = Fixtures.rootfs(build(["--initrd", dir + "/a.initrd"]), environment: ["SLOW": "1"], workingDirectory: dir)
-        async let b = Fixtures.rootfs(build(["--initrd", dir + "/b.initrd"]), environment: ["SLOW": "1"], workingDirectory: dir)
+        // Alongside: both must run at once (under the suite's cap of runs one could wait for the other).
+        async let a = Fixtures.rootfs(build(["--initrd", dir + "/a.initrd"]), environment: ["SLOW": "1"], workingDirectory: dir, alongside: true)
+        async let b = Fixtures.rootfs(build(["--initrd", dir + "/b.initrd"]), environment: ["SLOW": "1"], workingDirectory: dir, alongside: true)
         let (ra, rb) = try await (a, b)
         #expect(ra.status == 0 && rb.status == 0, "\(ra.stderr) \(rb.stderr)")
         #expect(FS.isRegularFile(dir + "/a.initrd") && FS.isRegularFile(dir + "/b.initrd"))
@@ -173,7 +174,8 @@ private func listing(_ dir: String) -> [String] {
         let gate = dir + "/gate"
         let first = try RunningCLI(build(["--initrd", dir + "/x.initrd"]), environment: ["GATE": gate], in: dir, label: "first")
         try await waitFor("the first build's lock") { FS.exists(dir + "/.x.initrd.lock") }
-        let second = try await Fixtures.rootfs(build(["--initrd", dir + "/x.initrd"]), workingDirectory: dir)
+        // Alongside: the first build's gate gives up after 120 s, a wait for a permit could be longer.
+        let second = try await Fixtures.rootfs(build(["--initrd", dir + "/x.initrd"]), workingDirectory: dir, alongside: true)
         FileManager.default.createFile(atPath: gate, contents: nil)
         #expect(second.status == 1)
         #expect(second.stderr.contains("another rootfs process (pid \(first.process.processIdentifier)) is writing the output \(dir)/x.initrd"), "\(second.stderr)")
