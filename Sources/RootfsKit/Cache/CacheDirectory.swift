@@ -51,11 +51,37 @@ public struct CacheDirectory: Sendable, Equatable {
         } catch {
             return "\(path) cannot be made (\(error.localizedDescription))"
         }
+        if geteuid() == 0, let why = writableByOthers(path) { return why }
         let probe = path + "/.rootfs-probe-\(getpid())"
         let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { return "\(path) is not writable: \(FS.errnoText())" }
         close(fd)
         unlink(probe)
         return nil
+    }
+
+    /// Why another user could change what is under `path` (nil: only root can), checked for a
+    /// root build. An incremental build runs the cached tree's own apt-get and maintainer scripts
+    /// as root (docs/CACHE.md), and a restored tree becomes the outputs: a cache another user can
+    /// write is a way to run code as root. As OpenSSH checks a key's directories: `path` and every
+    /// directory above it must belong to root and be writable by no one else, unless sticky (/tmp).
+    static func writableByOthers(_ path: String) -> String? {
+        var directory = FS.absolute(path)
+        while true {
+            var st = stat()
+            // lstat: a link is judged by its own directory's check, and its target must pass too.
+            guard lstat(directory, &st) == 0 else { return "\(directory) cannot be examined: \(FS.errnoText())" }
+            if st.st_uid != 0 {
+                return "\(directory) belongs to uid \(st.st_uid), not root, and a root build runs programs from the cached trees"
+            }
+            if (st.st_mode & S_IFMT) == S_IFDIR && st.st_mode & (S_IWGRP | S_IWOTH) != 0 && st.st_mode & S_ISVTX == 0 {
+                return "\(directory) is writable by others (mode \(String(st.st_mode & 0o7777, radix: 8))), and a root build runs programs from the cached trees"
+            }
+            if (st.st_mode & S_IFMT) == S_IFLNK, let target = FS.realpath(directory), target != directory {
+                if let why = writableByOthers(target) { return why }
+            }
+            if directory == "/" { return nil }
+            directory = FS.parent(directory)
+        }
     }
 }

@@ -284,16 +284,29 @@ import Testing
         defer { _ = Fixtures.status("/bin/umount", [dir + "/ro"]) }
         try await runner.capture(ToolCommand("mount", ["-o", "remount,ro,bind", dir + "/ro"]))
         try "not a directory\n".write(toFile: dir + "/file", atomically: true, encoding: .utf8)
-        for (name, cache) in [("readonly", dir + "/ro/cache"), ("file", dir + "/file")] {
+        // A root build runs programs from cached trees: a cache another user could write is refused too.
+        try FS.makeDirectories(dir + "/shared")
+        chmod(dir + "/shared", 0o777)
+        try FS.makeDirectories(dir + "/foreign")
+        chown(dir + "/foreign", 1234, 1234)
+        let refusals = ["shared": "\(dir)/shared is writable by others (mode 777)", "foreign": "\(dir)/foreign belongs to uid 1234, not root"]
+        for (name, cache) in [("readonly", dir + "/ro/cache"), ("file", dir + "/file"),
+                              ("shared", dir + "/shared/cache"), ("foreign", dir + "/foreign")] {
             let r = try Running(args(distros, cache: cache, out: dir + "/out-" + name), log: dir + "/out-" + name).finish()
             #expect(r.status == 0, "\(name): \(r.stderr.suffix(2000))")
             #expect(r.stderr.contains("warning: the tree cache is not used"), "\(name): \(r.stderr.suffix(2000))")
             #expect(r.stderr.contains("warning: the package cache is not used"), "\(name)")
             let outcome = try treeCache(r.stdout)
             #expect(outcome.result == "off" && outcome.why.joined().contains("cannot be used"), "\(name): \(outcome)")
+            if let refusal = refusals[name] { #expect(r.stderr.contains(refusal), "\(name): \(r.stderr.suffix(2000))") }
             #expect(r.stderr.contains("populating"), "\(name): the hook ran")
             #expect(try SHA256.hexDigest(ofFile: dir + "/out-\(name)/slow.tar") == SHA256.hexDigest(ofFile: dir + "/ok/slow.tar"), "\(name)")
         }
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/ro").isEmpty)
+        // Sticky and root's own are fine: a cache in /tmp (1777) or under a 0755 root directory.
+        try FS.makeDirectories(dir + "/sticky/cache")
+        chmod(dir + "/sticky", 0o1777)
+        #expect(CacheDirectory.writableByOthers(dir + "/sticky/cache") == nil)
+        #expect(CacheDirectory.writableByOthers(dir + "/ok") == nil)
     }
 }
