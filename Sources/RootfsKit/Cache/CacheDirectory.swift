@@ -46,12 +46,17 @@ public struct CacheDirectory: Sendable, Equatable {
         if path.contains(where: { $0 == " " || $0 == "\t" || $0 == "\n" }) {
             return "its path \(path) holds a blank, which the package tools cannot take"
         }
+        // As root: the directories already there are judged before anything is made in them (a
+        // directory another user owns could hold a link that sends the new ones elsewhere), and
+        // the made ones after (their mode is the umask's).
+        let root = geteuid() == 0
+        if root, let why = writableByOthers(path) { return why }
         do {
             try FS.makeDirectories(path)
         } catch {
             return "\(path) cannot be made (\(error.localizedDescription))"
         }
-        if geteuid() == 0, let why = writableByOthers(path) { return why }
+        if root, let why = writableByOthers(path) { return why }
         let probe = path + "/.rootfs-probe-\(getpid())"
         let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { return "\(path) is not writable: \(FS.errnoText())" }
@@ -65,12 +70,16 @@ public struct CacheDirectory: Sendable, Equatable {
     /// as root (docs/CACHE.md), and a restored tree becomes the outputs: a cache another user can
     /// write is a way to run code as root. As OpenSSH checks a key's directories: `path` and every
     /// directory above it must belong to root and be writable by no one else, unless sticky (/tmp).
+    /// Components not made yet are skipped: their nearest existing parent is what is judged.
     static func writableByOthers(_ path: String) -> String? {
         var directory = FS.absolute(path)
         while true {
             var st = stat()
             // lstat: a link is judged by its own directory's check, and its target must pass too.
-            guard lstat(directory, &st) == 0 else { return "\(directory) cannot be examined: \(FS.errnoText())" }
+            guard lstat(directory, &st) == 0 else {
+                if errno == ENOENT, directory != "/" { directory = FS.parent(directory); continue }
+                return "\(directory) cannot be examined: \(FS.errnoText())"
+            }
             if st.st_uid != 0 {
                 return "\(directory) belongs to uid \(st.st_uid), not root, and a root build runs programs from the cached trees"
             }

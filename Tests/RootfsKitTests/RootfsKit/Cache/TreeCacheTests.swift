@@ -303,6 +303,9 @@ import Testing
             #expect(try SHA256.hexDigest(ofFile: dir + "/out-\(name)/slow.tar") == SHA256.hexDigest(ofFile: dir + "/ok/slow.tar"), "\(name)")
         }
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/ro").isEmpty)
+        // Refused before anything was made in them.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/shared").isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/foreign").isEmpty)
         // Sticky and root's own are fine: a cache in /tmp (1777) or under a 0755 root directory.
         try FS.makeDirectories(dir + "/sticky/cache")
         chmod(dir + "/sticky", 0o1777)
