@@ -101,7 +101,8 @@ enum Fixtures {
     /// past its own time bounds. The bound is soft: a run that waited `permitPatience` seconds
     /// goes ahead anyway, so a test whose program waits for another test's program cannot hang
     /// the suite.
-    static let runPermits = Permits(count: ProcessInfo.processInfo.environment["ROOTFS_TEST_RUNS"].flatMap { Int($0) }
+    static let runPermits = Permits(count: ProcessInfo.processInfo.environment["ROOTFS_TEST_RUNS"]
+                                        .flatMap { Int($0) }.flatMap { $0 > 0 ? $0 : nil }
                                     ?? max(3, ProcessInfo.processInfo.activeProcessorCount + 1))
     static let permitPatience = 600.0
 
@@ -142,11 +143,11 @@ enum Fixtures {
     static let debian = DebianTrees()
 }
 
-/// Builds each Debian variant at most once per test process (mmdebstrap takes
-/// a while); every test that needs a real tree shares it and must not modify it.
 /// Directories of shared fixture builds (DebianTrees, AArch64Fixture), removed when the test process exits.
 let debianFixtureDirectories = Mutex<[String]>([])
 
+/// Builds each Debian variant at most once per test process (mmdebstrap takes
+/// a while); every test that needs a real tree shares it and must not modify it.
 actor DebianTrees {
     struct Tree: Sendable {
         var directory: String

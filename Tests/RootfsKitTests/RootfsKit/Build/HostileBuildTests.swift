@@ -170,8 +170,8 @@ private func readPID(_ path: String) -> Int32? {
         try FS.makeDirectories(dir)
         let r = try await build(["--initrd", dir + "/bb.initrd"], env: ["DAEMONS": dir])
         #expect(r.status == 0, "\(r.stderr)")
-        // Far below the daemons' 3600 s, far above a busy machine's build: in a full suite on 2 cores
-        // this test once saw 357 s pass around a build of seconds, its process's pool held by others.
+        // Far below the daemons' 3600 s, far above a busy machine's build. The program's own time
+        // (r.elapsed): the suite once measured 357 s around a build of seconds, its pool held by others.
         #expect(r.elapsed < .seconds(1500), "the build waited for the daemon holding the hook's output")
         let daemon = try #require(readPID(dir + "/daemon.pid")), child = try #require(readPID(dir + "/child.pid"))
         defer { kill(daemon, SIGKILL); kill(child, SIGKILL) }
